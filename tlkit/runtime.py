@@ -1,0 +1,99 @@
+"""Device, precision and memory-format choices.
+
+``auto`` means: CUDA when available, else CPU; bf16 autocast on GPUs that support it (fp16 with a
+GradScaler otherwise) and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+from typing import ContextManager
+
+import numpy as np
+import torch
+
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a :class:`torch.device`.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TlkitError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
+        return torch.device(spec)
+    raise TlkitError(f"unknown device {spec!r}; choose one of: auto, cpu, cuda, cuda:N")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU executes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off."""
+    if os.environ.get("TLKIT_CPU_BF16") in ("0", "1"):
+        return os.environ["TLKIT_CPU_BF16"] == "1"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``spec`` on ``device``; ``None`` means plain fp32.
+
+    Example:
+        >>> resolve_precision("fp32", torch.device("cpu")) is None
+        True
+    """
+    if spec not in PRECISIONS:
+        raise TlkitError(f"unknown precision {spec!r}; choose one of: {', '.join(PRECISIONS)}")
+    if spec != "auto":
+        if spec == "fp16" and device.type == "cpu":
+            raise TlkitError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+        return _DTYPES[spec]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``torch.bfloat16`` -> ``"bf16"``; ``None`` -> ``"fp32"``."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """Autocast context for ``dtype`` on ``device`` (a no-op for fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_workers() -> int:
+    """DataLoader workers: one per core, leaving one for the main process, at most 8."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, n - 1)) if n > 1 else 0
