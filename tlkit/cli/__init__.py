@@ -1,0 +1,20 @@
+"""The ``tlkit`` command line. Each command is a module here; :data:`app` collects them."""
+
+from __future__ import annotations
+
+import importlib
+
+from tlkit.cli._app import app
+
+COMMAND_MODULES = ("demo", "extract", "backbones")
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"tlkit.cli.{_name}")
+
+
+def main() -> None:
+    """Entry point of the ``tlkit`` console script."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,106 @@
+"""The typer app, the rich console, and the one place that turns errors into one-line messages.
+
+Each command lives in its own module under ``tlkit/cli/`` and registers itself with
+``@app.command(...)``. A command parses options, calls one library function inside
+:func:`user_errors`, and prints results with :data:`console`. No logic lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from tlkit.errors import TlkitError
+
+app = typer.Typer(
+    name="tlkit",
+    help="Transfer learning and active learning for image classifiers, offline out of the box.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_USER_ERROR = 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Route library logs (warnings by default, info with --verbose) to stderr through rich."""
+    level = logging.INFO if verbose or os.environ.get("TLKIT_VERBOSE") else logging.WARNING
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    root = logging.getLogger("tlkit")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a :class:`TlkitError` (or an out-of-memory error) as one line and exit non-zero."""
+    try:
+        yield
+    except TlkitError as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]: finished work is kept; re-run the same command to resume")
+        raise typer.Exit(130) from None
+    except Exception as e:  # noqa: BLE001 - only out-of-memory gets a friendly line
+        if _is_oom(e):
+            err_console.print(
+                "[bold red]error:[/] out of memory; use a smaller --batch-size "
+                "(with gradient accumulation, e.g. --set grad_accum=4, to keep the effective batch)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        raise
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def progress_bar(unit: str = "img") -> Progress:
+    """A rich progress bar with a rate column (``unit``/s)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+        disable=not sys.stderr.isatty() and not os.environ.get("TLKIT_PROGRESS"),
+    )
+
+
+def rate_callback(progress: Progress, task, unit: str = "img") -> Callable[[int], None]:
+    """A ``progress(n_done)`` callback for library functions that advances ``task`` and shows a rate."""
+
+    def advance(n: int) -> None:
+        progress.advance(task, n)
+        t = progress.tasks[task]
+        speed = t.finished_speed or t.speed
+        progress.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
+
+    return advance

@@ -1,0 +1,45 @@
+"""`tlkit demo`: the whole pipeline on sample images that ship with installed packages, offline."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tlkit.cli._app import app, console, progress_bar, setup_logging, user_errors
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the demo's files here (default: a temp folder)."),
+    per_class: int = typer.Option(40, "--per-class", min=5, help="Digit images per class."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run tlkit end to end on scikit-learn digits rendered as PNGs (offline, a few minutes on a CPU)."""
+    from tlkit.demo import run_demo
+
+    setup_logging(verbose)
+    with tempfile.TemporaryDirectory(prefix="tlkit-demo-") as tmp, user_errors():
+        root = workdir or Path(tmp)
+        with progress_bar() as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total, rate="")
+                bar.update(tasks[stage], completed=done)
+
+            report = run_demo(root, per_class=per_class, progress=on_progress)
+    table = Table(title="tlkit demo (offline)")
+    for col in ("step", "result", "time", "detail"):
+        table.add_column(col)
+    for s in report.steps:
+        value = f"{s.value:.3f}" if s.value < 10 else f"{s.value:,.0f}"
+        table.add_row(s.name, f"{s.metric}: {value}", f"{s.seconds:.1f} s", escape(s.detail))
+    console.print(table)
+    if workdir:
+        console.print(f"files kept in {workdir}")

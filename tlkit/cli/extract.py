@@ -1,0 +1,56 @@
+"""`tlkit extract`: images -> feature vectors on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+
+
+@app.command("extract")
+def extract_cmd(
+    images: Path = typer.Argument(..., help="Class-folder tree, flat folder, or CSV manifest (path[,label])."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: features.npy, index.csv, meta.json."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name or tv:<torchvision name>."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (.safetensors/.pth)."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Embed images with a frozen backbone; resumable, streamed to disk."""
+    from tlkit.data import scan_images
+    from tlkit.extract import extract_features
+
+    setup_logging(verbose)
+    with user_errors():
+        source = scan_images(images)
+        with progress_bar() as bar:
+            task = bar.add_task("extract", total=len(source.records), rate="")
+            res = extract_features(
+                source, out, backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
+                image_size=image_size, device=device, precision=precision, workers=workers, strict=strict,
+                compile=compile, progress=rate_callback(bar, task),
+            )
+    table = Table(title="tlkit extract", show_header=False)
+    for key, value in (
+        ("images", f"{res.count:,}" + (f" ({res.resumed_from:,} from an earlier run)" if res.resumed_from else "")),
+        ("skipped", f"{res.skipped} (see skipped.csv)" if res.skipped else "0"),
+        ("features", f"{res.count} x {res.dim} float32"),
+        ("backbone", f"{res.meta['backbone']} [{res.meta['weights']['source']}]"),
+        ("precision", f"{res.meta['precision']} on {res.meta['device']}"),
+        ("speed", f"{res.images_per_s:,.1f} img/s, {res.elapsed_s:.1f} s"),
+        ("output", str(res.out)),
+    ):
+        table.add_row(key, escape(value))
+    console.print(table)

@@ -1,0 +1,56 @@
+"""Image records, manifests, robust decoding, transforms and loaders.
+
+Data flows one way: :func:`scan_images` turns a folder or a CSV manifest into an
+:class:`ImageSource` (a tuple of :class:`ImageRecord`); :class:`ImageDataset` decodes records with
+:func:`load_image` and a transform from :func:`build_transform`; :func:`make_loader` batches them
+with :func:`collate_skipping`, which drops files that failed to decode and reports why.
+
+Sources (:mod:`tlkit.data.sources`):
+    * class tree: ``root/<class>/**/<image>``; the first-level folder name is the label.
+    * flat folder: ``root/**/<image>``, recursive, every label ``None``.
+    * CSV manifest: header ``path[,label]``, paths relative to the CSV's folder, row order kept.
+
+Decoding (:mod:`tlkit.data.decode`): EXIF orientation, alpha over white, 16-bit/float scaled to
+8 bit, first frame of animations, decompression bombs (``tlkit.data.decode.MAX_IMAGE_PIXELS``) and
+truncated files refused with an :class:`ImageDecodeError` carrying a short ``reason``.
+
+Example:
+    >>> src = scan_images("data/train")                                   # doctest: +SKIP
+    >>> tf = build_transform(backbone.data_config)                        # doctest: +SKIP
+    >>> ds = ImageDataset(src.records, tf, src.class_to_idx,
+    ...                   size_hint=size_hint_for(backbone.data_config))  # doctest: +SKIP
+    >>> for batch in make_loader(ds, batch_size=64, workers=4, device="cuda"):  # doctest: +SKIP
+    ...     batch.images, batch.targets, batch.indices, batch.failures
+"""
+
+from __future__ import annotations
+
+from tlkit.data.decode import ImageDecodeError, load_image, to_rgb
+from tlkit.data.loader import (
+    Batch,
+    ImageDataset,
+    collate_skipping,
+    make_loader,
+    summarize_failures,
+    write_skipped,
+)
+from tlkit.data.sources import IMAGE_EXTENSIONS, ImageRecord, ImageSource, scan_images
+from tlkit.data.transforms import build_transform, size_hint_for
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Batch",
+    "ImageDataset",
+    "ImageDecodeError",
+    "ImageRecord",
+    "ImageSource",
+    "build_transform",
+    "collate_skipping",
+    "load_image",
+    "make_loader",
+    "scan_images",
+    "size_hint_for",
+    "summarize_failures",
+    "to_rgb",
+    "write_skipped",
+]

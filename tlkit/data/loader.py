@@ -1,0 +1,172 @@
+"""Records -> batches: :class:`ImageDataset`, :func:`collate_skipping`, :func:`make_loader`,
+and reporting of the files skipped (:func:`write_skipped`, :func:`summarize_failures`)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tlkit.data.decode import ImageDecodeError, load_image
+from tlkit.data.sources import ImageRecord
+from tlkit.errors import TlkitError
+from tlkit.io import write_csv
+
+log = logging.getLogger(__name__)
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor [3, H, W] in [0, 1] (the transform used when none is given)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+
+
+class ImageDataset(Dataset):
+    """Records -> ``(image [3, H, W] | None, target, index, reason | None)``.
+
+    ``__getitem__`` never raises for a bad file: it returns ``(None, target, i, reason)`` and
+    :func:`collate_skipping` drops it from the batch.
+
+    Args:
+        records: the images.
+        transform: PIL RGB image -> tensor [3, H, W] (see :func:`build_transform`); ``None`` gives
+            float [0, 1] tensors at the decoded size.
+        class_to_idx: label -> target; records whose label is ``None`` (or all records when
+            ``class_to_idx`` is ``None``) get target -1. A label missing from it is a TlkitError.
+        size_hint: passed to :func:`load_image`.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord],
+                 transform: Callable[[Image.Image], torch.Tensor] | None,
+                 class_to_idx: dict[str, int] | None = None, size_hint: int | None = None):
+        self.records = tuple(records)
+        self.transform = transform if transform is not None else _to_tensor
+        self.class_to_idx = class_to_idx
+        self.size_hint = size_hint
+        if class_to_idx is None:
+            self.targets = [-1] * len(self.records)
+            return
+        unknown = collections.Counter(r.label for r in self.records
+                                      if r.label is not None and r.label not in class_to_idx)
+        if unknown:
+            listed = ", ".join(f"{k!r} ({n} images)" for k, n in sorted(unknown.items()))
+            raise TlkitError(f"labels not among the model's classes: {listed}; known classes: "
+                             f"{', '.join(class_to_idx)}")
+        self.targets = [-1 if r.label is None else class_to_idx[r.label] for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, int, str | None]:
+        target = self.targets[i]
+        try:
+            img = load_image(self.records[i].path, size_hint=self.size_hint)
+        except ImageDecodeError as e:
+            log.debug("skipping %s: %s", self.records[i].rel, e.reason)
+            return None, target, i, e.reason
+        return self.transform(img), target, i, None
+
+
+class Batch(NamedTuple):
+    """A batch from :func:`collate_skipping`.
+
+    Attributes:
+        images: [B, 3, H, W], or ``None`` when every image of the batch failed to decode (B = 0;
+            the shape of a missing image is unknown).
+        targets: [B] long, -1 for unknown labels.
+        indices: [B] long, dataset indices of the images.
+        failures: ``[(dataset index, reason), ...]`` of the files left out.
+    """
+
+    images: torch.Tensor | None
+    targets: torch.Tensor
+    indices: torch.Tensor
+    failures: list[tuple[int, str]]
+
+
+def collate_skipping(batch: Sequence[tuple[torch.Tensor | None, int, int, str | None]]) -> Batch:
+    """Stack the decoded items of ``batch`` and list the failed ones.
+
+    Example:
+        >>> b = collate_skipping([(torch.zeros(3, 2, 2), 1, 0, None), (None, 0, 1, "truncated")])
+        >>> b.images.shape, b.indices.tolist(), b.failures
+        (torch.Size([1, 3, 2, 2]), [0], [(1, 'truncated')])
+    """
+    good = [item for item in batch if item[0] is not None]
+    failures = [(int(i), str(reason)) for img, _, i, reason in batch if img is None]
+    images = torch.stack([item[0] for item in good]) if good else None
+    targets = torch.tensor([item[1] for item in good], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in good], dtype=torch.long)
+    return Batch(images, targets, indices, failures)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, workers: int,
+                device: torch.device | str, shuffle: bool = False, sampler: Sampler | None = None,
+                drop_last: bool = False, seed: int = 0,
+                multiprocessing_context: str | None = None,
+                prefetch_factor: int | None = None) -> DataLoader:
+    """A DataLoader yielding :class:`Batch` es, bad files skipped.
+
+    Args:
+        dataset: usually an :class:`ImageDataset`.
+        batch_size: items per batch (before failed files are dropped).
+        workers: worker processes; 0 decodes in the calling process.
+        device: batches are pinned when it is a CUDA device.
+        shuffle: reshuffle every epoch with a generator seeded by ``seed`` (reproducible).
+        sampler: custom sampler (exclusive with ``shuffle``).
+        drop_last: drop the last incomplete batch.
+        seed: seeds the shuffle order and the workers' base seed.
+        multiprocessing_context: ``None`` = the platform default (fork on Linux).
+        prefetch_factor: batches loaded ahead per worker (default 2 when ``workers > 0``).
+    """
+    if batch_size < 1 or workers < 0:
+        raise TlkitError(f"batch size must be >= 1 and workers >= 0 (got {batch_size}, {workers})")
+    if shuffle and sampler is not None:
+        raise ValueError("make_loader: pass either shuffle=True or a sampler, not both")
+    device = torch.device(device)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
+        num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=(prefetch_factor or 2) if workers > 0 else None,
+        multiprocessing_context=multiprocessing_context if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _unique_failures(failures: Iterable[tuple[int, str]]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for index, reason in failures:
+        out.setdefault(int(index), reason)
+    return dict(sorted(out.items()))
+
+
+def write_skipped(path: str | os.PathLike, records: Sequence[ImageRecord],
+                  failures: Iterable[tuple[int, str]]) -> None:
+    """Write the skipped files as CSV ``path,reason`` (``rel`` paths, dataset order), atomically.
+
+    ``failures`` are ``(dataset index, reason)`` pairs, e.g. gathered from :attr:`Batch.failures`;
+    an index reported twice (several epochs) is written once.
+    """
+    rows = [(records[i].rel, reason) for i, reason in _unique_failures(failures).items()]
+    write_csv(path, ("path", "reason"), rows)
+
+
+def summarize_failures(failures: Iterable[tuple[int, str]]) -> str:
+    """One line for a warning: ``"3 files skipped (2 truncated, 1 empty file)"``.
+
+    Reasons are grouped by their text before the first ``:`` ("corrupt: ..." -> "corrupt").
+    """
+    unique = _unique_failures(failures)
+    if not unique:
+        return "no files skipped"
+    kinds = collections.Counter(reason.split(":", 1)[0] for reason in unique.values())
+    ranked = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    detail = ", ".join(f"{n} {kind}" for kind, n in ranked)
+    noun = "file" if len(unique) == 1 else "files"
+    return f"{len(unique)} {noun} skipped ({detail})"
