@@ -109,6 +109,15 @@ def test_resume_after_sigkill(tmp_path):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_finished_run_is_reused(tmp_path, digits_dir):
+    out = tmp_path / "o"
+    first = extract_features(digits_dir, out, image_size=32, workers=0)
+    mtime = (out / "features.npy").stat().st_mtime_ns
+    again = extract_features(digits_dir, out, image_size=32, workers=0)
+    assert again.resumed_from == 60 and again.count == first.count
+    assert (out / "features.npy").stat().st_mtime_ns == mtime
+
+
 def test_changed_settings_start_over(tmp_path, digits_dir):
     out = tmp_path / "o"
     extract_features(digits_dir, out, image_size=32, workers=0)

@@ -99,6 +99,17 @@ def _load_progress(out: Path, fingerprint: str, n: int, dim: int) -> tuple[int, 
     return int(prog["done"]), [tuple(f) for f in prog.get("failures", [])]
 
 
+def _finished(out: Path, fingerprint: str) -> dict | None:
+    """meta.json of a complete earlier run with the same inputs and settings, else None."""
+    try:
+        meta = read_json(out / "meta.json")
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") == fingerprint and (out / FEATURES).is_file() and not (out / PARTIAL).exists():
+        return meta
+    return None
+
+
 class _Writer:
     """Streams rows into the partial memmap and commits progress atomically."""
 
@@ -251,6 +262,12 @@ def extract_features(
     settings = {"data_config": data_config, "precision": precision_name(dtype)}
     fingerprint = _fingerprint(source.records, bb, settings)
     out.mkdir(parents=True, exist_ok=True)
+    finished = _finished(out, fingerprint)
+    if finished is not None:
+        log.info("%s already holds these features; nothing to do", out)
+        if progress:
+            progress(n)
+        return ExtractResult(out, finished["count"], dim, finished["skipped"], n, time.perf_counter() - t0, 0.0, finished)
     done, failures = _load_progress(out, fingerprint, n, dim)
     if done:
         log.info("resuming %s: %d of %d images already done", out, done, n)
@@ -281,6 +298,7 @@ def extract_features(
         "precision": precision_name(dtype),
         "device": str(dev),
         "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
+        "fingerprint": fingerprint,
     }
     elapsed = time.perf_counter() - t0
     meta["elapsed_s"] = round(elapsed, 3)
