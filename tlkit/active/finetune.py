@@ -1,0 +1,99 @@
+"""``al-round --train finetune``: the finetune engine on the labeled images, then the pool scored.
+
+The labeled images are exposed to the engine as a class-folder tree of symlinks inside the round's
+temporary folder (the pool itself is never written to). The run goes to ``rounds/NNNN/model/``,
+so ``tlkit evaluate`` and ``tlkit predict`` work on it. The round warm-starts from the previous
+round's model when there is one (same classes), otherwise from the pretrained backbone. Diversity
+strategies keep using the cached frozen embeddings; probabilities come from the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = 5
+
+
+def _labeled_tree(project: Project, folder: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i, (path, label) in enumerate(sorted(project.labels().items())):
+        if label == SKIP_LABEL:
+            continue
+        dst = folder / label / f"{i:06d}_{Path(path).name}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(project.pool_root / path, dst)
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def _pool_probs(run: Path, project: Project, paths: list[str], classes: tuple[str, ...], device: str) -> np.ndarray:
+    """Probabilities [n, k] of the fine-tuned model over ``paths``, columns in project class order."""
+    from tlkit.data import ImageDataset, ImageRecord, build_transform, make_loader
+    from tlkit.runtime import default_workers, resolve_device, resolve_precision
+    from tlkit.train.evaluate import predict_loader
+    from tlkit.train.model import load_run
+
+    dev = resolve_device(device)
+    model, run_classes, data_config = load_run(run, device=dev)
+    records = [ImageRecord(project.pool_root / p, p, None) for p in paths]
+    dataset = ImageDataset(records, build_transform(data_config))
+    loader = make_loader(dataset, batch_size=64, workers=default_workers(), device=dev)
+    preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision("auto", dev), channels_last=True)
+    out = np.zeros((len(paths), len(classes)), np.float32)
+    cols = [classes.index(c) for c in run_classes]
+    out[np.ix_(preds.indices, cols)] = preds.probs
+    return out
+
+
+def score_finetuned(
+    project: Project, data, out: Path, *, device: str, epochs: int | None, seed: int, previous: Path | None
+) -> tuple[np.ndarray | None, None, dict[str, Any]]:
+    """Fine-tune on the labels into ``out``; return (probs [n, k] or None, None, metrics)."""
+    from tlkit.train import make_config
+    from tlkit.train.engine import fit
+
+    t = time.perf_counter()
+    tree = out.parent / "labeled"
+    counts = _labeled_tree(project, tree)
+    if len(counts) < 2:
+        shutil.rmtree(tree, ignore_errors=True)
+        log.info("fewer than two labeled classes: no model yet; selecting without one")
+        return None, None, {"train_s": 0.0, "val_accuracy": None}
+    cfg = project.config
+    explicit: dict[str, Any] = {"backbone": cfg.backbone, "epochs": epochs or DEFAULT_EPOCHS, "seed": seed,
+                                "device": device, "image_size": cfg.image_size, "weights": cfg.weights}
+    if previous is not None and _same_classes(previous, counts):
+        explicit["weights"] = str(previous / "best.safetensors")
+    try:
+        config = make_config(cfg.recipe, **explicit)
+    except TlkitError as e:
+        raise TlkitError(f"project recipe: {e}") from None
+    few = min(counts.values()) < 3
+    result = fit(config, data=tree, out=out, val=tree if few else None)
+    probs = _pool_probs(out, project, data.paths, data.classes, device)
+    shutil.rmtree(tree, ignore_errors=True)
+    best = result.best or {}
+    return probs, None, {"train_s": round(time.perf_counter() - t, 3),
+                         "val_accuracy": best.get("val_accuracy"),
+                         "val_on_train": few, "warm_start": "weights" in explicit and explicit["weights"] != cfg.weights}
+
+
+def _same_classes(previous: Path, counts: dict[str, int]) -> bool:
+    from tlkit.train.model import checkpoint_meta
+
+    try:
+        return sorted(checkpoint_meta(previous)["classes"]) == sorted(counts)
+    except TlkitError:
+        return False

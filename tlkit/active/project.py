@@ -1,0 +1,256 @@
+"""The active-learning project folder: everything between labeling sessions lives here, on disk.
+
+```
+PROJECT/
+  project.yaml      settings: pool root, backbone, weights, image size, classes, Label Studio prefix
+  pool.csv          id,path — every pool image, path relative to the pool root; written once
+  labels.csv        path,label — the one source of truth for human labels
+                    (label "__skip__" marks an image as unlabelable: never queried again)
+  state.json        current round and status (a cache; the rounds/ folders are authoritative)
+  rounds/0001/ ...  one folder per finished round (query.csv, labelstudio.json, model/, metrics.json)
+  cache/            embeddings keyed by backbone + weights hash + image size (tlkit extract folders)
+  .lock             held (flock) while a command changes the project
+```
+
+Crash safety: a round is built in ``rounds/NNNN.tmp/`` and renamed into place when complete; a
+killed round leaves only the ``.tmp`` folder, which the next command removes. Every file is
+written atomically. The lock is an OS-level ``flock``: it is released when the process dies, so a
+SIGKILL never leaves the project locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+import tlkit
+from tlkit.data import ImageRecord, ImageSource, scan_images
+from tlkit.errors import TlkitError
+from tlkit.io import read_csv, read_json, write_csv, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SKIP_LABEL = "__skip__"
+ROUND_DIGITS = 4
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Settings of a project (``project.yaml``)."""
+
+    pool_root: str
+    classes: tuple[str, ...] = ()
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    image_size: int | None = None
+    label_studio_prefix: str = "/data/local-files/?d="
+    recipe: str | None = None
+    seed: int = 0
+    tlkit_version: str = tlkit.__version__
+
+    def to_yaml(self) -> str:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return yaml.safe_dump(d, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "ProjectConfig":
+        d = yaml.safe_load(text) or {}
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise TlkitError(f"project.yaml has unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        d["classes"] = tuple(str(c) for c in d.get("classes") or ())
+        return cls(**d)
+
+
+@dataclass
+class ProjectState:
+    round: int = 0
+    status: str = "new"
+    updated: float = field(default_factory=time.time)
+
+
+class Project:
+    """An open project folder. Use :meth:`create` or :meth:`open`.
+
+    Example:
+        >>> p = Project.create("proj", pool="images/", classes=("cat", "dog"))
+        >>> p.labels()          # {} until labels are imported
+    """
+
+    def __init__(self, root: Path, config: ProjectConfig):
+        self.root = root
+        self.config = config
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def pool_csv(self) -> Path:
+        return self.root / "pool.csv"
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.root / "labels.csv"
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "rounds"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def pool_root(self) -> Path:
+        return Path(self.config.pool_root)
+
+    def round_dir(self, n: int) -> Path:
+        return self.rounds_dir / f"{n:0{ROUND_DIGITS}d}"
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        *,
+        pool: str | os.PathLike,
+        labels: str | os.PathLike | None = None,
+        classes: tuple[str, ...] | list[str] = (),
+        backbone: str = "efficientnet_lite0",
+        weights: str | None = None,
+        image_size: int | None = None,
+        label_studio_prefix: str = "/data/local-files/?d=",
+        recipe: str | None = None,
+        seed: int = 0,
+    ) -> "Project":
+        """Create a project over the images under ``pool``, optionally with seed labels (CSV)."""
+        root = Path(root)
+        if (root / "project.yaml").exists():
+            raise TlkitError(f"{root} is already a tlkit project; use it as it is, or pick a new folder")
+        source = scan_images(pool, labeled=False)
+        classes = tuple(dict.fromkeys(c.strip() for c in classes if c.strip()))
+        config = ProjectConfig(
+            pool_root=str(Path(source.root).resolve()), classes=classes, backbone=backbone,
+            weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
+            label_studio_prefix=label_studio_prefix, recipe=recipe, seed=seed,
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        project = cls(root, config)
+        with project.lock():
+            write_csv(project.pool_csv, ["id", "path"], ((i, r.rel) for i, r in enumerate(source.records)))
+            write_csv(project.labels_csv, ["path", "label"], [])
+            write_text(root / "project.yaml", config.to_yaml())
+            project.write_state(ProjectState())
+        if labels is not None:
+            from tlkit.active.labels import import_labels
+
+            import_labels(project, labels, add_classes=not classes)
+        return project
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "Project":
+        root = Path(root)
+        cfg = root / "project.yaml"
+        if not cfg.is_file():
+            raise TlkitError(f"{root} is not a tlkit project (no project.yaml); create one with `tlkit al-init`")
+        return cls(root, ProjectConfig.from_yaml(cfg.read_text(encoding="utf-8")))
+
+    def save_config(self, config: ProjectConfig) -> None:
+        write_text(self.root / "project.yaml", config.to_yaml())
+        self.config = config
+
+    def with_classes(self, classes: tuple[str, ...]) -> None:
+        self.save_config(replace(self.config, classes=classes))
+
+    # ------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def lock(self, what: str = "a command") -> Iterator[None]:
+        """Hold the project's lock; a second holder fails at once with a clear message."""
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                raise TlkitError(
+                    f"{self.root} is busy: {holder} is working on it; wait for it to finish and run again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
+            self._cleanup_partial_rounds()
+            yield
+        finally:
+            os.close(fd)
+
+    def _cleanup_partial_rounds(self) -> None:
+        if not self.rounds_dir.is_dir():
+            return
+        for tmp in self.rounds_dir.glob("*.tmp"):
+            log.warning("removing %s left by an interrupted round", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ pool and labels
+    def pool_paths(self) -> list[str]:
+        """Pool image paths (relative to the pool root), in id order."""
+        return [row["path"] for row in read_csv(self.pool_csv)]
+
+    def pool_source(self) -> ImageSource:
+        root = self.pool_root
+        if not root.is_dir():
+            raise TlkitError(f"pool folder {root} is gone; restore it (project.yaml: pool_root)")
+        records = tuple(ImageRecord(root / p, p, None) for p in self.pool_paths())
+        return ImageSource(root=root, kind="flat", records=records, classes=())
+
+    def labels(self) -> dict[str, str]:
+        """Human labels: path -> label (including ``__skip__`` for unlabelable images)."""
+        if not self.labels_csv.exists():
+            return {}
+        return {row["path"]: row["label"] for row in read_csv(self.labels_csv)}
+
+    def write_labels(self, labels: dict[str, str]) -> None:
+        order = {p: i for i, p in enumerate(self.pool_paths())}
+        rows = sorted(labels.items(), key=lambda kv: order.get(kv[0], len(order)))
+        write_csv(self.labels_csv, ["path", "label"], rows)
+
+    # ------------------------------------------------------------------ rounds and state
+    def rounds(self) -> list[int]:
+        """Numbers of the finished rounds, ascending."""
+        if not self.rounds_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.rounds_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def state(self) -> ProjectState:
+        try:
+            d = read_json(self.root / "state.json")
+            state = ProjectState(**d)
+        except (OSError, ValueError, TypeError):
+            state = ProjectState()
+        finished = self.rounds()
+        state.round = finished[-1] if finished else 0  # the folders are the truth
+        return state
+
+    def write_state(self, state: ProjectState) -> None:
+        state.updated = time.time()
+        write_json(self.root / "state.json", asdict(state))
+
+    def last_query(self) -> list[dict[str, str]]:
+        rounds = self.rounds()
+        if not rounds:
+            return []
+        path = self.round_dir(rounds[-1]) / "query.csv"
+        return read_csv(path) if path.exists() else []
+
+    def pending(self) -> list[dict[str, str]]:
+        """Rows of the latest query that still await a label."""
+        labels = self.labels()
+        return [row for row in self.last_query() if row["path"] not in labels]

@@ -1,0 +1,251 @@
+"""One active-learning round: train on the labels, score the pool, select, write the query.
+
+The round is built in ``rounds/NNNN.tmp/`` and renamed to ``rounds/NNNN/`` only when every file is
+written, so a round killed at any point leaves the project as it was; running again completes it.
+While the latest query still awaits labels, a new round selects nothing and returns the pending
+batch instead (``new=True`` starts one anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+import tlkit
+from tlkit.active import head as heads
+from tlkit.active.labels import write_label_studio
+from tlkit.active.project import SKIP_LABEL, Project, ProjectState
+from tlkit.active.strategies import PoolView, get_strategy, select
+from tlkit.errors import TlkitError
+from tlkit.io import write_csv, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODES = ("head", "finetune")
+QUERY_COLUMNS = ("path", "rank", "score", "predicted", "confidence")
+
+
+@dataclass
+class RoundResult:
+    """What :func:`run_round` did.
+
+    Attributes:
+        round: the round number (the pending one when ``pending``).
+        pending: True when nothing new was selected because the last query awaits labels.
+        query: rows of the query (path, rank, score, predicted, confidence).
+        metrics: the round's metrics.json content (empty when pending).
+        dir: the round's folder.
+    """
+
+    round: int
+    pending: bool
+    query: list[dict[str, Any]]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    dir: Path | None = None
+
+
+@dataclass
+class PoolData:
+    """The pool as arrays: embeddings of decodable images and their labels."""
+
+    paths: list[str]  # [n] pool paths with embeddings
+    embeddings: np.ndarray  # [n, d]
+    y: np.ndarray  # [n] class index, -1 unlabeled, -2 unlabelable
+    classes: tuple[str, ...]
+
+
+def embeddings_for(project: Project, *, device: str = "auto", progress: Callable[[int], None] | None = None):
+    """Pool embeddings from the project's cache (computed once per backbone + weights + size).
+
+    Returns:
+        (paths [n], embeddings [n, d] float32): decodable pool images in pool order.
+    """
+    from tlkit.backbones import create_backbone
+    from tlkit.extract import extract_features, load_features
+
+    cfg = project.config
+    bb = create_backbone(cfg.backbone, weights=cfg.weights)
+    size = cfg.image_size or bb.data_config["input_size"][-1]
+    key = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
+    out = project.cache_dir / key
+    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device, progress=progress)
+    feats, index, _ = load_features(out, mmap=False)
+    return [r["path"] for r in index], np.ascontiguousarray(feats, dtype=np.float32)
+
+
+def pool_data(project: Project, paths: list[str], embeddings: np.ndarray) -> PoolData:
+    labels = project.labels()
+    classes = project.config.classes
+    idx = {c: i for i, c in enumerate(classes)}
+    y = np.full(len(paths), -1, dtype=np.int64)
+    for i, p in enumerate(paths):
+        lab = labels.get(p)
+        if lab is not None:
+            y[i] = -2 if lab == SKIP_LABEL else idx[lab]
+    return PoolData(paths, embeddings, y, classes)
+
+
+def _candidates(y: np.ndarray, max_pool: int | None, rng: np.random.Generator) -> np.ndarray:
+    cand = y == -1
+    if max_pool and cand.sum() > max_pool:
+        keep = rng.choice(np.flatnonzero(cand), size=max_pool, replace=False)
+        cand = np.zeros_like(cand)
+        cand[keep] = True
+    return cand
+
+
+def _score_head(data: PoolData, needs: tuple[str, ...], seed: int) -> tuple[Any, np.ndarray | None, np.ndarray | None, dict]:
+    """Fit the head; probabilities [n, k] (and [n, k, T] for Bayesian strategies) for the pool."""
+    t = time.perf_counter()
+    lab = data.y >= 0
+    scaler = heads.Scaler.fit(data.embeddings)
+    head = heads.fit_head(data.embeddings[lab], data.y[lab], data.classes, scaler=scaler, seed=seed)
+    probs = head.predict_proba(data.embeddings) if head is not None else None
+    mc = None
+    if head is not None and "mc_probs" in needs:
+        mc = heads.ensemble_probs(data.embeddings[lab], data.y[lab], data.embeddings, data.classes, scaler=scaler, seed=seed)
+    cv = heads.cross_val_accuracy(data.embeddings[lab], data.y[lab], data.classes, scaler=scaler, seed=seed) if head else None
+    return head, probs, mc, {"train_s": round(time.perf_counter() - t, 3), "val_accuracy_cv": cv}
+
+
+def _query_rows(data: PoolData, sel, probs: np.ndarray | None) -> list[dict[str, Any]]:
+    rows = []
+    for rank, (i, score) in enumerate(zip(sel.indices, sel.scores), start=1):
+        row = {"path": data.paths[i], "rank": rank, "score": f"{float(score):.6g}", "predicted": "", "confidence": ""}
+        if probs is not None:
+            k = int(probs[i].argmax())
+            row["predicted"], row["confidence"] = data.classes[k], f"{float(probs[i, k]):.4f}"
+        rows.append(row)
+    return rows
+
+
+def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, image_size: int | None) -> None:
+    """The backbone with the head folded in as its classifier: a run usable by evaluate/predict."""
+    import torch
+
+    from tlkit.backbones import create_backbone
+    from tlkit.train.checkpoint import save_weights
+    from tlkit.train.model import architecture_kwargs
+
+    cfg = project.config
+    bb = create_backbone(cfg.backbone, weights=cfg.weights, num_classes=len(head.classes))
+    w, b = head.folded()
+    classifier = bb.model.get_classifier()
+    with torch.no_grad():
+        classifier.weight.copy_(torch.from_numpy(w))
+        classifier.bias.copy_(torch.from_numpy(b))
+    data_config = dict(bb.data_config)
+    if image_size:
+        data_config["input_size"] = (3, image_size, image_size)
+    meta = {
+        "backbone": bb.name, "classes": list(head.classes), "num_classes": len(head.classes),
+        "model_kwargs": architecture_kwargs(bb.name, bb.weights.source),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "weights": bb.weights.to_dict(), "config": {"train": "head", "head": "standardised logistic regression"},
+    }
+    save_weights(folder / "best.safetensors", bb.model.state_dict(), meta)
+
+
+def _metrics(project: Project, data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
+    per_class = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
+    return {
+        "labeled": int((data.y >= 0).sum()),
+        "unlabelable": int((data.y == -2).sum()),
+        "labeled_per_class": per_class,
+        "pool": len(data.paths),
+        **extra,
+    }
+
+
+def run_round(
+    project_dir: str | os.PathLike,
+    *,
+    batch: int = 20,
+    strategy: str = "auto",
+    train: str = "head",
+    max_pool: int | None = None,
+    new: bool = False,
+    device: str = "auto",
+    epochs: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RoundResult:
+    """Run one round in ``project_dir`` (see the module docstring).
+
+    Args:
+        batch: images to select.
+        strategy: a registered strategy name (``tlkit strategies`` lists them).
+        train: ``head`` (frozen backbone, cached embeddings, linear head; seconds) or ``finetune``
+            (the finetune engine on the labeled images; GPU when present).
+        max_pool: score only a random subset of this many unlabeled images.
+        new: start a new round even if the last query still awaits labels.
+        epochs: epochs for ``train="finetune"``.
+        progress: called with images embedded (first round of a backbone only).
+    """
+    if train not in TRAIN_MODES:
+        raise TlkitError(f"unknown --train {train!r}; choose one of: {', '.join(TRAIN_MODES)}")
+    info = get_strategy(strategy)
+    if batch < 1:
+        raise TlkitError(f"--batch must be at least 1 (got {batch})")
+    project = Project.open(project_dir)
+    with project.lock("al-round"):
+        pending = project.pending()
+        rounds = project.rounds()
+        if pending and not new:
+            return RoundResult(rounds[-1], True, pending, dir=project.round_dir(rounds[-1]))
+        n = (rounds[-1] if rounds else 0) + 1
+        return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress)
+
+
+def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress) -> RoundResult:
+    t0 = time.perf_counter()
+    final = project.round_dir(n)
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.mkdir(parents=True)
+    paths, emb = embeddings_for(project, device=device, progress=progress)
+    data = pool_data(project, paths, emb)
+    seed = project.config.seed * 1000 + n
+    rng = np.random.default_rng(seed)
+    if train == "head":
+        head, probs, mc, extra = _score_head(data, info.needs, seed)
+    else:
+        from tlkit.active.finetune import score_finetuned
+
+        head = None
+        probs, mc, extra = score_finetuned(project, data, tmp / "model", device=device, epochs=epochs, seed=seed,
+                                           previous=_previous_model(project, n))
+    pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1, candidates=_candidates(data.y, max_pool, rng),
+                    probs=probs, mc_probs=mc, labels=np.where(data.y >= 0, data.y, -1))
+    t = time.perf_counter()
+    sel = select(info.name, pool, batch, seed=seed)
+    extra["select_s"] = round(time.perf_counter() - t, 3)
+    rows = _query_rows(data, sel, probs)
+    write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
+    write_label_studio(tmp / "labelstudio.json", rows, project.config.label_studio_prefix, n)
+    if head is not None:
+        _save_head_model(tmp / "model", project, head, project.config.image_size)
+    metrics = _metrics(project, data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),
+                                       "candidates": int(pool.candidates.sum()), **extra,
+                                       "elapsed_s": round(time.perf_counter() - t0, 3)})
+    write_json(tmp / "metrics.json", metrics)
+    write_text(tmp / "config.yaml", yaml.safe_dump({
+        "round": n, "batch": batch, "strategy": info.name, "train": train, "max_pool": max_pool, "seed": seed,
+        "epochs": epochs, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
+    }, sort_keys=False))
+    os.replace(tmp, final)
+    project.write_state(ProjectState(round=n, status="awaiting labels" if rows else "pool exhausted"))
+    return RoundResult(n, False, rows, metrics, final)
+
+
+def _previous_model(project: Project, n: int) -> Path | None:
+    for r in reversed(project.rounds()):
+        if r < n and (project.round_dir(r) / "model" / "best.safetensors").exists():
+            return project.round_dir(r) / "model"
+    return None
+

@@ -1,0 +1,78 @@
+"""Project status: rounds, labels per class, pending queries, validation per round, learning curve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.io import read_json
+
+
+@dataclass
+class ProjectStatus:
+    root: Path
+    classes: tuple[str, ...]
+    pool: int
+    labeled_per_class: dict[str, int]
+    unlabelable: int
+    pending: int
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    curve_png: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "project": str(self.root), "classes": list(self.classes), "pool": self.pool,
+            "labeled": sum(self.labeled_per_class.values()), "labeled_per_class": self.labeled_per_class,
+            "unlabelable": self.unlabelable, "pending": self.pending, "rounds": self.rounds,
+            "learning_curve": str(self.curve_png) if self.curve_png else None,
+        }
+
+
+def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStatus:
+    """Summarise a project; with ``plot``, write ``learning_curve.png`` (validation vs labels)."""
+    project = Project.open(project_dir)
+    labels = project.labels()
+    per_class = {c: 0 for c in project.config.classes}
+    for lab in labels.values():
+        if lab != SKIP_LABEL:
+            per_class[lab] = per_class.get(lab, 0) + 1
+    rounds = []
+    for n in project.rounds():
+        path = project.round_dir(n) / "metrics.json"
+        m = read_json(path) if path.exists() else {}
+        rounds.append({"round": n, "labeled": m.get("labeled"), "selected": m.get("selected"),
+                       "strategy": m.get("strategy"), "train": m.get("train"),
+                       "val_accuracy": m.get("val_accuracy_cv", m.get("val_accuracy")),
+                       "seconds": m.get("elapsed_s")})
+    status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,
+                           sum(1 for v in labels.values() if v == SKIP_LABEL), len(project.pending()), rounds)
+    if plot and any(r["val_accuracy"] is not None for r in rounds):
+        status.curve_png = _plot(project.root / "learning_curve.png", rounds)
+    return status
+
+
+def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlkit.io import write_bytes
+
+    pts = [(r["labeled"], r["val_accuracy"]) for r in rounds if r["val_accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel("validation accuracy (cross-validated)")
+    ax.set_title("learning curve")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,169 @@
+"""Memory-bounded geometry on embeddings: chunked squared distances, k-means, k-NN typicality.
+
+No function here builds an ``n x n`` matrix: pairwise work goes in row blocks of at most
+:data:`CHUNK_BYTES` bytes (float32), so memory is O(n·d + CHUNK_BYTES).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import numpy as np
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.exceptions import ConvergenceWarning
+
+CHUNK_BYTES = 64 * 2**20
+"""Largest float32 distance block held at once."""
+KMEANS_INIT_SAMPLE = 4096
+"""k-means++ seeding looks at this many rows (a seeded sample above it)."""
+KMEANS_FULL_WORK = 5e8
+"""Above ``n * k * d`` of this, k-means runs as MiniBatchKMeans (one Lloyd pass would cost >~10 ms)."""
+
+
+def sq_norms(X: np.ndarray) -> np.ndarray:
+    """``[n]`` float32 squared row norms of ``X [n, d]``; O(n·d) time, O(n) memory."""
+    return np.einsum("ij,ij->i", X, X)
+
+
+def sq_dists(A: np.ndarray, B: np.ndarray, a2: np.ndarray | None = None, b2: np.ndarray | None = None) -> np.ndarray:
+    """``[a, b]`` float32 squared euclidean distances from one GEMM; clamped at 0."""
+    a2 = sq_norms(A) if a2 is None else a2
+    b2 = sq_norms(B) if b2 is None else b2
+    D = A @ B.T
+    D *= -2
+    D += a2[:, None]
+    D += b2[None, :]
+    return np.maximum(D, 0, out=D)
+
+
+def row_blocks(n_rows: int, n_cols: int, budget: int | None = None) -> Iterator[slice]:
+    """Slices of rows such that a ``[rows, n_cols]`` float32 block stays under ``budget`` bytes
+    (default :data:`CHUNK_BYTES`)."""
+    step = max(1, (CHUNK_BYTES if budget is None else budget) // (4 * max(1, n_cols)))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def nearest_center(
+    X: np.ndarray, rows: np.ndarray, centers: np.ndarray, x2: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``rows``, the nearest of ``centers`` (both int indices into ``X [n, d]``).
+
+    Returns:
+        ``([len(rows)] float32 squared distance, [len(rows)] int64 position in centers)``; +inf and
+        -1 when ``centers`` is empty. Cost: O(|rows|·|centers|·d) time, O(CHUNK + |centers|·d) memory.
+    """
+    d2 = np.full(rows.shape[0], np.inf, dtype=np.float32)
+    pos = np.full(rows.shape[0], -1, dtype=np.int64)
+    if centers.size == 0:
+        return d2, pos
+    x2 = sq_norms(X) if x2 is None else x2
+    C, c2 = X[centers], x2[centers]
+    for blk in row_blocks(rows.shape[0], centers.shape[0]):
+        r = rows[blk]
+        D = sq_dists(X[r], C, x2[r], c2)
+        pos[blk] = D.argmin(axis=1)
+        d2[blk] = D[np.arange(D.shape[0]), pos[blk]]
+    return d2, pos
+
+
+def min_sq_dists(X: np.ndarray, rows: np.ndarray, centers: np.ndarray, x2: np.ndarray | None = None) -> np.ndarray:
+    """``[len(rows)]`` float32 squared distance from each of ``rows`` to the nearest of ``centers``
+    (+inf when there are none); see :func:`nearest_center`."""
+    return nearest_center(X, rows, centers, x2)[0]
+
+
+def d2_sample(D2: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to ``D2 [n]`` (k-means++ "D²" sampling);
+    uniform when every weight is 0. O(n)."""
+    cum = np.cumsum(D2, dtype=np.float64)
+    if not cum[-1] > 0:
+        return int(rng.integers(D2.shape[0]))
+    return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), D2.shape[0] - 1)
+
+
+def kmeans_pp_seeds(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``[k, d]`` k-means++ initial centers (one trial per center) of ``X [n, d]``.
+
+    One matrix-vector product per center: O(k·n·d) time, O(n) memory. (sklearn's
+    ``kmeans_plusplus`` upcasts float32 blocks to float64 and is ~10x slower here.)
+    """
+    x2 = sq_norms(X)
+    picked = [int(rng.integers(X.shape[0]))]
+    D2 = np.full(X.shape[0], np.inf)
+    for _ in range(k - 1):
+        c = picked[-1]
+        np.minimum(D2, np.maximum(x2 + x2[c] - 2.0 * (X @ X[c]), 0.0), out=D2)
+        picked.append(d2_sample(D2, rng))
+    return X[picked].copy()
+
+
+def kmeans(X: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster ``X [n, d]`` into ``min(k, n)`` clusters; deterministic for ``rng``'s state.
+
+    k-means++ seeding (:func:`kmeans_pp_seeds`) on a sample of :data:`KMEANS_INIT_SAMPLE` rows, then
+    Lloyd (sklearn KMeans, ≤100 passes) when ``n·k·d <= KMEANS_FULL_WORK``, else sklearn
+    MiniBatchKMeans (batches of 2048, early stop after 3 batches without improvement).
+
+    Returns:
+        ``([n] int labels, [k, d] float32 centers)``. Cost: O(n·k·d) per pass plus O(k·4096·d)
+        seeding; O(n + k·d) memory beyond X and sklearn's chunked buffers.
+    """
+    n, d = X.shape
+    k = max(1, min(int(k), n))
+    seed = int(rng.integers(2**31 - 1))
+    n_init_rows = min(n, max(KMEANS_INIT_SAMPLE, 2 * k))
+    sample = X if n_init_rows == n else X[np.sort(rng.choice(n, n_init_rows, replace=False))]
+    centers = kmeans_pp_seeds(sample, k, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: fewer distinct clusters
+        if n * k * d <= KMEANS_FULL_WORK:
+            km = KMeans(k, init=centers, n_init=1, max_iter=100, random_state=seed).fit(X)
+        else:
+            km = MiniBatchKMeans(
+                k, init=centers, n_init=1, batch_size=2048, max_iter=20, max_no_improvement=3, random_state=seed
+            ).fit(X)
+    return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
+
+
+def nearest_to_centers(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """``[k]`` row index of X nearest each center among its own cluster's members (-1 if empty).
+
+    Cost: O(n·d) time (one distance per row, to its own center), O(n) memory.
+    """
+    d2 = np.empty(X.shape[0], dtype=np.float32)
+    for blk in row_blocks(X.shape[0], X.shape[1]):
+        diff = X[blk] - centers[labels[blk]]
+        d2[blk] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((d2, labels))  # by cluster, then distance
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = labels[order[1:]] != labels[order[:-1]]
+    out = np.full(centers.shape[0], -1, dtype=np.int64)
+    out[labels[order[first]]] = order[first]
+    return out
+
+
+def knn_mean_dist(Q: np.ndarray, R: np.ndarray, k: int, q_in_r: np.ndarray | None = None) -> np.ndarray:
+    """Mean euclidean distance of each row of ``Q [q, d]`` to its ``k`` nearest rows of ``R [r, d]``.
+
+    Args:
+        q_in_r: ``[q]`` position of each query inside R (that row, itself, is skipped; -1 when the
+            query is not in R), or None.
+
+    Returns:
+        ``[q]`` float32; zeros when R has no other row. Cost: O(q·r·d) time, O(CHUNK_BYTES) memory.
+    """
+    k = min(int(k), R.shape[0] - (1 if q_in_r is not None else 0))
+    out = np.zeros(Q.shape[0], dtype=np.float32)
+    if k <= 0:
+        return out
+    r2 = sq_norms(R)
+    for blk in row_blocks(Q.shape[0], R.shape[0]):
+        D = sq_dists(Q[blk], R, None, r2)
+        if q_in_r is not None:
+            inside = np.flatnonzero(q_in_r[blk] >= 0)
+            D[inside, q_in_r[blk][inside]] = np.inf
+        near = np.partition(D, k - 1, axis=1)[:, :k]
+        out[blk] = np.sqrt(near).mean(axis=1)
+    return out

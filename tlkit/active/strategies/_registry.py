@@ -1,0 +1,276 @@
+"""The strategy registry and :func:`select`, which does the work every strategy shares.
+
+A strategy is a pure function ``fn(pool, n, rng) -> Selection``. :func:`select` validates the
+pool, clamps ``n`` to the number of candidates, checks that the arrays the strategy needs are
+present, seeds the generator and checks the result, so a strategy only ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+NEEDS = frozenset({"probs", "embeddings", "mc_probs"})
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_PROB_TOL = 1e-3  # rows of probs must sum to 1 within this
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
+class PoolView:
+    """Everything a strategy may look at, over the WHOLE pool (labeled and unlabeled rows).
+
+    Attributes:
+        embeddings: ``[n, d]`` float32 features (the classifier head's input).
+        labeled: ``[n]`` bool, already labeled (or marked unlabelable).
+        candidates: ``[n]`` bool, may be selected (unlabeled, not excluded, in the subset).
+        probs: ``[n, k]`` class probabilities of the current model; None at cold start.
+        mc_probs: ``[n, k, T]`` probabilities from T stochastic passes (MC dropout, ensemble).
+        labels: ``[n]`` int class of labeled rows, -1 elsewhere; None when unknown.
+    """
+
+    embeddings: np.ndarray | None
+    labeled: np.ndarray
+    candidates: np.ndarray
+    probs: np.ndarray | None = None
+    mc_probs: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of rows in the pool."""
+        return int(self.labeled.shape[0])
+
+    @property
+    def candidate_indices(self) -> np.ndarray:
+        """``[c]`` int64 pool indices of the candidates, ascending."""
+        return np.flatnonzero(self.candidates)
+
+    @property
+    def labeled_indices(self) -> np.ndarray:
+        """``[l]`` int64 pool indices of the labeled rows, ascending."""
+        return np.flatnonzero(self.labeled)
+
+    @property
+    def n_labels(self) -> int:
+        """Rows with a known class (``labels >= 0``), or the labeled rows when labels are unknown."""
+        if self.labels is not None:
+            return int(np.count_nonzero(self.labels[self.labeled] >= 0))
+        return int(np.count_nonzero(self.labeled))
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes, from probs, mc_probs or labels; None when nothing tells it."""
+        for arr in (self.probs, self.mc_probs):
+            if arr is not None:
+                return int(arr.shape[1])
+        if self.labels is not None and np.any(self.labels >= 0):
+            return int(np.unique(self.labels[self.labels >= 0]).size)
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """The rows a strategy picked.
+
+    Attributes:
+        indices: ``[m]`` int64 pool indices, distinct candidates, in rank order (best first).
+        scores: ``[m]`` float64, higher = more useful. For greedy or sampled strategies (coreset,
+            badge, typiclust, ...) a score is the value at pick time; the order of ``indices`` is
+            what counts.
+        strategy: the strategy that produced the ranking (``auto`` names the one it used).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    strategy: str = ""
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    @classmethod
+    def empty(cls, strategy: str = "") -> "Selection":
+        return cls(np.empty(0, np.int64), np.empty(0, np.float64), strategy)
+
+
+Strategy = Callable[[PoolView, int, np.random.Generator], Selection]
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """A registered strategy: its name, one-line description and the arrays it needs."""
+
+    name: str
+    fn: Strategy
+    description: str
+    needs: tuple[str, ...]
+
+    @property
+    def cold_start(self) -> bool:
+        """True when it works without a model (needs neither probs nor mc_probs)."""
+        return "probs" not in self.needs and "mc_probs" not in self.needs
+
+
+_REGISTRY: dict[str, StrategyInfo] = {}
+
+
+def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = ("probs",)) -> Callable[[Strategy], Strategy]:
+    """Register ``fn(pool, n, rng) -> Selection`` under ``name``.
+
+    Args:
+        name: lower-case, dash-separated (``"least-confidence"``); unique.
+        description: one line for ``--help`` and listings.
+        needs: the PoolView arrays the strategy reads, a subset of
+            ``{"probs", "embeddings", "mc_probs"}``; :func:`select` checks they are present.
+
+    Example:
+        >>> @register_strategy("my-random", description="uniform", needs=())
+        ... def my_random(pool, n, rng): ...
+    """
+    needs = tuple(needs)
+    if not _NAME.match(name):
+        raise ValueError(f"strategy name {name!r} must be lower-case words joined by '-'")
+    if not set(needs) <= NEEDS:
+        raise ValueError(f"strategy {name!r}: needs {sorted(set(needs) - NEEDS)} not in {sorted(NEEDS)}")
+
+    def decorator(fn: Strategy) -> Strategy:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"strategy {name!r} is already registered by {_REGISTRY[name].fn.__module__}")
+        _REGISTRY[name] = StrategyInfo(name, fn, description, needs)
+        return fn
+
+    return decorator
+
+
+def list_strategies() -> list[StrategyInfo]:
+    """All registered strategies, sorted by name."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_strategy(name: str) -> StrategyInfo:
+    """The strategy registered as ``name``; TlkitError naming the choices otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise TlkitError(f"unknown strategy '{name}'; {hint}choose one of: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def select(name: str, pool: PoolView, n: int, *, seed: int = 0) -> Selection:
+    """Pick up to ``n`` candidates of ``pool`` with strategy ``name``.
+
+    Validates shapes, clamps ``n`` to the number of candidates, checks the strategy's needs and
+    its output. Deterministic for a given ``seed``.
+
+    Returns:
+        Selection of ``m = min(n, pool.candidates.sum())`` distinct candidate indices, rank order.
+
+    Raises:
+        TlkitError: unknown name, malformed arrays, negative n, or a needed array missing.
+    """
+    info = get_strategy(name)
+    pool = _validated(pool)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise TlkitError(f"number to select must be a non-negative integer, got {n!r}")
+    _check_needs(info, pool)
+    m = min(int(n), int(np.count_nonzero(pool.candidates)))
+    if m == 0:
+        return Selection.empty(info.name)
+    sel = info.fn(pool, m, np.random.default_rng(seed))
+    sel = _checked_result(info.name, sel, pool, m)
+    log.debug("strategy %s picked %d of %d candidates", sel.strategy, m, int(pool.candidates.sum()))
+    return sel
+
+
+def _validated(pool: PoolView) -> PoolView:
+    """Check shapes and dtypes; return a view with float32 C-contiguous embeddings."""
+    labeled, candidates = np.asarray(pool.labeled), np.asarray(pool.candidates)
+    if labeled.ndim != 1:
+        raise TlkitError(f"labeled must be a 1-D bool mask [n], got shape {labeled.shape}")
+    n = labeled.shape[0]
+    for what, mask in (("labeled", labeled), ("candidates", candidates)):
+        if mask.dtype != np.bool_ or mask.shape != (n,):
+            raise TlkitError(
+                f"{what} must be a bool mask of shape ({n},), got {mask.dtype} {mask.shape}; "
+                "build one with np.isin(np.arange(n), indices)"
+            )
+    both = int(np.count_nonzero(labeled & candidates))
+    if both:
+        raise TlkitError(f"{both} rows are both labeled and candidates; candidates must exclude labeled rows")
+    emb = pool.embeddings
+    if emb is not None:
+        emb = np.asarray(emb)
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise TlkitError(f"embeddings must have shape [n={n}, d], got {emb.shape}")
+        if not np.issubdtype(emb.dtype, np.floating):
+            raise TlkitError(f"embeddings must be floating point, got {emb.dtype}")
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if not np.isfinite(emb).all():
+            raise TlkitError("embeddings contain NaN or inf; re-extract the features")
+    probs = _checked_probs("probs", pool.probs, n, ndim=2)
+    mc_probs = _checked_probs("mc_probs", pool.mc_probs, n, ndim=3)
+    if probs is not None and mc_probs is not None and probs.shape[1] != mc_probs.shape[1]:
+        raise TlkitError(f"probs has {probs.shape[1]} classes but mc_probs has {mc_probs.shape[1]}")
+    labels = pool.labels
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise TlkitError(f"labels must be an int array of shape ({n},) with -1 for unknown, got {labels.dtype} {labels.shape}")
+    return dataclasses.replace(
+        pool, embeddings=emb, labeled=labeled, candidates=candidates, probs=probs, mc_probs=mc_probs, labels=labels
+    )
+
+
+def _checked_probs(what: str, arr: np.ndarray | None, n: int, *, ndim: int) -> np.ndarray | None:
+    if arr is None:
+        return None
+    arr = np.asarray(arr)
+    shape = "[n, k]" if ndim == 2 else "[n, k, T]"
+    if arr.ndim != ndim or arr.shape[0] != n or arr.shape[1] < 1 or (ndim == 3 and arr.shape[2] < 1):
+        raise TlkitError(f"{what} must have shape {shape} with n={n}, got {arr.shape}")
+    arr = np.asarray(arr, dtype=np.float32 if arr.dtype != np.float64 else np.float64)
+    if not np.isfinite(arr).all() or (arr < 0).any() or np.abs(arr.sum(axis=1) - 1).max() > _PROB_TOL:
+        raise TlkitError(f"{what} must hold probabilities (non-negative, summing to 1 over classes); apply softmax to logits")
+    return arr
+
+
+def _check_needs(info: StrategyInfo, pool: PoolView) -> None:
+    if "embeddings" in info.needs and pool.embeddings is None:
+        raise TlkitError(f"strategy '{info.name}' needs embeddings [n, d]; extract features first")
+    if "probs" in info.needs and pool.probs is None:
+        cold = ", ".join(s.name for s in list_strategies() if s.cold_start)
+        raise TlkitError(
+            f"strategy '{info.name}' needs model probabilities, which are missing (cold start: no model yet); "
+            f"use 'auto' or a cold-start strategy: {cold}"
+        )
+    if "mc_probs" in info.needs and pool.mc_probs is None:
+        raise TlkitError(
+            f"strategy '{info.name}' needs mc_probs [n, k, T] from T stochastic passes (MC dropout or an ensemble); "
+            "compute them or choose another strategy"
+        )
+
+
+def _checked_result(name: str, sel: Selection, pool: PoolView, m: int) -> Selection:
+    """A strategy's output must be m distinct candidates; anything else is a bug in the strategy."""
+    idx = np.asarray(sel.indices, dtype=np.int64).reshape(-1)
+    scores = np.asarray(sel.scores, dtype=np.float64).reshape(-1)
+    problem = None
+    if idx.shape[0] != m or scores.shape[0] != m:
+        problem = f"returned {idx.shape[0]} indices and {scores.shape[0]} scores, expected {m}"
+    elif idx.min() < 0 or idx.max() >= pool.n or not pool.candidates[idx].all():
+        problem = "returned rows that are not candidates"
+    elif np.unique(idx).shape[0] != m:
+        problem = "returned duplicate rows"
+    if problem:
+        raise RuntimeError(f"strategy '{name}' {problem}")
+    return Selection(idx, scores, sel.strategy or name)

@@ -1,0 +1,82 @@
+"""``auto``, the default: typicality while labels are few, uncertainty plus diversity after.
+
+The switch rule (re-tune the constants, e.g. from a simulator; they are read at call time):
+
+* no model yet (``probs`` is None) -> ``typiclust``;
+* labels < :func:`auto_threshold` ``= max(AUTO_MIN_LABELS, AUTO_LABELS_PER_CLASS * n_classes)``
+  -> ``typiclust`` (the model is not trustworthy yet);
+* otherwise -> ``margin+kmeans``: the ``AUTO_CANDIDATE_FACTOR * n`` lowest-margin candidates, k-means
+  into ``n`` clusters among them, the most uncertain point of each cluster.
+
+"Labels" counts labeled rows with a known class (``labels >= 0``), or the labeled rows when
+``labels`` is None; ``n_classes`` is the width of ``probs``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tlkit.active.strategies._common import rank_top
+from tlkit.active.strategies._geometry import kmeans
+from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
+from tlkit.active.strategies.coldstart import typiclust
+from tlkit.active.strategies.uncertainty import margin_scores
+
+log = logging.getLogger(__name__)
+
+AUTO_LABELS_PER_CLASS = 5
+"""Labels per class from which the model's uncertainty is trusted."""
+AUTO_MIN_LABELS = 20
+"""...and never below this many labels in total."""
+AUTO_CANDIDATE_FACTOR = 10
+"""margin+kmeans clusters the ``factor * n`` most uncertain candidates."""
+
+TYPICLUST, MARGIN_KMEANS = "typiclust", "margin+kmeans"
+
+
+def auto_threshold(n_classes: int) -> int:
+    """Number of labels from which ``auto`` switches from typiclust to margin+kmeans."""
+    return max(AUTO_MIN_LABELS, AUTO_LABELS_PER_CLASS * int(n_classes))
+
+
+def auto_plan(pool: PoolView) -> str:
+    """Which behaviour ``auto`` uses on ``pool``: :data:`TYPICLUST` or :data:`MARGIN_KMEANS`."""
+    if pool.probs is None:
+        return TYPICLUST
+    return TYPICLUST if pool.n_labels < auto_threshold(pool.probs.shape[1]) else MARGIN_KMEANS
+
+
+def margin_kmeans(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
+    """Top ``AUTO_CANDIDATE_FACTOR * n`` candidates by margin uncertainty, k-means into ``n`` clusters
+    among them, the most uncertain of each cluster (then the next most uncertain if clusters
+    collapse). Score = margin uncertainty.
+
+    Cost: O(c·k) to score, O(m·n·d) per k-means pass for m = factor·n, O(m·d) memory.
+    """
+    cand = pool.candidate_indices
+    m = min(cand.size, AUTO_CANDIDATE_FACTOR * n)
+    top, s = rank_top(cand, margin_scores(pool.probs[cand]), m, rng)  # best first
+    if m == n:
+        return Selection(top, s)
+    labels, _ = kmeans(pool.embeddings[top], n, rng)
+    by_cluster = np.lexsort((np.arange(m), labels))  # cluster, then position (= most uncertain first)
+    first = np.r_[True, labels[by_cluster][1:] != labels[by_cluster][:-1]]
+    chosen = np.zeros(m, dtype=bool)
+    chosen[by_cluster[first]] = True
+    order = np.r_[np.flatnonzero(chosen), np.flatnonzero(~chosen)][:n]
+    return Selection(top[order], s[order])
+
+
+@register_strategy(
+    "auto",
+    description="default: typiclust while labels are few, then margin uncertainty + k-means diversity",
+    needs=("embeddings",),
+)
+def auto(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
+    """Dispatch on :func:`auto_plan`; ``Selection.strategy`` says which ran, e.g. ``auto(typiclust)``."""
+    plan = auto_plan(pool)
+    log.info("auto: %d labels, %s classes -> %s", pool.n_labels, pool.n_classes, plan)
+    sel = typiclust(pool, n, rng) if plan == TYPICLUST else margin_kmeans(pool, n, rng)
+    return Selection(sel.indices, sel.scores, f"auto({plan})")

@@ -1,0 +1,149 @@
+"""`tlkit al-init`, `al-round`, `al-import`, `al-status`, `strategies`: the labeling loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+
+STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategies()) + "."
+
+
+@app.command("al-init")
+def al_init_cmd(
+    project: Path = typer.Argument(..., help="Project folder to create."),
+    pool: Path = typer.Option(..., "--pool", help="Folder (or CSV manifest) of the images to label."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Seed labels: CSV path,label or Label Studio JSON."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
+    weights: Optional[Path] = typer.Option(None, "--weights"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Finetune recipe for --train finetune rounds."),
+    prefix: str = typer.Option("/data/local-files/?d=", "--ls-prefix", help="Label Studio image URL prefix."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Create an active-learning project over a pool of images."""
+    from tlkit.active.project import Project
+
+    setup_logging()
+    with user_errors():
+        p = Project.create(project, pool=pool, labels=labels, classes=tuple((classes or "").split(",")),
+                           backbone=backbone, weights=str(weights) if weights else None, image_size=image_size,
+                           label_studio_prefix=prefix, recipe=recipe, seed=seed)
+    console.print(f"created {escape(str(p.root))}: {len(p.pool_paths()):,} pool images, "
+                  f"{len(p.labels())} labels, classes: {', '.join(p.config.classes) or '(from the first labels)'}")
+    console.print(f"next: tlkit al-round {escape(str(project))}")
+
+
+@app.command("al-round")
+def al_round_cmd(
+    project: Path = typer.Argument(..., help="Project folder."),
+    batch: int = typer.Option(20, "--batch", "-n", min=1, help="Images to select for labeling."),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", "-s", help=STRATEGY_HELP),
+    train: str = typer.Option("head", "--train", help="head (frozen backbone + linear head) | finetune"),
+    max_pool: Optional[int] = typer.Option(None, "--max-pool", min=1, help="Score a random subset of the pool."),
+    new: bool = typer.Option(False, "--new", help="Start a new round even if the last query awaits labels."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs for --train finetune."),
+    device: str = typer.Option("auto", "--device"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train on the labels, score the pool, and write the next images to label."""
+    from tlkit.active.round import run_round
+
+    setup_logging(verbose)
+    with user_errors(), progress_bar() as bar:
+        task = bar.add_task("embed pool", total=None, rate="")
+        res = run_round(project, batch=batch, strategy=strategy, train=train, max_pool=max_pool, new=new,
+                        device=device, epochs=epochs, progress=rate_callback(bar, task))
+        bar.remove_task(task)
+    if res.pending:
+        console.print(f"[yellow]round {res.round} still awaits {len(res.query)} labels[/] "
+                      f"(import them with `tlkit al-import`, or pass --new):")
+    table = Table(title=f"round {res.round}: {len(res.query)} images to label")
+    for col in ("rank", "path", "score", "predicted", "confidence"):
+        table.add_column(col)
+    for row in res.query[:15]:
+        table.add_row(str(row["rank"]), escape(row["path"]), str(row["score"]), row.get("predicted", ""),
+                      str(row.get("confidence", "")))
+    console.print(table)
+    if len(res.query) > 15:
+        console.print(f"... {len(res.query) - 15} more in {escape(str(res.dir / 'query.csv'))}")
+    if not res.pending:
+        m = res.metrics
+        val = m.get("val_accuracy_cv")
+        console.print(f"labeled {m['labeled']}, validation {'%.3f' % val if val is not None else 'n/a'}, "
+                      f"selection {m['select_s']:.2f} s; files: {escape(str(res.dir))}/query.csv, labelstudio.json")
+
+
+@app.command("al-import")
+def al_import_cmd(
+    project: Path = typer.Argument(..., help="Project folder."),
+    file: Path = typer.Argument(..., help="CSV path,label (label __skip__ = unlabelable) or Label Studio JSON export."),
+    add_classes: bool = typer.Option(False, "--add-classes", help="Accept labels that are not project classes yet."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow changing existing labels."),
+) -> None:
+    """Take labels back in: validated first, then merged atomically into labels.csv."""
+    from tlkit.active.labels import import_labels
+    from tlkit.active.project import Project
+
+    setup_logging()
+    with user_errors():
+        rep = import_labels(Project.open(project), file, add_classes=add_classes, overwrite=overwrite)
+    console.print(f"added {rep.added}, relabeled {rep.relabeled}, unchanged {rep.unchanged}, "
+                  f"marked unlabelable {rep.skipped_marked}"
+                  + (f", new classes {rep.new_classes}" if rep.new_classes else ""))
+    if rep.per_class:
+        console.print("per class: " + ", ".join(f"{k}: {v}" for k, v in sorted(rep.per_class.items())))
+
+
+@app.command("al-status")
+def al_status_cmd(
+    project: Path = typer.Argument(..., help="Project folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Rounds, labels per class, pending queries, validation per round; writes learning_curve.png."""
+    from tlkit.active.status import project_status
+
+    setup_logging()
+    with user_errors():
+        st = project_status(project)
+    if as_json:
+        console.print_json(json.dumps(st.to_dict()))
+        return
+    console.print(f"[bold]{escape(str(st.root))}[/]: pool {st.pool:,}, labeled {sum(st.labeled_per_class.values())}, "
+                  f"unlabelable {st.unlabelable}, pending {st.pending}")
+    classes = Table(title="labels per class")
+    classes.add_column("class")
+    classes.add_column("labeled", justify="right")
+    for c, k in st.labeled_per_class.items():
+        classes.add_row(escape(c), str(k))
+    console.print(classes)
+    rounds = Table(title="rounds")
+    for col in ("round", "labeled", "selected", "strategy", "train", "validation", "seconds"):
+        rounds.add_column(col)
+    for r in st.rounds:
+        val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
+        rounds.add_row(str(r["round"]), str(r["labeled"]), str(r["selected"]), str(r["strategy"]), str(r["train"]),
+                       val, f"{r['seconds']:.1f}" if r["seconds"] is not None else "")
+    console.print(rounds)
+    if st.curve_png:
+        console.print(f"learning curve: {escape(str(st.curve_png))}")
+
+
+@app.command("strategies")
+def strategies_cmd() -> None:
+    """List the active-learning selection strategies."""
+    table = Table(title="strategies")
+    for col in ("name", "needs", "description"):
+        table.add_column(col)
+    for s in list_strategies():
+        table.add_row(s.name + (" (default)" if s.name == DEFAULT_STRATEGY else ""), ", ".join(s.needs) or "-",
+                      s.description)
+    console.print(table)

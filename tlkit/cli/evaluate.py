@@ -1,0 +1,59 @@
+"""`tlkit evaluate`: metrics of a trained run on labeled images (calls :func:`tlkit.train.evaluate_run`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Run folder written by `tlkit finetune`."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labeled images: one subfolder per class (or a labeled CSV)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (all metrics) instead of tables."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Metrics file (default RUN/evaluation.json)."),
+    tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Accuracy, F1, per-class report, confusion matrix, ROC-AUC and calibration on labeled images."""
+    from tlkit.train import evaluate_run
+
+    setup_logging(verbose)
+    with user_errors():
+        with progress_bar() as bar:
+            task = bar.add_task("evaluate", total=None, rate="")
+            m = evaluate_run(run, data, which=checkpoint, batch_size=batch_size, device=device, precision=precision,
+                             workers=workers, tta=tta, out=out, progress=rate_callback(bar, task))
+    if as_json:
+        typer.echo(json.dumps(m))
+        return
+    summary = Table(title=f"tlkit evaluate ({m['n']} images)", show_header=False)
+    for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr", "ece", "loss"):
+        if key in m:
+            summary.add_row(key, _fmt(m[key]))
+    if m.get("skipped"):
+        summary.add_row("skipped", str(m["skipped"]))
+    console.print(summary)
+    per = Table(title="per class")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for name, r in m["per_class"].items():
+        per.add_row(escape(name), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]))
+    console.print(per)
+    console.print(f"written: {escape(str(out or run / 'evaluation.json'))}")

@@ -1,0 +1,75 @@
+"""`tlkit finetune`: train a classifier on a class-folder tree (calls :func:`tlkit.train.fit`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}",
+             f"val loss {row['val_loss']:.4f}", f"val acc {row['val_accuracy']:.4f}"]
+    if "ema_val_accuracy" in row:
+        parts.append(f"ema acc {row['ema_val_accuracy']:.4f}")
+    parts += [f"lr {row['lr']:.2e}", f"{row['epoch_time_s']:.1f} s"]
+    return "  ".join(parts)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class (or a labeled CSV)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation images (class folders). Default: a split of --data."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified share of --data held out (default 0.2)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="timm name or tv:<torchvision name> (default efficientnet_lite0)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Bundled recipe name (see `tlkit recipes`) or a YAML file."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="full | linear-probe | freeze-unfreeze"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    overrides: List[str] = typer.Option([], "--set", help="Any config key: --set label_smoothing=0.1 (repeatable)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fine-tune a pretrained backbone; resumable with --resume after any interruption."""
+    from tlkit.train import fit, make_config
+
+    setup_logging(verbose)
+    with user_errors():
+        cfg = make_config(
+            recipe, overrides=overrides, backbone=backbone, weights=str(weights) if weights else None,
+            pretrained=pretrained, mode=mode, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+            device=device, precision=precision, workers=workers, seed=seed, val_fraction=val_fraction,
+        )
+        with progress_bar() as bar:
+            task = bar.add_task("finetune", total=None, rate="")
+            res = fit(cfg, data=data, val=val, out=out, resume=resume, progress=rate_callback(bar, task),
+                      on_epoch=lambda row: bar.console.print(escape(_epoch_line(row, cfg.epochs))))
+    best = res.best or {}
+    table = Table(title="tlkit finetune", show_header=False)
+    rows = [
+        ("backbone", f"{cfg.backbone} ({cfg.mode})"),
+        ("images", f"{res.n_train} train, {res.n_val} val, {len(res.classes)} classes"),
+        ("epochs", f"{len(res.history)}" + (" (early stop)" if res.stopped_early else "")
+         + (f", resumed after {res.resumed_from}" if res.resumed_from else "")),
+        ("best", f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}"
+         f" [{best.get('weights_from', '-')} weights, {cfg.monitor}]"),
+        ("time", f"{res.elapsed_s:.1f} s"),
+        ("output", str(res.out)),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)

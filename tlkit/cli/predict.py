@@ -1,0 +1,39 @@
+"""`tlkit predict`: classify images with a trained run (calls :func:`tlkit.train.predict`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+
+
+@app.command("predict")
+def predict_cmd(
+    run: Path = typer.Argument(..., help="Run folder written by `tlkit finetune`."),
+    images: Path = typer.Argument(..., help="A folder (recursive), a CSV manifest, or one image file."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV: path, label, probability, top-k columns."),
+    topk: int = typer.Option(5, "--topk", "-k", min=1, help="How many most likely classes per row."),
+    tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Predict a class for every image; unreadable files are listed in skipped.csv next to --out."""
+    from tlkit.train import predict
+
+    setup_logging(verbose)
+    with user_errors():
+        with progress_bar() as bar:
+            task = bar.add_task("predict", total=None, rate="")
+            res = predict(run, images, out=out, topk=topk, tta=tta, which=checkpoint, batch_size=batch_size,
+                          device=device, precision=precision, workers=workers, progress=rate_callback(bar, task))
+    console.print(f"{res.count} predictions -> {escape(str(res.out))}")
+    if res.skipped:
+        console.print(f"[yellow]{res.skipped} files skipped[/] -> {escape(str(res.skipped_csv))}")

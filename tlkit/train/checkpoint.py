@@ -1,0 +1,163 @@
+"""Checkpoints: inference weights (``.safetensors`` + JSON sidecar) and the training state for resume.
+
+Files in a run folder:
+
+    best.safetensors / best.json    weights of the best epoch (model or EMA) + how to rebuild them
+    last.safetensors / last.json    weights after the last finished epoch
+    train_state.pt                  everything ``--resume`` needs, in ONE file: model, optimizer,
+                                    scheduler, grad scaler, EMA, epoch, step, RNG states, history
+
+Every file is written to a temporary name and renamed into place (:mod:`tlkit.io`), so a SIGKILL
+leaves the previous complete file. The sidecar's content is also stored inside the
+``.safetensors`` header (``__metadata__["tlkit"]``), which is what :func:`load_weights` trusts: a
+weights file always carries its own description, even if the kill fell between the two renames.
+
+The training state holds only tensors and plain Python types and is read back with
+``torch.load(weights_only=True)``: loading a checkpoint never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import tlkit
+from tlkit.errors import TlkitError
+from tlkit.io import write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tlkit-checkpoint/1"
+TRAIN_STATE = "train_state.pt"
+
+
+def weights_path(run: str | os.PathLike, which: str = "best") -> Path:
+    """``RUN/<which>.safetensors``."""
+    return Path(run) / f"{which}.safetensors"
+
+
+def _plain_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies (safetensors refuses shared or strided storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``path`` (``.safetensors``, meta in its header) and ``path.with_suffix('.json')``.
+
+    Args:
+        path: the ``.safetensors`` destination.
+        state_dict: model weights.
+        meta: JSON-ready description (backbone, classes, data_config, config, ...).
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    meta = {"format": FORMAT, "tlkit_version": tlkit.__version__, **meta}
+    text = json.dumps(meta, default=str)
+    write_bytes(path, save(_plain_state_dict(state_dict), metadata={"tlkit": text}))
+    write_json(path.with_suffix(".json"), json.loads(text))
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The description stored inside a ``.safetensors`` written by :func:`save_weights`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TlkitError(f"no checkpoint at {path}; train one with `tlkit finetune --out {path.parent}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("tlkit")
+    except Exception as e:  # noqa: BLE001 - a damaged file is a user-facing condition
+        raise TlkitError(f"{path} is not a readable safetensors file ({str(e)[:100]})") from None
+    if raw is None:
+        raise TlkitError(f"{path} was not written by tlkit (no tlkit metadata); use it as --weights instead")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise TlkitError(f"{path}: checkpoint format {meta.get('format')!r} is not {FORMAT!r}")
+    return meta
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, meta)`` of a ``.safetensors`` checkpoint."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    return load_file(str(path)), meta
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain types."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """``torch.save`` ``state`` (tensors and plain types only) to bytes, then write atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training state with ``torch.load(weights_only=True)``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise TlkitError(f"cannot read training state {path}: {str(e).splitlines()[0][:160]}") from None
+
+
+def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The scheduler's state without its lr functions (they are rebuilt from the config)."""
+    sd = scheduler.state_dict()
+    if "lr_lambdas" in sd:
+        sd["lr_lambdas"] = [None] * len(sd["lr_lambdas"])
+    return sd
+
+
+__all__ = [
+    "FORMAT",
+    "TRAIN_STATE",
+    "load_train_state",
+    "load_weights",
+    "read_meta",
+    "rng_state",
+    "save_train_state",
+    "save_weights",
+    "scheduler_state",
+    "set_rng_state",
+    "weights_path",
+]

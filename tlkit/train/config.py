@@ -1,0 +1,309 @@
+"""The fine-tuning configuration: one frozen dataclass, YAML recipes, ``key=value`` overrides.
+
+A recipe is a YAML mapping that lists only the keys that differ from :class:`TrainConfig`'s
+defaults. Values are resolved in this order, later wins::
+
+    TrainConfig defaults  <  recipe  <  explicit arguments (CLI flags)  <  --set key=value
+
+Recipes ship inside the package (``tlkit/recipes/*.yaml``) and are found by name; any other YAML
+file is accepted by path.
+
+Example:
+    >>> cfg = make_config("finetune-fast", overrides=["lr=3e-4", "ema=true"], epochs=3)
+    >>> cfg.epochs, cfg.lr, cfg.ema
+    (3, 0.0003, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from tlkit.errors import TlkitError
+from tlkit.io import write_text
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+MODES = ("full", "linear-probe", "freeze-unfreeze")
+MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a fine-tuning run (data paths and the output folder excepted)."""
+
+    # model
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None  # local weights file for the backbone
+    mode: str = "full"  # full | linear-probe | freeze-unfreeze
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth (models that support it)
+    # data
+    image_size: int | None = None  # None: the backbone's own input size
+    val_fraction: float = 0.2  # stratified split of the training folder when no --val is given
+    batch_size: int = 32
+    workers: int | None = None  # DataLoader workers; None: one per core, minus one
+    # augmentation (timm create_transform, training only)
+    scale_min: float = 0.25  # RandomResizedCrop scale lower bound (upper is 1.0)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float | None = 0.2
+    auto_augment: str | None = None  # e.g. rand-m9-mstd0.5, trivialaugment, augmix-m5, v0
+    reprob: float = 0.0  # random erasing probability
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0
+    # loss
+    loss: str = "ce"  # ce | focal
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    class_weights: str | list | None = None  # None | "balanced" | [w per class]
+    # optimisation
+    epochs: int = 10
+    optimizer: str = "adamw"  # any timm optimizer: adamw, sgd, rmsprop, adagrad, adam, ...
+    lr: float = 1e-3  # peak learning rate of the head (batch_size as given, not scaled)
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd / rmsprop
+    nesterov: bool = False  # sgd
+    layer_decay: float | None = 0.8  # full mode: lr x layer_decay per layer group from head to stem
+    freeze_epochs: int = 1  # freeze-unfreeze: head-only epochs first
+    unfreeze_lr_scale: float = 0.1  # freeze-unfreeze: lr multiplier once the body is unfrozen
+    precompute_features: bool = False  # linear-probe: embed once (no augmentation), train the head
+    grad_accum: int = 1
+    clip_grad: float | None = None  # max gradient norm
+    schedule: str = "cosine"  # cosine (warmup + cosine) | onecycle | step | exponential | cyclic | constant
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # final lr / peak lr (cosine, onecycle)
+    step_epochs: float = 3.0  # step: decay every N epochs; cyclic: half-cycle length
+    gamma: float = 0.1  # step / exponential decay factor
+    ema: bool = False  # keep and evaluate a timm ModelEmaV3 of the weights
+    ema_decay: float = 0.998
+    # stopping and checkpoints
+    monitor: str = "val_accuracy"  # val_accuracy | val_loss | val_f1_macro
+    patience: int | None = None  # early stopping after N epochs without improvement
+    # runtime
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False  # DDP only
+    seed: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain ``dict`` of every field (YAML/JSON ready)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied (validated like overrides)."""
+        return make_config(base=self, **changes)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def bad(key: str, fix: str) -> TlkitError:
+        return TlkitError(f"{key}={getattr(cfg, key)!r}: {fix}")
+
+    if cfg.mode not in MODES:
+        raise bad("mode", f"choose one of: {', '.join(MODES)}")
+    if cfg.monitor not in MONITOR_METRICS:
+        raise bad("monitor", f"choose one of: {', '.join(MONITOR_METRICS)}")
+    if cfg.epochs < 1:
+        raise bad("epochs", "must be at least 1")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise bad("batch_size" if cfg.batch_size < 1 else "grad_accum", "must be at least 1")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise bad("val_fraction", "must be between 0 and 1, e.g. 0.2")
+    if cfg.lr <= 0:
+        raise bad("lr", "must be positive, e.g. 1e-3")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise bad("label_smoothing", "must be in [0, 1), e.g. 0.1")
+    if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
+        raise bad("layer_decay", "must be in (0, 1], or null to switch it off")
+    if cfg.mode == "freeze-unfreeze" and not 0 < cfg.freeze_epochs < cfg.epochs:
+        raise bad("freeze_epochs", f"freeze-unfreeze needs 0 < freeze_epochs < epochs ({cfg.epochs})")
+    if isinstance(cfg.class_weights, str) and cfg.class_weights != "balanced":
+        raise bad("class_weights", "use 'balanced', a list with one weight per class, or null")
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """``(name, description)`` of every bundled recipe; the description is the file's first comment."""
+    out = []
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        desc = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        out.append((path.stem, desc))
+    return out
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """Resolve a bundled recipe name (``finetune-fast``) or a YAML file path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise TlkitError(f"recipe file {str(p)!r} does not exist; give a YAML file or a bundled recipe name")
+        return p
+    bundled = RECIPES_DIR / f"{p.name}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = [n for n, _ in list_recipes()]
+    hint = difflib.get_close_matches(str(name_or_path), names, n=1)
+    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise TlkitError(f"unknown recipe {str(name_or_path)!r}{did}; choose one of: {', '.join(names)}, or a YAML file")
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """The mapping stored in a recipe (only the keys it changes), keys checked against TrainConfig."""
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise TlkitError(f"recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise TlkitError(f"recipe {str(path)!r} must be a mapping of key: value")
+    for key in data:
+        _check_key(key, where=f"recipe {path.name}")
+    return data
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _check_key(key: str, *, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    if key in names:
+        return
+    hint = difflib.get_close_matches(key, names, n=1)
+    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise TlkitError(f"unknown config key {key!r} in {where}{did}; valid keys: {', '.join(names)}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``["lr=3e-4", "auto_augment=rand-m9-mstd0.5"]``; values are read as YAML scalars.
+
+    Example:
+        >>> parse_overrides(["ema=true", "class_weights=[1, 2]"])
+        {'ema': True, 'class_weights': [1, 2]}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise TlkitError(f"--set {item!r}: write key=value, e.g. --set lr=3e-4")
+        _check_key(key, where="--set")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _parse_scalar(text: str, t: type) -> Any:
+    low = text.strip().lower()
+    if t is bool:
+        return {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}.get(low)
+    try:
+        return t(low)
+    except ValueError:
+        return None
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the field's annotation; ints are accepted for floats."""
+    hint = _FIELD_TYPES[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in allowed:
+        return None
+    for t in allowed:
+        t = typing.get_origin(t) or t
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and t in (int, float, bool):  # "3e-4", "8", "false" from text
+            parsed = _parse_scalar(value, t)
+            if parsed is not None:
+                return parsed
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, list) and isinstance(value, t):
+            return value
+    names = " | ".join(getattr(t, "__name__", str(t)).replace("NoneType", "null") for t in allowed)
+    raise TlkitError(f"config key {key!r}: {value!r} is not a {names}")
+
+
+def make_config(
+    recipe: str | Path | None = None,
+    *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    base: TrainConfig | None = None,
+    **explicit: Any,
+) -> TrainConfig:
+    """Build a validated :class:`TrainConfig`.
+
+    Args:
+        recipe: a bundled recipe name or a YAML path (``None``: defaults only).
+        overrides: ``key=value`` strings (``--set``) or a mapping; applied last.
+        base: start from this config instead of the defaults.
+        **explicit: keyword values (CLI flags); ``None`` values are ignored.
+    """
+    values: dict[str, Any] = (base or TrainConfig()).to_dict()
+    layers: list[dict[str, Any]] = []
+    if recipe is not None:
+        layers.append(load_recipe(recipe))
+    layers.append({k: v for k, v in explicit.items() if v is not None})
+    layers.append(dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    for layer in layers:
+        for key, value in layer.items():
+            _check_key(key, where="the configuration")
+            values[key] = _coerce(key, value)
+    return TrainConfig(**values)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a resolved ``config.yaml``; keys unknown to this version are an error."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return make_config(overrides=data)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a config from :meth:`TrainConfig.to_dict` output (e.g. a checkpoint sidecar)."""
+    return make_config(overrides=dict(data))
+
+
+__all__ = [
+    "MODES",
+    "RECIPES_DIR",
+    "TrainConfig",
+    "config_from_dict",
+    "list_recipes",
+    "load_config",
+    "load_recipe",
+    "make_config",
+    "parse_overrides",
+    "recipe_path",
+    "save_config",
+]

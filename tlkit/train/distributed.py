@@ -1,0 +1,111 @@
+"""Data-parallel training under ``torchrun``: process group, rank info, reductions.
+
+``torchrun --nproc_per_node=N -m tlkit finetune ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; :func:`init_distributed` reads them and starts a process group (``nccl`` on CUDA,
+``gloo`` on the CPU). Without them everything here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size``; ``local_rank`` picks the GPU."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_dist_info() -> DistInfo:
+    """Rank info from the torchrun environment (a single process when it is absent)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Start the process group when launched by torchrun; returns the info and this rank's device."""
+    info = env_dist_info()
+    if not info.enabled:
+        return info, device
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        log.info("process group %s: rank %d of %d", backend, info.rank, info.world_size)
+    return info, device
+
+
+def shutdown() -> None:
+    """Destroy the process group if one was started."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
+    """Sum a few numbers over all ranks."""
+    if not info.enabled:
+        return list(map(float, values))
+    t = torch.tensor(list(values), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` for a single process)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+__all__ = [
+    "DistInfo",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "env_dist_info",
+    "init_distributed",
+    "shutdown",
+]

@@ -1,0 +1,488 @@
+"""The fine-tuning loop, as small functions over a plain state object.
+
+:func:`fit` reads top to bottom: check the data, build the model and loaders, set up the optimizer,
+schedule, AMP and EMA, restore a killed run, then per epoch train, validate, checkpoint and log.
+
+Example:
+    >>> from tlkit.train import fit, make_config
+    >>> cfg = make_config("finetune-fast", epochs=3, image_size=96)                 # doctest: +SKIP
+    >>> result = fit(cfg, data="data/train", out="runs/demo")                       # doctest: +SKIP
+    >>> result.best["val_accuracy"]                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlkit.errors import TlkitError
+from tlkit.runtime import autocast
+from tlkit.train import checkpoint as ckpt
+from tlkit.train import outputs
+from tlkit.train.config import TrainConfig
+from tlkit.train.distributed import all_gather_objects, all_reduce_sum, barrier, shutdown
+from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
+from tlkit.train.loaders import Runtime, feature_loaders, image_loaders, setup_runtime, to_device
+from tlkit.train.losses import build_loss, build_mixup
+from tlkit.train.model import create_classifier
+from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
+from tlkit.train.schedule import ScheduleSpec, build_scheduler
+from tlkit.train.splits import Splits, prepare_splits
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training; the loop's functions read and update it."""
+
+    model: nn.Module  # the classifier, unwrapped (what checkpoints store)
+    forward: Callable[[torch.Tensor], torch.Tensor]  # what the loop calls (DDP / compiled / head on features)
+    trained: nn.Module  # the module whose weights the optimizer and EMA track
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    ema: nn.Module | None
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    bad_epochs: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` produced.
+
+    Attributes:
+        out: the run folder.
+        classes: class names in output order.
+        history: one dict per epoch (also in ``metrics.json``).
+        best: the best epoch's row plus ``weights_from`` and ``val_metrics``.
+        stopped_early: early stopping ended the run.
+        resumed_from: epochs already done when this call started (0 for a fresh run).
+        elapsed_s: wall time of this call.
+        n_train: training images; n_val: validation images.
+    """
+
+    out: Path
+    classes: tuple[str, ...]
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    stopped_early: bool
+    resumed_from: int
+    elapsed_s: float
+    n_train: int
+    n_val: int
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def check_out_dir(out: Path, resume: bool) -> Path | None:
+    """The training state to resume from, or None; refuses to overwrite a trained run."""
+    state = out / ckpt.TRAIN_STATE
+    if resume:
+        if state.is_file():
+            return state
+        log.warning("--resume: %s holds no training state yet; starting from epoch 1", out)
+        return None
+    if state.is_file() or any(out.glob("*.safetensors")):
+        raise TlkitError(f"{out} already holds a training run; add --resume to continue it, or choose a new --out")
+    return None
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, classes: tuple[str, ...], out: Path) -> None:
+    """Refuse to resume into a different model; warn about other changed settings."""
+    old = saved["config"]
+    for key, now in (("backbone", cfg.backbone), ("mode", cfg.mode), ("image_size", cfg.image_size)):
+        if old.get(key) != now:
+            raise TlkitError(
+                f"--resume: {out} was trained with {key} {old.get(key)!r}, not {now!r}; "
+                f"use the same {key} or a new --out"
+            )
+    if tuple(saved["classes"]) != tuple(classes):
+        raise TlkitError(
+            f"--resume: {out} was trained on classes {', '.join(saved['classes'])}, the data now has "
+            f"{', '.join(classes)}; use the same data or a new --out"
+        )
+    changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v)
+    if changed:
+        log.warning("--resume: settings changed since the run started: %s", ", ".join(changed))
+
+
+def resolved_data_config(data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+    """The backbone's data config with ``input_size`` at the training size."""
+    cfg = dict(data_config)
+    size = image_size or int(cfg["input_size"][-1])
+    cfg["input_size"] = (int(cfg["input_size"][0]), size, size)
+    return cfg
+
+
+def head_only(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the body is frozen during ``epoch`` (0-based)."""
+    return cfg.mode == "linear-probe" or (cfg.mode == "freeze-unfreeze" and epoch < cfg.freeze_epochs)
+
+
+def set_phase(st: TrainState, cfg: TrainConfig, epoch: int) -> None:
+    """Freeze/unfreeze the body for ``epoch``; a frozen body also keeps its BatchNorm statistics."""
+    frozen = head_only(cfg, epoch)
+    if cfg.mode == "freeze-unfreeze":
+        set_body_trainable(st.model, not frozen)
+    st.trained.train()
+    if frozen and st.trained is st.model:
+        st.model.eval()
+        head_module(st.model).train()
+
+
+def schedule_phases(cfg: TrainConfig, steps_per_epoch: int) -> list[tuple[int, float]]:
+    """``[(steps, lr multiplier)]``: one phase, or head-only then unfrozen for freeze-unfreeze."""
+    if cfg.mode == "freeze-unfreeze":
+        return [(cfg.freeze_epochs * steps_per_epoch, 1.0),
+                ((cfg.epochs - cfg.freeze_epochs) * steps_per_epoch, cfg.unfreeze_lr_scale)]
+    return [(cfg.epochs * steps_per_epoch, 1.0)]
+
+
+def build_state(cfg: TrainConfig, model: nn.Module, trained: nn.Module, forward, steps_per_epoch: int,
+                rt: Runtime) -> TrainState:
+    """Optimizer (over ``trained``), per-step scheduler, grad scaler (fp16) and EMA."""
+    if cfg.mode == "linear-probe":
+        set_body_trainable(model, False)
+    opt = build_optimizer(trained, cfg)
+    spec = ScheduleSpec(total_steps=cfg.epochs * steps_per_epoch,
+                        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                        steps_per_epoch=steps_per_epoch, min_ratio=cfg.min_lr_ratio,
+                        step_epochs=cfg.step_epochs, gamma=cfg.gamma)
+    sched = build_scheduler(opt, cfg.schedule, schedule_phases(cfg, steps_per_epoch), spec)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(trained, decay=cfg.ema_decay, use_warmup=True)
+    return TrainState(model=model, forward=forward, trained=trained, optimizer=opt, scheduler=sched,
+                      scaler=scaler, ema=ema)
+
+
+def restore(st: TrainState, saved: dict[str, Any]) -> None:
+    """Load a training state written by :func:`save_epoch` into ``st``."""
+    st.model.load_state_dict(saved["model"])
+    st.optimizer.load_state_dict(saved["optimizer"])
+    st.scheduler.load_state_dict(saved["scheduler"])
+    if st.scaler is not None and saved.get("scaler"):
+        st.scaler.load_state_dict(saved["scaler"])
+    if st.ema is not None and saved.get("ema"):
+        st.ema.load_state_dict(saved["ema"])
+    st.epoch, st.step = int(saved["epoch"]), int(saved["step"])
+    st.history, st.best, st.bad_epochs = list(saved["history"]), saved["best"], int(saved["bad_epochs"])
+    st.failures = {int(k): v for k, v in saved.get("failures", {}).items()}
+    ckpt.set_rng_state(saved["rng"])
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def optimizer_step(st: TrainState, cfg: TrainConfig) -> None:
+    """Unscale/clip, step, zero grads, advance the schedule and the EMA."""
+    if cfg.clip_grad:
+        if st.scaler is not None:
+            st.scaler.unscale_(st.optimizer)
+        torch.nn.utils.clip_grad_norm_(st.trained.parameters(), cfg.clip_grad)
+    if st.scaler is not None:
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
+    else:
+        st.optimizer.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    st.scheduler.step()
+    st.step += 1
+    if st.ema is not None:
+        st.ema.update(st.trained, step=st.step)
+
+
+def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn: nn.Module,
+                    mixup: Callable | None, rt: Runtime, progress: Progress | None) -> dict[str, float]:
+    """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds."""
+    t0 = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    n_batches = len(loader)
+    st.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(loader):
+        st.failures.update({int(j): r for j, r in batch.failures})
+        if batch.images is None or len(batch.targets) < 2:
+            continue
+        x, y = to_device(batch.images, rt), batch.targets.to(rt.device, non_blocking=True)
+        target = y
+        if mixup is not None and len(y) % 2 == 0:
+            x, target = mixup(x, y)
+        with autocast(rt.device, rt.amp_dtype):
+            logits = st.forward(x)
+        loss = loss_fn(logits.float(), target)
+        scaled = loss / cfg.grad_accum
+        (st.scaler.scale(scaled) if st.scaler is not None else scaled).backward()
+        if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
+            optimizer_step(st, cfg)
+        loss_sum += float(loss.detach()) * len(y)
+        correct += float((logits.detach().argmax(-1) == y).sum())
+        seen += len(y)
+        if progress:
+            progress(len(y) + len(batch.failures))
+    loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], rt.dist)
+    if not seen:
+        raise TlkitError("no training image could be decoded; see skipped.csv in the run folder")
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "train_images": int(seen),
+            "train_time_s": time.perf_counter() - t0}
+
+
+def validate(module: nn.Module, forward, loader: Iterable, rt: Runtime) -> Predictions:
+    """Predictions over the validation data, gathered from all ranks."""
+    preds = predict_loader(module, loader, device=rt.device, amp_dtype=rt.amp_dtype,
+                           channels_last=rt.channels_last, forward=forward)
+    if not rt.dist.enabled:
+        return preds
+    parts = all_gather_objects(preds, rt.dist)
+    n = sum(int(np.isfinite(p.loss)) * len(p.targets) for p in parts)
+    loss = sum(p.loss * len(p.targets) for p in parts if np.isfinite(p.loss)) / max(1, n)
+    return Predictions(np.concatenate([p.probs for p in parts]), np.concatenate([p.targets for p in parts]),
+                       np.concatenate([p.indices for p in parts]), [f for p in parts for f in p.failures], loss)
+
+
+def epoch_row(epoch: int, train: dict, val: Predictions, ema_val: Predictions | None, st: TrainState) -> dict:
+    """One ``metrics.json`` history entry."""
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train["train_loss"],
+                           "train_accuracy": train["train_accuracy"], "val_loss": val.loss}
+    row.update({f"val_{k}": v for k, v in quick_metrics(val.targets, val.probs).items()})
+    if ema_val is not None:
+        row["ema_val_loss"] = ema_val.loss
+        row.update({f"ema_val_{k}": v for k, v in quick_metrics(ema_val.targets, ema_val.probs).items()})
+    row["lr"] = max(g["lr"] for g in st.optimizer.param_groups)
+    row["epoch_time_s"] = train["train_time_s"]
+    row["images_per_s"] = train["train_images"] / max(1e-9, train["train_time_s"])
+    return row
+
+
+def _score(row: dict, monitor: str, prefix: str = "") -> float:
+    key = prefix + monitor
+    value = row.get(key)
+    if value is None or not np.isfinite(value):
+        return -math.inf
+    return -value if monitor.endswith("loss") else value
+
+
+def pick_best(row: dict, cfg: TrainConfig, best: dict | None) -> tuple[bool, str]:
+    """Whether this epoch beats ``best`` on ``cfg.monitor``, and whose weights won (model or EMA)."""
+    score, source = _score(row, cfg.monitor), "model"
+    if cfg.ema and _score(row, cfg.monitor, "ema_") > score:
+        score, source = _score(row, cfg.monitor, "ema_"), "ema"
+    return (best is None or score > best["score"]), source
+
+
+def best_entry(row: dict, source: str, preds: Predictions, cfg: TrainConfig, classes) -> dict[str, Any]:
+    """The ``best`` record: the epoch's row, whose weights, and full validation metrics."""
+    prefix = "ema_" if source == "ema" else ""
+    return {**row, "monitor": cfg.monitor, "score": _score(row, cfg.monitor, prefix), "weights_from": source,
+            "val_metrics": compute_metrics(preds.targets, preds.probs, classes) if len(preds.targets) else None}
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def export_state_dict(st: TrainState, use_ema: bool, prefix: str) -> dict[str, torch.Tensor]:
+    """The classifier's weights, with the EMA copy of the trained part when ``use_ema``."""
+    sd = dict(st.model.state_dict())
+    if use_ema and st.ema is not None:
+        sd.update({prefix + k: v for k, v in st.ema.module.state_dict().items()})
+    return sd
+
+
+def train_state_dict(st: TrainState, meta: dict[str, Any], stopped: bool) -> dict[str, Any]:
+    """Everything ``--resume`` needs (tensors and plain types only)."""
+    return {
+        "format": ckpt.FORMAT, "backbone": meta["backbone"], "classes": meta["classes"], "config": meta["config"],
+        "epoch": st.epoch, "step": st.step, "stopped": stopped,
+        "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
+        "scheduler": ckpt.scheduler_state(st.scheduler),
+        "scaler": st.scaler.state_dict() if st.scaler is not None else None,
+        "ema": st.ema.state_dict() if st.ema is not None else None,
+        "rng": ckpt.rng_state(), "history": st.history, "best": st.best, "bad_epochs": st.bad_epochs,
+        "failures": {str(k): v for k, v in st.failures.items()},
+    }
+
+
+def save_epoch(out: Path, st: TrainState, meta: dict[str, Any], improved: bool, prefix: str, stopped: bool) -> None:
+    """best (if improved), last, the training state, then metrics/log/plots; each file atomic."""
+    row = st.history[-1]
+    if improved:
+        source = st.best["weights_from"]
+        ckpt.save_weights(out / "best.safetensors", export_state_dict(st, source == "ema", prefix),
+                          {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": source})
+    ckpt.save_weights(out / "last.safetensors", export_state_dict(st, False, prefix),
+                      {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": "model"})
+    ckpt.save_train_state(out / ckpt.TRAIN_STATE, train_state_dict(st, meta, stopped))
+    outputs.write_history(out, st.history, st.best)
+    outputs.write_plots(out, st.history, st.best, meta["classes"])
+
+
+def _module_prefix(root: nn.Module, child: nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is child:
+            return name + "." if name else ""
+    raise ValueError("child is not a submodule")
+
+
+def wrap_for_training(model: nn.Module, cfg: TrainConfig, rt: Runtime):
+    """``model`` as the loop calls it: DDP under torchrun, ``torch.compile``d when asked."""
+    forward: Any = model
+    if rt.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        forward = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                      find_unused_parameters=cfg.mode == "freeze-unfreeze")
+    if cfg.compile:
+        forward = torch.compile(forward)
+    return forward
+
+
+def _write_skipped(out: Path, splits: Splits, train_failures: dict[int, str], val_failures) -> int:
+    from tlkit.data import summarize_failures, write_skipped
+
+    failures = list(train_failures.items()) + [(len(splits.train) + i, r) for i, r in val_failures]
+    if failures:
+        write_skipped(out / outputs.SKIPPED, splits.train + splits.val, failures)
+        log.warning("%s; see %s", summarize_failures(failures), out / outputs.SKIPPED)
+    return len({i for i, _ in failures})
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    val: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Fine-tune ``config.backbone`` on a class-folder tree; write checkpoints, metrics and plots to ``out``.
+
+    Args:
+        config: the resolved :class:`TrainConfig` (see :func:`tlkit.train.make_config`).
+        data: training images: a class-folder tree or a labeled CSV manifest.
+        out: the run folder.
+        val: validation images; ``None`` holds out a stratified ``config.val_fraction`` of ``data``.
+        resume: continue the run in ``out`` from its last finished epoch.
+        progress: called with the number of training images just processed.
+        on_epoch: called with each epoch's history row.
+
+    Raises:
+        TlkitError: bad data (one class, an empty class folder, val classes unknown to train),
+            ``out`` already trained without ``resume``, ``resume`` with another backbone/classes.
+    """
+    t0 = time.perf_counter()
+    cfg, out = config, Path(out)
+    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    state_file = check_out_dir(out, resume)
+    saved = ckpt.load_train_state(state_file) if state_file else None
+    if saved is not None:
+        check_resumable(saved, cfg, splits.classes, out)
+    rt = setup_runtime(cfg)
+    # AdamW's second moments of tiny gradients underflow into denormal floats, which x86 CPUs
+    # process ~100x slower; flushing them to zero changes no result that matters.
+    flush = rt.device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+        shutdown()
+
+
+def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
+         t0: float) -> FitResult:
+    k = len(splits.classes)
+    bb, model_kwargs = create_classifier(cfg, k)
+    data_config = resolved_data_config(bb.data_config, cfg.image_size)
+    model = bb.model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and rt.dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.mode == "linear-probe":
+        set_body_trainable(model, False)
+    val_failures: list = []
+    if cfg.mode == "linear-probe" and cfg.precompute_features:
+        train_loader, val_loader, sampler, train_fail = feature_loaders(cfg, model, splits, data_config, rt)
+        trained = head_module(model)
+        forward, prefix = trained, _module_prefix(model, trained)
+        val_forward = trained
+    else:
+        train_loader, val_loader, sampler = image_loaders(cfg, splits, data_config, rt)
+        trained, forward, prefix, val_forward, train_fail = model, wrap_for_training(model, cfg, rt), "", None, []
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
+    st = build_state(cfg, model, trained, forward, steps_per_epoch, rt)
+    st.failures.update({int(i): r for i, r in train_fail})
+    if saved is not None:
+        restore(st, saved)
+        log.info("resuming %s after epoch %d of %d", out, st.epoch, cfg.epochs)
+    loss_fn = build_loss(cfg, k, splits.counts()).to(rt.device)
+    mixup = build_mixup(cfg, k)
+    meta = {"backbone": bb.name, "classes": list(splits.classes), "num_classes": k, "model_kwargs": model_kwargs,
+            "data_config": data_config, "weights_origin": bb.weights.to_dict(), "config": cfg.to_dict()}
+    if rt.dist.is_main:
+        outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin)
+    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main)
+    resumed_from = st.epoch
+    stopped = bool(saved and saved.get("stopped"))
+    for epoch in range(st.epoch, cfg.epochs):
+        if stopped:
+            break
+        set_phase(st, cfg, epoch)
+        sampler.set_epoch(epoch)
+        train = train_one_epoch(st, cfg, train_loader, loss_fn, mixup, rt, progress)
+        preds = validate(model if val_forward is None else trained, val_forward, val_loader, rt)
+        val_failures = preds.failures
+        ema_preds = validate(st.ema.module, st.ema.module if val_forward is not None else None,
+                             val_loader, rt) if st.ema is not None else None
+        row = epoch_row(epoch, train, preds, ema_preds, st)
+        improved, source = pick_best(row, cfg, st.best)
+        if improved:
+            st.best = best_entry(row, source, ema_preds if source == "ema" else preds, cfg, splits.classes)
+        st.bad_epochs = 0 if improved else st.bad_epochs + 1
+        st.history.append(row)
+        st.epoch = epoch + 1
+        stopped = bool(cfg.patience) and st.bad_epochs >= cfg.patience
+        if rt.dist.is_main:
+            save_epoch(out, st, meta, improved, prefix, stopped)
+            tb.log(row)
+        barrier(rt.dist)
+        if on_epoch:
+            on_epoch(row)
+        if stopped:
+            log.info("early stopping: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
+    tb.close()
+    train_failures = {}
+    for part in all_gather_objects(st.failures, rt.dist):
+        train_failures.update(part)
+    if rt.dist.is_main:
+        _write_skipped(out, splits, train_failures, val_failures)
+    return FitResult(out=out, classes=splits.classes, history=st.history, best=st.best, stopped_early=stopped,
+                     resumed_from=resumed_from, elapsed_s=time.perf_counter() - t0,
+                     n_train=len(splits.train), n_val=len(splits.val))
+
+
+__all__ = ["FitResult", "TrainState", "fit", "train_one_epoch", "validate"]

@@ -1,0 +1,260 @@
+"""Classification metrics (scikit-learn) and the evaluation of a trained run on labeled images.
+
+:func:`compute_metrics` is a pure function of targets ``[n]`` and probabilities ``[n, K]``;
+:func:`evaluate_run` rebuilds a run's model, predicts a labeled folder and writes the metrics to
+``RUN/evaluation.json``.
+
+Example:
+    >>> m = compute_metrics(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]), ["a", "b"])
+    >>> round(m["accuracy"], 3), m["confusion_matrix"]
+    (0.667, [[1, 0], [1, 1]])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from tlkit.errors import TlkitError
+from tlkit.io import write_json
+
+log = logging.getLogger(__name__)
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-1 confidence over ``bins`` equal-width bins (``probs [n, K]``, ``targets [n]``)."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == targets
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def _roc_auc(targets: np.ndarray, probs: np.ndarray) -> float | None:
+    """One-vs-rest macro ROC-AUC over the classes present; ``None`` when undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(targets)
+    if len(present) < 2:
+        return None
+    try:
+        if probs.shape[1] == 2:
+            return float(roc_auc_score(targets, probs[:, 1]))
+        p = probs[:, present]
+        p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
+        if len(present) == 2:
+            return float(roc_auc_score(targets == present[1], p[:, 1]))
+        return float(roc_auc_score(targets, p, multi_class="ovr", average="macro", labels=present))
+    except ValueError as e:
+        log.info("ROC-AUC undefined: %s", e)
+        return None
+
+
+def compute_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, top-5 (K >= 5), macro/weighted F1, per-class report, confusion matrix, ROC-AUC, ECE.
+
+    Args:
+        targets: ``[n]`` int class indices into ``classes``.
+        probs: ``[n, K]`` class probabilities.
+        classes: the K class names.
+
+    Returns:
+        A JSON-ready dict: ``accuracy``, ``top5_accuracy`` (K >= 5), ``f1_macro``, ``f1_weighted``,
+        ``precision_macro``, ``recall_macro``, ``per_class`` ``{name: {precision, recall, f1,
+        support}}``, ``confusion_matrix`` (rows = true class), ``roc_auc_ovr``, ``ece``, ``n``.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+    targets = np.asarray(targets, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    if len(targets) == 0:
+        raise TlkitError("no labeled images to evaluate")
+    labels = np.arange(k)
+    preds = probs.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(targets, preds, labels=labels, zero_division=0)
+    out: dict[str, Any] = {"n": int(len(targets)), "accuracy": float(accuracy_score(targets, preds))}
+    if k >= 5:
+        out["top5_accuracy"] = float(top_k_accuracy_score(targets, probs, k=5, labels=labels))
+    present = s > 0
+    out["f1_macro"] = float(f[present].mean())
+    out["f1_weighted"] = float((f * s).sum() / max(1, s.sum()))
+    out["precision_macro"] = float(p[present].mean())
+    out["recall_macro"] = float(r[present].mean())
+    out["roc_auc_ovr"] = _roc_auc(targets, probs)
+    out["ece"] = expected_calibration_error(probs, targets)
+    out["per_class"] = {
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(classes)
+    }
+    out["confusion_matrix"] = confusion_matrix(targets, preds, labels=labels).tolist()
+    out["classes"] = list(classes)
+    return out
+
+
+def quick_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The per-epoch subset: accuracy and macro F1 over the classes present."""
+    from sklearn.metrics import f1_score
+
+    preds = probs.argmax(1)
+    return {
+        "accuracy": float((preds == targets).mean()) if len(targets) else 0.0,
+        "f1_macro": float(f1_score(targets, preds, average="macro", zero_division=0)) if len(targets) else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- running a model
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Model outputs over a dataset (images that failed to decode are left out).
+
+    Attributes:
+        probs: ``[m, K]`` float32 softmax probabilities.
+        targets: ``[m]`` int64 (-1 for unknown labels).
+        indices: ``[m]`` int64 dataset indices of the rows.
+        failures: ``[(dataset index, reason)]`` of skipped files.
+        loss: mean cross-entropy over the rows with a known label (``nan`` if none).
+    """
+
+    probs: np.ndarray
+    targets: np.ndarray
+    indices: np.ndarray
+    failures: list[tuple[int, str]]
+    loss: float
+
+
+@torch.no_grad()
+def predict_loader(
+    model: torch.nn.Module,
+    loader,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    tta: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Run ``model`` (eval mode) over a loader of :class:`tlkit.data.Batch`.
+
+    ``tta`` averages the probabilities of the image and its horizontal flip. ``forward``
+    replaces ``model(x)`` (e.g. a head over cached features).
+    """
+    from tlkit.runtime import autocast
+
+    model.eval()
+    fwd = forward or model
+    probs, targets, indices, failures = [], [], [], []
+    loss_sum, loss_n = 0.0, 0
+    for batch in loader:
+        failures.extend(batch.failures)
+        if batch.images is None or len(batch.indices) == 0:
+            continue
+        x = batch.images.to(device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = fwd(x).float()
+            p = logits.softmax(-1)
+            if tta:
+                p = 0.5 * (p + fwd(torch.flip(x, dims=[3])).float().softmax(-1))
+        y = batch.targets.to(device)
+        known = y >= 0
+        if known.any():
+            lp = torch.log(p[known].clamp_min(1e-12)) if tta else logits[known].log_softmax(-1)
+            loss_sum += float(-lp.gather(1, y[known].unsqueeze(1)).sum())
+            loss_n += int(known.sum())
+        probs.append(p.cpu().numpy().astype(np.float32))
+        targets.append(batch.targets.numpy())
+        indices.append(batch.indices.numpy())
+        if progress:
+            progress(len(batch.indices) + len(batch.failures))
+    k = getattr(model, "num_classes", 0) or 0
+    return Predictions(
+        probs=np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
+        targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
+        indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        failures=failures,
+        loss=loss_sum / loss_n if loss_n else float("nan"),
+    )
+
+
+def evaluate_run(
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    which: str = "best",
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
+    tta: bool = False,
+    out: str | os.PathLike | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json``.
+
+    Raises:
+        TlkitError: the data has labels the model does not know, or no labels at all.
+
+    Returns:
+        :func:`compute_metrics` output plus ``loss``, ``data``, ``checkpoint``, ``skipped``.
+    """
+    from tlkit.data import ImageDataset, build_transform, make_loader, scan_images, size_hint_for, write_skipped
+    from tlkit.runtime import default_workers, resolve_device, resolve_precision
+    from tlkit.train.model import load_run
+
+    run = Path(run)
+    dev = resolve_device(device)
+    model, classes, data_config = load_run(run, which=which, device=dev)
+    source = scan_images(data, labeled=True)
+    unknown = sorted({r.label for r in source.records if r.label is not None} - set(classes))
+    if unknown:
+        raise TlkitError(
+            f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "
+            f"(it knows: {', '.join(classes)}); remove those folders or evaluate another run"
+        )
+    if not source.records:
+        raise TlkitError(f"{data}: no images found to evaluate")
+    ds = ImageDataset(source.records, build_transform(data_config), {c: i for i, c in enumerate(classes)},
+                      size_hint=size_hint_for(data_config))
+    loader = make_loader(ds, batch_size=batch_size, workers=default_workers() if workers is None else workers,
+                         device=dev)
+    preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision(precision, dev),
+                           channels_last=True, tta=tta, progress=progress)
+    metrics = compute_metrics(preds.targets, preds.probs, classes)
+    metrics.update(loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,
+                   skipped=len({i for i, _ in preds.failures}))
+    target = Path(out) if out is not None else run / EVALUATION_FILE
+    write_json(target, metrics)
+    if preds.failures:
+        write_skipped(target.with_name(target.stem + "_skipped.csv"), source.records, preds.failures)
+    from tlkit.train.plots import plot_confusion_matrix
+
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, run / "plots" / f"{target.stem}_confusion_matrix.png")
+    return metrics
+
+
+__all__ = [
+    "EVALUATION_FILE",
+    "Predictions",
+    "compute_metrics",
+    "evaluate_run",
+    "expected_calibration_error",
+    "predict_loader",
+    "quick_metrics",
+]

@@ -1,0 +1,141 @@
+"""Input pipelines of a run: the runtime (device, precision, ranks) and the train/val loaders.
+
+Images go through :mod:`tlkit.data` (timm augmentation for training, the backbone's eval transform
+for validation); a linear probe with ``precompute_features`` embeds both sets once and iterates
+over cached feature vectors instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from tlkit.errors import TlkitError
+from tlkit.runtime import autocast, default_workers, precision_name, resolve_device, resolve_precision, seed_everything
+from tlkit.train.config import TrainConfig
+from tlkit.train.distributed import DistInfo, init_distributed
+from tlkit.train.splits import Splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the math runs."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    dist: DistInfo
+    workers: int
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Device (and process group under torchrun), autocast dtype, seeds, threads."""
+    info, device = init_distributed(resolve_device(cfg.device))
+    amp = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed + info.rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    log.info("device %s, precision %s, rank %d/%d", device, precision_name(amp), info.rank, info.world_size)
+    return Runtime(device, amp, cfg.channels_last, info, workers)
+
+
+def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any], rt: Runtime):
+    from torch.utils.data.distributed import DistributedSampler
+
+    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
+
+    aug = {"scale": (cfg.scale_min, 1.0), "hflip": cfg.hflip, "vflip": cfg.vflip,
+           "color_jitter": cfg.color_jitter or 0.0, "auto_augment": cfg.auto_augment, "re_prob": cfg.reprob}
+    c2i = splits.class_to_idx
+    train_ds = ImageDataset(splits.train, build_transform(data_config, training=True, **aug), c2i)
+    val_ds = ImageDataset(splits.val, build_transform(data_config), c2i, size_hint=size_hint_for(data_config))
+    d = rt.dist
+    sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
+    drop_last = len(sampler) > cfg.batch_size
+    train = make_loader(train_ds, batch_size=cfg.batch_size, workers=rt.workers, device=rt.device,
+                        sampler=sampler, drop_last=drop_last, seed=cfg.seed)
+    val_idx = list(range(d.rank, len(val_ds), d.world_size))
+    val = make_loader(val_ds, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device,
+                      sampler=val_idx, seed=cfg.seed)
+    return train, val, sampler
+
+
+class FeatureBatches:
+    """Batches of cached features ``[B, D]`` shaped like :class:`tlkit.data.Batch` (linear probe)."""
+
+    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
+        self.feats, self.targets, self.batch_size, self.shuffle, self.seed = feats, targets, batch_size, shuffle, seed
+        self.epoch = 0
+        self.drop_last = shuffle and len(feats) > batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.feats) / self.batch_size
+        return int(n) if self.drop_last else math.ceil(n)
+
+    def __iter__(self):
+        from tlkit.data import Batch
+
+        n = len(self.feats)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                 if self.shuffle else torch.arange(n))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield Batch(self.feats[idx], self.targets[idx], idx, [])
+
+
+@torch.no_grad()
+def embed(model: nn.Module, loader: Iterable, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Pre-logit features ``[n, D]`` (float32, CPU), targets ``[n]`` and failures of a loader."""
+    model.eval()
+    feats, targets, failures = [], [], []
+    for batch in loader:
+        failures.extend(batch.failures)
+        if batch.images is None:
+            continue
+        x = to_device(batch.images, rt)
+        with autocast(rt.device, rt.amp_dtype):
+            f = model.forward_head(model.forward_features(x), pre_logits=True)
+        feats.append(f.float().cpu())
+        targets.append(batch.targets)
+    return torch.cat(feats), torch.cat(targets), failures
+
+
+def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: dict, rt: Runtime):
+    """Linear probe with ``precompute_features``: embed train and val once, without augmentation."""
+    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
+
+    if cfg.cutmix > 0:
+        raise TlkitError("cutmix needs images; with precompute_features=true use mixup only (or cutmix=0)")
+    if rt.dist.enabled:
+        raise TlkitError("precompute_features is for single-process runs; drop it or run without torchrun")
+    tf = build_transform(data_config)
+    out, failures = [], []
+    for records in (splits.train, splits.val):
+        ds = ImageDataset(records, tf, splits.class_to_idx, size_hint=size_hint_for(data_config))
+        loader = make_loader(ds, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device)
+        f, t, fail = embed(model, loader, rt)
+        out.append((f.to(rt.device), t))
+        failures.append(fail)
+    log.info("linear probe: cached %d train and %d val feature vectors", len(out[0][0]), len(out[1][0]))
+    train = FeatureBatches(*out[0], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val = FeatureBatches(*out[1], cfg.batch_size * 2, shuffle=False)
+    return train, val, train, failures[0]
+
+
+def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    x = x.to(rt.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
+
+
+__all__ = ["FeatureBatches", "Runtime", "embed", "feature_loaders", "image_loaders", "setup_runtime", "to_device"]

@@ -1,0 +1,118 @@
+"""Predict classes of images with a trained run: one CSV row per image, top-k, optional flip TTA.
+
+Example:
+    >>> res = predict("runs/flowers", "new_photos/", out="preds.csv", topk=3)    # doctest: +SKIP
+    >>> res.count, res.skipped                                                  # doctest: +SKIP
+    (120, 1)
+
+``preds.csv`` columns: ``path`` (relative to IMAGES), ``label``, ``probability``, then
+``top2_label``, ``top2_probability`` ... up to ``topk``. Files that cannot be decoded are left out
+and listed in ``skipped.csv`` next to it (``path,reason``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tlkit.errors import TlkitError
+from tlkit.io import write_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What :func:`predict` wrote: ``out`` (CSV), ``count`` rows, ``skipped`` files (see ``skipped_csv``)."""
+
+    out: Path
+    count: int
+    skipped: int
+    skipped_csv: Path | None
+    classes: tuple[str, ...]
+
+
+def _records(images: str | os.PathLike):
+    from tlkit.data import IMAGE_EXTENSIONS, ImageRecord, scan_images
+
+    path = Path(images)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return (ImageRecord(path.resolve(), path.name, None),)
+    records = scan_images(path, labeled=False).records
+    if not records:
+        raise TlkitError(f"{images}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return records
+
+
+def prediction_rows(probs: np.ndarray, rels: list[str], classes: list[str], topk: int) -> list[list]:
+    """CSV rows ``[path, label, probability, top2_label, top2_probability, ...]`` from ``probs [n, K]``."""
+    k = min(topk, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    rows = []
+    for rel, p, idx in zip(rels, probs, order):
+        row: list = [rel]
+        for j in idx:
+            row += [classes[j], f"{p[j]:.6f}"]
+        rows.append(row)
+    return rows
+
+
+def predict(
+    run: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    topk: int = 5,
+    tta: bool = False,
+    which: str = "best",
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PredictResult:
+    """Classify every image of a folder (any layout, recursive), a CSV manifest, or one file.
+
+    Args:
+        run: a finetune run folder (or one of its ``.safetensors``).
+        images: what to classify; labels in a class tree are ignored.
+        out: the CSV to write.
+        topk: columns for the k most likely classes (at most K).
+        tta: average with the horizontally flipped image.
+        which: ``best`` or ``last`` checkpoint.
+    """
+    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for, write_skipped
+    from tlkit.runtime import default_workers, resolve_device, resolve_precision
+    from tlkit.train.evaluate import predict_loader
+    from tlkit.train.model import load_run
+
+    if topk < 1:
+        raise TlkitError(f"--topk {topk}: must be at least 1")
+    dev = resolve_device(device)
+    model, classes, data_config = load_run(run, which=which, device=dev)
+    records = _records(images)
+    ds = ImageDataset(records, build_transform(data_config), None, size_hint=size_hint_for(data_config))
+    loader = make_loader(ds, batch_size=batch_size, workers=default_workers() if workers is None else workers,
+                         device=dev)
+    preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision(precision, dev),
+                           channels_last=True, tta=tta, progress=progress)
+    k = min(topk, len(classes))
+    header = ["path", "label", "probability"]
+    for i in range(2, k + 1):
+        header += [f"top{i}_label", f"top{i}_probability"]
+    out = Path(out)
+    write_csv(out, header, prediction_rows(preds.probs, [records[i].rel for i in preds.indices], classes, k))
+    skipped_csv = None
+    if preds.failures:
+        skipped_csv = out.parent / "skipped.csv"
+        write_skipped(skipped_csv, records, preds.failures)
+        log.warning("%d files could not be read; see %s", len(preds.failures), skipped_csv)
+    return PredictResult(out, len(preds.indices), len(preds.failures), skipped_csv, tuple(classes))
+
+
+__all__ = ["PredictResult", "predict", "prediction_rows"]
