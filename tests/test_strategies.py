@@ -290,7 +290,7 @@ def test_bounded_paths_still_pick_valid_rows(warm, monkeypatch):
     cand = warm.candidate_indices
     top40 = cand[np.argsort(-least_confidence_scores(warm.probs[cand]))[:40]]
     assert set(sel.indices) <= set(top40)
-    for name in ("probcover", "typiclust", "kmeans", "auto"):
+    for name in ("probcover", "typiclust", "kmeans"):
         _check(select(name, warm, N_PICK), warm, N_PICK)
     none = np.zeros(warm.n, bool)
     cold = PoolView(warm.embeddings, none, ~none)

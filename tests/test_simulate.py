@@ -1,0 +1,71 @@
+"""`tlkit al-simulate`: curves, summary, shared random starts, inputs from images or extract folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from tlkit.active.simulate import aubc, simulate
+from tlkit.errors import TlkitError
+
+
+def test_aubc_is_normalised_area():
+    assert aubc([10, 20], [0.5, 0.7]) == pytest.approx(0.6)
+    assert aubc([10, 20, 40], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
+
+
+def test_simulate_on_arrays_same_start_and_rising_curves():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = d.data.astype(np.float32), d.target
+    res = simulate(x[:1200], y[:1200], x[1200:], y[1200:], strategies=["random", "margin"], start=10, batch=20,
+                   rounds=3, seeds=2)
+    assert len(res.rows) == 2 * 2 * 4 and res.budgets == [10, 30, 50, 70]
+    first = {(s, seed): a for s, seed, n, a in res.rows if n == 10}
+    assert first[("random", 0)] == first[("margin", 0)] and first[("random", 1)] == first[("margin", 1)]
+    for s in ("random", "margin"):
+        ma = res.summary[s]["mean_accuracy"]
+        assert ma[70] > ma[10] + 0.15
+
+
+def test_simulate_rejects_unknown_strategy():
+    with pytest.raises(TlkitError, match="unknown strategy"):
+        simulate(np.zeros((4, 2)), np.array([0, 1, 0, 1]), np.zeros((2, 2)), np.array([0, 1]), strategies=["nope"])
+
+
+def test_cli_end_to_end_on_image_folders(tmp_path):
+    from tlkit.demo import make_digits_folder
+
+    pool = make_digits_folder(tmp_path / "pool", per_class=12, seed=0)
+    test = make_digits_folder(tmp_path / "test", per_class=5, seed=99)
+    out = tmp_path / "sim"
+    res = run_cli("al-simulate", "--pool", str(pool), "--test", str(test), "--out", str(out), "--strategies",
+                  "random,auto", "--seeds", "2", "--start", "10", "--batch", "10", "--rounds", "2", "--image-size", "64")
+    assert res.returncode == 0, res.stderr
+    assert "AUBC" in res.stdout
+    with open(out / "curves.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["strategy", "seed", "labels", "accuracy"]
+    assert len(rows) == 2 * 2 * 3
+    assert {r["labels"] for r in rows} == {"10", "20", "30"}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["strategies"]) == {"random", "auto"} and summary["best_aubc"] in {"random", "auto"}
+    assert (out / "curves.png").stat().st_size > 1000
+    # the extracted features can be reused directly as an input
+    res2 = run_cli("al-simulate", "--pool", str(out / "features" / "pool"), "--test", str(out / "features" / "test"),
+                   "--out", str(tmp_path / "sim2"), "--strategies", "margin,typiclust", "--seeds", "2", "--rounds", "1")
+    assert res2.returncode == 0, res2.stderr
+    with open(tmp_path / "sim2" / "curves.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2 * 2 * 2
+
+
+def test_cli_rejects_finetune_and_unlabeled(tmp_path, digits_dir):
+    res = run_cli("al-simulate", "--pool", str(digits_dir), "--test", str(digits_dir), "--out", str(tmp_path / "o"),
+                  "--train", "finetune")
+    assert res.returncode == 2 and "finetune" in res.stderr
