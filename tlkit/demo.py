@@ -22,6 +22,9 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins")
+PHOTOS_15 = PHOTOS + ("brick", "cell", "clock", "grass", "gravel", "hubble_deep_field", "immunohistochemistry",
+                      "moon", "retina")
+"""A harder set: 15 photos and textures that ship with scikit-image (no download needed)."""
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +85,12 @@ def make_photo_crops_folder(
     size: int = 96,
     photos: tuple[str, ...] = PHOTOS,
     seed: int = 0,
+    scale: tuple[float, float] = (0.25, 0.6),
 ) -> Path:
     """Write random crops of ``skimage.data`` photos as ``root/<photo>/<n>.jpg``.
 
-    Crops cover 25-60 % of the photo's shorter side, at a random position, resized to ``size``.
+    Crops cover ``scale`` (a fraction range) of the photo's shorter side, at a random position,
+    resized to ``size``. Smaller crops make a harder task.
     """
     from skimage import data as skdata
 
@@ -97,7 +102,7 @@ def make_photo_crops_folder(
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(per_class):
-            side = int(min(w, h) * rng.uniform(0.25, 0.6))
+            side = int(min(w, h) * rng.uniform(*scale))
             x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
             crop = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
             crop.save(folder / f"{k:03d}.jpg", quality=92)
