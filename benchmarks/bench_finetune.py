@@ -2,16 +2,17 @@
 
 Two measurements, same process, same data:
 
-* ``speed`` (default): epoch time of tlkit's engine (bf16 autocast where the CPU has it,
-  channels_last, flush-denormal) against a plain reference loop (fp32, NCHW, AdamW + CE) over the
-  same model, loader, transform and batch size. Prints the ratio. Epoch 1 of each is a warm-up
-  (oneDNN kernel generation); the remaining epochs are timed and their median compared.
+* ``speed`` (default): epoch time of tlkit's engine (defaults: bf16 autocast where the CPU has it
+  with depthwise convolutions kept in fp32, channels_last, denormals flushed) against a plain
+  reference loop (fp32, NCHW, AdamW + CE) over the same model, weights, transform, loader and batch
+  size. The reference runs before and after the engine; the first epoch of each is a warm-up
+  (oneDNN kernel generation) and the medians of the others are compared.
 * ``accuracy``: ``tlkit.train.fit`` with default hyperparameters on a 60/10/30 stratified split
   (train/val/test), default offline backbone (efficientnet_lite0, bundled weights), then
   ``evaluate_run`` on the held-out 30%.
 
 Usage:
-    python benchmarks/bench_finetune.py speed    [--epochs 3] [--image-size 96] [--batch-size 32]
+    python benchmarks/bench_finetune.py speed    [--epochs 3] [--image-size 96] [--batch-size 32] [--threads N]
     python benchmarks/bench_finetune.py accuracy [--epochs 8] [--image-size 96]
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -67,28 +69,31 @@ def speed(args) -> dict:
     from tlkit.backbones import create_backbone
     from tlkit.data import ImageDataset, build_transform, make_loader, scan_images
     from tlkit.train import fit, make_config
-    from tlkit.train.loaders import image_loaders  # noqa: F401 - same loader code path as fit
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         splits = digits_splits(Path(args.cache or tmp))
         cfg = make_config(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                          workers=args.workers, ema=False)
-        # tlkit engine
-        res = fit(cfg, data=splits["train"], val=splits["val"], out=Path(tmp) / "run")
-        ours = [h["epoch_time_s"] for h in res.history]
-        # reference: same backbone/weights, same training transform and loader
+                          workers=args.workers)
+        # reference: same backbone and weights, same training transform, loader and batch size
         bb = create_backbone(cfg.backbone, num_classes=10)
         data_config = dict(bb.data_config, input_size=(3, args.image_size, args.image_size))
         src = scan_images(splits["train"])
-        tf = build_transform(data_config, training=True, scale=(cfg.scale_min, 1.0), color_jitter=cfg.color_jitter)
-        ds = ImageDataset(src.records, tf, src.class_to_idx)
-        loader = make_loader(ds, batch_size=args.batch_size, workers=args.workers, device="cpu", shuffle=True,
-                             drop_last=True)
+        tf = build_transform(data_config, training=True, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip,
+                             color_jitter=cfg.color_jitter)
+        loader = make_loader(ImageDataset(src.records, tf, src.class_to_idx), batch_size=args.batch_size,
+                             workers=args.workers, device="cpu", shuffle=True, drop_last=True)
+        # interleave (reference, engine, reference) so that a change in machine load hits both
         ref = reference_epochs(bb.model, loader, args.epochs)
-    timed = slice(1, None) if args.epochs > 1 else slice(None)
-    o, r = statistics.median(ours[timed]), statistics.median(ref[timed])
-    return {"engine_epoch_s": ours, "reference_epoch_s": ref, "engine_median_s": o, "reference_median_s": r,
-            "speedup": r / o, "precision": res.history and "auto", "images": res.n_train}
+        res = fit(cfg, data=splits["train"], val=splits["val"], out=Path(tmp) / "run")
+        ours = [h["epoch_time_s"] for h in res.history]
+        ref += reference_epochs(bb.model, loader, args.epochs)[1:]
+    o, r = statistics.median(ours[1:]), statistics.median(ref[1:])  # epoch 1 of each: warm-up
+    return {"engine_epoch_s": [round(t, 2) for t in ours], "reference_epoch_s": [round(t, 2) for t in ref],
+            "engine_median_s": round(o, 2), "reference_median_s": round(r, 2), "speedup": round(r / o, 2),
+            "train_images": res.n_train, "batch_size": args.batch_size, "image_size": args.image_size,
+            "threads": torch.get_num_threads(), "loadavg": os.getloadavg()}
 
 
 def accuracy(args) -> dict:
@@ -116,6 +121,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--recipe", default=None)
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--cache", default=None, help="keep the rendered digits here between runs")
     args = p.parse_args()
     if args.epochs is None:

@@ -42,6 +42,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -49,6 +50,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -225,6 +225,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     t = time.perf_counter()
     sel = select(info.name, pool, batch, seed=seed)
     extra["select_s"] = round(time.perf_counter() - t, 3)
+    extra["strategy_plan"] = getattr(sel, "strategy", None) or info.name
     rows = _query_rows(data, sel, probs)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
     write_label_studio(tmp / "labelstudio.json", rows, project.config.label_studio_prefix, n)

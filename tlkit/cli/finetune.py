@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.runtime import PRECISIONS
+from tlkit.train.config import MODES
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -31,13 +33,13 @@ def finetune_cmd(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Bundled recipe name (see `tlkit recipes`) or a YAML file."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="full | linear-probe | freeze-unfreeze"),
+    mode: Optional[str] = typer.Option(None, "--mode", help=" | ".join(MODES)),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16"),
+    precision: Optional[str] = typer.Option(None, "--precision", help=" | ".join(PRECISIONS)),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
@@ -58,6 +60,8 @@ def finetune_cmd(
             task = bar.add_task("finetune", total=None, rate="")
             res = fit(cfg, data=data, val=val, out=out, resume=resume, progress=rate_callback(bar, task),
                       on_epoch=lambda row: bar.console.print(escape(_epoch_line(row, cfg.epochs))))
+    if res.rank != 0:
+        return
     best = res.best or {}
     table = Table(title="tlkit finetune", show_header=False)
     rows = [

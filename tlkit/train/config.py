@@ -51,7 +51,7 @@ class TrainConfig:
     batch_size: int = 32
     workers: int | None = None  # DataLoader workers; None: one per core, minus one
     # augmentation (timm create_transform, training only)
-    scale_min: float = 0.25  # RandomResizedCrop scale lower bound (upper is 1.0)
+    scale_min: float = 0.5  # RandomResizedCrop scale lower bound (upper is 1.0)
     hflip: float = 0.5
     vflip: float = 0.0
     color_jitter: float | None = 0.2
@@ -106,7 +106,7 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` applied (validated like overrides)."""
-        return make_config(base=self, **changes)
+        return make_config(base=self, overrides=changes)
 
 
 def _validate(cfg: TrainConfig) -> None:

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,41 +25,24 @@ import torch
 from torch import nn
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import autocast
+from tlkit.runtime import autocast, seed_everything
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
 from tlkit.train.distributed import all_gather_objects, all_reduce_sum, barrier, shutdown
 from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
-from tlkit.train.loaders import Runtime, feature_loaders, image_loaders, setup_runtime, to_device
+from tlkit.train.loaders import (Runtime, feature_loaders, image_loaders, keep_depthwise_fp32, setup_runtime,
+                                 to_device)
 from tlkit.train.losses import build_loss, build_mixup
 from tlkit.train.model import create_classifier
 from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
 from tlkit.train.splits import Splits, prepare_splits
+from tlkit.train.state import TrainState, check_out_dir, check_resumable, restore, save_epoch
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class TrainState:
-    """Everything that changes while training; the loop's functions read and update it."""
-
-    model: nn.Module  # the classifier, unwrapped (what checkpoints store)
-    forward: Callable[[torch.Tensor], torch.Tensor]  # what the loop calls (DDP / compiled / head on features)
-    trained: nn.Module  # the module whose weights the optimizer and EMA track
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None
-    ema: nn.Module | None
-    epoch: int = 0  # epochs finished
-    step: int = 0  # optimizer steps taken
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None
-    bad_epochs: int = 0
-    failures: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +58,7 @@ class FitResult:
         resumed_from: epochs already done when this call started (0 for a fresh run).
         elapsed_s: wall time of this call.
         n_train: training images; n_val: validation images.
+        rank: this process's rank under torchrun (0 otherwise); only rank 0 writes files.
     """
 
     out: Path
@@ -86,41 +70,10 @@ class FitResult:
     elapsed_s: float
     n_train: int
     n_val: int
+    rank: int = 0
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def check_out_dir(out: Path, resume: bool) -> Path | None:
-    """The training state to resume from, or None; refuses to overwrite a trained run."""
-    state = out / ckpt.TRAIN_STATE
-    if resume:
-        if state.is_file():
-            return state
-        log.warning("--resume: %s holds no training state yet; starting from epoch 1", out)
-        return None
-    if state.is_file() or any(out.glob("*.safetensors")):
-        raise TlkitError(f"{out} already holds a training run; add --resume to continue it, or choose a new --out")
-    return None
-
-
-def check_resumable(saved: dict[str, Any], cfg: TrainConfig, classes: tuple[str, ...], out: Path) -> None:
-    """Refuse to resume into a different model; warn about other changed settings."""
-    old = saved["config"]
-    for key, now in (("backbone", cfg.backbone), ("mode", cfg.mode), ("image_size", cfg.image_size)):
-        if old.get(key) != now:
-            raise TlkitError(
-                f"--resume: {out} was trained with {key} {old.get(key)!r}, not {now!r}; "
-                f"use the same {key} or a new --out"
-            )
-    if tuple(saved["classes"]) != tuple(classes):
-        raise TlkitError(
-            f"--resume: {out} was trained on classes {', '.join(saved['classes'])}, the data now has "
-            f"{', '.join(classes)}; use the same data or a new --out"
-        )
-    changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v)
-    if changed:
-        log.warning("--resume: settings changed since the run started: %s", ", ".join(changed))
 
 
 def resolved_data_config(data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
@@ -176,21 +129,6 @@ def build_state(cfg: TrainConfig, model: nn.Module, trained: nn.Module, forward,
                       scaler=scaler, ema=ema)
 
 
-def restore(st: TrainState, saved: dict[str, Any]) -> None:
-    """Load a training state written by :func:`save_epoch` into ``st``."""
-    st.model.load_state_dict(saved["model"])
-    st.optimizer.load_state_dict(saved["optimizer"])
-    st.scheduler.load_state_dict(saved["scheduler"])
-    if st.scaler is not None and saved.get("scaler"):
-        st.scaler.load_state_dict(saved["scaler"])
-    if st.ema is not None and saved.get("ema"):
-        st.ema.load_state_dict(saved["ema"])
-    st.epoch, st.step = int(saved["epoch"]), int(saved["step"])
-    st.history, st.best, st.bad_epochs = list(saved["history"]), saved["best"], int(saved["bad_epochs"])
-    st.failures = {int(k): v for k, v in saved.get("failures", {}).items()}
-    ckpt.set_rng_state(saved["rng"])
-
-
 # --------------------------------------------------------------------------- one epoch
 
 
@@ -217,6 +155,7 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
     """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds."""
     t0 = time.perf_counter()
     loss_sum = correct = seen = 0.0
+    lr = max(g["lr"] for g in st.optimizer.param_groups)
     n_batches = len(loader)
     st.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(loader):
@@ -233,6 +172,7 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
         scaled = loss / cfg.grad_accum
         (st.scaler.scale(scaled) if st.scaler is not None else scaled).backward()
         if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
+            lr = max(g["lr"] for g in st.optimizer.param_groups)  # the lr this step used
             optimizer_step(st, cfg)
         loss_sum += float(loss.detach()) * len(y)
         correct += float((logits.detach().argmax(-1) == y).sum())
@@ -243,7 +183,7 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
     if not seen:
         raise TlkitError("no training image could be decoded; see skipped.csv in the run folder")
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "train_images": int(seen),
-            "train_time_s": time.perf_counter() - t0}
+            "train_time_s": time.perf_counter() - t0, "lr": lr}
 
 
 def validate(module: nn.Module, forward, loader: Iterable, rt: Runtime) -> Predictions:
@@ -267,7 +207,7 @@ def epoch_row(epoch: int, train: dict, val: Predictions, ema_val: Predictions | 
     if ema_val is not None:
         row["ema_val_loss"] = ema_val.loss
         row.update({f"ema_val_{k}": v for k, v in quick_metrics(ema_val.targets, ema_val.probs).items()})
-    row["lr"] = max(g["lr"] for g in st.optimizer.param_groups)
+    row["lr"] = train["lr"]  # peak (head) lr of the epoch's last step
     row["epoch_time_s"] = train["train_time_s"]
     row["images_per_s"] = train["train_images"] / max(1e-9, train["train_time_s"])
     return row
@@ -282,57 +222,28 @@ def _score(row: dict, monitor: str, prefix: str = "") -> float:
 
 
 def pick_best(row: dict, cfg: TrainConfig, best: dict | None) -> tuple[bool, str]:
-    """Whether this epoch beats ``best`` on ``cfg.monitor``, and whose weights won (model or EMA)."""
-    score, source = _score(row, cfg.monitor), "model"
-    if cfg.ema and _score(row, cfg.monitor, "ema_") > score:
-        score, source = _score(row, cfg.monitor, "ema_"), "ema"
-    return (best is None or score > best["score"]), source
+    """Whether this epoch beats ``best`` on ``cfg.monitor``, and whose weights won (model or EMA).
+
+    A tie on the monitored metric (frequent for accuracy on small validation sets) goes to the
+    lower validation loss.
+    """
+    def key(prefix: str) -> tuple[float, float]:
+        return _score(row, cfg.monitor, prefix), _score(row, "val_loss", prefix)
+
+    score, source = key(""), "model"
+    if cfg.ema and key("ema_") > score:
+        score, source = key("ema_"), "ema"
+    if best is None:
+        return True, source
+    return score > (best["score"], best.get("tiebreak", -math.inf)), source
 
 
 def best_entry(row: dict, source: str, preds: Predictions, cfg: TrainConfig, classes) -> dict[str, Any]:
     """The ``best`` record: the epoch's row, whose weights, and full validation metrics."""
     prefix = "ema_" if source == "ema" else ""
-    return {**row, "monitor": cfg.monitor, "score": _score(row, cfg.monitor, prefix), "weights_from": source,
+    return {**row, "monitor": cfg.monitor, "score": _score(row, cfg.monitor, prefix),
+            "tiebreak": _score(row, "val_loss", prefix), "weights_from": source,
             "val_metrics": compute_metrics(preds.targets, preds.probs, classes) if len(preds.targets) else None}
-
-
-# --------------------------------------------------------------------------- saving
-
-
-def export_state_dict(st: TrainState, use_ema: bool, prefix: str) -> dict[str, torch.Tensor]:
-    """The classifier's weights, with the EMA copy of the trained part when ``use_ema``."""
-    sd = dict(st.model.state_dict())
-    if use_ema and st.ema is not None:
-        sd.update({prefix + k: v for k, v in st.ema.module.state_dict().items()})
-    return sd
-
-
-def train_state_dict(st: TrainState, meta: dict[str, Any], stopped: bool) -> dict[str, Any]:
-    """Everything ``--resume`` needs (tensors and plain types only)."""
-    return {
-        "format": ckpt.FORMAT, "backbone": meta["backbone"], "classes": meta["classes"], "config": meta["config"],
-        "epoch": st.epoch, "step": st.step, "stopped": stopped,
-        "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
-        "scheduler": ckpt.scheduler_state(st.scheduler),
-        "scaler": st.scaler.state_dict() if st.scaler is not None else None,
-        "ema": st.ema.state_dict() if st.ema is not None else None,
-        "rng": ckpt.rng_state(), "history": st.history, "best": st.best, "bad_epochs": st.bad_epochs,
-        "failures": {str(k): v for k, v in st.failures.items()},
-    }
-
-
-def save_epoch(out: Path, st: TrainState, meta: dict[str, Any], improved: bool, prefix: str, stopped: bool) -> None:
-    """best (if improved), last, the training state, then metrics/log/plots; each file atomic."""
-    row = st.history[-1]
-    if improved:
-        source = st.best["weights_from"]
-        ckpt.save_weights(out / "best.safetensors", export_state_dict(st, source == "ema", prefix),
-                          {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": source})
-    ckpt.save_weights(out / "last.safetensors", export_state_dict(st, False, prefix),
-                      {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": "model"})
-    ckpt.save_train_state(out / ckpt.TRAIN_STATE, train_state_dict(st, meta, stopped))
-    outputs.write_history(out, st.history, st.best)
-    outputs.write_plots(out, st.history, st.best, meta["classes"])
 
 
 def _module_prefix(root: nn.Module, child: nn.Module) -> str:
@@ -412,77 +323,123 @@ def fit(
         shutdown()
 
 
-def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
-         t0: float) -> FitResult:
-    k = len(splits.classes)
-    bb, model_kwargs = create_classifier(cfg, k)
+def prepare_model(cfg: TrainConfig, num_classes: int, rt: Runtime):
+    """The classifier on its device and memory format, mode's freezing applied.
+
+    Returns:
+        ``(backbone, model_kwargs, data_config, model)``.
+    """
+    bb, model_kwargs = create_classifier(cfg, num_classes)
     data_config = resolved_data_config(bb.data_config, cfg.image_size)
     model = bb.model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if rt.device.type == "cpu" and rt.amp_dtype == torch.bfloat16:
+        log.info("bf16 on CPU: %d depthwise convolutions kept in fp32", keep_depthwise_fp32(model))
     if cfg.sync_bn and rt.dist.enabled:
+        if rt.device.type != "cuda":
+            raise TlkitError("sync_bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel); drop --set sync_bn=true")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.mode == "linear-probe":
         set_body_trainable(model, False)
-    val_failures: list = []
+    return bb, model_kwargs, data_config, model
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What one epoch iterates over and which module it trains.
+
+    ``trained`` is the whole model, or only its head when a linear probe runs on cached features
+    (then ``prefix`` is the head's name in the model and ``val_forward`` the head).
+    """
+
+    train: Iterable
+    val: Iterable
+    sampler: Any  # has set_epoch(epoch)
+    trained: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    val_forward: Callable[[torch.Tensor], torch.Tensor] | None
+    prefix: str
+    failures: list
+
+
+def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: dict, rt: Runtime) -> Pipeline:
+    """Image loaders (augmented) for the model, or cached features for a linear probe's head."""
     if cfg.mode == "linear-probe" and cfg.precompute_features:
-        train_loader, val_loader, sampler, train_fail = feature_loaders(cfg, model, splits, data_config, rt)
-        trained = head_module(model)
-        forward, prefix = trained, _module_prefix(model, trained)
-        val_forward = trained
-    else:
-        train_loader, val_loader, sampler = image_loaders(cfg, splits, data_config, rt)
-        trained, forward, prefix, val_forward, train_fail = model, wrap_for_training(model, cfg, rt), "", None, []
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
-    st = build_state(cfg, model, trained, forward, steps_per_epoch, rt)
-    st.failures.update({int(i): r for i, r in train_fail})
+        train, val, sampler, failures = feature_loaders(cfg, model, splits, data_config, rt)
+        head = head_module(model)
+        return Pipeline(train, val, sampler, head, head, head, _module_prefix(model, head), failures)
+    train, val, sampler = image_loaders(cfg, splits, data_config, rt)
+    return Pipeline(train, val, sampler, model, wrap_for_training(model, cfg, rt), None, "", [])
+
+
+def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss_fn: nn.Module, mixup,
+              rt: Runtime, progress: Progress | None, classes) -> tuple[dict, bool, Predictions]:
+    """Train, validate (model and EMA), update best/patience; returns (row, improved, val predictions)."""
+    set_phase(st, cfg, epoch)
+    pipe.sampler.set_epoch(epoch)
+    # each epoch's randomness depends only on (seed, epoch, rank), not on what ran before it
+    # (validation, lazy imports in plotting): a resumed run repeats an uninterrupted one
+    seed_everything(cfg.seed * 1_000_003 + epoch * 1_009 + rt.dist.rank)
+    train = train_one_epoch(st, cfg, pipe.train, loss_fn, mixup, rt, progress)
+    preds = validate(st.model if pipe.val_forward is None else pipe.trained, pipe.val_forward, pipe.val, rt)
+    ema_preds = None
+    if st.ema is not None:
+        ema_preds = validate(st.ema.module, st.ema.module if pipe.val_forward is not None else None, pipe.val, rt)
+    row = epoch_row(epoch, train, preds, ema_preds, st)
+    improved, source = pick_best(row, cfg, st.best)
+    if improved:
+        st.best = best_entry(row, source, ema_preds if source == "ema" else preds, cfg, classes)
+    st.bad_epochs = 0 if improved else st.bad_epochs + 1
+    st.history.append(row)
+    st.epoch = epoch + 1
+    return row, improved, preds
+
+
+def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
+         t0: float) -> FitResult:
+    k = len(splits.classes)
+    bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
+    pipe = make_pipeline(cfg, model, splits, data_config, rt)
+    steps_per_epoch = max(1, math.ceil(len(pipe.train) / cfg.grad_accum))
+    st = build_state(cfg, model, pipe.trained, pipe.forward, steps_per_epoch, rt)
+    st.failures.update({int(i): r for i, r in pipe.failures})
     if saved is not None:
         restore(st, saved)
         log.info("resuming %s after epoch %d of %d", out, st.epoch, cfg.epochs)
-    loss_fn = build_loss(cfg, k, splits.counts()).to(rt.device)
-    mixup = build_mixup(cfg, k)
+    loss_fn, mixup = build_loss(cfg, k, splits.counts()).to(rt.device), build_mixup(cfg, k)
     meta = {"backbone": bb.name, "classes": list(splits.classes), "num_classes": k, "model_kwargs": model_kwargs,
             "data_config": data_config, "weights_origin": bb.weights.to_dict(), "config": cfg.to_dict()}
     if rt.dist.is_main:
         outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin)
+    else:  # one progress bar and one log, from rank 0
+        progress = on_epoch = None
     tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main)
-    resumed_from = st.epoch
+    resumed_from, val_failures = st.epoch, []
     stopped = bool(saved and saved.get("stopped"))
-    for epoch in range(st.epoch, cfg.epochs):
-        if stopped:
-            break
-        set_phase(st, cfg, epoch)
-        sampler.set_epoch(epoch)
-        train = train_one_epoch(st, cfg, train_loader, loss_fn, mixup, rt, progress)
-        preds = validate(model if val_forward is None else trained, val_forward, val_loader, rt)
+    for epoch in range(st.epoch, cfg.epochs if not stopped else st.epoch):
+        row, improved, preds = run_epoch(st, cfg, epoch, pipe, loss_fn, mixup, rt, progress, splits.classes)
         val_failures = preds.failures
-        ema_preds = validate(st.ema.module, st.ema.module if val_forward is not None else None,
-                             val_loader, rt) if st.ema is not None else None
-        row = epoch_row(epoch, train, preds, ema_preds, st)
-        improved, source = pick_best(row, cfg, st.best)
-        if improved:
-            st.best = best_entry(row, source, ema_preds if source == "ema" else preds, cfg, splits.classes)
-        st.bad_epochs = 0 if improved else st.bad_epochs + 1
-        st.history.append(row)
-        st.epoch = epoch + 1
         stopped = bool(cfg.patience) and st.bad_epochs >= cfg.patience
         if rt.dist.is_main:
-            save_epoch(out, st, meta, improved, prefix, stopped)
+            save_epoch(out, st, meta, improved, pipe.prefix, stopped)
             tb.log(row)
         barrier(rt.dist)
         if on_epoch:
             on_epoch(row)
         if stopped:
             log.info("early stopping: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
+            break
     tb.close()
-    train_failures = {}
+    train_failures: dict[int, str] = {}
     for part in all_gather_objects(st.failures, rt.dist):
         train_failures.update(part)
     if rt.dist.is_main:
         _write_skipped(out, splits, train_failures, val_failures)
     return FitResult(out=out, classes=splits.classes, history=st.history, best=st.best, stopped_early=stopped,
                      resumed_from=resumed_from, elapsed_s=time.perf_counter() - t0,
-                     n_train=len(splits.train), n_val=len(splits.val))
+                     n_train=len(splits.train), n_val=len(splits.val), rank=rt.dist.rank)
 
 
-__all__ = ["FitResult", "TrainState", "fit", "train_one_epoch", "validate"]
+__all__ = ["FitResult", "Pipeline", "fit", "make_pipeline", "prepare_model", "run_epoch",
+           "train_one_epoch", "validate"]

@@ -55,11 +55,40 @@ def create_classifier(cfg: TrainConfig, num_classes: int):
     """
     from tlkit.backbones import create_backbone
 
-    kw = model_kwargs_for(cfg)
+    kw = {**checkpoint_kwargs(cfg.weights), **model_kwargs_for(cfg)}
     bb = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, num_classes=num_classes, **kw)
     if getattr(bb.model, "num_classes", num_classes) != num_classes:
         bb.model.reset_classifier(num_classes)
+    init_head(bb.model)
     return bb, {**architecture_kwargs(bb.name, bb.weights.source), **kw}
+
+
+def checkpoint_kwargs(weights: str | None) -> dict[str, Any]:
+    """Constructor arguments recorded in a tlkit checkpoint used as ``--weights`` (a warm start), else ``{}``."""
+    if not weights or not str(weights).endswith(".safetensors"):
+        return {}
+    from tlkit.train.checkpoint import read_meta
+
+    try:
+        return dict(read_meta(weights).get("model_kwargs", {}))
+    except TlkitError:
+        return {}  # a plain safetensors state dict
+
+
+def init_head(model: nn.Module, std: float = 0.01) -> None:
+    """Small-normal weights, zero bias for a fresh classifier.
+
+    Some timm heads are initialised for training from scratch (EfficientNet's is uniform
+    +-1/sqrt(num_classes)), which on pretrained features gives initial logits with a std of ~10
+    and a loss spike that wrecks the first epochs of fine-tuning.
+    """
+    from tlkit.train.optim import head_module
+
+    for m in head_module(model).modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _checkpoint_file(run: Path, which: str) -> Path:
@@ -120,4 +149,4 @@ def checkpoint_meta(run: str | os.PathLike, which: str = "best") -> dict[str, An
     return read_meta(_checkpoint_file(Path(run), which))
 
 
-__all__ = ["checkpoint_meta", "create_classifier", "load_run", "model_kwargs_for", "rebuild_model"]
+__all__ = ["checkpoint_meta", "create_classifier", "init_head", "load_run", "model_kwargs_for", "rebuild_model"]
