@@ -186,8 +186,34 @@ def run_demo(
     acc = probe_classifier(np.asarray(feats), labels)
     report.steps.append(DemoStep("logistic regression on features", "test accuracy", acc, time.perf_counter() - t,
                                  "70/30 stratified split"))
+    report.steps.append(_finetune_step(workdir, per_class))
     report.steps.append(_al_round_step(workdir, images, image_size))
     return report
+
+
+def _finetune_step(workdir: Path, per_class: int, recipe: str = "linear-probe") -> DemoStep:
+    """A short fine-tune (the linear-probe recipe: frozen body, head on cached features) on 70 % of
+    the digits, evaluated on the rest with `tlkit evaluate`'s metrics."""
+    from tlkit.train import make_config
+    from tlkit.train.engine import fit
+    from tlkit.train.evaluate import evaluate_run
+
+    t = time.perf_counter()
+    _, labels = digits_arrays()
+    picked = _pick_per_class(labels, per_class, seed=0)
+    rng = np.random.default_rng(0)
+    test_mask = np.zeros(len(picked), bool)
+    for c in np.unique(labels[picked]):
+        idx = np.flatnonzero(labels[picked] == c)
+        test_mask[rng.permutation(idx)[: max(1, int(round(0.3 * len(idx))))]] = True
+    train = make_digits_folder(workdir / "ft-train", indices=picked[~test_mask])
+    test = make_digits_folder(workdir / "ft-test", indices=picked[test_mask])
+    config = make_config(recipe, image_size=128, seed=0)
+    result = fit(config, data=train, out=workdir / "ft-run")
+    metrics = evaluate_run(workdir / "ft-run", test)
+    return DemoStep(f"finetune ({recipe} recipe)", "test accuracy", float(metrics["accuracy"]),
+                    time.perf_counter() - t, f"{result.n_train} train images at 128 px, {len(result.history)} "
+                    "epochs; run in ft-run/")
 
 
 def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
