@@ -355,3 +355,16 @@ def test_early_stopping_ends_the_run_and_resume_respects_it(tiny, tmp_path, monk
     assert set(model.state_dict()) == set(load_file(str(tmp_path / "es" / "last.safetensors")))
     again = fit(cfg, data=tiny, out=tmp_path / "es", resume=True)
     assert again.stopped_early and len(again.history) == 3
+
+
+def test_linear_probe_recipe_on_photo_crops(tmp_path):
+    """The bundled weights + linear-probe recipe separate real photo crops (small-budget version of
+    `bench_finetune.py photos`, which reaches the >= 0.95 target)."""
+    from tlkit.demo import make_photo_crops_folder
+    from tlkit.train import evaluate_run, fit, make_config
+
+    kw = {"photos": ("chelsea", "coffee", "rocket", "coins"), "size": 96}
+    train = make_photo_crops_folder(tmp_path / "train", per_class=8, seed=10, **kw)
+    test = make_photo_crops_folder(tmp_path / "test", per_class=6, seed=11, **kw)
+    fit(make_config("linear-probe", image_size=96, epochs=15, workers=0), data=train, out=tmp_path / "run")
+    assert evaluate_run(tmp_path / "run", test, workers=0)["accuracy"] >= 0.85
