@@ -37,12 +37,12 @@ from torch import nn
 
 from tlkit.errors import TlkitError, WeightsNotFoundError
 from tlkit.io import sha256_file
+from tlkit.weights import load_state_dict_into, read_state_dict, strip_prefixes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 TV_PREFIX = "tv:"
-_STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 @dataclass(frozen=True)
@@ -128,106 +128,6 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
     "efficientnet_lite1": _lite(1, 240),
     "efficientnet_lite2": _lite(2, 260),
 }
-
-# --------------------------------------------------------------------------------------------
-# Loading a state dict onto a model
-# --------------------------------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``.pth/.pt/.bin`` file (no pickled code).
-
-    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``,
-    ``{"state_dict_ema": ...}``) are unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TlkitError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise TlkitError(
-            f"cannot read weights {path}: {str(e).splitlines()[0][:160]} "
-            "(tlkit reads .safetensors or tensor-only .pth state dicts)"
-        ) from None
-    for key in ("state_dict_ema", "state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TlkitError(f"{path} is not a state dict of tensors")
-    return obj
-
-
-def _strip_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
-    changed = True
-    while changed and not (set(sd) & model_keys):
-        changed = False
-        for prefix in _STRIP_PREFIXES:
-            if sd and all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix) :]: v for k, v in sd.items()}
-                changed = True
-    return sd
-
-
-def _map_in_order(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict | None:
-    """Rename ``sd``'s keys to ``target``'s when both list the same shapes in the same order."""
-    if len(sd) != len(target):
-        return None
-    if any(a.shape != b.shape for a, b in zip(sd.values(), target.values())):
-        return None
-    return dict(zip(target.keys(), sd.values()))
-
-
-def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], *, origin: str) -> None:
-    """Load ``sd`` into ``model``, tolerating prefixes and a classifier of another size.
-
-    The classifier (``model.pretrained_cfg['classifier']`` for timm, ``head`` for torchvision
-    models made here) is dropped when its shape differs or the model has none, and keeps its fresh
-    initialisation. Any other mismatch is a :class:`TlkitError` naming the first keys.
-    """
-    target = model.state_dict()
-    sd = _strip_prefixes(dict(sd), set(target))
-    head = _classifier_prefix(model)
-    is_head = (lambda k: bool(head) and (k == head or k.startswith(head + "."))) if head else (lambda k: False)
-    if not set(sd) & set(target):
-        body_target = {k: v for k, v in target.items() if not is_head(k)}
-        ordered = _map_in_order(sd, target) or _map_in_order(
-            {k: v for k, v in list(sd.items())[: len(body_target)]}, body_target
-        )
-        if ordered is None:
-            raise TlkitError(f"weights in {origin} do not match the model's layers (no common key names)")
-        log.info("weights in %s mapped onto the model by position (%d tensors)", origin, len(ordered))
-        sd = ordered
-    dropped = [k for k in sd if is_head(k) and (k not in target or sd[k].shape != target[k].shape)]
-    for k in dropped:
-        del sd[k]
-    if dropped:
-        log.info("classifier weights %s dropped (different size); the new head starts fresh", dropped)
-    bad_shape = [k for k in sd if k in target and sd[k].shape != target[k].shape]
-    missing = [k for k in target if k not in sd and not is_head(k)]
-    unexpected = [k for k in sd if k not in target and not is_head(k)]
-    if bad_shape or missing or unexpected:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for what, keys in (("shape differs", bad_shape), ("missing", missing), ("unexpected", unexpected))
-            if keys
-        )
-        raise TlkitError(f"weights in {origin} do not fit the model ({detail})")
-    model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
-
-
-def _classifier_prefix(model: nn.Module) -> str | None:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    head = cfg.get("classifier")
-    if isinstance(head, (list, tuple)):
-        head = head[0] if head else None
-    return head
-
 
 # --------------------------------------------------------------------------------------------
 # torchvision models under the tv: prefix
@@ -495,7 +395,7 @@ def _load_found(model: nn.Module, name: str, found: _Found, num_classes: int) ->
         except Exception as e:  # noqa: BLE001 - a failed download is a user-facing condition
             raise WeightsNotFoundError(_no_weights_message(name) + f" [download failed: {str(e)[:80]}]") from None
     if isinstance(model, TorchvisionBackbone) and not any(k.startswith("body.") for k in sd):
-        sd = model.tv_state_dict_to_ours(_strip_prefixes(sd, set(model.body.state_dict())))
+        sd = model.tv_state_dict_to_ours(strip_prefixes(sd, set(model.body.state_dict())))
     load_state_dict_into(model, sd, origin=found.info.location)
     return model
 

@@ -218,7 +218,6 @@ def _finetune_step(workdir: Path, per_class: int, recipe: str = "linear-probe") 
 
 def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     """One active-learning round: 3 seed labels per class, then `auto` picks 20 images to label."""
-    from tlkit.active.labels import import_labels
     from tlkit.active.project import Project
     from tlkit.active.round import run_round
     from tlkit.io import write_csv
