@@ -71,7 +71,7 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
         assert (r6 / name).exists(), name
     m = json.loads((r6 / "metrics.json").read_text())
     assert sum(m["labeled_per_class"].values()) == 75 and "select_s" in m
-    # auto switched from typicality (few labels) to margin + k-means diversity (threshold 50 for 10 classes)
+    # auto switched from typicality (few labels) to margin + k-means diversity (threshold 40 for 10 classes)
     plans = [json.loads((project.round_dir(n) / "metrics.json").read_text())["strategy_plan"] for n in range(1, 7)]
     assert plans[0] == "auto(typiclust)" and plans[-1] == "auto(margin+kmeans)", plans
     status = run_cli("al-status", str(project.root), "--json")
