@@ -81,7 +81,7 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
     assert Path(st["learning_curve"]).is_file()
 
 
-def test_round_model_works_with_predict_api(tmp_path, pool):
+def test_round_model_works_with_evaluate_and_predict(tmp_path, pool):
     from tlkit.train.model import load_run
 
     pool_dir, truth = pool
@@ -91,6 +91,17 @@ def test_round_model_works_with_predict_api(tmp_path, pool):
     res = run_round(project.root, batch=5)
     model, classes, data_config = load_run(res.dir / "model")
     assert classes == CLASSES and data_config["input_size"] == (3, 64, 64)
+    # the head-mode model works with the evaluate and predict commands
+    from tlkit.demo import make_digits_folder
+
+    labeled = make_digits_folder(tmp_path / "eval", per_class=4, seed=7)
+    ev = run_cli("evaluate", str(res.dir / "model"), "--data", str(labeled), "--json")
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads(ev.stdout)
+    assert metrics["accuracy"] > 0.3 and len(metrics["confusion_matrix"]) == 10  # chance is 0.1
+    pr = run_cli("predict", str(res.dir / "model"), str(labeled), "--out", str(tmp_path / "p.csv"))
+    assert pr.returncode == 0, pr.stderr
+    assert len(read_csv(tmp_path / "p.csv")) == 40
 
 
 def test_pending_query_is_returned_not_reselected(tmp_path, pool):
