@@ -52,8 +52,14 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
     project = _project(tmp_path, pool_dir)
     seen: set[str] = set()
     vals = []
+    cache_mtime = None
     for n in range(1, 7):
         res = run_round(project.root, batch=15)
+        caches = list(project.cache_dir.glob("*/features.npy"))
+        assert len(caches) == 1  # one embedding cache per backbone + weights + size
+        if cache_mtime is None:
+            cache_mtime = caches[0].stat().st_mtime_ns
+        assert caches[0].stat().st_mtime_ns == cache_mtime, "embeddings were recomputed"
         assert res.round == n and not res.pending and len(res.query) == 15
         paths = [r["path"] for r in res.query]
         assert len(set(paths)) == 15 and not set(paths) & seen, "a query repeated or included a labeled image"
@@ -114,6 +120,13 @@ def test_pending_query_is_returned_not_reselected(tmp_path, pool):
     assert project.rounds() == [1]
     forced = run_round(project.root, batch=5, new=True)
     assert forced.round == 2 and not forced.pending
+
+
+def test_max_pool_scores_a_random_subset(tmp_path, pool):
+    pool_dir, _ = pool
+    project = _project(tmp_path, pool_dir)
+    res = run_round(project.root, batch=5, max_pool=50, strategy="random")
+    assert res.metrics["candidates"] == 50 and res.metrics["pool"] == 300 and len(res.query) == 5
 
 
 def test_label_studio_round_trip(tmp_path, pool):
