@@ -65,7 +65,23 @@ def test_cli_end_to_end_on_image_folders(tmp_path):
         assert len(list(csv.DictReader(f))) == 2 * 2 * 2
 
 
-def test_cli_rejects_finetune_and_unlabeled(tmp_path, digits_dir):
+def test_cli_finetune_simulation(tmp_path):
+    from tlkit.demo import make_digits_folder
+
+    pool = make_digits_folder(tmp_path / "pool", per_class=3, seed=0)
+    test = make_digits_folder(tmp_path / "test", per_class=2, seed=99)
+    out = tmp_path / "sim"
+    res = run_cli("al-simulate", "--pool", str(pool), "--test", str(test), "--out", str(out), "--strategies",
+                  "random,margin", "--seeds", "1", "--start", "10", "--batch", "10", "--rounds", "1",
+                  "--image-size", "64", "--train", "finetune", "--epochs", "1")
+    assert res.returncode == 0, res.stderr
+    with open(out / "curves.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 1 * 2 and {r["labels"] for r in rows} == {"10", "20"}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+
+
+def test_cli_rejects_unknown_train_mode(tmp_path, digits_dir):
     res = run_cli("al-simulate", "--pool", str(digits_dir), "--test", str(digits_dir), "--out", str(tmp_path / "o"),
-                  "--train", "finetune")
-    assert res.returncode == 2 and "finetune" in res.stderr
+                  "--train", "bogus")
+    assert res.returncode == 2 and "head or finetune" in res.stderr

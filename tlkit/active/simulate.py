@@ -58,22 +58,37 @@ def _start_set(y: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarra
     return rng.choice(len(y), size=min(start, len(y)), replace=False)
 
 
-def _one_curve(x, y, x_test, y_test, classes, scaler, strategy, start_idx, batch, rounds, seed, tick):
+Learner = Callable[[np.ndarray, int, tuple], tuple[np.ndarray | None, np.ndarray | None, float]]
+"""``learner(labeled_mask [n], seed, needs) -> (probs [n, k] | None, mc_probs | None, test accuracy)``."""
+
+
+def head_learner(x, y, x_test, y_test, classes, scaler) -> Learner:
+    """The head-mode classifier of :mod:`tlkit.active.head` as a simulation learner."""
+
+    def learn(labeled: np.ndarray, seed: int, needs: tuple) -> tuple:
+        head = heads.fit_head(x[labeled], y[labeled], classes, scaler=scaler, seed=seed)
+        if head is None:
+            return None, None, _majority(y[labeled], y_test)
+        acc = float((head.predict_proba(x_test).argmax(1) == y_test).mean())
+        mc = None
+        if "mc_probs" in needs:
+            mc = heads.ensemble_probs(x[labeled], y[labeled], x, classes, scaler=scaler, seed=seed)
+        return head.predict_proba(x), mc, acc
+
+    return learn
+
+
+def _one_curve(x, y, learner: Learner, strategy, start_idx, batch, rounds, seed, tick):
     info = get_strategy(strategy)
     labeled = np.zeros(len(y), bool)
     labeled[start_idx] = True
     points = []
     for r in range(rounds + 1):
-        head = heads.fit_head(x[labeled], y[labeled], classes, scaler=scaler, seed=seed)
-        acc = float((head.predict_proba(x_test).argmax(1) == y_test).mean()) if head else _majority(y[labeled], y_test)
+        probs, mc, acc = learner(labeled, seed + r, info.needs)
         points.append((int(labeled.sum()), acc))
         tick()
         if r == rounds or labeled.all():
             break
-        probs = head.predict_proba(x) if head else None
-        mc = None
-        if head is not None and "mc_probs" in info.needs:
-            mc = heads.ensemble_probs(x[labeled], y[labeled], x, classes, scaler=scaler, seed=seed + r)
         pool = PoolView(embeddings=x, labeled=labeled, candidates=~labeled, probs=probs, mc_probs=mc,
                         labels=np.where(labeled, y, -1))
         sel = select(strategy, pool, batch, seed=seed * 7919 + r)
@@ -100,6 +115,7 @@ def simulate(
     seeds: int | Sequence[int] = 3,
     classes: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    learner: Learner | None = None,
 ) -> SimulationResult:
     """Simulate active learning with each strategy and seed.
 
@@ -111,6 +127,8 @@ def simulate(
         rounds: selection rounds (curves have ``rounds + 1`` points).
         seeds: a count (0..S-1) or explicit seeds.
         progress: called with 1 after every fitted model (strategies x seeds x (rounds + 1) in all).
+        learner: trains on the labeled rows and scores pool and test (default: the head-mode
+            classifier on ``x``); :func:`tlkit.active.simulate_finetune.finetune_learner` fine-tunes.
     """
     for s in strategies:
         get_strategy(s)
@@ -122,14 +140,14 @@ def simulate(
     k = int(max(y.max(), y_test.max())) + 1
     classes = tuple(classes) if classes else tuple(str(i) for i in range(k))
     x, x_test = np.asarray(x, np.float32), np.asarray(x_test, np.float32)
-    scaler = heads.Scaler.fit(x)
+    learner = learner or head_learner(x, y, x_test, y_test, classes, heads.Scaler.fit(x))
     result = SimulationResult()
     tick = (lambda: progress(1)) if progress else (lambda: None)
     for seed in seeds:
         start_idx = _start_set(y, start, np.random.default_rng(seed))
         for s in strategies:
             t = time.perf_counter()
-            for labels, acc in _one_curve(x, y, x_test, y_test, classes, scaler, s, start_idx, batch, rounds, seed, tick):
+            for labels, acc in _one_curve(x, y, learner, s, start_idx, batch, rounds, seed, tick):
                 result.rows.append((s, seed, labels, acc))
             log.info("%s seed %d: %.1f s", s, seed, time.perf_counter() - t)
     result.budgets = sorted({r[2] for r in result.rows})
@@ -234,12 +252,12 @@ def simulate_folders(
     batch: int = 10,
     rounds: int = 10,
     seeds: int = 3,
+    epochs: int = 3,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[SimulationResult, dict[str, Path]]:
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
-    if train != "head":
-        raise TlkitError("al-simulate supports --train head (frozen backbone + linear head); "
-                         "finetune simulations are not implemented yet")
+    if train not in ("head", "finetune"):
+        raise TlkitError(f"unknown --train {train!r}; choose head or finetune")
     out = Path(out)
     x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights, image_size=image_size)
     xt, names_t = labeled_features(test, out / "features" / "test", backbone=backbone, weights=weights,
@@ -251,7 +269,29 @@ def simulate_folders(
     idx = {c: i for i, c in enumerate(classes)}
     y = np.array([idx[c] for c in names])
     yt = np.array([idx[c] for c in names_t])
+    learner = None
+    if train == "finetune":
+        learner = _finetune_learner(pool, test, out, y, yt, classes, backbone, weights, image_size, epochs)
     result = simulate(x, y, xt, yt, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds,
-                      classes=classes, progress=progress)
+                      classes=classes, progress=progress, learner=learner)
     files = write_outputs(result, out, title=f"{Path(pool).name}: start {start}, batch {batch}, {len(result.summary)} strategies")
     return result, files
+
+
+def _finetune_learner(pool, test, out, y, yt, classes, backbone, weights, image_size, epochs) -> Learner:
+    """Fine-tuning needs the images: the extracted index gives each row's file under the source root."""
+    from tlkit.active.simulate_finetune import finetune_learner
+    from tlkit.io import read_csv, read_json
+
+    def paths(src: str | Path, cache: Path) -> list[Path]:
+        folder = Path(src) if (Path(src) / "features.npy").is_file() else cache
+        root = Path(read_json(folder / "meta.json")["source"]["root"])
+        return [root / r["path"] for r in read_csv(folder / "index.csv")]
+
+    pool_paths = paths(pool, out / "features" / "pool")
+    test_paths = paths(test, out / "features" / "test")
+    missing = [str(p) for p in pool_paths[:1] + test_paths[:1] if not p.is_file()]
+    if missing:
+        raise TlkitError(f"--train finetune needs the images; {missing[0]} is missing")
+    kw = {"backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs}
+    return finetune_learner(pool_paths, y, test_paths, yt, classes, config_kwargs=kw)

@@ -21,7 +21,8 @@ def al_simulate_cmd(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
     weights: Optional[Path] = typer.Option(None, "--weights"),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16),
-    train: str = typer.Option("head", "--train", help="head (finetune simulations are not implemented)."),
+    train: str = typer.Option("head", "--train", help="head (linear head on embeddings) | finetune (slow: trains each round)."),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs per round with --train finetune."),
     start: int = typer.Option(10, "--start", min=1, help="Random labels before the first round."),
     batch: int = typer.Option(10, "--batch", min=1),
     rounds: int = typer.Option(10, "--rounds", min=0),
@@ -37,7 +38,7 @@ def al_simulate_cmd(
         task = bar.add_task("simulate", total=len(names) * seeds * (rounds + 1), rate="")
         result, files = simulate_folders(
             pool, test, out, strategies=names, backbone=backbone, weights=str(weights) if weights else None,
-            image_size=image_size, train=train, start=start, batch=batch, rounds=rounds, seeds=seeds,
+            image_size=image_size, train=train, start=start, batch=batch, rounds=rounds, seeds=seeds, epochs=epochs,
             progress=lambda k: bar.advance(task, k),
         )
     shown = [b for b in result.budgets if b in {result.budgets[0], result.budgets[-1]}
