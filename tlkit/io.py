@@ -118,3 +118,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_png(fig, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """Render a matplotlib figure to PNG, write it atomically, and close the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())

@@ -24,7 +24,7 @@ import numpy as np
 from tlkit.active import head as heads
 from tlkit.active.strategies import PoolView, get_strategy, select
 from tlkit.errors import TlkitError
-from tlkit.io import write_bytes, write_csv, write_json
+from tlkit.io import save_png, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,6 @@ def write_outputs(result: SimulationResult, out: str | Path, *, title: str = "")
 
 
 def _plot(result: SimulationResult, path: Path, title: str) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,10 +209,7 @@ def _plot(result: SimulationResult, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def labeled_features(

@@ -54,14 +54,12 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
 
 
 def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tlkit.io import write_bytes
+    from tlkit.io import save_png
 
     pts = [(r["labeled"], r["val_accuracy"]) for r in rounds if r["val_accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
@@ -71,8 +69,5 @@ def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:
     ax.set_title("learning curve")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_png(fig, path)
     return path

@@ -8,12 +8,11 @@ Example:
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from tlkit.io import write_bytes
+from tlkit.io import save_png
 
 
 def _figure():
@@ -26,10 +25,7 @@ def _figure():
 
 
 def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
-    write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_history(history: Sequence[dict[str, Any]], folder: str | os.PathLike) -> list[Path]:
