@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -26,20 +26,32 @@ log = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 5
 
 
-def _labeled_tree(project: Project, folder: Path) -> dict[str, int]:
+def link_class_tree(folder: Path, items: Iterable[tuple[Path, str]]) -> dict[str, int]:
+    """Expose labeled images as a class-folder tree of symlinks: ``folder/<label>/<k>_<name>``.
+
+    Returns the image count per label. The source files are never touched.
+    """
     counts: dict[str, int] = {}
-    for i, (path, label) in enumerate(sorted(project.labels().items())):
-        if label == SKIP_LABEL:
-            continue
-        dst = folder / label / f"{i:06d}_{Path(path).name}"
+    for k, (src, label) in enumerate(items):
+        dst = folder / label / f"{k:06d}_{Path(src).name}"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(project.pool_root / path, dst)
+        os.symlink(Path(src).resolve(), dst)
         counts[label] = counts.get(label, 0) + 1
     return counts
 
 
-def _pool_probs(run: Path, project: Project, paths: list[str], classes: tuple[str, ...], device: str) -> np.ndarray:
-    """Probabilities [n, k] of the fine-tuned model over ``paths``, columns in project class order."""
+def fit_on_tree(config, tree: Path, out: Path, counts: dict[str, int]):
+    """Fine-tune on ``tree``; with fewer than 3 images in some class, validate on the training images
+    (a held-out split is impossible there), which the caller should report as optimistic."""
+    from tlkit.train.engine import fit
+
+    few = min(counts.values()) < 3
+    return fit(config, data=tree, out=out, val=tree if few else None), few
+
+
+def run_probs(run: Path, path_lists: Sequence[Sequence[Path]], classes: Sequence[str], device: str) -> list[np.ndarray]:
+    """Probabilities ``[n, k]`` of a run's best model for each list of image files (the run is
+    loaded once), columns in ``classes`` order; classes the run never saw get 0."""
     from tlkit.data import ImageDataset, ImageRecord, build_transform, make_loader
     from tlkit.runtime import default_workers, resolve_device, resolve_precision
     from tlkit.train.evaluate import predict_loader
@@ -47,14 +59,17 @@ def _pool_probs(run: Path, project: Project, paths: list[str], classes: tuple[st
 
     dev = resolve_device(device)
     model, run_classes, data_config = load_run(run, device=dev)
-    records = [ImageRecord(project.pool_root / p, p, None) for p in paths]
-    dataset = ImageDataset(records, build_transform(data_config))
-    loader = make_loader(dataset, batch_size=64, workers=default_workers(), device=dev)
-    preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision("auto", dev), channels_last=True)
-    out = np.zeros((len(paths), len(classes)), np.float32)
-    cols = [classes.index(c) for c in run_classes]
-    out[np.ix_(preds.indices, cols)] = preds.probs
-    return out
+    cols = [list(classes).index(c) for c in run_classes]
+    transform = build_transform(data_config)
+    outs = []
+    for paths in path_lists:
+        records = [ImageRecord(Path(p), Path(p).name, None) for p in paths]
+        loader = make_loader(ImageDataset(records, transform), batch_size=64, workers=default_workers(), device=dev)
+        preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision("auto", dev), channels_last=True)
+        out = np.zeros((len(paths), len(classes)), np.float32)
+        out[np.ix_(preds.indices, cols)] = preds.probs
+        outs.append(out)
+    return outs
 
 
 def score_finetuned(
@@ -62,11 +77,11 @@ def score_finetuned(
 ) -> tuple[np.ndarray | None, None, dict[str, Any]]:
     """Fine-tune on the labels into ``out``; return (probs [n, k] or None, None, metrics)."""
     from tlkit.train import make_config
-    from tlkit.train.engine import fit
 
     t = time.perf_counter()
     tree = out.parent / "labeled"
-    counts = _labeled_tree(project, tree)
+    labeled = sorted((p, lab) for p, lab in project.labels().items() if lab != SKIP_LABEL)
+    counts = link_class_tree(tree, ((project.pool_root / p, lab) for p, lab in labeled))
     if len(counts) < 2:
         shutil.rmtree(tree, ignore_errors=True)
         log.info("fewer than two labeled classes: no model yet; selecting without one")
@@ -80,9 +95,8 @@ def score_finetuned(
         config = make_config(cfg.recipe, **explicit)
     except TlkitError as e:
         raise TlkitError(f"project recipe: {e}") from None
-    few = min(counts.values()) < 3
-    result = fit(config, data=tree, out=out, val=tree if few else None)
-    probs = _pool_probs(out, project, data.paths, data.classes, device)
+    result, few = fit_on_tree(config, tree, out, counts)
+    (probs,) = run_probs(out, [[project.pool_root / p for p in data.paths]], data.classes, device)
     shutil.rmtree(tree, ignore_errors=True)
     best = result.best or {}
     return probs, None, {"train_s": round(time.perf_counter() - t, 3),

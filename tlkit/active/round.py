@@ -153,7 +153,7 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     save_weights(folder / "best.safetensors", bb.model.state_dict(), meta)
 
 
-def _metrics(project: Project, data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
+def _metrics(data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
     per_class = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
     return {
         "labeled": int((data.y >= 0).sum()),
@@ -231,7 +231,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     write_label_studio(tmp / "labelstudio.json", rows, project.config.label_studio_prefix, n)
     if head is not None:
         _save_head_model(tmp / "model", project, head, project.config.image_size)
-    metrics = _metrics(project, data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),
+    metrics = _metrics(data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),
                                        "candidates": int(pool.candidates.sum()), **extra,
                                        "elapsed_s": round(time.perf_counter() - t0, 3)})
     write_json(tmp / "metrics.json", metrics)
