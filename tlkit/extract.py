@@ -32,7 +32,8 @@ from tlkit import data as tdata
 from tlkit.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from tlkit.errors import TlkitError
 from tlkit.io import read_json, write_csv, write_json
-from tlkit.runtime import autocast, default_workers, precision_name, resolve_device, resolve_precision
+from tlkit.inference import prepare_for_inference
+from tlkit.runtime import autocast, default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,10 @@ class _Writer:
         self._last_commit = time.monotonic()
 
 
-def _prepare_model(bb: Backbone, device: torch.device, compile: bool) -> torch.nn.Module:
-    model = bb.model.to(device).eval()
-    model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model)
-    return model
+def _prepare_model(bb: Backbone, device: torch.device, dtype: torch.dtype | None, input_size: tuple,
+                   compile: bool, fuse: bool) -> torch.nn.Module:
+    model = prepare_for_inference(bb.model, device, dtype, input_size=tuple(input_size), fuse=fuse)
+    return torch.compile(model) if compile else model
 
 
 def _run(
@@ -214,13 +213,14 @@ def extract_features(
     backbone: str | Backbone = DEFAULT_BACKBONE,
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     image_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
     strict: bool = False,
     compile: bool = False,
+    fuse: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Embed every image under ``images`` with a frozen backbone and write the results to ``out``.
@@ -230,13 +230,16 @@ def extract_features(
         out: output folder (created). An interrupted run there is resumed when inputs match.
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
         weights: a local weights file for the backbone.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: :func:`tlkit.runtime.inference_batch_size`,
+            8 on a CPU and 64 on a GPU).
         image_size: resize to this square size instead of the backbone's default.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         precision: ``auto`` (bf16 where fast) | ``fp32`` | ``bf16`` | ``fp16``.
-        workers: DataLoader decoding processes (default: cores - 1).
+        workers: DataLoader decoding processes (default: half the cores from 4 up, else 0).
         strict: fail on the first file that cannot be decoded instead of skipping it.
         compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
+        fuse: fold BatchNorm layers into the convolutions before them (checked; see
+            :mod:`tlkit.inference`).
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -279,9 +282,10 @@ def extract_features(
     if todo:
         dataset = tdata.ImageDataset(todo, transform, size_hint=data_config["input_size"][-1])
         nw = default_workers() if workers is None else workers
-        loader = tdata.make_loader(dataset, batch_size=batch_size, workers=nw, device=dev)
+        loader = tdata.make_loader(dataset, batch_size=batch_size or inference_batch_size(dev), workers=nw, device=dev)
+        model = _prepare_model(bb, dev, dtype, data_config["input_size"], compile, fuse)
         try:
-            _run(_prepare_model(bb, dev, compile), loader, writer, done, dev, dtype, strict, progress)
+            _run(model, loader, writer, done, dev, dtype, strict, progress)
         except _StrictFailure as e:
             writer.commit()
             raise TlkitError(

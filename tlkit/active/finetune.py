@@ -53,19 +53,23 @@ def run_probs(run: Path, path_lists: Sequence[Sequence[Path]], classes: Sequence
     """Probabilities ``[n, k]`` of a run's best model for each list of image files (the run is
     loaded once), columns in ``classes`` order; classes the run never saw get 0."""
     from tlkit.data import ImageDataset, ImageRecord, build_transform, make_loader
-    from tlkit.runtime import default_workers, resolve_device, resolve_precision
+    from tlkit.inference import prepare_for_inference
+    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
     from tlkit.train.evaluate import predict_loader
     from tlkit.train.model import load_run
 
     dev = resolve_device(device)
+    amp = resolve_precision("auto", dev)
     model, run_classes, data_config = load_run(run, device=dev)
+    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
     cols = [list(classes).index(c) for c in run_classes]
     transform = build_transform(data_config)
     outs = []
     for paths in path_lists:
         records = [ImageRecord(Path(p), Path(p).name, None) for p in paths]
-        loader = make_loader(ImageDataset(records, transform), batch_size=64, workers=default_workers(), device=dev)
-        preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision("auto", dev), channels_last=True)
+        loader = make_loader(ImageDataset(records, transform), batch_size=inference_batch_size(dev),
+                             workers=default_workers(), device=dev)
+        preds = predict_loader(model, loader, device=dev, amp_dtype=amp, channels_last=True)
         out = np.zeros((len(paths), len(classes)), np.float32)
         out[np.ix_(preds.indices, cols)] = preds.probs
         outs.append(out)

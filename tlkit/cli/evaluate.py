@@ -25,7 +25,7 @@ def evaluate_cmd(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Metrics file (default RUN/evaluation.json)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),

@@ -19,13 +19,14 @@ def extract_cmd(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name or tv:<torchvision name>."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (.safetensors/.pth)."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores from 4 up, else 0)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Fold BatchNorm into the convolutions (checked)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Embed images with a frozen backbone; resumable, streamed to disk."""
@@ -40,7 +41,7 @@ def extract_cmd(
             res = extract_features(
                 source, out, backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
                 image_size=image_size, device=device, precision=precision, workers=workers, strict=strict,
-                compile=compile, progress=rate_callback(bar, task),
+                compile=compile, fuse=fuse, progress=rate_callback(bar, task),
             )
     table = Table(title="tlkit extract", show_header=False)
     for key, value in (

@@ -10,8 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
-from tlkit.runtime import PRECISIONS
-from tlkit.train.config import MODES
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -23,6 +21,11 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
+# spelled out rather than imported: importing tlkit.train or tlkit.runtime here would load torch and
+# timm for every command, `tlkit --help` included (tests/test_cli.py checks these match)
+MODES_HELP = "full | linear-probe | freeze-unfreeze"
+PRECISIONS_HELP = "auto | fp32 | bf16 | fp16"
+
 @app.command("finetune")
 def finetune_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class (or a labeled CSV)."),
@@ -33,13 +36,13 @@ def finetune_cmd(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Bundled recipe name (see `tlkit recipes`) or a YAML file."),
-    mode: Optional[str] = typer.Option(None, "--mode", help=" | ".join(MODES)),
+    mode: Optional[str] = typer.Option(None, "--mode", help=MODES_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
-    precision: Optional[str] = typer.Option(None, "--precision", help=" | ".join(PRECISIONS)),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISIONS_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),

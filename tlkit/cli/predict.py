@@ -19,7 +19,7 @@ def predict_cmd(
     topk: int = typer.Option(5, "--topk", "-k", min=1, help="How many most likely classes per row."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0),

@@ -198,7 +198,7 @@ def evaluate_run(
     data: str | os.PathLike,
     *,
     which: str = "best",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
@@ -215,12 +215,15 @@ def evaluate_run(
         :func:`compute_metrics` output plus ``loss``, ``data``, ``checkpoint``, ``skipped``.
     """
     from tlkit.data import ImageDataset, build_transform, make_loader, scan_images, size_hint_for, write_skipped
-    from tlkit.runtime import default_workers, resolve_device, resolve_precision
+    from tlkit.inference import prepare_for_inference
+    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
     from tlkit.train.model import load_run
 
     run = Path(run)
     dev = resolve_device(device)
+    amp = resolve_precision(precision, dev)
     model, classes, data_config = load_run(run, which=which, device=dev)
+    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
     source = scan_images(data, labeled=True)
     unknown = sorted({r.label for r in source.records if r.label is not None} - set(classes))
     if unknown:
@@ -232,9 +235,9 @@ def evaluate_run(
         raise TlkitError(f"{data}: no images found to evaluate")
     ds = ImageDataset(source.records, build_transform(data_config), {c: i for i, c in enumerate(classes)},
                       size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                         device=dev)
-    preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision(precision, dev),
+    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
+                         workers=default_workers() if workers is None else workers, device=dev)
+    preds = predict_loader(model, loader, device=dev, amp_dtype=amp,
                            channels_last=True, tta=tta, progress=progress)
     metrics = compute_metrics(preds.targets, preds.probs, classes)
     metrics.update(loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,

@@ -70,7 +70,7 @@ def predict(
     topk: int = 5,
     tta: bool = False,
     which: str = "best",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
@@ -87,19 +87,22 @@ def predict(
         which: ``best`` or ``last`` checkpoint.
     """
     from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for, write_skipped
-    from tlkit.runtime import default_workers, resolve_device, resolve_precision
+    from tlkit.inference import prepare_for_inference
+    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
     from tlkit.train.evaluate import predict_loader
     from tlkit.train.model import load_run
 
     if topk < 1:
         raise TlkitError(f"--topk {topk}: must be at least 1")
     dev = resolve_device(device)
+    amp = resolve_precision(precision, dev)
     model, classes, data_config = load_run(run, which=which, device=dev)
+    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
     records = _records(images)
     ds = ImageDataset(records, build_transform(data_config), None, size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                         device=dev)
-    preds = predict_loader(model, loader, device=dev, amp_dtype=resolve_precision(precision, dev),
+    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
+                         workers=default_workers() if workers is None else workers, device=dev)
+    preds = predict_loader(model, loader, device=dev, amp_dtype=amp,
                            channels_last=True, tta=tta, progress=progress)
     k = min(topk, len(classes))
     header = ["path", "label", "probability"]

@@ -10,8 +10,6 @@ import warnings
 from typing import Iterator
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.exceptions import ConvergenceWarning
 
 CHUNK_BYTES = 64 * 2**20
 """Largest float32 distance block held at once."""
@@ -110,6 +108,9 @@ def kmeans(X: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray,
         ``([n] int labels, [k, d] float32 centers)``. Cost: O(n·k·d) per pass plus O(k·4096·d)
         seeding; O(n + k·d) memory beyond X and sklearn's chunked buffers.
     """
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # imported here: sklearn takes ~1 s to import
+    from sklearn.exceptions import ConvergenceWarning
+
     n, d = X.shape
     k = max(1, min(int(k), n))
     seed = int(rng.integers(2**31 - 1))
