@@ -13,6 +13,7 @@ Two measurements, same process, same data:
 
 Usage:
     python benchmarks/bench_finetune.py speed    [--epochs 3] [--image-size 96] [--batch-size 32] [--threads N]
+    python benchmarks/bench_finetune.py speed --image-size 224 --train-images 320   # the backbone's own size
     python benchmarks/bench_finetune.py accuracy [--epochs 8] [--image-size 96]
     python benchmarks/bench_finetune.py photos   [--image-size 160]   # linear-probe on photo crops
 """
@@ -50,6 +51,21 @@ def digits_splits(root: Path, seed: int = 0) -> dict[str, Path]:
     return out
 
 
+def subset_tree(src: Path, dst: Path, n: int, seed: int = 0) -> Path:
+    """``dst``: a stratified sample of ``n`` files of the class tree ``src`` (copied)."""
+    import shutil
+
+    from sklearn.model_selection import train_test_split
+
+    files = sorted(p for p in src.rglob("*.png"))
+    labels = [p.parent.name for p in files]
+    keep, _ = train_test_split(files, train_size=n, stratify=labels, random_state=seed)
+    for f in keep:
+        (dst / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst / f.parent.name / f.name)
+    return dst
+
+
 def reference_epochs(model, loader, epochs: int) -> list[float]:
     """A plain loop: fp32, NCHW, AdamW(lr 1e-3), cross-entropy. Seconds per epoch."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -75,6 +91,8 @@ def speed(args) -> dict:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         splits = digits_splits(Path(args.cache or tmp))
+        if args.train_images:
+            splits["train"] = subset_tree(splits["train"], Path(tmp) / f"train{args.train_images}", args.train_images)
         cfg = make_config(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
                           workers=args.workers)
         # reference: same backbone and weights, same training transform, loader and batch size
@@ -136,6 +154,7 @@ def main() -> None:
     p.add_argument("what", choices=("speed", "accuracy", "photos"), nargs="?", default="speed")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--train-images", type=int, default=0, help="speed: train on a stratified subset of this size")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--recipe", default=None)
