@@ -1,12 +1,14 @@
 """Fine-tuning benchmark on scikit-learn digits (real scans rendered as 32 px PNGs).
 
-Two measurements, same process, same data:
+Three measurements on the same data:
 
-* ``speed`` (default): epoch time of tlkit's engine (defaults: bf16 autocast where the CPU has it
-  with depthwise convolutions kept in fp32, channels_last, denormals flushed) against a plain
-  reference loop (fp32, NCHW, AdamW + CE) over the same model, weights, transform, loader and batch
-  size. The reference runs before and after the engine; the first epoch of each is a warm-up
-  (oneDNN kernel generation) and the medians of the others are compared.
+* ``speed`` (default): epoch time of ``tlkit finetune`` (defaults: bf16 autocast where the CPU has
+  it with depthwise convolutions kept in fp32, channels_last, denormals flushed, freed memory kept
+  for reuse) against a plain reference loop (fp32, NCHW, AdamW + CE) over the same model, weights,
+  transform, loader and batch size. Each runs as a whole process of its own: reference, tlkit,
+  reference again; the first epoch of each process is a warm-up (oneDNN kernel generation) and the
+  medians of the others are compared. A last reference run under tlkit's allocator setting
+  (``MALLOC_MMAP_MAX_=0``) shows how much of the gain that one setting is.
 * ``accuracy``: ``tlkit.train.fit`` with default hyperparameters on a 60/10/30 stratified split
   (train/val/test), default offline backbone (efficientnet_lite0, bundled weights), then
   ``evaluate_run`` on the held-out 30%.
@@ -24,6 +26,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,37 +86,66 @@ def reference_epochs(model, loader, epochs: int) -> list[float]:
     return times
 
 
-def speed(args) -> dict:
+def reference(args) -> dict:
+    """The plain loop over ``args.data``, run in a fresh process of its own (``_reference``)."""
+    import resource
+
     from tlkit.backbones import create_backbone
     from tlkit.data import ImageDataset, build_transform, make_loader, scan_images
-    from tlkit.train import fit, make_config
+    from tlkit.train import make_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cfg = make_config(image_size=args.image_size, batch_size=args.batch_size, workers=args.workers)
+    # same backbone and weights, same training transform, loader and batch size as the engine
+    bb = create_backbone(cfg.backbone, num_classes=10)
+    data_config = dict(bb.data_config, input_size=(3, args.image_size, args.image_size))
+    src = scan_images(Path(args.data))
+    tf = build_transform(data_config, training=True, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip,
+                         color_jitter=cfg.color_jitter)
+    loader = make_loader(ImageDataset(src.records, tf, src.class_to_idx), batch_size=args.batch_size,
+                         workers=args.workers, device="cpu", shuffle=True, drop_last=True)
+    times = reference_epochs(bb.model, loader, args.epochs)
+    return {"epoch_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10}
+
+
+def _run(cmd: list[str], env: dict | None = None) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if res.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])}... failed:\n{res.stderr[-2000:]}")
+    return res.stdout
+
+
+def speed(args) -> dict:
+    """Reference process, ``tlkit finetune`` process, reference process again (machine-load drift
+    hits both), then the reference under tlkit's allocator setting to show that setting's share."""
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     with tempfile.TemporaryDirectory() as tmp:
         splits = digits_splits(Path(args.cache or tmp))
         if args.train_images:
             splits["train"] = subset_tree(splits["train"], Path(tmp) / f"train{args.train_images}", args.train_images)
-        cfg = make_config(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                          workers=args.workers)
-        # reference: same backbone and weights, same training transform, loader and batch size
-        bb = create_backbone(cfg.backbone, num_classes=10)
-        data_config = dict(bb.data_config, input_size=(3, args.image_size, args.image_size))
-        src = scan_images(splits["train"])
-        tf = build_transform(data_config, training=True, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip,
-                             color_jitter=cfg.color_jitter)
-        loader = make_loader(ImageDataset(src.records, tf, src.class_to_idx), batch_size=args.batch_size,
-                             workers=args.workers, device="cpu", shuffle=True, drop_last=True)
-        # interleave (reference, engine, reference) so that a change in machine load hits both
-        ref = reference_epochs(bb.model, loader, args.epochs)
-        res = fit(cfg, data=splits["train"], val=splits["val"], out=Path(tmp) / "run")
-        ours = [h["epoch_time_s"] for h in res.history]
-        ref += reference_epochs(bb.model, loader, args.epochs)[1:]
-    o, r = statistics.median(ours[1:]), statistics.median(ref[1:])  # epoch 1 of each: warm-up
-    return {"engine_epoch_s": [round(t, 2) for t in ours], "reference_epoch_s": [round(t, 2) for t in ref],
+        shape = ["--epochs", str(args.epochs), "--image-size", str(args.image_size),
+                 "--batch-size", str(args.batch_size), "--workers", str(args.workers)]
+        ref_cmd = [sys.executable, __file__, "_reference", "--data", str(splits["train"]), *shape]
+
+        def ref_run(extra_env=None) -> dict:
+            return json.loads(_run(ref_cmd, {**env, **(extra_env or {})}))
+
+        ref = ref_run()
+        _run([sys.executable, "-m", "tlkit", "finetune", "--data", str(splits["train"]), "--val", str(splits["val"]),
+              "--out", str(Path(tmp) / "run"), *shape], env)
+        history = json.loads((Path(tmp) / "run" / "metrics.json").read_text())["history"]
+        ref2 = ref_run()
+        ref_heap = ref_run({"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)})
+        n_train = len(list(splits["train"].rglob("*.png")))
+    ours = [h["epoch_time_s"] for h in history]
+    plain = ref["epoch_s"][1:] + ref2["epoch_s"][1:]  # epoch 1 of each process: warm-up
+    o, r, rh = statistics.median(ours[1:]), statistics.median(plain), statistics.median(ref_heap["epoch_s"][1:])
+    return {"engine_epoch_s": [round(t, 2) for t in ours],
+            "reference_epoch_s": [round(t, 2) for t in ref["epoch_s"] + ref2["epoch_s"]],
+            "reference_heap_epoch_s": [round(t, 2) for t in ref_heap["epoch_s"]],
             "engine_median_s": round(o, 2), "reference_median_s": round(r, 2), "speedup": round(r / o, 2),
-            "train_images": res.n_train, "batch_size": args.batch_size, "image_size": args.image_size,
-            "threads": torch.get_num_threads(), "loadavg": os.getloadavg()}
+            "speedup_vs_reference_with_tlkit_allocator": round(rh / o, 2),
+            "train_images": n_train, "batch_size": args.batch_size,
+            "image_size": args.image_size, "reference_peak_rss_mb": ref["peak_rss_mb"], "loadavg": os.getloadavg()}
 
 
 def accuracy(args) -> dict:
@@ -151,7 +184,8 @@ def photos(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "accuracy", "photos"), nargs="?", default="speed")
+    p.add_argument("what", choices=("speed", "accuracy", "photos", "_reference"), nargs="?", default="speed")
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--train-images", type=int, default=0, help="speed: train on a stratified subset of this size")
@@ -159,13 +193,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--recipe", default=None)
     p.add_argument("--set", action="append", default=[])
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="speed: OMP_NUM_THREADS of every process (0: default)")
     p.add_argument("--cache", default=None, help="keep the rendered digits here between runs")
     args = p.parse_args()
     if args.epochs is None:
         args.epochs = 3 if args.what == "speed" else 8
     torch.manual_seed(0)
-    result = {"speed": speed, "accuracy": accuracy, "photos": photos}[args.what](args)
+    result = {"speed": speed, "accuracy": accuracy, "photos": photos, "_reference": reference}[args.what](args)
     print(json.dumps(result, indent=1))
 
 

@@ -110,3 +110,34 @@ def default_workers() -> int:
     """
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, n // 2) if n >= 4 else 0
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt() parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make this process reuse freed memory for large tensors instead of handing it back (glibc).
+
+    glibc's malloc serves blocks over 32 MB (a training batch's activations at 224 px) with fresh
+    ``mmap`` pages and unmaps them on free, so every step faults every page in again. Setting
+    ``M_MMAP_MAX=0`` and a high ``M_TRIM_THRESHOLD`` keeps them in the heap, like
+    ``MALLOC_MMAP_MAX_=0`` in the environment or running under jemalloc/tcmalloc. Measured on a
+    2-core CPU (efficientnet_lite0, batch 32, 224 px, bf16): 1.25-1.69 -> 0.96 s per training step,
+    peak RSS 2.67 -> 3.07 GB, flat over the run. Process-wide and permanent, so the CLI calls it for
+    training commands only. ``TLKIT_MALLOC=default`` turns it off. Returns whether it was applied.
+    """
+    if os.environ.get("TLKIT_MALLOC", "").lower() == "default":
+        return False
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1  # an int: 2 GiB
+    except (OSError, AttributeError):
+        return False
+    if ok:
+        log.info("malloc: freed memory kept for reuse (M_MMAP_MAX=0; TLKIT_MALLOC=default turns it off)")
+    return ok

@@ -51,6 +51,13 @@ def setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+def training_process() -> None:
+    """Process-wide settings for commands that train (:func:`tlkit.runtime.keep_freed_memory`)."""
+    from tlkit.runtime import keep_freed_memory
+
+    keep_freed_memory()
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print a :class:`TlkitError` (or an out-of-memory error) as one line and exit non-zero."""

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
 
 STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategies()) + "."
 
@@ -58,6 +58,7 @@ def al_round_cmd(
     from tlkit.active.round import run_round
 
     setup_logging(verbose)
+    training_process()
     with user_errors(), progress_bar() as bar:
         task = bar.add_task("embed pool", total=None, rate="")
         res = run_round(project, batch=batch, strategy=strategy, train=train, max_pool=max_pool, new=new,

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, setup_logging, user_errors
+from tlkit.cli._app import app, console, progress_bar, setup_logging, training_process, user_errors
 
 
 @app.command("demo")
@@ -23,6 +23,7 @@ def demo_cmd(
     from tlkit.demo import run_demo
 
     setup_logging(verbose)
+    training_process()
     with tempfile.TemporaryDirectory(prefix="tlkit-demo-") as tmp, user_errors():
         root = workdir or Path(tmp)
         with progress_bar() as bar:

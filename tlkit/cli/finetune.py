@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -53,6 +53,7 @@ def finetune_cmd(
     from tlkit.train import fit, make_config
 
     setup_logging(verbose)
+    training_process()
     with user_errors():
         cfg = make_config(
             recipe, overrides=overrides, backbone=backbone, weights=str(weights) if weights else None,

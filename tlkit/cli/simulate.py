@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, setup_logging, user_errors
+from tlkit.cli._app import app, console, progress_bar, setup_logging, training_process, user_errors
 
 
 @app.command("al-simulate")
@@ -33,6 +33,7 @@ def al_simulate_cmd(
     from tlkit.active.simulate import simulate_folders
 
     setup_logging(verbose)
+    training_process()
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     with user_errors(), progress_bar("fit") as bar:
         task = bar.add_task("simulate", total=len(names) * seeds * (rounds + 1), rate="")
