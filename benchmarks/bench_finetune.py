@@ -7,15 +7,16 @@ Three measurements on the same data:
   for reuse) against a plain reference loop (fp32, NCHW, AdamW + CE) over the same model, weights,
   transform, loader and batch size. Each runs as a whole process of its own: reference, tlkit,
   reference again; the first epoch of each process is a warm-up (oneDNN kernel generation) and the
-  medians of the others are compared. A last reference run under tlkit's allocator setting
+  medians of the others are compared. tlkit's second epoch carries a one-off cost (~2 s: the
+  validation worker, forked after epoch 1, shares the grown heap copy-on-write), hence 4 epochs. A last reference run under tlkit's allocator setting
   (``MALLOC_MMAP_MAX_=0``) shows how much of the gain that one setting is.
 * ``accuracy``: ``tlkit.train.fit`` with default hyperparameters on a 60/10/30 stratified split
   (train/val/test), default offline backbone (efficientnet_lite0, bundled weights), then
   ``evaluate_run`` on the held-out 30%.
 
 Usage:
-    python benchmarks/bench_finetune.py speed    [--epochs 3] [--image-size 96] [--batch-size 32] [--threads N]
-    python benchmarks/bench_finetune.py speed --image-size 224 --train-images 320   # the backbone's own size
+    python benchmarks/bench_finetune.py speed    [--epochs 4] [--image-size 224] [--train-images 320] [--batch-size 32]
+    python benchmarks/bench_finetune.py speed --image-size 96 --train-images 0   # small inputs, all 1,078 digits
     python benchmarks/bench_finetune.py accuracy [--epochs 8] [--image-size 96]
     python benchmarks/bench_finetune.py photos   [--image-size 160]   # linear-probe on photo crops
 """
@@ -187,8 +188,10 @@ def main() -> None:
     p.add_argument("what", choices=("speed", "accuracy", "photos", "_reference"), nargs="?", default="speed")
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--train-images", type=int, default=0, help="speed: train on a stratified subset of this size")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="default: speed 224 (the backbone's own, what `tlkit finetune` uses), accuracy 96, photos 160")
+    p.add_argument("--train-images", type=int, default=320,
+                   help="speed: train on a stratified subset of this size (0: all 1,078)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--recipe", default=None)
@@ -197,7 +200,9 @@ def main() -> None:
     p.add_argument("--cache", default=None, help="keep the rendered digits here between runs")
     args = p.parse_args()
     if args.epochs is None:
-        args.epochs = 3 if args.what == "speed" else 8
+        args.epochs = 4 if args.what == "speed" else 8
+    if args.image_size is None:
+        args.image_size = {"speed": 224, "accuracy": 96, "photos": 160}.get(args.what, 224)
     torch.manual_seed(0)
     result = {"speed": speed, "accuracy": accuracy, "photos": photos, "_reference": reference}[args.what](args)
     print(json.dumps(result, indent=1))

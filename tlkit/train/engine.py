@@ -31,12 +31,12 @@ from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
 from tlkit.train.distributed import all_gather_objects, all_reduce_sum, barrier, shutdown
 from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
-from tlkit.train.loaders import (Runtime, feature_loaders, image_loaders, keep_depthwise_fp32, setup_runtime,
-                                 to_device)
+from tlkit.train.loaders import Runtime, feature_loaders, image_loaders, setup_runtime, to_device
 from tlkit.train.losses import build_loss, build_mixup
 from tlkit.train.model import create_classifier
 from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
+from tlkit.train.speedups import keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits
 from tlkit.train.state import TrainState, check_out_dir, check_resumable, restore, save_epoch
 
@@ -336,6 +336,7 @@ def prepare_model(cfg: TrainConfig, num_classes: int, rt: Runtime):
         model = model.to(memory_format=torch.channels_last)
     if rt.device.type == "cpu" and rt.amp_dtype == torch.bfloat16:
         log.info("bf16 on CPU: %d depthwise convolutions kept in fp32", keep_depthwise_fp32(model))
+    log.debug("%d in-place activations made out-of-place", outplace_activations(model))
     if cfg.sync_bn and rt.dist.enabled:
         if rt.device.type != "cuda":
             raise TlkitError("sync_bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel); drop --set sync_bn=true")

@@ -47,37 +47,6 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device, amp, cfg.channels_last, info, workers)
 
 
-class _Fp32Conv2d(nn.Conv2d):
-    """A ``Conv2d`` that computes in fp32 inside an autocast region (same parameters, same keys).
-
-    Its output goes back to the autocast dtype, so the BatchNorm after it and the activations saved
-    for backward stay bf16: 1.59x vs 1.53x over fp32 at 96 px, 2.65x vs 2.39x at 224 px
-    (efficientnet_lite0, batch 32, training steps).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kind = x.device.type
-        with torch.autocast(kind, enabled=False):
-            y = super().forward(x.float())
-        return y.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else y
-
-
-def keep_depthwise_fp32(model: nn.Module) -> int:
-    """Run depthwise convolutions in fp32 under CPU bf16 autocast; returns how many.
-
-    oneDNN's bf16 depthwise kernels are 2-4x slower than fp32 on CPUs for the small feature
-    maps of late stages, while dense and 1x1 convolutions gain several-fold from bf16 (AMX). Mobile
-    architectures (EfficientNet, MobileNet) alternate the two; keeping depthwise layers in fp32
-    makes bf16 training faster than fp32 instead of slower. Only the module's class changes.
-    """
-    n = 0
-    for m in model.modules():
-        if type(m) is nn.Conv2d and m.groups > 1 and m.groups == m.in_channels:
-            m.__class__ = _Fp32Conv2d
-            n += 1
-    return n
-
-
 def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any], rt: Runtime):
     """Training loader (timm augmentation, this rank's shard, reshuffled per epoch) and validation loader.
 
@@ -174,5 +143,4 @@ def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
 
-__all__ = ["FeatureBatches", "Runtime", "embed", "feature_loaders", "image_loaders", "keep_depthwise_fp32",
-           "setup_runtime", "to_device"]
+__all__ = ["FeatureBatches", "Runtime", "embed", "feature_loaders", "image_loaders", "setup_runtime", "to_device"]
