@@ -8,8 +8,9 @@ Three measurements on the same data:
   transform, loader and batch size. Each runs as a whole process of its own: reference, tlkit,
   reference again; the first epoch of each process is a warm-up (oneDNN kernel generation) and the
   medians of the others are compared. tlkit's second epoch carries a one-off cost (~2 s: the
-  validation worker, forked after epoch 1, shares the grown heap copy-on-write), hence 4 epochs. A last reference run under tlkit's allocator setting
-  (``MALLOC_MMAP_MAX_=0``) shows how much of the gain that one setting is.
+  validation worker, forked after epoch 1, shares the grown heap copy-on-write), hence 4 epochs.
+  A last reference run under tlkit's allocator setting (``MALLOC_MMAP_MAX_=0``) shows how much of
+  the gain that one setting is.
 * ``accuracy``: ``tlkit.train.fit`` with default hyperparameters on a 60/10/30 stratified split
   (train/val/test), default offline backbone (efficientnet_lite0, bundled weights), then
   ``evaluate_run`` on the held-out 30%.

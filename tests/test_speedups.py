@@ -43,12 +43,11 @@ def test_activations_left_in_place_do_not_clone(cls):
     assert "clone.default" not in _ops_of_inplace(cls(inplace=True))
 
 
-def _grads(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
+def _grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None):
-        out = model(x)
-    out.float().square().mean().backward()
-    return out.detach().float(), {k: p.grad.clone() for k, p in model.named_parameters()}
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
 def test_outplace_activations_keeps_outputs_and_gradients():
@@ -87,7 +86,6 @@ def test_depthwise_fp32_training_step_is_as_close_to_fp32_as_plain_bf16(photos_d
     """Pretrained weights, real photos, a train-mode step: loss and head gradient vs full fp32."""
     from tlkit.backbones import create_backbone
     from tlkit.data import ImageDataset, build_transform, scan_images
-
     from tlkit.train.model import init_head
 
     torch.manual_seed(0)

@@ -17,14 +17,10 @@ same as without them.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
-
-# activations whose in-place autograd kernel clones its input (checked by tests/test_train_parts.py)
+# activations whose in-place autograd kernel clones its input (checked by tests/test_speedups.py)
 CLONING_INPLACE = (nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Mish)
 
 
