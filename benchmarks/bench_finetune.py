@@ -7,8 +7,7 @@ Three measurements on the same data:
   for reuse) against a plain reference loop (fp32, NCHW, AdamW + CE) over the same model, weights,
   transform, loader and batch size. Each runs as a whole process of its own: reference, tlkit,
   reference again; the first epoch of each process is a warm-up (oneDNN kernel generation) and the
-  medians of the others are compared. tlkit's second epoch carries a one-off cost (~2 s: the
-  validation worker, forked after epoch 1, shares the grown heap copy-on-write), hence 4 epochs.
+  medians of the others are compared (4 epochs: three timed ones per process).
   A last reference run under tlkit's allocator setting (``MALLOC_MMAP_MAX_=0``) shows how much of
   the gain that one setting is.
 * ``accuracy``: ``tlkit.train.fit`` with default hyperparameters on a 60/10/30 stratified split
