@@ -1,33 +1,60 @@
 """Taking labels in (CSV, Label Studio exports) and handing queries out (Label Studio tasks).
 
-Imports validate everything before writing anything: unknown paths, unknown classes, conflicting
-relabels and contradictory duplicates are errors (``add_classes`` / ``overwrite`` allow the last
-two on purpose), and labels.csv is then rewritten atomically with the merged result. An earlier
-label is never lost: changing one needs ``overwrite=True``.
+An import validates everything before writing anything, and then rewrites labels.csv atomically
+with the merged result. An earlier label is never lost: changing one needs ``overwrite=True``.
+
+Checks (each an error naming the first offending rows and the option that allows it):
+
+- images that are not in the pool (``skip_unknown`` imports the rest and reports them);
+- labels that are not project classes (``add_classes``);
+- relabels of labeled images (``overwrite``);
+- empty labels, and contradictory rows for one image in a plain CSV.
+
+Several annotations of one image (Label Studio: several annotators, or one image in tasks of two
+rounds) are resolved by one documented rule, never a silent choice:
+
+1. An annotation marked ground truth wins (JSON exports carry the flag; several that disagree are
+   a disagreement).
+2. Otherwise the labeled (not cancelled) annotations must agree. When they disagree, the image is
+   not imported and is listed in :attr:`ImportReport.disagreements`, unless ``resolve`` says
+   ``majority`` (the most frequent label; a tie stays a disagreement) or ``latest`` (the most
+   recently updated annotation).
+3. An image whose annotations were all cancelled (skipped) is marked unlabelable (``__skip__``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote
 
+from tlkit.active import labelstudio as ls
+from tlkit.active.labelstudio import Vote
 from tlkit.active.project import SKIP_LABEL, Project
 from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_json
+from tlkit.io import write_json
 
 log = logging.getLogger(__name__)
 
-SKIP_WORDS = {SKIP_LABEL, "__skip__", "skip", "unlabelable"}
+SKIP_WORDS = {SKIP_LABEL, "skip", "unlabelable"}
+RESOLVE_RULES = ("agree", "majority", "latest")
 
 
 @dataclass
 class ImportReport:
-    """What an import changed."""
+    """What an import changed.
+
+    Attributes:
+        added, relabeled, unchanged: counts of images.
+        skipped_marked: images newly marked unlabelable.
+        new_classes: classes added by this import.
+        per_class: newly added or changed labels per class.
+        unknown: images of the file that are not in the pool (only with ``skip_unknown``).
+        disagreements: images whose annotations disagree, not imported: "path: a (where), b (where)".
+    """
 
     added: int = 0
     relabeled: int = 0
@@ -35,69 +62,8 @@ class ImportReport:
     skipped_marked: int = 0
     new_classes: list[str] = field(default_factory=list)
     per_class: dict[str, int] = field(default_factory=dict)
-
-
-def _read_rows(path: Path, prefix: str) -> list[tuple[str, str, str]]:
-    """(path, label, where) triples from a CSV or a Label Studio JSON export."""
-    if not path.is_file():
-        raise TlkitError(f"label file not found: {path}")
-    if path.suffix.lower() == ".json":
-        return _read_label_studio(path, prefix)
-    rows = read_csv(path)
-    if not rows or "path" not in rows[0] or "label" not in rows[0]:
-        cols = list(rows[0]) if rows else []
-        raise TlkitError(f"{path} needs the columns path,label (found {cols or 'no rows'})")
-    return [(r["path"].strip(), (r["label"] or "").strip(), f"{path.name} line {i + 2}") for i, r in enumerate(rows)]
-
-
-def _read_label_studio(path: Path, prefix: str) -> list[tuple[str, str, str]]:
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TlkitError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(tasks, list):
-        raise TlkitError(f"{path} is not a Label Studio export (expected a JSON list of tasks)")
-    out = []
-    for i, task in enumerate(tasks):
-        where = f"{path.name} task {task.get('id', i)}"
-        img = (task.get("meta") or {}).get("tlkit_path") or _strip_prefix((task.get("data") or {}).get("image", ""), prefix)
-        label = _task_choice(task, where)
-        if label is not None:
-            out.append((img, label, where))
-    return out
-
-
-def _strip_prefix(image: str, prefix: str) -> str:
-    if prefix and image.startswith(prefix):
-        image = image[len(prefix) :]
-    return unquote(image)
-
-
-def _task_choice(task: dict[str, Any], where: str) -> str | None:
-    """The latest non-cancelled annotation's choice; SKIP_LABEL for a skipped task; None if unannotated."""
-    annotations = task.get("annotations") or task.get("completions") or []
-    if not annotations:
-        return None
-    ann = annotations[-1]
-    if ann.get("was_cancelled"):
-        return SKIP_LABEL
-    for res in ann.get("result") or []:
-        choices = (res.get("value") or {}).get("choices")
-        if choices:
-            if len(choices) > 1:
-                raise TlkitError(f"{where}: several choices {choices}; tlkit needs one label per image")
-            return str(choices[0])
-    return None
-
-
-def _normalise_path(raw: str, pool_root: Path) -> str:
-    p = Path(raw)
-    if p.is_absolute():
-        try:
-            return p.resolve().relative_to(pool_root).as_posix()
-        except ValueError:
-            return raw
-    return PurePosixPath(raw.replace("\\", "/")).as_posix().removeprefix("./")
+    unknown: list[str] = field(default_factory=list)
+    disagreements: list[str] = field(default_factory=list)
 
 
 def _first(items: list[str], n: int = 3) -> str:
@@ -110,51 +76,129 @@ def import_labels(
     *,
     add_classes: bool = False,
     overwrite: bool = False,
+    skip_unknown: bool = False,
+    resolve: str = "agree",
 ) -> ImportReport:
     """Validate ``file`` and merge its labels into ``project/labels.csv``.
 
     Args:
         project: the project.
-        file: a CSV (``path,label``; label ``__skip__`` marks an image unlabelable) or a Label
-            Studio JSON export (choices; a skipped/cancelled task marks the image unlabelable).
+        file: a CSV ``path,label`` (label ``__skip__`` marks an image unlabelable), or a Label
+            Studio export as JSON, JSON_MIN or CSV (a cancelled annotation marks it unlabelable).
         add_classes: accept labels that are not yet project classes (they are added).
         overwrite: allow changing an existing label.
+        skip_unknown: import the rest when some images are not in the pool (they are reported).
+        resolve: how disagreeing annotations of one image are settled: ``agree`` (not imported,
+            reported), ``majority`` or ``latest`` (see the module docstring).
 
     Raises:
         TlkitError: naming the first offending rows; labels.csv is unchanged.
     """
+    if resolve not in RESOLVE_RULES:
+        raise TlkitError(f"unknown --resolve {resolve!r}; choose one of: {', '.join(RESOLVE_RULES)}")
     with project.lock("al-import"):
-        return _import_locked(project, Path(file), add_classes, overwrite)
+        return _import_locked(project, Path(file), add_classes, overwrite, skip_unknown, resolve)
 
 
-def _import_locked(project: Project, file: Path, add_classes: bool, overwrite: bool) -> ImportReport:
-    pool_root = project.pool_root.resolve()
-    rows = [(_normalise_path(p, pool_root), SKIP_LABEL if lab.lower() in SKIP_WORDS else lab, w)
-            for p, lab, w in _read_rows(file, project.config.label_studio_prefix)]
-    if not rows:
-        raise TlkitError(f"{file} holds no labels")
+def _import_locked(project: Project, file: Path, add_classes: bool, overwrite: bool, skip_unknown: bool,
+                   resolve: str) -> ImportReport:
+    votes = ls.read_votes(file, project.image_urls())
+    if not votes:
+        raise TlkitError(f"{file} holds no labels (no annotated task or row); export the annotated tasks "
+                         "from Label Studio (JSON, JSON_MIN or CSV) or write a CSV path,label")
     pool = set(project.pool_paths())
-    unknown = [f"{p} ({w})" for p, _, w in rows if p not in pool]
-    if unknown:
-        raise TlkitError(f"{len(unknown)} paths are not in the pool: {_first(unknown)}; paths are relative to {pool_root}")
-    empty = [w for p, lab, w in rows if not lab]
+    pool_root = project.pool_root.resolve()
+    votes = [_normalise(v, pool_root) for v in votes]
+    unknown = list(dict.fromkeys(f"{v.image or v.path} ({v.where})" for v in votes if v.path not in pool))
+    if unknown and not skip_unknown:
+        raise TlkitError(f"{len(unknown)} images are not in the pool: {_first(unknown)}; paths are relative to "
+                         f"{pool_root}; add them with `tlkit al-add`, or pass --skip-unknown to import the rest")
+    votes = [v for v in votes if v.path in pool]
+    empty = [v.where for v in votes if not v.label and not v.cancelled]
     if empty:
         raise TlkitError(f"{len(empty)} rows have an empty label: {_first(empty)}")
-    incoming: dict[str, tuple[str, str]] = {}
-    for p, lab, w in rows:
-        if p in incoming and incoming[p][0] != lab:
-            raise TlkitError(f"{p} is labeled twice in {file.name}: {incoming[p][0]!r} ({incoming[p][1]}) and {lab!r} ({w})")
-        incoming[p] = (lab, w)
-    classes = list(project.config.classes)
-    new_classes = sorted({lab for lab, _ in incoming.values() if lab != SKIP_LABEL and lab not in classes})
-    if new_classes and not add_classes:
-        raise TlkitError(f"unknown classes {new_classes}; project classes are {classes}; pass --add-classes to add them")
+    incoming, disagreements = _resolve_all(votes, file, resolve)
+    report = ImportReport(unknown=unknown, disagreements=disagreements)
+    _check_classes(project, incoming, add_classes, report)
     current = project.labels()
-    conflicts = [f"{p}: {current[p]!r} -> {lab!r}" for p, (lab, _) in incoming.items() if p in current and current[p] != lab]
+    conflicts = [f"{p}: {current[p]!r} -> {lab!r}" for p, lab in incoming.items() if p in current and current[p] != lab]
     if conflicts and not overwrite:
-        raise TlkitError(f"{len(conflicts)} images already have another label: {_first(conflicts)}; pass --overwrite to relabel")
-    report = ImportReport(new_classes=new_classes)
-    for p, (lab, _) in incoming.items():
+        raise TlkitError(f"{len(conflicts)} images already have another label: {_first(conflicts)}; "
+                         "pass --overwrite to relabel")
+    _merge(current, incoming, report)
+    if report.new_classes:
+        project.with_classes(tuple(project.config.classes) + tuple(report.new_classes))
+    project.write_labels(current)
+    log.info("imported %d labels (%d new, %d relabeled) from %s", len(incoming), report.added, report.relabeled, file)
+    return report
+
+
+def _normalise(v: Vote, pool_root: Path) -> Vote:
+    """The vote with its path relative to the pool root (POSIX) and skip words as SKIP_LABEL."""
+    path = v.path
+    if path is not None:
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                path = p.resolve().relative_to(pool_root).as_posix()
+            except ValueError:
+                pass
+        else:
+            path = PurePosixPath(path.replace("\\", "/")).as_posix().removeprefix("./")
+    label = SKIP_LABEL if v.label.lower() in SKIP_WORDS else v.label
+    return Vote(path, label, v.where, v.cancelled, v.ground_truth, v.time, v.source, v.image)
+
+
+def _resolve_all(votes: list[Vote], file: Path, rule: str) -> tuple[dict[str, str], list[str]]:
+    """One label per image from its votes; images whose votes disagree are listed, not labeled."""
+    by_path: dict[str, list[Vote]] = {}
+    for v in votes:
+        by_path.setdefault(v.path, []).append(v)
+    incoming: dict[str, str] = {}
+    disagreements: list[str] = []
+    for path, vs in by_path.items():
+        plain = [v for v in vs if v.source == "csv"]
+        if len({v.label for v in plain}) > 1:
+            a, b = plain[0], next(v for v in plain if v.label != plain[0].label)
+            raise TlkitError(f"{path} is labeled twice in {file.name}: {a.label!r} ({a.where}) and {b.label!r} ({b.where})")
+        label = _resolve(vs, rule)
+        if label is None:
+            disagreements.append(f"{path}: " + ", ".join(f"{v.label} ({v.where})" for v in vs if not v.cancelled))
+        else:
+            incoming[path] = label
+    return incoming, disagreements
+
+
+def _resolve(votes: list[Vote], rule: str) -> str | None:
+    """The label of one image (module docstring rule), or None when its annotations disagree."""
+    labeled = [v for v in votes if not v.cancelled]
+    truth = {v.label for v in labeled if v.ground_truth}
+    if truth:
+        return truth.pop() if len(truth) == 1 else None
+    if not labeled:
+        return SKIP_LABEL
+    counts = Counter(v.label for v in labeled)
+    if len(counts) == 1:
+        return labeled[0].label
+    if rule == "majority":
+        (top, n), (_, n2) = counts.most_common(2)
+        return top if n > n2 else None
+    if rule == "latest":
+        return max(enumerate(labeled), key=lambda iv: (iv[1].time, iv[0]))[1].label
+    return None
+
+
+def _check_classes(project: Project, incoming: dict[str, str], add_classes: bool, report: ImportReport) -> None:
+    classes = set(project.config.classes)
+    new = sorted({lab for lab in incoming.values() if lab != SKIP_LABEL and lab not in classes})
+    if new and not add_classes:
+        raise TlkitError(f"unknown classes {new}; project classes are {list(project.config.classes)}; "
+                         "pass --add-classes to add them")
+    report.new_classes = new
+
+
+def _merge(current: dict[str, str], incoming: dict[str, str], report: ImportReport) -> None:
+    for p, lab in incoming.items():
         if current.get(p) == lab:
             report.unchanged += 1
             continue
@@ -164,38 +208,12 @@ def _import_locked(project: Project, file: Path, add_classes: bool, overwrite: b
         if lab != SKIP_LABEL:
             report.per_class[lab] = report.per_class.get(lab, 0) + 1
         current[p] = lab
-    if new_classes:
-        project.with_classes(tuple(classes + new_classes))
-    project.write_labels(current)
-    log.info("imported %d labels (%d new, %d relabeled) from %s", len(incoming), report.added, report.relabeled, file)
-    return report
 
 
-def label_studio_tasks(rows: list[dict[str, Any]], prefix: str, round_no: int) -> list[dict[str, Any]]:
-    """Label Studio import tasks for a query (``rows`` as in query.csv).
-
-    Each task's ``data.image`` is ``prefix + path``; ``predictions`` carries the model's label as a
-    pre-annotation and a ``score`` for sorting by usefulness.
-    """
-    tasks = []
-    for row in rows:
-        task: dict[str, Any] = {
-            "data": {"image": f"{prefix}{row['path']}"},
-            "meta": {"tlkit_path": row["path"], "tlkit_round": round_no, "rank": int(row["rank"])},
-        }
-        if row.get("predicted"):
-            task["predictions"] = [{
-                "model_version": f"tlkit-round-{round_no:04d}",
-                "score": float(row["score"]),
-                "result": [{
-                    "from_name": "choice", "to_name": "image", "type": "choices",
-                    "value": {"choices": [row["predicted"]]},
-                    "score": float(row["confidence"]) if row.get("confidence") else None,
-                }],
-            }]
-        tasks.append(task)
-    return tasks
+def label_studio_tasks(rows: list[dict[str, Any]], urls: ls.ImageUrls, round_no: int) -> list[dict[str, Any]]:
+    """Label Studio import tasks for a query (``rows`` as in query.csv); see :mod:`tlkit.active.labelstudio`."""
+    return ls.tasks(rows, urls, round_no)
 
 
-def write_label_studio(path: Path, rows: list[dict[str, Any]], prefix: str, round_no: int) -> None:
-    write_json(path, label_studio_tasks(rows, prefix, round_no))
+def write_label_studio(path: Path, rows: list[dict[str, Any]], urls: ls.ImageUrls, round_no: int) -> None:
+    write_json(path, ls.tasks(rows, urls, round_no))

@@ -2,10 +2,12 @@
 
 ```
 PROJECT/
-  project.yaml      settings: pool root, backbone, weights, image size, classes, Label Studio prefix
-  pool.csv          id,path — every pool image, path relative to the pool root; written once
+  project.yaml      settings: pool root, backbone, weights, image size, classes, Label Studio root + prefix
+  pool.csv          id,path — every pool image, path relative to the pool root; grows with `al-add`
   labels.csv        path,label — the one source of truth for human labels
-                    (label "__skip__" marks an image as unlabelable: never queried again)
+                    (label "__skip__" marks an image as unlabelable: never queried again);
+                    validated on every read (a hand edit that breaks it is an error naming the line)
+  label_config.xml  the Label Studio labeling config for the classes (rewritten when classes change)
   state.json        current round and status (a cache; the rounds/ folders are authoritative)
   rounds/0001/ ...  one folder per finished round (query.csv, labelstudio.json, model/, metrics.json)
   cache/            embeddings keyed by backbone + weights hash + image size (tlkit extract folders)
@@ -21,6 +23,7 @@ SIGKILL never leaves the project locked.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import logging
 import os
@@ -33,6 +36,7 @@ from typing import Iterator
 import yaml
 
 import tlkit
+from tlkit.active import labelstudio as ls
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
 from tlkit.io import read_csv, read_json, write_csv, write_json, write_text
@@ -52,7 +56,8 @@ class ProjectConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
     image_size: int | None = None
-    label_studio_prefix: str = "/data/local-files/?d="
+    label_studio_prefix: str = ls.DEFAULT_PREFIX
+    label_studio_root: str | None = None
     recipe: str | None = None
     seed: int = 0
     tlkit_version: str = tlkit.__version__
@@ -128,27 +133,44 @@ class Project:
         backbone: str = "efficientnet_lite0",
         weights: str | None = None,
         image_size: int | None = None,
-        label_studio_prefix: str = "/data/local-files/?d=",
+        label_studio_prefix: str = ls.DEFAULT_PREFIX,
+        label_studio_root: str | os.PathLike | None = None,
         recipe: str | None = None,
         seed: int = 0,
     ) -> "Project":
-        """Create a project over the images under ``pool``, optionally with seed labels (CSV)."""
+        """Create a project over the images under ``pool``, optionally with seed labels (CSV).
+
+        ``label_studio_root`` is Label Studio's document root (default: the pool's parent); image
+        URLs in task files are ``label_studio_prefix`` + the image's path relative to it.
+        """
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise TlkitError(f"{root} is a file; pick a folder for the project")
         if (root / "project.yaml").exists():
             raise TlkitError(f"{root} is already a tlkit project; use it as it is, or pick a new folder")
         source = scan_images(pool, labeled=False)
+        pool_root = Path(source.root).resolve()
+        ls_root = Path(label_studio_root).resolve() if label_studio_root else pool_root.parent
+        ls.check_root(ls_root, pool_root)
         classes = tuple(dict.fromkeys(c.strip() for c in classes if c.strip()))
         config = ProjectConfig(
-            pool_root=str(Path(source.root).resolve()), classes=classes, backbone=backbone,
+            pool_root=str(pool_root), classes=classes, backbone=backbone,
             weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
-            label_studio_prefix=label_studio_prefix, recipe=recipe, seed=seed,
+            label_studio_prefix=label_studio_prefix, label_studio_root=str(ls_root), recipe=recipe, seed=seed,
         )
+        from tlkit.active.pool import unique_files
+
+        paths, duplicates = unique_files(source.records)
+        if duplicates:
+            log.warning("%d pool files are links to other pool files and were left out: %s", len(duplicates),
+                        ", ".join(duplicates[:3]))
         root.mkdir(parents=True, exist_ok=True)
         project = cls(root, config)
         with project.lock():
-            write_csv(project.pool_csv, ["id", "path"], ((i, r.rel) for i, r in enumerate(source.records)))
+            write_csv(project.pool_csv, ["id", "path"], enumerate(paths))
             write_csv(project.labels_csv, ["path", "label"], [])
             write_text(root / "project.yaml", config.to_yaml())
+            write_text(project.label_config_xml, ls.label_config(classes))
             project.write_state(ProjectState())
         if labels is not None:
             from tlkit.active.labels import import_labels
@@ -170,6 +192,16 @@ class Project:
 
     def with_classes(self, classes: tuple[str, ...]) -> None:
         self.save_config(replace(self.config, classes=classes))
+        write_text(self.label_config_xml, ls.label_config(classes))
+
+    @property
+    def label_config_xml(self) -> Path:
+        return self.root / "label_config.xml"
+
+    def image_urls(self) -> ls.ImageUrls:
+        """Label Studio image URLs of pool images (projects made before ``label_studio_root`` use the pool root)."""
+        cfg = self.config
+        return ls.ImageUrls(cfg.label_studio_prefix, Path(cfg.label_studio_root or cfg.pool_root), Path(cfg.pool_root))
 
     # ------------------------------------------------------------------ lock
     @contextlib.contextmanager
@@ -208,14 +240,54 @@ class Project:
         root = self.pool_root
         if not root.is_dir():
             raise TlkitError(f"pool folder {root} is gone; restore it (project.yaml: pool_root)")
-        records = tuple(ImageRecord(root / p, p, None) for p in self.pool_paths())
+        paths = self.pool_paths()
+        present = [p for p in paths if (root / p).is_file()]
+        if len(present) < len(paths):
+            gone = sorted(set(paths) - set(present))
+            log.warning("%d pool images are gone from disk (e.g. %s); this round leaves them out", len(gone), gone[0])
+        records = tuple(ImageRecord(root / p, p, None) for p in present)
         return ImageSource(root=root, kind="flat", records=records, classes=())
 
     def labels(self) -> dict[str, str]:
-        """Human labels: path -> label (including ``__skip__`` for unlabelable images)."""
+        """Human labels: path -> label (including ``__skip__`` for unlabelable images).
+
+        Raises:
+            TlkitError: labels.csv was edited into something invalid (a row without two fields,
+                an empty label, a class that is not a project class, an image that is not in the
+                pool, or two different labels for one image), naming the line and the fix.
+        """
         if not self.labels_csv.exists():
             return {}
-        return {row["path"]: row["label"] for row in read_csv(self.labels_csv)}
+        try:
+            text = self.labels_csv.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise TlkitError(f"{self.labels_csv} is not UTF-8 text; save it as UTF-8 (columns path,label)") from None
+        rows = list(csv.reader(text.splitlines()))
+        if not rows or [c.strip() for c in rows[0]] != ["path", "label"]:
+            raise TlkitError(f"{self.labels_csv} line 1 must be the header path,label; restore it")
+        return self._check_labels(rows[1:])
+
+    def _check_labels(self, rows: list[list[str]]) -> dict[str, str]:
+        allowed, pool = set(self.config.classes) | {SKIP_LABEL}, set(self.pool_paths())
+        out: dict[str, str] = {}
+        for n, row in enumerate(rows, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            where = f"{self.labels_csv} line {n}"
+            fix = "fix or delete the line (or re-import the labels with `tlkit al-import`)"
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise TlkitError(f"{where} must be path,label (found {','.join(row)!r}); {fix}")
+            path, label = row[0].strip(), row[1].strip()
+            if label not in allowed:
+                raise TlkitError(f"{where}: {label!r} is not a project class {list(self.config.classes)}; {fix}, "
+                                 "or add the class with `tlkit al-import --add-classes`")
+            if path not in pool:
+                raise TlkitError(f"{where}: {path!r} is not in the pool; {fix}, or add the image with `tlkit al-add`")
+            if out.get(path, label) != label:
+                raise TlkitError(f"{where}: {path!r} is labeled {out[path]!r} on an earlier line and {label!r} here; "
+                                 "keep one of the two lines")
+            out[path] = label
+        return out
 
     def write_labels(self, labels: dict[str, str]) -> None:
         order = {p: i for i, p in enumerate(self.pool_paths())}

@@ -228,7 +228,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     extra["strategy_plan"] = getattr(sel, "strategy", None) or info.name
     rows = _query_rows(data, sel, probs)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
-    write_label_studio(tmp / "labelstudio.json", rows, project.config.label_studio_prefix, n)
+    write_label_studio(tmp / "labelstudio.json", rows, project.image_urls(), n)
     if head is not None:
         _save_head_model(tmp / "model", project, head, project.config.image_size)
     metrics = _metrics(data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),

@@ -20,26 +20,55 @@ STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategi
 def al_init_cmd(
     project: Path = typer.Argument(..., help="Project folder to create."),
     pool: Path = typer.Option(..., "--pool", help="Folder (or CSV manifest) of the images to label."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Seed labels: CSV path,label or Label Studio JSON."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Seed labels: CSV path,label or Label Studio export."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
-    weights: Optional[Path] = typer.Option(None, "--weights"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=16),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b",
+                                 help="Backbone that embeds the pool (any timm name, or tv:<name>)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file for the backbone."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16,
+                                             help="Square input size (default: the backbone's own)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Finetune recipe for --train finetune rounds."),
-    prefix: str = typer.Option("/data/local-files/?d=", "--ls-prefix", help="Label Studio image URL prefix."),
-    seed: int = typer.Option(0, "--seed"),
+    ls_root: Optional[Path] = typer.Option(None, "--ls-root", help="Label Studio's document root "
+                                           "(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); default: the pool's parent."),
+    prefix: str = typer.Option("/data/local-files/?d=", "--ls-prefix",
+                               help="Image URL prefix before the path relative to --ls-root."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the rounds' random choices."),
 ) -> None:
     """Create an active-learning project over a pool of images."""
+    from tlkit.active.labelstudio import setup_steps
     from tlkit.active.project import Project
 
     setup_logging()
     with user_errors():
         p = Project.create(project, pool=pool, labels=labels, classes=tuple((classes or "").split(",")),
                            backbone=backbone, weights=str(weights) if weights else None, image_size=image_size,
-                           label_studio_prefix=prefix, recipe=recipe, seed=seed)
+                           label_studio_prefix=prefix, label_studio_root=ls_root, recipe=recipe, seed=seed)
     console.print(f"created {escape(str(p.root))}: {len(p.pool_paths()):,} pool images, "
                   f"{len(p.labels())} labels, classes: {', '.join(p.config.classes) or '(from the first labels)'}")
+    console.print("Label Studio setup:")
+    for i, step in enumerate(setup_steps(p.image_urls(), p.label_config_xml), start=1):
+        console.print(f"  {i}. {escape(step)}", soft_wrap=True)
     console.print(f"next: tlkit al-round {escape(str(project))}")
+
+
+@app.command("al-add")
+def al_add_cmd(
+    project: Path = typer.Argument(..., help="Project folder."),
+    source: Optional[Path] = typer.Argument(None, help="Folder or CSV manifest of new images inside the pool "
+                                            "folder; default: rescan the whole pool folder."),
+) -> None:
+    """Add new images to the pool; the next round embeds only them."""
+    from tlkit.active.pool import add_images
+
+    setup_logging()
+    with user_errors():
+        up = add_images(project, source)
+    console.print(f"added {len(up.added)} images (already in the pool: {up.known}); pool: {up.total:,}")
+    if up.duplicates:
+        console.print(f"[yellow]left out {len(up.duplicates)} links to pool files[/]: {escape(up.duplicates[0])}")
+    if up.missing:
+        console.print(f"[yellow]{len(up.missing)} pool images are gone from disk[/] (rounds leave them out), "
+                      f"e.g. {escape(up.missing[0])}")
 
 
 @app.command("al-round")
@@ -86,9 +115,14 @@ def al_round_cmd(
 @app.command("al-import")
 def al_import_cmd(
     project: Path = typer.Argument(..., help="Project folder."),
-    file: Path = typer.Argument(..., help="CSV path,label (label __skip__ = unlabelable) or Label Studio JSON export."),
+    file: Path = typer.Argument(..., help="CSV path,label (label __skip__ = unlabelable), or a Label Studio export "
+                              "(JSON, JSON_MIN or CSV)."),
     add_classes: bool = typer.Option(False, "--add-classes", help="Accept labels that are not project classes yet."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow changing existing labels."),
+    skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Import the rest when some images are not in "
+                                      "the pool (they are listed)."),
+    resolve: str = typer.Option("agree", "--resolve", help="Disagreeing annotators: agree (not imported, listed), "
+                                "majority, or latest. A ground-truth annotation always wins."),
 ) -> None:
     """Take labels back in: validated first, then merged atomically into labels.csv."""
     from tlkit.active.labels import import_labels
@@ -96,12 +130,22 @@ def al_import_cmd(
 
     setup_logging()
     with user_errors():
-        rep = import_labels(Project.open(project), file, add_classes=add_classes, overwrite=overwrite)
+        rep = import_labels(Project.open(project), file, add_classes=add_classes, overwrite=overwrite,
+                            skip_unknown=skip_unknown, resolve=resolve)
     console.print(f"added {rep.added}, relabeled {rep.relabeled}, unchanged {rep.unchanged}, "
                   f"marked unlabelable {rep.skipped_marked}"
                   + (f", new classes {rep.new_classes}" if rep.new_classes else ""))
     if rep.per_class:
         console.print("per class: " + ", ".join(f"{k}: {v}" for k, v in sorted(rep.per_class.items())))
+    if rep.unknown:
+        console.print(f"[yellow]skipped {len(rep.unknown)} images that are not in the pool[/]: "
+                      + escape("; ".join(rep.unknown[:5])) + (" ..." if len(rep.unknown) > 5 else ""), soft_wrap=True)
+    if rep.disagreements:
+        console.print(f"[yellow]not imported: {len(rep.disagreements)} images whose annotators disagree[/] "
+                      "(settle them in Label Studio, mark one ground truth, or pass --resolve majority|latest):",
+                      soft_wrap=True)
+        for d in rep.disagreements[:10]:
+            console.print(f"  {escape(d)}", soft_wrap=True)
 
 
 @app.command("al-status")

@@ -1,0 +1,100 @@
+"""The project's pool: one entry per real image file, growing between rounds.
+
+``pool.csv`` lists every pool image once (``id,path``, path relative to the pool root). A file
+reached twice (a symlink and its target, or two links to one file) is one entry: the first path in
+sorted order, so two entries can never receive contradictory labels. Labeling teams add images
+between rounds: :func:`add_images` appends the new ones (ids continue), and the next round embeds
+only them (the embedding cache reuses every unchanged row). Images deleted from disk stay in
+``pool.csv`` (their labels stay valid) and are left out of rounds with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tlkit.active.project import Project
+from tlkit.data import ImageRecord, scan_images
+from tlkit.errors import TlkitError
+from tlkit.io import read_csv, write_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolUpdate:
+    """What :func:`add_images` changed.
+
+    Attributes:
+        added: new pool paths, in the order they were appended.
+        known: images of the source that were already in the pool.
+        duplicates: files left out because they are another pool file (symlinks).
+        missing: pool entries whose file is gone from disk (kept in pool.csv).
+        total: pool size afterwards.
+    """
+
+    added: list[str]
+    known: int
+    duplicates: list[str]
+    missing: list[str]
+    total: int
+
+
+def unique_files(records: Sequence[ImageRecord], prefix: str = "", seen: dict[str, str] | None = None
+                 ) -> tuple[list[str], list[str]]:
+    """Pool paths (``prefix`` + ``rel``) of ``records``, one per real file; and the left-out duplicates.
+
+    ``seen`` maps real paths already in the pool to their pool path (updated in place).
+    """
+    seen = {} if seen is None else seen
+    paths, duplicates = [], []
+    for r in sorted(records, key=lambda r: r.rel):
+        rel = posixpath.normpath(posixpath.join(prefix, r.rel))
+        real = os.path.realpath(r.path)
+        if real in seen:
+            if seen[real] != rel:
+                duplicates.append(f"{rel} (same file as {seen[real]})")
+            continue
+        seen[real] = rel
+        paths.append(rel)
+    return paths, duplicates
+
+
+def _prefix(folder: Path, pool_root: Path) -> str:
+    """``folder``'s path inside the pool folder ("" for the pool folder itself)."""
+    try:
+        rel = Path(os.path.realpath(folder)).relative_to(os.path.realpath(pool_root)).as_posix()
+    except ValueError:
+        raise TlkitError(f"{folder} is outside the pool folder {pool_root}; copy or move new images under the pool "
+                         "folder first, then run `tlkit al-add` again") from None
+    return "" if rel == "." else rel
+
+
+def add_images(project_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> PoolUpdate:
+    """Add new images to the pool: those under ``source`` (a folder or CSV manifest inside the pool
+    folder), or, without ``source``, every image under the pool folder not yet in the pool."""
+    project = Project.open(project_dir)
+    with project.lock("al-add"):
+        pool_root = project.pool_root
+        if not pool_root.is_dir():
+            raise TlkitError(f"pool folder {pool_root} is gone; restore it (project.yaml: pool_root)")
+        scanned = scan_images(source if source is not None else pool_root, labeled=False)
+        rows = read_csv(project.pool_csv)
+        existing = [r["path"] for r in rows]
+        seen = {os.path.realpath(pool_root / p): p for p in existing}
+        known_paths, prefix = set(existing), _prefix(scanned.root, pool_root)
+        fresh = [r for r in scanned.records if posixpath.normpath(posixpath.join(prefix, r.rel)) not in known_paths]
+        added, duplicates = unique_files(fresh, prefix, seen)
+        next_id = max((int(r["id"]) for r in rows), default=-1) + 1
+        if added:
+            write_csv(project.pool_csv, ["id", "path"],
+                      [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(added)])
+        missing = [p for p in existing if not (pool_root / p).exists()]
+        if missing:
+            log.warning("%d pool images are gone from disk (e.g. %s); rounds leave them out", len(missing), missing[0])
+        log.info("added %d images to the pool (%d already there)", len(added), len(scanned.records) - len(fresh))
+        return PoolUpdate(added, len(scanned.records) - len(fresh), duplicates, missing, len(existing) + len(added))
