@@ -16,6 +16,7 @@ write a folder (``out/.lock``, :mod:`tlkit.locks`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -178,7 +179,7 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
     n, dim = len(plan.fps), job.dim
     for name in (PARTIAL, PROGRESS):
         (job.out / name).unlink(missing_ok=True)
-    ensure_free(job.out, n * dim * 4 + 4096, f"{n:,} x {dim} float32 features")
+    ensure_free(job.out, n * dim * 4 + n * 256 + 4096, f"{n:,} x {dim} float32 features")  # + index.csv
     part = RowFile.create(job.out / PARTIAL, n, dim)
     if plan.reuse:
         new_rows = np.fromiter(plan.reuse, dtype=np.int64)
@@ -206,30 +207,42 @@ def _loader(job: _Job, records: list[tdata.ImageRecord]) -> torch.utils.data.Dat
 
 
 def _embed(job: _Job, writer: _Writer) -> None:
-    """Embed the images still to do, in order; the first ``writer.done`` of ``plan.todo`` are finished."""
-    todo, start = writer.plan.todo, writer.done
-    records = [job.source.records[i] for i in todo[start:]]
+    """Embed the images still to do, in order; the first ``writer.done`` of ``plan.todo`` are finished.
+
+    On an error (a full disk, an interrupt) the rows finished so far are committed when possible,
+    so a re-run resumes after them.
+    """
+    start = writer.done
+    records = [job.source.records[i] for i in writer.plan.todo[start:]]
     if not records:
         return
-    model, non_blocking = _prepare_model(job), job.device.type == "cuda"
-    seen = start
-    with torch.inference_mode():
-        for batch in _loader(job, records):
-            failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
-            if job.strict and failures:
-                writer.commit()
-                raise _strict_error(job, *failures[0])
-            rows, feats = np.empty(0, dtype=np.int64), None
-            if batch.images is not None and len(batch.images):
-                x = batch.images.to(job.device, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
-                with autocast(job.device, job.dtype):
-                    feats = model(x).float().cpu().numpy()
-                rows = todo[start + batch.indices.numpy()]
-            seen += len(rows) + len(failures)
-            writer.write(rows, feats, failures, upto=seen)
-            if job.progress:
-                job.progress(len(rows) + len(failures))
+    model = _prepare_model(job)
+    try:
+        with torch.inference_mode():
+            for batch in _loader(job, records):
+                _embed_batch(job, model, writer, batch, start)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            writer.commit()
+        raise
     writer.commit()
+
+
+def _embed_batch(job: _Job, model: torch.nn.Module, writer: _Writer, batch: tdata.Batch, start: int) -> None:
+    """Embed one batch of ``plan.todo[start:]`` (``batch.indices`` are positions in it) and store its rows."""
+    todo = writer.plan.todo
+    failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
+    if job.strict and failures:
+        raise _strict_error(job, *failures[0])
+    rows, feats = np.empty(0, dtype=np.int64), None
+    if batch.images is not None and len(batch.images):
+        x = batch.images.to(job.device, non_blocking=job.device.type == "cuda")
+        with autocast(job.device, job.dtype):
+            feats = model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        rows = todo[start + batch.indices.numpy()]
+    writer.write(rows, feats, failures, upto=writer.done + len(rows) + len(failures))
+    if job.progress:
+        job.progress(len(rows) + len(failures))
 
 
 def _strict_error(job: _Job, index: int, reason: str) -> TlkitError:

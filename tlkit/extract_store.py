@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 FEATURES, INDEX, META, SKIPPED = "features.npy", "index.csv", "meta.json", "skipped.csv"
 PARTIAL, PROGRESS, NEXT, LOCK = "features.partial.npy", "progress.json", ".next", ".lock"
-MARGIN = 16 << 20  # bytes kept free beyond the rows: index, meta, filesystem slack
+MARGIN = 1 << 20  # bytes kept free beyond what a step asks for: meta, filesystem slack
 
 
 def disk_full(path: str | os.PathLike | None, out: Path) -> TlkitError:
