@@ -7,10 +7,18 @@ once; each method then runs over all of them with the page cache warm (best of -
 times :func:`tlkit.fingerprint.fingerprints` (threaded, what extract uses).
 
 Usage:
-    python benchmarks/bench_fingerprint.py [--files 10000] [--sizes 8192,65536,1048576] [--repeat 3]
+    python benchmarks/bench_fingerprint.py [--files 10000] [--sizes 8192,65536,262144] [--repeat 3]
+    python benchmarks/bench_fingerprint.py --files 1000 --sizes 1048576,4194304
 
-Measured (2 shared CPU cores, ext4, warm cache, 10,000 files per size), µs per file:
-    see the table printed by the script; the numbers quoted in tlkit/fingerprint.py come from it.
+Measured (2 shared CPU cores, ext4, warm cache; µs per file; 10,000 files per size, 1,000 for the
+two largest to spare the disk; "threaded" is what extract calls):
+     file size  fingerprint   threaded     sha256   ratio
+          8192         13.6       15.6       13.4    1.0x
+         65536         43.7       37.6       42.7    1.0x
+        262144         79.2       76.9      145.0    1.8x
+       1048576         77.9       87.6      964.4   12.4x
+       4194304         76.6       54.5     2135.7   27.9x
+Cold caches (network drives) favour the fingerprint further: it reads at most 128 KiB per file.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ def best_of(repeat: int, fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
-    ap.add_argument("--sizes", default="8192,65536,1048576")
+    ap.add_argument("--sizes", default="8192,65536,262144")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(f"{'file size':>10} {'fingerprint':>12} {'threaded':>10} {'sha256':>10} {'ratio':>7}  (µs per file, {args.files} files)")

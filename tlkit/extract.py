@@ -283,6 +283,16 @@ def _finish(job: _Job, writer: _Writer, meta: dict[str, Any]) -> tuple[int, int]
     return len(keep), len(bad)
 
 
+def _data_config(bb: Backbone, image_size: int | None) -> dict[str, Any]:
+    """The backbone's preprocessing, at ``image_size`` when given; drops the head (pooled features)."""
+    if getattr(bb.model, "num_classes", 0):
+        bb.model.reset_classifier(0)
+    data_config = dict(bb.data_config)
+    if image_size:
+        data_config["input_size"] = (3, int(image_size), int(image_size))
+    return data_config
+
+
 def _output_folder(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -377,14 +387,9 @@ def extract_features(
     out = _output_folder(out)
     with hold_lock(out / LOCK, "tlkit extract"):
         bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
-        if getattr(bb.model, "num_classes", 0):
-            bb.model.reset_classifier(0)
         dev = resolve_device(device)
-        data_config = dict(bb.data_config)
-        if image_size:
-            data_config["input_size"] = (3, int(image_size), int(image_size))
-        job = _Job(out, source, bb, dev, resolve_precision(precision, dev), data_config, batch_size, workers, strict,
-                   compile, fuse, progress)
+        job = _Job(out, source, bb, dev, resolve_precision(precision, dev), _data_config(bb, image_size), batch_size,
+                   workers, strict, compile, fuse, progress)
         try:
             return _run_locked(job, t0)
         except OSError as e:

@@ -1,16 +1,22 @@
 """Per-file content fingerprints: cheap enough to take on every run, strict enough to reuse rows.
 
-``file_fingerprint(path)`` is ``"<size>-<mtime_ns>-<blake2b-128 of the first and last 64 KiB>"``.
+``file_fingerprint(path)`` is ``"<size>-<mtime_ns>-<sha256 of the first and last 64 KiB, 128 bits>"``.
 :func:`tlkit.extract.extract_features` stores it per row (``index.csv``, column ``fingerprint``)
 and reuses a row only when both the path and the fingerprint are unchanged.
 
-Why this and not a full hash: measured on 10,000 files by ``benchmarks/bench_fingerprint.py``
-(page cache warm, 2 shared cores; numbers in that script's docstring), the fingerprint costs
-a few µs per small image and stays flat for large ones, while a full sha256 grows with the
-file size (about 8x more at 1 MiB, 64x more at 8 MiB). Files under 128 KiB (most thumbnails and
-dataset images) are hashed whole, so any change is seen. For larger files the size, mtime and
-both ends catch every realistic change: an edit rewrites the mtime, and a swapped-in different
-image (even one copied with its old mtime, ``cp -p``/``rsync -t``) differs in its header and first
+Why this and not a full hash: measured by ``benchmarks/bench_fingerprint.py`` (10,000 files per
+size, 1,000 for 1 and 4 MiB; page cache warm; 2 shared CPU cores; µs per file)::
+
+    file size     8 KiB   64 KiB   256 KiB   1 MiB   4 MiB
+    fingerprint    13.6     43.7      79.2    77.9    76.6
+    full sha256    13.4     42.7     145.0   964.4  2135.7
+
+Files up to 128 KiB (most thumbnails and dataset images) are hashed whole, so the fingerprint
+costs what a full sha256 costs and sees any change; above that its cost is flat (two 64 KiB
+reads) while a full hash grows with the file (12x more at 1 MiB, 28x at 4 MiB). 10,000 typical
+images take 0.1-0.8 s, small next to embedding them. For larger files the size, mtime and both
+ends catch every realistic change: an edit rewrites the mtime, and a swapped-in different image
+(even one copied with its old mtime, ``cp -p``/``rsync -t``) differs in its header and first
 scan lines. The one miss is a same-size edit confined to the middle of a file > 128 KiB that
 also keeps the mtime to the nanosecond. Copying a pool without keeping mtimes only costs a
 re-embed (safe). A file that cannot be read gets :data:`UNREADABLE`, which never matches.
