@@ -1,28 +1,30 @@
-"""Feature extraction: images -> ``features.npy`` + ``index.csv`` + ``meta.json``, streamed and resumable.
+"""Feature extraction: images -> ``features.npy`` + ``index.csv`` + ``meta.json``, streamed, resumable, incremental.
 
-Rows are written straight into a memory-mapped ``.npy`` file as batches finish, so memory stays
-O(batch) whatever the number of images. Every few seconds the finished row count is committed to
-``progress.json`` (atomically, after the rows are flushed); a re-run with the same inputs and
-settings continues from there. The final files appear only when everything is done: a killed run
+Rows are written into ``features.partial.npy`` with ordinary file writes as batches finish, so
+memory stays O(batch) whatever the number of images. Every few seconds the finished row count is
+committed to ``progress.json`` (atomically, after the rows are fsynced); a re-run with the same
+inputs and settings continues from there. The final files appear together only when everything is
+done (see :mod:`tlkit.extract_store` for the layout and the final swap): a killed or disk-full run
 never leaves a ``features.npy`` that disagrees with its ``index.csv``.
 
-Output folder:
-    features.npy   float32 [N, D]; row i is the image on row i of index.csv
-    index.csv      path (relative to the input root), label (when known)
-    meta.json      backbone, weights source + sha256, data config, D, dtype, count, version, elapsed
-    skipped.csv    path, reason — only when some files could not be decoded
+Reuse: each image's content fingerprint (:mod:`tlkit.fingerprint`) is stored in ``index.csv``.
+When ``out`` holds a finished result made with the same backbone, weights and settings, a new
+call copies the rows whose path and fingerprint are unchanged, embeds only new or changed images,
+and drops images that are gone; rows follow the new source's order. One extract at a time may
+write a folder (``out/.lock``, :mod:`tlkit.locks`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import errno
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,15 +33,20 @@ import tlkit
 from tlkit import data as tdata
 from tlkit.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from tlkit.errors import TlkitError
-from tlkit.io import read_json, write_csv, write_json
+from tlkit.extract_store import (
+    FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
+    recover, run_digest,
+)
+from tlkit.fingerprint import UNREADABLE, fingerprints
 from tlkit.inference import prepare_for_inference
+from tlkit.io import read_json, write_json
+from tlkit.locks import hold_lock
 from tlkit.runtime import autocast, default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
-FEATURES = "features.npy"
-PARTIAL = "features.partial.npy"
-PROGRESS = "progress.json"
+__all__ = ["ExtractResult", "extract_features", "load_features"]
+
 COMMIT_EVERY_S = float(os.environ.get("TLKIT_COMMIT_EVERY_S", "5"))
 
 
@@ -52,10 +59,13 @@ class ExtractResult:
         count: rows in ``features.npy``.
         dim: feature dimension D.
         skipped: number of files that could not be decoded.
-        resumed_from: rows already done by an earlier, interrupted run (0 for a fresh run).
+        resumed_from: images already done by an earlier, interrupted run (all of them when the
+            folder already held this exact result; 0 for a fresh run).
         elapsed_s: wall time of this call.
-        images_per_s: throughput over the images processed by this call.
+        images_per_s: throughput over the images embedded by this call.
         meta: the content of ``meta.json``.
+        reused: rows copied from the earlier finished result in ``out`` (unchanged images).
+        embedded: images embedded by this call.
     """
 
     out: Path
@@ -66,144 +76,261 @@ class ExtractResult:
     elapsed_s: float
     images_per_s: float
     meta: dict[str, Any]
+    reused: int = 0
+    embedded: int = 0
 
 
-def load_features(out: str | os.PathLike, *, mmap: bool = True) -> tuple[np.ndarray, list[dict[str, str]], dict]:
-    """Read an extract folder: (features [N, D], index rows, meta)."""
-    out = Path(out)
-    if not (out / FEATURES).is_file():
-        raise TlkitError(f"{out} is not a tlkit extract folder (no {FEATURES}); run `tlkit extract` first")
-    from tlkit.io import read_csv
+@dataclass(frozen=True)
+class _Job:
+    """Everything one extract run needs, resolved."""
 
-    feats = np.load(out / FEATURES, mmap_mode="r" if mmap else None)
-    return feats, read_csv(out / "index.csv"), read_json(out / "meta.json")
+    out: Path
+    source: tdata.ImageSource
+    bb: Backbone
+    device: torch.device
+    dtype: torch.dtype | None
+    data_config: dict[str, Any]
+    batch_size: int | None
+    workers: int | None
+    strict: bool
+    compile: bool
+    fuse: bool
+    progress: Callable[[int], None] | None
 
-
-def _fingerprint(records: Sequence[tdata.ImageRecord], bb: Backbone, settings: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(f"{r.rel}\0{os.path.getsize(r.path) if r.path.exists() else -1}\n".encode())
-    h.update(json.dumps({"backbone": bb.name, "weights": bb.weights.to_dict(), **settings}, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def _load_progress(out: Path, fingerprint: str, n: int, dim: int) -> tuple[int, list]:
-    """Rows already done by an earlier run with the same fingerprint, and its failures."""
-    try:
-        prog = read_json(out / PROGRESS)
-        partial = np.load(out / PARTIAL, mmap_mode="r")
-    except (OSError, ValueError):
-        return 0, []
-    if prog.get("fingerprint") != fingerprint or partial.shape != (n, dim):
-        log.info("earlier partial run in %s had other inputs or settings; starting over", out)
-        return 0, []
-    return int(prog["done"]), [tuple(f) for f in prog.get("failures", [])]
+    @property
+    def dim(self) -> int:
+        return int(self.bb.num_features)
 
 
-def _finished(out: Path, fingerprint: str) -> dict | None:
-    """meta.json of a complete earlier run with the same inputs and settings, else None."""
-    try:
-        meta = read_json(out / "meta.json")
-    except (OSError, ValueError):
-        return None
-    if meta.get("fingerprint") == fingerprint and (out / FEATURES).is_file() and not (out / PARTIAL).exists():
-        return meta
-    return None
+@dataclass
+class _Plan:
+    """Which rows come from the earlier result and which must be embedded."""
+
+    fps: list[str]
+    settings_key: str
+    run_key: str
+    base: str                                        # sha256 of the features.npy rows are copied from
+    reuse: dict[int, int] = field(default_factory=dict)  # new row -> row of the earlier result
+    todo: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # rows to embed, in order
+    previous: tuple | None = None                    # (features, index, meta) of the earlier result
+
+
+def _settings_key(job: _Job) -> str:
+    settings = {"backbone": job.bb.name, "weights": job.bb.weights.to_dict(), "data_config": job.data_config,
+                "precision": precision_name(job.dtype)}
+    return run_digest(json.dumps(settings, sort_keys=True, default=str))
+
+
+def _plan(job: _Job) -> _Plan:
+    """Fingerprint the images and match them against the earlier result in ``out``."""
+    records = job.source.records
+    fps = fingerprints([r.path for r in records])
+    settings_key = _settings_key(job)
+    plan = _Plan(fps, settings_key, run_digest(settings_key, [r.rel for r in records], fps), base="")
+    prev = read_previous(job.out)
+    if prev is not None and prev[2].get("settings_key") == settings_key:
+        old = {(r["path"], r.get("fingerprint")): j for j, r in enumerate(prev[1])}
+        plan.reuse = {i: old[(r.rel, fp)] for i, (r, fp) in enumerate(zip(records, fps))
+                      if fp != UNREADABLE and (r.rel, fp) in old}
+        plan.base, plan.previous = prev[2]["files"][FEATURES]["sha256"], prev
+    plan.todo = np.array([i for i in range(len(records)) if i not in plan.reuse], dtype=np.int64)
+    return plan
 
 
 class _Writer:
-    """Streams rows into the partial memmap and commits progress atomically."""
+    """Streams embedded rows into the partial file and commits progress (rows fsynced first)."""
 
-    def __init__(self, out: Path, n: int, dim: int, fingerprint: str, done: int, failures: list):
-        self.out, self.fingerprint, self.failures = out, fingerprint, failures
-        mode = "r+" if done else "w+"
-        self.array = np.lib.format.open_memmap(out / PARTIAL, mode=mode, dtype=np.float32, shape=(n, dim))
-        self.done = done
+    def __init__(self, out: Path, part: RowFile, plan: _Plan, done: int, failures: list):
+        self.out, self.part, self.plan, self.done, self.failures = out, part, plan, done, failures
         self._last_commit = time.monotonic()
 
-    def write(self, indices: np.ndarray, feats: np.ndarray | None, failures: list, upto: int) -> None:
-        if feats is not None and len(indices):
-            self.array[indices] = feats
+    def write(self, rows: np.ndarray, feats: np.ndarray | None, failures: list, upto: int) -> None:
+        if feats is not None and len(rows):
+            self.part.write(rows, feats)
         self.failures.extend(failures)
         self.done = upto
         if time.monotonic() - self._last_commit > COMMIT_EVERY_S:
             self.commit()
 
     def commit(self) -> None:
-        self.array.flush()
-        write_json(self.out / PROGRESS, {"fingerprint": self.fingerprint, "done": self.done, "failures": self.failures})
+        self.part.sync()
+        write_json(self.out / PROGRESS, {"run_key": self.plan.run_key, "base": self.plan.base, "done": self.done,
+                                         "failures": self.failures})
         self._last_commit = time.monotonic()
 
 
-def _prepare_model(bb: Backbone, device: torch.device, dtype: torch.dtype | None, input_size: tuple,
-                   compile: bool, fuse: bool) -> torch.nn.Module:
-    model = prepare_for_inference(bb.model, device, dtype, input_size=tuple(input_size), fuse=fuse)
-    return torch.compile(model) if compile else model
+def _resume(job: _Job, plan: _Plan) -> _Writer | None:
+    """The writer of an interrupted run with the same inputs, settings and base, else None."""
+    try:
+        prog = read_json(job.out / PROGRESS)
+    except (OSError, ValueError):
+        return None
+    if prog.get("run_key") != plan.run_key or prog.get("base") != plan.base:
+        log.info("earlier partial run in %s had other inputs or settings; starting over", job.out)
+        return None
+    part = RowFile.open(job.out / PARTIAL, len(plan.fps), job.dim)
+    if part is None:
+        return None
+    return _Writer(job.out, part, plan, int(prog["done"]), [tuple(f) for f in prog.get("failures", [])])
 
 
-def _run(
-    model: torch.nn.Module,
-    loader: torch.utils.data.DataLoader,
-    writer: _Writer,
-    offset: int,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    strict: bool,
-    progress: Callable[[int], None] | None,
-) -> None:
-    """Embed batches in order; rows below ``writer.done`` are always finished."""
-    non_blocking = device.type == "cuda"
-    seen = offset
-    with torch.inference_mode():
-        for batch in loader:
-            failures = [(offset + int(i), reason) for i, reason in batch.failures]
-            if strict and failures:
-                raise _StrictFailure(*failures[0])
-            rows, feats = np.empty(0, dtype=np.int64), None
-            if batch.images is not None and len(batch.images):
-                x = batch.images.to(device, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
-                with autocast(device, dtype):
-                    feats = model(x).float().cpu().numpy()
-                rows = batch.indices.numpy() + offset
-            n_batch = len(rows) + len(failures)
-            seen += n_batch
-            writer.write(rows, feats, failures, upto=seen)
-            if progress:
-                progress(n_batch)
+def _start(job: _Job, plan: _Plan) -> _Writer:
+    """A fresh partial file (space checked and preallocated) holding the reused rows."""
+    n, dim = len(plan.fps), job.dim
+    for name in (PARTIAL, PROGRESS):
+        (job.out / name).unlink(missing_ok=True)
+    ensure_free(job.out, n * dim * 4 + n * 256 + 4096, f"{n:,} x {dim} float32 features")  # + index.csv
+    part = RowFile.create(job.out / PARTIAL, n, dim)
+    if plan.reuse:
+        new_rows = np.fromiter(plan.reuse, dtype=np.int64)
+        old_rows = np.fromiter(plan.reuse.values(), dtype=np.int64)
+        old = plan.previous[0]
+        for s in range(0, len(new_rows), 4096):
+            part.write(new_rows[s : s + 4096], old[old_rows[s : s + 4096]])
+    writer = _Writer(job.out, part, plan, 0, [])
+    writer.commit()
+    return writer
+
+
+def _prepare_model(job: _Job) -> torch.nn.Module:
+    model = prepare_for_inference(job.bb.model, job.device, job.dtype, input_size=tuple(job.data_config["input_size"]),
+                                  fuse=job.fuse)
+    return torch.compile(model) if job.compile else model
+
+
+def _loader(job: _Job, records: list[tdata.ImageRecord]) -> torch.utils.data.DataLoader:
+    transform = tdata.build_transform(job.data_config)
+    dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config["input_size"][-1])
+    nw = default_workers() if job.workers is None else job.workers
+    return tdata.make_loader(dataset, batch_size=job.batch_size or inference_batch_size(job.device), workers=nw,
+                             device=job.device)
+
+
+def _embed(job: _Job, writer: _Writer) -> None:
+    """Embed the images still to do, in order; the first ``writer.done`` of ``plan.todo`` are finished.
+
+    On an error (a full disk, an interrupt) the rows finished so far are committed when possible,
+    so a re-run resumes after them.
+    """
+    start = writer.done
+    records = [job.source.records[i] for i in writer.plan.todo[start:]]
+    if not records:
+        return
+    model = _prepare_model(job)
+    try:
+        with torch.inference_mode():
+            for batch in _loader(job, records):
+                _embed_batch(job, model, writer, batch, start)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            writer.commit()
+        raise
     writer.commit()
 
 
-class _StrictFailure(Exception):
-    def __init__(self, index: int, reason: str):
-        super().__init__(index, reason)
-        self.index, self.reason = index, reason
+def _embed_batch(job: _Job, model: torch.nn.Module, writer: _Writer, batch: tdata.Batch, start: int) -> None:
+    """Embed one batch of ``plan.todo[start:]`` (``batch.indices`` are positions in it) and store its rows."""
+    todo = writer.plan.todo
+    failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
+    if job.strict and failures:
+        raise _strict_error(job, *failures[0])
+    rows, feats = np.empty(0, dtype=np.int64), None
+    if batch.images is not None and len(batch.images):
+        x = batch.images.to(job.device, non_blocking=job.device.type == "cuda")
+        with autocast(job.device, job.dtype):
+            feats = model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        rows = todo[start + batch.indices.numpy()]
+    writer.write(rows, feats, failures, upto=writer.done + len(rows) + len(failures))
+    if job.progress:
+        job.progress(len(rows) + len(failures))
 
 
-def _finalize(out: Path, source: tdata.ImageSource, writer: _Writer, meta: dict[str, Any]) -> tuple[int, int]:
-    """Compact good rows into features.npy, write index/meta/skipped, drop the partial files."""
-    records = source.records
+def _strict_error(job: _Job, index: int, reason: str) -> TlkitError:
+    return TlkitError(f"cannot decode {job.source.records[index].rel}: {reason} (--strict); fix or remove it and "
+                      "re-run (finished rows are kept), or drop --strict to skip such files")
+
+
+def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
+    source = job.source
+    return {
+        "tlkit_version": tlkit.__version__,
+        "backbone": job.bb.name,
+        "weights": job.bb.weights.to_dict(),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in job.data_config.items()},
+        "dim": job.dim,
+        "dtype": "float32",
+        "precision": precision_name(job.dtype),
+        "device": str(job.device),
+        "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
+        "settings_key": plan.settings_key,
+        "run_key": plan.run_key,
+        "reused": len(plan.reuse),
+        "elapsed_s": round(elapsed, 3),
+    }
+
+
+def _finish(job: _Job, writer: _Writer, meta: dict[str, Any]) -> tuple[int, int]:
+    """Write the final set (see :func:`tlkit.extract_store.finalize`); returns (count, skipped)."""
+    records, plan = job.source.records, writer.plan
     bad = {i for i, _ in writer.failures}
     keep = np.array([i for i in range(len(records)) if i not in bad], dtype=np.int64)
-    dim = writer.array.shape[1]
-    tmp = out / f".{FEATURES}.tmp"
-    final = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keep), dim))
-    for start in range(0, len(keep), 4096):
-        final[start : start + 4096] = writer.array[keep[start : start + 4096]]
-    final.flush()
-    del final
-    os.replace(tmp, out / FEATURES)
     labeled = any(r.label is not None for r in records)
-    header = ["path", "label"] if labeled else ["path"]
-    write_csv(out / "index.csv", header, ([records[i].rel, records[i].label or ""][: len(header)] for i in keep))
-    if writer.failures:
-        tdata.write_skipped(out / "skipped.csv", records, writer.failures)
-    elif (out / "skipped.csv").exists():
-        (out / "skipped.csv").unlink()
-    write_json(out / "meta.json", {**meta, "count": int(len(keep)), "skipped": len(bad)})
-    del writer.array
-    for name in (PARTIAL, PROGRESS):
-        (out / name).unlink(missing_ok=True)
+    header = ["path", "label", "fingerprint"] if labeled else ["path", "fingerprint"]
+    rows = [[records[i].rel, records[i].label or "", plan.fps[i]] if labeled else [records[i].rel, plan.fps[i]]
+            for i in keep]
+    skipped = (lambda p: tdata.write_skipped(p, records, writer.failures)) if bad else None
+    finalize(job.out, writer.part, keep, header, rows, skipped, {**meta, "skipped": len(bad)})
     return len(keep), len(bad)
+
+
+def _data_config(bb: Backbone, image_size: int | None) -> dict[str, Any]:
+    """The backbone's preprocessing, at ``image_size`` when given; drops the head (pooled features)."""
+    if getattr(bb.model, "num_classes", 0):
+        bb.model.reset_classifier(0)
+    data_config = dict(bb.data_config)
+    if image_size:
+        data_config["input_size"] = (3, int(image_size), int(image_size))
+    return data_config
+
+
+def _output_folder(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TlkitError(f"--out {out} is a file, not a folder; give a new or existing folder for the features")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise TlkitError(f"cannot create --out {out}: part of its path is a file; choose another folder") from None
+    return out
+
+
+def _run_locked(job: _Job, t0: float) -> ExtractResult:
+    recover(job.out)
+    plan = _plan(job)
+    n = len(plan.fps)
+    if plan.previous is not None and plan.previous[2].get("run_key") == plan.run_key:
+        meta = plan.previous[2]
+        log.info("%s already holds these features; nothing to do", job.out)
+        if job.progress:
+            job.progress(n)
+        return ExtractResult(job.out, meta["count"], job.dim, meta["skipped"], n, time.perf_counter() - t0, 0.0,
+                             meta, reused=meta["count"], embedded=0)
+    writer = _resume(job, plan)
+    done = writer.done if writer else 0
+    writer = writer or _start(job, plan)
+    log.info("%s: %d of %d images reused from the earlier result, %d resumed, %d to embed", job.out,
+             len(plan.reuse), n, done, len(plan.todo) - done)
+    if job.progress and len(plan.reuse) + done:
+        job.progress(len(plan.reuse) + done)
+    _embed(job, writer)
+    elapsed = time.perf_counter() - t0
+    count, skipped = _finish(job, writer, _meta(job, plan, elapsed))
+    if skipped:
+        log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
+    embedded = len(plan.todo) - done
+    rate = embedded / elapsed if elapsed > 0 else 0.0
+    meta = read_json(job.out / "meta.json")
+    return ExtractResult(job.out, count, job.dim, skipped, done, elapsed, rate, meta, len(plan.reuse), embedded)
 
 
 def extract_features(
@@ -227,7 +354,9 @@ def extract_features(
 
     Args:
         images: a class-folder tree, a flat folder, a CSV manifest, or an :class:`ImageSource`.
-        out: output folder (created). An interrupted run there is resumed when inputs match.
+        out: output folder (created). An interrupted run there is resumed when inputs match; a
+            finished one made with the same settings lends its rows for unchanged images.
+            Another extract writing to ``out`` makes this call fail at once (TlkitError).
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
         weights: a local weights file for the backbone.
         batch_size: images per forward pass (default: :func:`tlkit.runtime.inference_batch_size`,
@@ -245,70 +374,25 @@ def extract_features(
     Returns:
         An :class:`ExtractResult`; the features are in ``out/features.npy`` ([N, D] float32).
 
+    Raises:
+        TlkitError: bad input, ``out`` busy or a file, not enough disk space (the previous
+            result in ``out`` is then unchanged), or an undecodable file with ``strict``.
+
     Example:
         >>> res = extract_features("photos/", "feats/", image_size=160)
         >>> feats = np.load("feats/features.npy")          # [res.count, res.dim]
     """
     t0 = time.perf_counter()
-    out = Path(out)
     source = images if isinstance(images, tdata.ImageSource) else tdata.scan_images(images)
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
-    if getattr(bb.model, "num_classes", 0):
-        bb.model.reset_classifier(0)
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    data_config = dict(bb.data_config)
-    if image_size:
-        data_config["input_size"] = (3, int(image_size), int(image_size))
-    dim = int(bb.num_features)
-    n = len(source.records)
-    settings = {"data_config": data_config, "precision": precision_name(dtype)}
-    fingerprint = _fingerprint(source.records, bb, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    finished = _finished(out, fingerprint)
-    if finished is not None:
-        log.info("%s already holds these features; nothing to do", out)
-        if progress:
-            progress(n)
-        return ExtractResult(out, finished["count"], dim, finished["skipped"], n, time.perf_counter() - t0, 0.0, finished)
-    done, failures = _load_progress(out, fingerprint, n, dim)
-    if done:
-        log.info("resuming %s: %d of %d images already done", out, done, n)
-        if progress:
-            progress(done)
-    writer = _Writer(out, n, dim, fingerprint, done, failures)
-    transform = tdata.build_transform(data_config)
-    todo = source.records[done:]
-    if todo:
-        dataset = tdata.ImageDataset(todo, transform, size_hint=data_config["input_size"][-1])
-        nw = default_workers() if workers is None else workers
-        loader = tdata.make_loader(dataset, batch_size=batch_size or inference_batch_size(dev), workers=nw, device=dev)
-        model = _prepare_model(bb, dev, dtype, data_config["input_size"], compile, fuse)
+    out = _output_folder(out)
+    with hold_lock(out / LOCK, "tlkit extract"):
+        bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
+        dev = resolve_device(device)
+        job = _Job(out, source, bb, dev, resolve_precision(precision, dev), _data_config(bb, image_size), batch_size,
+                   workers, strict, compile, fuse, progress)
         try:
-            _run(model, loader, writer, done, dev, dtype, strict, progress)
-        except _StrictFailure as e:
-            writer.commit()
-            raise TlkitError(
-                f"cannot decode {source.records[e.index].rel}: {e.reason} (--strict); fix or remove it and "
-                "re-run (finished rows are kept), or drop --strict to skip such files"
-            ) from None
-    meta = {
-        "tlkit_version": tlkit.__version__,
-        "backbone": bb.name,
-        "weights": bb.weights.to_dict(),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-        "dim": dim,
-        "dtype": "float32",
-        "precision": precision_name(dtype),
-        "device": str(dev),
-        "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
-        "fingerprint": fingerprint,
-    }
-    elapsed = time.perf_counter() - t0
-    meta["elapsed_s"] = round(elapsed, 3)
-    count, skipped = _finalize(out, source, writer, meta)
-    if skipped:
-        log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), out / "skipped.csv")
-    rate = (n - done) / elapsed if elapsed > 0 else 0.0
-    return ExtractResult(out, count, dim, skipped, done, elapsed, rate, meta)
-
+            return _run_locked(job, t0)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise disk_full(e.filename, out) from None
+            raise

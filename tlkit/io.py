@@ -2,13 +2,15 @@
 
 Every file tlkit writes goes through :func:`atomic_write`: the bytes go to a temporary file in
 the destination folder, are flushed and fsynced, and then ``os.replace`` puts them in place. A
-crash or SIGKILL at any point leaves either the old file or the new one, never a torn file.
+crash or SIGKILL at any point leaves either the old file or the new one, never a torn file. A full
+disk (``ENOSPC``) leaves the old file too, and the error names the destination (``filename``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -45,9 +47,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and not e.filename:
+            raise OSError(errno.ENOSPC, e.strerror or os.strerror(errno.ENOSPC), str(path)) from e
         raise
     _fsync_dir(path.parent)
 

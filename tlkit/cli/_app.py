@@ -8,6 +8,7 @@ Each command lives in its own module under ``tlkit/cli/`` and registers itself w
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -60,7 +61,7 @@ def training_process() -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a :class:`TlkitError` (or an out-of-memory error) as one line and exit non-zero."""
+    """Print a :class:`TlkitError`, a full disk (ENOSPC) or an out-of-memory error as one line; exit non-zero."""
     try:
         yield
     except TlkitError as e:
@@ -69,6 +70,13 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]: finished work is kept; re-run the same command to resume")
         raise typer.Exit(130) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        name = os.path.basename(str(e.filename)) if e.filename else "a file"
+        err_console.print(f"[bold red]error:[/] disk full while writing {escape(name)}: free space and re-run; "
+                          "files already written are unchanged", soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
     except Exception as e:  # noqa: BLE001 - only out-of-memory gets a friendly line
         if _is_oom(e):
             err_console.print(

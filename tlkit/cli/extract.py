@@ -45,7 +45,8 @@ def extract_cmd(
             )
     table = Table(title="tlkit extract", show_header=False)
     for key, value in (
-        ("images", f"{res.count:,}" + (f" ({res.resumed_from:,} from an earlier run)" if res.resumed_from else "")),
+        ("images", f"{res.count:,} ({res.reused:,} reused, {res.embedded:,} embedded"
+                   + (f", {res.resumed_from:,} resumed)" if res.resumed_from and res.embedded else ")")),
         ("skipped", f"{res.skipped} (see skipped.csv)" if res.skipped else "0"),
         ("features", f"{res.count} x {res.dim} float32"),
         ("backbone", f"{res.meta['backbone']} [{res.meta['weights']['source']}]"),
