@@ -38,3 +38,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "tlkit", *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO
     )
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on 127.0.0.1 (see tests/labelstudio_server.py), stopped at the end.
+
+    Skipped when ``TLKIT_LABEL_STUDIO`` (its ``label-studio`` executable, in a venv of its own) is
+    not set, except where ``TLKIT_REQUIRE_LABEL_STUDIO=1`` (CI), which makes that a failure.
+    """
+    from tests import labelstudio_server
+
+    exe = os.environ.get("TLKIT_LABEL_STUDIO")
+    if not exe or not Path(exe).exists():
+        msg = "Label Studio not available: set TLKIT_LABEL_STUDIO to the label-studio executable of its own venv"
+        if os.environ.get("TLKIT_REQUIRE_LABEL_STUDIO") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    server = labelstudio_server.start(exe, tmp_path_factory.mktemp("label-studio"))
+    yield server
+    server.stop()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import logging
 import os
 import shutil
@@ -40,6 +39,7 @@ from tlkit.active import labelstudio as ls
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
 from tlkit.io import read_csv, read_json, write_csv, write_json, write_text
+from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -207,22 +207,9 @@ class Project:
     @contextlib.contextmanager
     def lock(self, what: str = "a command") -> Iterator[None]:
         """Hold the project's lock; a second holder fails at once with a clear message."""
-        path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                raise TlkitError(
-                    f"{self.root} is busy: {holder} is working on it; wait for it to finish and run again"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
+        with hold_lock(self.root / ".lock", what, name=str(self.root)):
             self._cleanup_partial_rounds()
             yield
-        finally:
-            os.close(fd)
 
     def _cleanup_partial_rounds(self) -> None:
         if not self.rounds_dir.is_dir():
