@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json, sha256_file, write_csv, write_json
+from tlkit.io import fsync_dir, read_csv, read_json, sha256_file, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def swap_in(out: Path) -> None:
     if not meta.get("skipped"):
         (out / SKIPPED).unlink(missing_ok=True)
     os.replace(nxt / META, out / META)
-    _fsync_dir(out)
+    fsync_dir(out)
     for name in (PROGRESS, PARTIAL):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(nxt, ignore_errors=True)
@@ -222,15 +222,6 @@ def recover(out: Path) -> None:
         if (nxt / FEATURES).is_file() and not (out / PARTIAL).exists():
             os.replace(nxt / FEATURES, out / PARTIAL)  # the renamed partial file: keep its rows
         shutil.rmtree(nxt, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading

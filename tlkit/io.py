@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         if isinstance(e, OSError) and e.errno == errno.ENOSPC and not e.filename:
             raise OSError(errno.ENOSPC, e.strerror or os.strerror(errno.ENOSPC), str(path)) from e
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _umask() -> int:
@@ -62,7 +62,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so that renames in it survive a power cut (best effort)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
