@@ -128,3 +128,11 @@ def save_png(fig, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
     fig.savefig(buf, format="png", **savefig_kwargs)
     plt.close(fig)
     write_bytes(path, buf.getvalue())
+
+
+def yaml_problem(error: Exception) -> str:
+    """One line describing a YAML syntax error, e.g. ``line 2, column 9: expected ',' or ']', but got ':'``."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
