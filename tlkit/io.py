@@ -100,9 +100,31 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a CSV file with a header into a list of dicts."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f))
+    """Read a UTF-8 CSV file with a header into a list of dicts.
+
+    Raises:
+        TlkitError: the file is not UTF-8 text (e.g. saved as Windows-1252 by Excel) or not a CSV file.
+    """
+    from tlkit.errors import TlkitError
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise TlkitError(not_utf8_message(path, e)) from None
+    except csv.Error as e:
+        raise TlkitError(f"{path} is not a readable CSV file ({e}); save it as a UTF-8 CSV file") from None
+
+
+def not_utf8_message(path: str | os.PathLike, error: UnicodeDecodeError) -> str:
+    """One line saying that ``path`` is not UTF-8 and how to fix it.
+
+    Windows-1252 (what Excel writes for "CSV") is not accepted silently: nearly any byte sequence
+    decodes as Windows-1252 or Latin-1, so a guess could not be told from a misread file.
+    """
+    byte = error.object[error.start:error.start + 1].hex()
+    return (f"{path} is not UTF-8 text (byte 0x{byte} at offset {error.start}); save it as UTF-8 "
+            "(in Excel: Save As > 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 OLD > NEW`)")
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

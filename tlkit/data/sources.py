@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.errors import TlkitError
+from tlkit.io import not_utf8_message
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,11 @@ def _scan_manifest(csv_path: Path, labeled: bool | None) -> ImageSource:
                     raise TlkitError(f"{where}: {raw!r} has no label; label every row or do not "
                                      "require labels")
                 records.append(ImageRecord(root / rel, rel, None if labeled is False else label))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise TlkitError(f"manifest {not_utf8_message(csv_path, e)}") from None
+    except (OSError, csv.Error) as e:
         raise TlkitError(f"cannot read manifest {csv_path}: {e}; it must be a UTF-8 CSV file "
-                         "with a header row path[,label]") from e
+                         "with a header row path[,label]") from None
     if not records:
         raise TlkitError(f"manifest {csv_path} lists no images; add rows below the header")
     classes = tuple(sorted({r.label for r in records if r.label is not None}))
