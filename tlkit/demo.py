@@ -159,8 +159,9 @@ def run_demo(
         A :class:`DemoReport` whose steps the CLI prints as a table.
     """
     from tlkit.extract import extract_features, load_features
+    from tlkit.io import check_output_dir
 
-    workdir = Path(workdir)
+    workdir = check_output_dir(workdir, option="--workdir")
     report = DemoReport(workdir)
     t = time.perf_counter()
     images = make_digits_folder(workdir / "digits", per_class=per_class)

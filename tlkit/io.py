@@ -158,3 +158,45 @@ def yaml_problem(error: Exception) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     return where + " ".join(str(problem).split())
+
+
+def check_output_file(path: str | os.PathLike, *, option: str = "--out", example: str = "predictions.csv") -> Path:
+    """``path`` as a file tlkit may write: not an existing folder, and no existing file on its way.
+
+    Called before any work starts, so a bad ``--out`` fails at once with one line instead of after the work.
+
+    Raises:
+        TlkitError: ``path`` is a folder, or one of its parents is a file.
+    """
+    from tlkit.errors import TlkitError
+
+    path = Path(path)
+    if path.is_dir():
+        raise TlkitError(f"{option} {path} is a folder; give a file path, e.g. {option} {path / example}")
+    _check_parents(path, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """``path`` as a folder tlkit may create or fill: not an existing file, and no existing file on its way.
+
+    Raises:
+        TlkitError: ``path`` or one of its parents is an existing file.
+    """
+    from tlkit.errors import TlkitError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TlkitError(f"{option} {path} is an existing file, not a folder; choose a new folder name for {option}")
+    _check_parents(path, option)
+    return path
+
+
+def _check_parents(path: Path, option: str) -> None:
+    from tlkit.errors import TlkitError
+
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TlkitError(f"{option} {path}: {parent} is a file, not a folder; choose another {option}")
+            return

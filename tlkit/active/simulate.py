@@ -24,7 +24,7 @@ import numpy as np
 from tlkit.active import head as heads
 from tlkit.active.strategies import PoolView, get_strategy, select
 from tlkit.errors import TlkitError
-from tlkit.io import save_png, write_csv, write_json
+from tlkit.io import check_output_dir, save_png, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def simulate_folders(
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
     if train not in ("head", "finetune"):
         raise TlkitError(f"unknown --train {train!r}; choose head or finetune")
-    out = Path(out)
+    out = check_output_dir(out)
     x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights, image_size=image_size)
     xt, names_t = labeled_features(test, out / "features" / "test", backbone=backbone, weights=weights,
                                    image_size=image_size)

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from tlkit.errors import TlkitError
-from tlkit.io import write_text
+from tlkit.io import not_utf8_message, write_text, yaml_problem
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
@@ -169,8 +169,11 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise TlkitError(f"recipe {not_utf8_message(path, e)}") from None
     except yaml.YAMLError as e:
-        raise TlkitError(f"recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise TlkitError(f"recipe {str(path)!r} is not valid YAML ({yaml_problem(e)}); fix that line "
+                         "(see `tlkit recipes NAME` for a valid recipe)") from None
     if not isinstance(data, dict):
         raise TlkitError(f"recipe {str(path)!r} must be a mapping of key: value")
     for key in data:

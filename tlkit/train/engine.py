@@ -306,8 +306,8 @@ def fit(
     """
     t0 = time.perf_counter()
     cfg, out = config, Path(out)
-    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     state_file = check_out_dir(out, resume)
+    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     saved = ckpt.load_train_state(state_file) if state_file else None
     if saved is not None:
         check_resumable(saved, cfg, splits.classes, out)
