@@ -123,8 +123,9 @@ def not_utf8_message(path: str | os.PathLike, error: UnicodeDecodeError) -> str:
     decodes as Windows-1252 or Latin-1, so a guess could not be told from a misread file.
     """
     byte = error.object[error.start:error.start + 1].hex()
-    return (f"{path} is not UTF-8 text (byte 0x{byte} at offset {error.start}); save it as UTF-8 "
-            "(in Excel: Save As > 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 OLD > NEW`)")
+    how = "(in Excel: Save As > 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 OLD > NEW`)"
+    return (f"{path} is not UTF-8 text (byte 0x{byte} at offset {error.start}); save it as UTF-8"
+            + (f" {how}" if Path(path).suffix.lower() == ".csv" else ""))
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -73,8 +73,8 @@ def finetune_cmd(
         ("images", f"{res.n_train} train, {res.n_val} val, {len(res.classes)} classes"),
         ("epochs", f"{len(res.history)}" + (" (early stop)" if res.stopped_early else "")
          + (f", resumed after {res.resumed_from}" if res.resumed_from else "")),
-        ("best", f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}"
-         f" [{best.get('weights_from', '-')} weights, {cfg.monitor}]"),
+        ("best", f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}, "
+         f"macro F1 {best.get('val_f1_macro', float('nan')):.4f} [{best.get('weights_from', '-')} weights, {cfg.monitor}]"),
         ("time", f"{res.elapsed_s:.1f} s"),
         ("output", str(res.out)),
     ]

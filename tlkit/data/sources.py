@@ -241,3 +241,43 @@ def _manifest_rel(root: Path, raw: str, where: str) -> str:
         what = "is not a file" if full.exists() else "does not exist"
         raise TlkitError(f"{where}: path {raw!r} {what} ({full}); fix the path or drop the row")
     return rel.as_posix()
+
+
+IMBALANCE_RATIO = 10
+
+
+@dataclass(frozen=True)
+class Imbalance:
+    """The largest and the smallest class of a labeled set whose sizes differ by more than a ratio."""
+
+    largest: str
+    largest_count: int
+    smallest: str
+    smallest_count: int
+
+    @property
+    def ratio(self) -> float:
+        return self.largest_count / self.smallest_count
+
+    def describe(self) -> str:
+        """``'0' has 22 images, '1' only 2 (11x)``."""
+        return (f"{self.largest!r} has {self.largest_count} images, {self.smallest!r} only "
+                f"{self.smallest_count} ({self.ratio:.0f}x)")
+
+
+def class_imbalance(counts: dict[str, int], *, ratio: float = IMBALANCE_RATIO) -> Imbalance | None:
+    """The extremes of ``counts`` (images per class) when the largest class has more than ``ratio`` times
+    the images of the smallest non-empty one, else ``None``.
+
+    Example:
+        >>> class_imbalance({"cat": 22, "dog": 2}).describe()
+        "'cat' has 22 images, 'dog' only 2 (11x)"
+    """
+    present = {k: v for k, v in counts.items() if v > 0}
+    if len(present) < 2:
+        return None
+    big = max(present, key=lambda k: (present[k], k))
+    small = min(present, key=lambda k: (present[k], k))
+    if present[big] <= ratio * present[small]:
+        return None
+    return Imbalance(big, present[big], small, present[small])
