@@ -17,7 +17,7 @@ from tlkit.cli._app import app, console, progress_bar, setup_logging, training_p
 def demo_cmd(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the demo's files here (default: a temp folder)."),
     per_class: int = typer.Option(40, "--per-class", min=5, help="Digit images per class."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Run tlkit end to end on scikit-learn digits rendered as PNGs (offline, a few minutes on a CPU)."""
     from tlkit.demo import run_demo

@@ -49,7 +49,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the backbone's own input size
     val_fraction: float = 0.2  # stratified split of the training folder when no --val is given
     batch_size: int = 32
-    workers: int | None = None  # DataLoader workers; None: one per core, minus one
+    workers: int | None = None  # DataLoader workers; None: tlkit.runtime.default_workers()
     # augmentation (timm create_transform, training only)
     scale_min: float = 0.5  # RandomResizedCrop scale lower bound (upper is 1.0)
     hflip: float = 0.5
