@@ -243,6 +243,7 @@ def test_finetune_warns_about_class_imbalance(tmp_path):
                   "--epochs", "1", "--image-size", "32", "--workers", "0", env={"COLUMNS": "200"})
     assert res.returncode == 0, res.stderr
     assert "class imbalance" in res.stderr and "--set class_weights=balanced" in res.stderr, res.stderr
+    assert "--set sampler=balanced" in res.stderr, res.stderr
     assert "macro F1" in res.stdout, res.stdout
 
 

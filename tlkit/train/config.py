@@ -32,6 +32,7 @@ from tlkit.io import not_utf8_message, write_text, yaml_problem
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
 MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro")
+SAMPLERS = ("uniform", "balanced")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
     class_weights: str | list | None = None  # None | "balanced" | [w per class]
+    sampler: str = "uniform"  # uniform (each image once per epoch) | balanced (classes drawn equally, with replacement)
     # optimisation
     epochs: int = 10
     optimizer: str = "adamw"  # any timm optimizer: adamw, sgd, rmsprop, adagrad, adam, ...
@@ -131,6 +133,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("layer_decay", "must be in (0, 1], or null to switch it off")
     if cfg.mode == "freeze-unfreeze" and not 0 < cfg.freeze_epochs < cfg.epochs:
         raise bad("freeze_epochs", f"freeze-unfreeze needs 0 < freeze_epochs < epochs ({cfg.epochs})")
+    if cfg.sampler not in SAMPLERS:
+        raise bad("sampler", f"choose one of: {', '.join(SAMPLERS)}")
     if isinstance(cfg.class_weights, str) and cfg.class_weights != "balanced":
         raise bad("class_weights", "use 'balanced', a list with one weight per class, or null")
 

@@ -325,14 +325,15 @@ def fit(
 
 
 def warn_if_imbalanced(splits: Splits, cfg: TrainConfig) -> None:
-    """One warning when the largest training class has over 10x the images of the smallest and the
-    loss is not weighted yet (``class_weights``)."""
+    """One warning when the largest training class has over 10x the images of the smallest and neither
+    ``class_weights`` nor ``sampler: balanced`` is set."""
     from tlkit.data import class_imbalance
 
     found = class_imbalance(dict(zip(splits.classes, splits.counts())))
-    if found is not None and cfg.class_weights is None:
+    if found is not None and cfg.class_weights is None and cfg.sampler != "balanced":
         log.warning("class imbalance in the training split: %s; weight the loss with --set class_weights=balanced "
-                    "(or try --set loss=focal), and judge the run by macro F1 rather than accuracy", found.describe())
+                    "or draw classes equally with --set sampler=balanced, and judge the run by macro F1 rather "
+                    "than accuracy", found.describe())
 
 
 def prepare_model(cfg: TrainConfig, num_classes: int, rt: Runtime):
