@@ -118,6 +118,9 @@ CASES = {
     "finetune: invalid recipe YAML": (
         lambda w: ["finetune", "--data", w["digits"], "--out", w["root"] / "new-run-4", "--recipe",
                    w["inputs"] / "recipe.yaml"], ["inputs"], "is not valid YAML (line 2"),
+    "finetune: --set value out of range": (
+        lambda w: ["finetune", "--data", w["digits"], "--out", w["root"] / "new-run-6", "--set", "drop_rate=2"], [],
+        "drop_rate=2.0: must be between 0.0 and 1.0"),
     "predict: --out is a folder": (
         lambda w: ["predict", w["run"], w["digits"], "--out", w["inputs"] / "a-folder"], ["run", "inputs"],
         "a-folder is a folder; give a file path"),
@@ -255,3 +258,12 @@ def test_imbalance_hint():
     found = class_imbalance({"a": 22, "b": 2, "c": 0})
     assert (found.largest, found.smallest, round(found.ratio)) == ("a", "b", 11)
     assert "class-balanced" in imbalance_hint({"a": 22, "b": 2}) and imbalance_hint({"a": 3, "b": 2}) is None
+
+
+def test_simulate_without_strategies_says_which_exist(tmp_path, digits_dir):
+    from tlkit.active.simulate import simulate_folders
+    from tlkit.errors import TlkitError
+
+    with pytest.raises(TlkitError, match="no strategy given; pass --strategies .*margin"):
+        simulate_folders(digits_dir, digits_dir, tmp_path / "sim", strategies=[])
+    assert not (tmp_path / "sim").exists()

@@ -62,6 +62,12 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys(tmp_path):
     ("mode=half", "choose one of: full, linear-probe, freeze-unfreeze"),
     ("noequals", "write key=value"),
     ("val_fraction=1.5", "between 0 and 1"),
+    ("drop_rate=2", r"drop_rate=2.0: must be between 0.0 and 1.0"),
+    ("hflip=-1", "hflip=-1.0: must be between"),
+    ("image_size=8", "image_size=8: must be at least 16"),
+    ("class_weights=[a, b]", "give one non-negative number per class"),
+    ("class_weights=[1, -2]", "give one non-negative number per class"),
+    ("sampler=weighted", "choose one of: uniform, balanced"),
 ])
 def test_bad_override_values(item, message):
     with pytest.raises(TlkitError, match=message):
@@ -257,5 +263,3 @@ def test_balanced_sampler_draws_classes_equally_and_shards_by_rank():
     fb = FeatureBatches(torch.zeros(100, 4), torch.tensor(targets), 10, shuffle=True, seed=0, balanced=True)
     seen = torch.cat([b.targets for b in fb]).float().mean().item()
     assert 0.35 < seen < 0.65
-    with pytest.raises(TlkitError, match="sampler='weighted': choose one of: uniform, balanced"):
-        make_config(overrides=["sampler=weighted"])

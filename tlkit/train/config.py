@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -111,6 +112,18 @@ class TrainConfig:
         return make_config(base=self, overrides=changes)
 
 
+# numeric keys with a valid range (inclusive); math.inf: no upper bound
+_RANGES = {
+    "drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "scale_min": (0.0, 1.0), "hflip": (0.0, 1.0),
+    "vflip": (0.0, 1.0), "color_jitter": (0.0, math.inf), "reprob": (0.0, 1.0), "mixup": (0.0, math.inf),
+    "cutmix": (0.0, math.inf), "mixup_prob": (0.0, 1.0), "focal_gamma": (0.0, math.inf),
+    "weight_decay": (0.0, math.inf), "momentum": (0.0, 1.0), "warmup_epochs": (0.0, math.inf),
+    "min_lr_ratio": (0.0, 1.0), "ema_decay": (0.0, 1.0), "clip_grad": (0.0, math.inf), "patience": (1, math.inf),
+    "unfreeze_lr_scale": (0.0, math.inf), "gamma": (0.0, math.inf), "step_epochs": (0.0, math.inf),
+    "image_size": (16, math.inf), "workers": (0, math.inf),
+}
+
+
 def _validate(cfg: TrainConfig) -> None:
     def bad(key: str, fix: str) -> TlkitError:
         return TlkitError(f"{key}={getattr(cfg, key)!r}: {fix}")
@@ -133,6 +146,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("layer_decay", "must be in (0, 1], or null to switch it off")
     if cfg.mode == "freeze-unfreeze" and not 0 < cfg.freeze_epochs < cfg.epochs:
         raise bad("freeze_epochs", f"freeze-unfreeze needs 0 < freeze_epochs < epochs ({cfg.epochs})")
+    for key, (lo, hi) in _RANGES.items():
+        value = getattr(cfg, key)
+        if value is not None and not lo <= value <= hi:
+            raise bad(key, f"must be between {lo} and {hi}" if hi != math.inf else f"must be at least {lo}")
+    if isinstance(cfg.class_weights, list) and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in cfg.class_weights):
+        raise bad("class_weights", "give one non-negative number per class (in sorted class order), e.g. [1, 5], "
+                                   "or 'balanced'")
     if cfg.sampler not in SAMPLERS:
         raise bad("sampler", f"choose one of: {', '.join(SAMPLERS)}")
     if isinstance(cfg.class_weights, str) and cfg.class_weights != "balanced":

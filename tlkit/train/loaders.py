@@ -60,7 +60,7 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any],
     aug = {"scale": (cfg.scale_min, 1.0), "hflip": cfg.hflip, "vflip": cfg.vflip,
            "color_jitter": cfg.color_jitter or 0.0, "auto_augment": cfg.auto_augment, "re_prob": cfg.reprob}
     c2i = splits.class_to_idx
-    train_ds = ImageDataset(splits.train, build_transform(data_config, training=True, **aug), c2i)
+    train_ds = ImageDataset(splits.train, _training_transform(data_config, aug), c2i)
     val_ds = ImageDataset(splits.val, build_transform(data_config), c2i, size_hint=size_hint_for(data_config))
     d = rt.dist
     if cfg.sampler == "balanced":
@@ -75,6 +75,21 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any],
     val = make_loader(val_ds, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device,
                       sampler=val_idx, seed=cfg.seed)
     return train, val, sampler
+
+
+def _training_transform(data_config: dict[str, Any], aug: dict[str, Any]):
+    """timm's training transform; an auto_augment spec timm cannot parse is a one-line error."""
+    from tlkit.data import build_transform
+
+    try:
+        return build_transform(data_config, training=True, **aug)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        if not aug.get("auto_augment"):
+            raise
+        from tlkit.weights import one_line
+
+        raise TlkitError(f"auto_augment={aug['auto_augment']!r}: timm cannot build it ({one_line(e)}); use e.g. "
+                         "rand-m9-mstd0.5, trivialaugment, augmix-m5 or v0, or null") from None
 
 
 def balanced_weights(targets) -> torch.Tensor:
