@@ -79,7 +79,7 @@ def test_pickle_with_code_is_refused(tmp_path):
             return (print, ("pwned",))
 
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": Evil()}))
-    with pytest.raises(TlkitError, match="cannot read weights"):
+    with pytest.raises(TlkitError, match=r"evil.pth is not a plain state dict \(torch.load\(weights_only=True\) refused it: [^\n]*\); save the weights"):
         create_backbone("test_resnet", weights=tmp_path / "evil.pth")
 
 

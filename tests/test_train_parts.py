@@ -62,6 +62,12 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys(tmp_path):
     ("mode=half", "choose one of: full, linear-probe, freeze-unfreeze"),
     ("noequals", "write key=value"),
     ("val_fraction=1.5", "between 0 and 1"),
+    ("drop_rate=2", r"drop_rate=2.0: must be between 0.0 and 1.0"),
+    ("hflip=-1", "hflip=-1.0: must be between"),
+    ("image_size=8", "image_size=8: must be at least 16"),
+    ("class_weights=[a, b]", "give one non-negative number per class"),
+    ("class_weights=[1, -2]", "give one non-negative number per class"),
+    ("sampler=weighted", "choose one of: uniform, balanced"),
 ])
 def test_bad_override_values(item, message):
     with pytest.raises(TlkitError, match=message):
@@ -235,3 +241,25 @@ def test_checkpoint_roundtrip_and_weights_only_state(tmp_path):
     ckpt.set_rng_state(state["rng"])
     assert (torch.rand(1), np.random.rand()) == a
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_balanced_sampler_draws_classes_equally_and_shards_by_rank():
+    from tlkit.train.loaders import BalancedSampler, FeatureBatches
+
+    targets = [0] * 90 + [1] * 10
+    s = BalancedSampler(targets, seed=0)
+    s.set_epoch(3)
+    draws = list(s)
+    assert len(draws) == len(s) == 100
+    share = np.mean(np.asarray(targets)[draws])
+    assert 0.35 < share < 0.65  # uniform shuffling would give 0.10
+    s.set_epoch(4)
+    assert list(s) != draws  # a new draw every epoch, the same for the same (seed, epoch)
+    ranks = [BalancedSampler(targets, num_replicas=2, rank=r, seed=0) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(3)
+    assert len(list(ranks[0])) == 50 and sorted(list(ranks[0]) + list(ranks[1])) == sorted(draws)
+
+    fb = FeatureBatches(torch.zeros(100, 4), torch.tensor(targets), 10, shuffle=True, seed=0, balanced=True)
+    seen = torch.cat([b.targets for b in fb]).float().mean().item()
+    assert 0.35 < seen < 0.65

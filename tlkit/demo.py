@@ -159,13 +159,15 @@ def run_demo(
         A :class:`DemoReport` whose steps the CLI prints as a table.
     """
     from tlkit.extract import extract_features, load_features
+    from tlkit.io import check_output_dir
 
-    workdir = Path(workdir)
+    workdir = check_output_dir(workdir, option="--workdir")
     report = DemoReport(workdir)
     t = time.perf_counter()
     images = make_digits_folder(workdir / "digits", per_class=per_class)
     n = per_class * 10
-    report.steps.append(DemoStep("make sample images", "images", n, time.perf_counter() - t, str(images)))
+    report.steps.append(DemoStep("make sample images", "images", n, time.perf_counter() - t,
+                                 f"{images.relative_to(workdir).as_posix()}/: 10 classes x {per_class} PNGs"))
 
     t = time.perf_counter()
     done = [0]

@@ -105,9 +105,32 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a CSV file with a header into a list of dicts."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f))
+    """Read a UTF-8 CSV file with a header into a list of dicts.
+
+    Raises:
+        TlkitError: the file is not UTF-8 text (e.g. saved as Windows-1252 by Excel) or not a CSV file.
+    """
+    from tlkit.errors import TlkitError
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise TlkitError(not_utf8_message(path, e)) from None
+    except csv.Error as e:
+        raise TlkitError(f"{path} is not a readable CSV file ({e}); save it as a UTF-8 CSV file") from None
+
+
+def not_utf8_message(path: str | os.PathLike, error: UnicodeDecodeError) -> str:
+    """One line saying that ``path`` is not UTF-8 and how to fix it.
+
+    Windows-1252 (what Excel writes for "CSV") is not accepted silently: nearly any byte sequence
+    decodes as Windows-1252 or Latin-1, so a guess could not be told from a misread file.
+    """
+    byte = error.object[error.start:error.start + 1].hex()
+    how = "(in Excel: Save As > 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 OLD > NEW`)"
+    return (f"{path} is not UTF-8 text (byte 0x{byte} at offset {error.start}); save it as UTF-8"
+            + (f" {how}" if Path(path).suffix.lower() == ".csv" else ""))
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -133,3 +156,53 @@ def save_png(fig, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
     fig.savefig(buf, format="png", **savefig_kwargs)
     plt.close(fig)
     write_bytes(path, buf.getvalue())
+
+
+def yaml_problem(error: Exception) -> str:
+    """One line describing a YAML syntax error, e.g. ``line 2, column 9: expected ',' or ']', but got ':'``."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+def check_output_file(path: str | os.PathLike, *, option: str = "--out", example: str = "predictions.csv") -> Path:
+    """``path`` as a file tlkit may write: not an existing folder, and no existing file on its way.
+
+    Called before any work starts, so a bad ``--out`` fails at once with one line instead of after the work.
+
+    Raises:
+        TlkitError: ``path`` is a folder, or one of its parents is a file.
+    """
+    from tlkit.errors import TlkitError
+
+    path = Path(path)
+    if path.is_dir():
+        raise TlkitError(f"{option} {path} is a folder; give a file path, e.g. {option} {path / example}")
+    _check_parents(path, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """``path`` as a folder tlkit may create or fill: not an existing file, and no existing file on its way.
+
+    Raises:
+        TlkitError: ``path`` or one of its parents is an existing file.
+    """
+    from tlkit.errors import TlkitError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TlkitError(f"{option} {path} is an existing file, not a folder; choose a new folder name for {option}")
+    _check_parents(path, option)
+    return path
+
+
+def _check_parents(path: Path, option: str) -> None:
+    from tlkit.errors import TlkitError
+
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TlkitError(f"{option} {path}: {parent} is a file, not a folder; choose another {option}")
+            return

@@ -31,28 +31,76 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``,
     ``{"state_dict_ema": ...}``) are unwrapped.
+
+    Raises:
+        TlkitError: the file is missing, unreadable, or not a state dict of tensors (one line naming it).
     """
     path = Path(path)
     if not path.is_file():
         raise TlkitError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise TlkitError(
-            f"cannot read weights {path}: {str(e).splitlines()[0][:160]} "
-            "(tlkit reads .safetensors or tensor-only .pth state dicts)"
-        ) from None
+        return read_safetensors(path)
+    obj = torch_load(path, what="a plain state dict")
     for key in ("state_dict_ema", "state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TlkitError(f"{path} is not a state dict of tensors")
+        raise TlkitError(f"{path} is not a state dict of tensors; {_SAVE_FIX}")
     return obj
+
+
+_SAVE_FIX = "save the weights with safetensors.torch.save_file or as torch.save(model.state_dict(), path)"
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a damaged or mislabelled file is a one-line :class:`TlkitError`."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: a bad file for the user
+        raise TlkitError(f"{path} is not a readable .safetensors file ({one_line(e)}); it is damaged or "
+                         f"another format: copy it again, or {_SAVE_FIX}") from None
+
+
+def torch_load(path: str | os.PathLike, *, what: str, fix: str = "", map_location: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)``; a refusal is one :class:`TlkitError` line naming the file.
+
+    torch's own message spans several lines (advice about ``weights_only=False``, which would run
+    pickled code); the line that says what was refused is kept.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error says enough
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise TlkitError(f"{path} is not {what} (torch.load(weights_only=True) refused it: "
+                         f"{torch_load_problem(e)}); {fix or _SAVE_FIX}") from None
+
+
+def torch_load_problem(error: BaseException) -> str:
+    """The informative line of a ``torch.load`` error, e.g. ``Unsupported global: GLOBAL mymodule.Net``."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if rest:
+            return rest[0].rstrip(".")
+    if isinstance(error, EOFError) or not text.strip():
+        return f"{type(error).__name__}: the file is empty or cut short"
+    return one_line(error)
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, at most ``limit`` characters, ending in a word."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def strip_prefixes(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:

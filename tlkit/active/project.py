@@ -69,11 +69,46 @@ class ProjectConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "ProjectConfig":
-        d = yaml.safe_load(text) or {}
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
+        """Parse ``project.yaml``; any problem is a one-line :class:`TlkitError` naming the key and the fix."""
+        import typing
+
+        from tlkit.io import yaml_problem
+
+        fix = "fix it by hand (tlkit writes it at `tlkit al-init`)"
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise TlkitError(f"project.yaml is not valid YAML ({yaml_problem(e)}); {fix}") from None
+        d = {} if d is None else d
+        if not isinstance(d, dict):
+            raise TlkitError(f"project.yaml must be a mapping of key: value, not a {type(d).__name__}; {fix}")
+        fields = cls.__dataclass_fields__
+        unknown = set(map(str, d)) - set(fields)
         if unknown:
-            raise TlkitError(f"project.yaml has unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
+            raise TlkitError(f"project.yaml has unknown keys {sorted(unknown)}; valid keys: {sorted(fields)}")
+        if d.get("pool_root") is None:
+            raise TlkitError("project.yaml has no pool_root; add `pool_root: /path/to/the/pool/images`")
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            origin = typing.get_origin(hints[key])
+            allowed = (list, type(None)) if origin is tuple else typing.get_args(hints[key]) if origin else (hints[key],)
+            ok = (value is None and type(None) in allowed) or any(
+                isinstance(value, t) and not isinstance(value, bool) for t in allowed if t is not type(None))
+            if ok and isinstance(value, list):  # classes: a list of names
+                ok = all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in value)
+            if ok and key == "image_size" and value is not None:
+                ok = value >= 16
+            if ok and key == "seed":
+                ok = value >= 0
+            if not ok:
+                least = {"image_size": " of at least 16 (pixels)", "seed": " of at least 0"}.get(key, "")
+                want = {int: "a whole number" + least, str: "a text value", list: "a list of class names",
+                        type(None): "null"}
+                default = fields[key].default
+                example = {int: "224" if key == "image_size" else "0", str: repr(default) if isinstance(default, str)
+                           else "/path/to/file", list: "[cat, dog]", type(None): "null"}
+                raise TlkitError(f"project.yaml: {key} is {value!r}, not {' or '.join(want[t] for t in allowed)}; "
+                                 "write for example " + " or ".join(f"`{key}: {example[t]}`" for t in allowed))
         d["classes"] = tuple(str(c) for c in d.get("classes") or ())
         return cls(**d)
 

@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tlkit.active import head as heads
-from tlkit.active.strategies import PoolView, get_strategy, select
+from tlkit.active.strategies import PoolView, get_strategy, list_strategies, select
 from tlkit.errors import TlkitError
-from tlkit.io import save_png, write_csv, write_json
+from tlkit.io import check_output_dir, save_png, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,14 @@ def _majority(y_lab: np.ndarray, y_test: np.ndarray) -> float:
     return float((y_test == np.bincount(y_lab).argmax()).mean())
 
 
+def _check_strategies(strategies: Sequence[str]) -> None:
+    if not strategies:
+        names = ", ".join(s.name for s in list_strategies())
+        raise TlkitError(f"no strategy given; pass --strategies with comma-separated names from: {names}")
+    for s in strategies:
+        get_strategy(s)
+
+
 def simulate(
     x: np.ndarray,
     y: np.ndarray,
@@ -130,8 +138,7 @@ def simulate(
         learner: trains on the labeled rows and scores pool and test (default: the head-mode
             classifier on ``x``); :func:`tlkit.active.simulate_finetune.finetune_learner` fine-tunes.
     """
-    for s in strategies:
-        get_strategy(s)
+    _check_strategies(strategies)
     if len(x) != len(y) or len(x_test) != len(y_test):
         raise TlkitError("features and labels differ in length")
     if start < 1 or batch < 1 or rounds < 0:
@@ -253,7 +260,8 @@ def simulate_folders(
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
     if train not in ("head", "finetune"):
         raise TlkitError(f"unknown --train {train!r}; choose head or finetune")
-    out = Path(out)
+    _check_strategies(strategies)
+    out = check_output_dir(out)
     x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights, image_size=image_size)
     xt, names_t = labeled_features(test, out / "features" / "test", backbone=backbone, weights=weights,
                                    image_size=image_size)

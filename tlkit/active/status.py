@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.data import class_imbalance
 from tlkit.io import read_json
 
 
@@ -20,13 +21,14 @@ class ProjectStatus:
     pending: int
     rounds: list[dict[str, Any]] = field(default_factory=list)
     curve_png: Path | None = None
+    imbalance: str | None = None  # one-line hint when the largest class has > 10x the labels of the smallest
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "project": str(self.root), "classes": list(self.classes), "pool": self.pool,
             "labeled": sum(self.labeled_per_class.values()), "labeled_per_class": self.labeled_per_class,
             "unlabelable": self.unlabelable, "pending": self.pending, "rounds": self.rounds,
-            "learning_curve": str(self.curve_png) if self.curve_png else None,
+            "learning_curve": str(self.curve_png) if self.curve_png else None, "imbalance": self.imbalance,
         }
 
 
@@ -48,9 +50,19 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
                        "seconds": m.get("elapsed_s")})
     status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,
                            sum(1 for v in labels.values() if v == SKIP_LABEL), len(project.pending()), rounds)
+    status.imbalance = imbalance_hint(per_class)
     if plot and any(r["val_accuracy"] is not None for r in rounds):
         status.curve_png = _plot(project.root / "learning_curve.png", rounds)
     return status
+
+
+def imbalance_hint(labeled_per_class: dict[str, int]) -> str | None:
+    """A one-line hint when the largest class has more than 10x the labels of the smallest, else ``None``."""
+    found = class_imbalance(labeled_per_class)
+    if found is None:
+        return None
+    return (f"labels are imbalanced: {found.describe()}; `tlkit al-round --strategy class-balanced` spreads the "
+            f"next picks over the predicted classes, and `tlkit finetune --set class_weights=balanced` weights the loss")
 
 
 def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (
@@ -29,7 +30,32 @@ from rich.progress import (
 
 from tlkit.errors import TlkitError
 
+class _Group(TyperGroup):
+    """The command group; flags (``--verbose``, ``--help``, ``--x/--no-x``) show no ``<bool>`` type in help.
+
+    typer 0.2x renders a type column for every option, ``<bool>`` for flags that take no value; an
+    empty metavar (set here once per command, as it is looked up) leaves that column blank.
+    """
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _blank_flag_metavars(cmd, ctx)
+        return cmd
+
+    def format_help(self, ctx, formatter) -> None:
+        _blank_flag_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _blank_flag_metavars(cmd, ctx) -> None:
+    for param in cmd.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
 app = typer.Typer(
+    cls=_Group,
     name="tlkit",
     help="Transfer learning and active learning for image classifiers, offline out of the box.",
     no_args_is_help=True,

@@ -180,6 +180,8 @@ def al_status_cmd(
     console.print(rounds)
     if st.curve_png:
         console.print(f"learning curve: {escape(str(st.curve_png))}")
+    if st.imbalance:
+        console.print(f"[yellow]hint:[/] {escape(st.imbalance)}")
 
 
 @app.command("strategies")

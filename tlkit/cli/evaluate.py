@@ -28,8 +28,8 @@ def evaluate_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Accuracy, F1, per-class report, confusion matrix, ROC-AUC and calibration on labeled images."""
     from tlkit.train import evaluate_run

@@ -27,7 +27,7 @@ def extract_cmd(
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Fold BatchNorm into the convolutions (checked)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Embed images with a frozen backbone; resumable, streamed to disk."""
     from tlkit.data import scan_images

@@ -37,17 +37,17 @@ def finetune_cmd(
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Bundled recipe name (see `tlkit recipes`) or a YAML file."),
     mode: Optional[str] = typer.Option(None, "--mode", help=MODES_HELP),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (default 10, or the recipe's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step (default 32, or the recipe's)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = typer.Option(None, "--precision", help=PRECISIONS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the initialisation and the augmentation (default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     overrides: List[str] = typer.Option([], "--set", help="Any config key: --set label_smoothing=0.1 (repeatable)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Fine-tune a pretrained backbone; resumable with --resume after any interruption."""
     from tlkit.train import fit, make_config
@@ -73,8 +73,8 @@ def finetune_cmd(
         ("images", f"{res.n_train} train, {res.n_val} val, {len(res.classes)} classes"),
         ("epochs", f"{len(res.history)}" + (" (early stop)" if res.stopped_early else "")
          + (f", resumed after {res.resumed_from}" if res.resumed_from else "")),
-        ("best", f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}"
-         f" [{best.get('weights_from', '-')} weights, {cfg.monitor}]"),
+        ("best", f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}, "
+         f"macro F1 {best.get('val_f1_macro', float('nan')):.4f} [{best.get('weights_from', '-')} weights, {cfg.monitor}]"),
         ("time", f"{res.elapsed_s:.1f} s"),
         ("output", str(res.out)),
     ]

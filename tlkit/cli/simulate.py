@@ -18,16 +18,16 @@ def al_simulate_cmd(
     test: Path = typer.Option(..., "--test", help="Held-out labeled images or extract folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.csv, curves.png, summary.json."),
     strategies: str = typer.Option("random,margin,typiclust,auto", "--strategies", help="Comma-separated names."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b"),
-    weights: Optional[Path] = typer.Option(None, "--weights"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=16),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone that embeds image folders (timm name or tv:<name>)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size for embedding (default: the backbone's)."),
     train: str = typer.Option("head", "--train", help="head (linear head on embeddings) | finetune (slow: trains each round)."),
     epochs: int = typer.Option(3, "--epochs", min=1, help="Epochs per round with --train finetune."),
     start: int = typer.Option(10, "--start", min=1, help="Random labels before the first round."),
-    batch: int = typer.Option(10, "--batch", min=1),
-    rounds: int = typer.Option(10, "--rounds", min=0),
-    seeds: int = typer.Option(3, "--seeds", min=1),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    batch: int = typer.Option(10, "--batch", min=1, help="Images labeled per round."),
+    rounds: int = typer.Option(10, "--rounds", min=0, help="Rounds after the random start."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Repeats with different random starts (mean ± std)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Simulate labeling rounds with each strategy; print the area under the budget curve."""
     from tlkit.active.simulate import simulate_folders

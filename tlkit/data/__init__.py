@@ -34,17 +34,19 @@ from tlkit.data.loader import (
     summarize_failures,
     write_skipped,
 )
-from tlkit.data.sources import IMAGE_EXTENSIONS, ImageRecord, ImageSource, scan_images
+from tlkit.data.sources import IMAGE_EXTENSIONS, Imbalance, ImageRecord, ImageSource, class_imbalance, scan_images
 from tlkit.data.transforms import build_transform, size_hint_for
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Batch",
     "ImageDataset",
+    "Imbalance",
     "ImageDecodeError",
     "ImageRecord",
     "ImageSource",
     "build_transform",
+    "class_imbalance",
     "collate_skipping",
     "load_image",
     "make_loader",

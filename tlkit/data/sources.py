@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.errors import TlkitError
+from tlkit.io import not_utf8_message
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,11 @@ def _scan_manifest(csv_path: Path, labeled: bool | None) -> ImageSource:
                     raise TlkitError(f"{where}: {raw!r} has no label; label every row or do not "
                                      "require labels")
                 records.append(ImageRecord(root / rel, rel, None if labeled is False else label))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise TlkitError(f"manifest {not_utf8_message(csv_path, e)}") from None
+    except (OSError, csv.Error) as e:
         raise TlkitError(f"cannot read manifest {csv_path}: {e}; it must be a UTF-8 CSV file "
-                         "with a header row path[,label]") from e
+                         "with a header row path[,label]") from None
     if not records:
         raise TlkitError(f"manifest {csv_path} lists no images; add rows below the header")
     classes = tuple(sorted({r.label for r in records if r.label is not None}))
@@ -238,3 +241,43 @@ def _manifest_rel(root: Path, raw: str, where: str) -> str:
         what = "is not a file" if full.exists() else "does not exist"
         raise TlkitError(f"{where}: path {raw!r} {what} ({full}); fix the path or drop the row")
     return rel.as_posix()
+
+
+IMBALANCE_RATIO = 10
+
+
+@dataclass(frozen=True)
+class Imbalance:
+    """The largest and the smallest class of a labeled set whose sizes differ by more than a ratio."""
+
+    largest: str
+    largest_count: int
+    smallest: str
+    smallest_count: int
+
+    @property
+    def ratio(self) -> float:
+        return self.largest_count / self.smallest_count
+
+    def describe(self) -> str:
+        """``'0' has 22 images, '1' only 2 (11x)``."""
+        return (f"{self.largest!r} has {self.largest_count} images, {self.smallest!r} only "
+                f"{self.smallest_count} ({self.ratio:.0f}x)")
+
+
+def class_imbalance(counts: dict[str, int], *, ratio: float = IMBALANCE_RATIO) -> Imbalance | None:
+    """The extremes of ``counts`` (images per class) when the largest class has more than ``ratio`` times
+    the images of the smallest non-empty one, else ``None``.
+
+    Example:
+        >>> class_imbalance({"cat": 22, "dog": 2}).describe()
+        "'cat' has 22 images, 'dog' only 2 (11x)"
+    """
+    present = {k: v for k, v in counts.items() if v > 0}
+    if len(present) < 2:
+        return None
+    big = max(present, key=lambda k: (present[k], k))
+    small = min(present, key=lambda k: (present[k], k))
+    if present[big] <= ratio * present[small]:
+        return None
+    return Imbalance(big, present[big], small, present[small])

@@ -32,6 +32,7 @@ import torch
 import tlkit
 from tlkit.errors import TlkitError
 from tlkit.io import write_bytes, write_json
+from tlkit.weights import one_line, read_safetensors, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("tlkit")
     except Exception as e:  # noqa: BLE001 - a damaged file is a user-facing condition
-        raise TlkitError(f"{path} is not a readable safetensors file ({str(e)[:100]})") from None
+        raise TlkitError(f"{path} is not a readable .safetensors file ({one_line(e)}); the checkpoint is damaged: "
+                         f"use the other one (--checkpoint best|last) or train again") from None
     if raw is None:
         raise TlkitError(f"{path} was not written by tlkit (no tlkit metadata); use it as --weights instead")
     meta = json.loads(raw)
@@ -88,10 +90,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, meta)`` of a ``.safetensors`` checkpoint."""
-    from safetensors.torch import load_file
-
     meta = read_meta(path)
-    return load_file(str(path)), meta
+    return read_safetensors(path), meta
 
 
 # --------------------------------------------------------------------------- RNG
@@ -134,10 +134,8 @@ def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a training state with ``torch.load(weights_only=True)``."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise TlkitError(f"cannot read training state {path}: {str(e).splitlines()[0][:160]}") from None
+    return torch_load(path, what="a readable training state", map_location=map_location,
+                      fix="the run cannot resume from it: train again with a new --out")
 
 
 def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:

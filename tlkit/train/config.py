@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from tlkit.errors import TlkitError
-from tlkit.io import write_text
+from tlkit.io import not_utf8_message, write_text, yaml_problem
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
 MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro")
+SAMPLERS = ("uniform", "balanced")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the backbone's own input size
     val_fraction: float = 0.2  # stratified split of the training folder when no --val is given
     batch_size: int = 32
-    workers: int | None = None  # DataLoader workers; None: one per core, minus one
+    workers: int | None = None  # DataLoader workers; None: tlkit.runtime.default_workers()
     # augmentation (timm create_transform, training only)
     scale_min: float = 0.5  # RandomResizedCrop scale lower bound (upper is 1.0)
     hflip: float = 0.5
@@ -65,6 +67,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
     class_weights: str | list | None = None  # None | "balanced" | [w per class]
+    sampler: str = "uniform"  # uniform (each image once per epoch) | balanced (classes drawn equally, with replacement)
     # optimisation
     epochs: int = 10
     optimizer: str = "adamw"  # any timm optimizer: adamw, sgd, rmsprop, adagrad, adam, ...
@@ -109,6 +112,18 @@ class TrainConfig:
         return make_config(base=self, overrides=changes)
 
 
+# numeric keys with a valid range (inclusive); math.inf: no upper bound
+_RANGES = {
+    "drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0), "scale_min": (0.0, 1.0), "hflip": (0.0, 1.0),
+    "vflip": (0.0, 1.0), "color_jitter": (0.0, math.inf), "reprob": (0.0, 1.0), "mixup": (0.0, math.inf),
+    "cutmix": (0.0, math.inf), "mixup_prob": (0.0, 1.0), "focal_gamma": (0.0, math.inf),
+    "weight_decay": (0.0, math.inf), "momentum": (0.0, 1.0), "warmup_epochs": (0.0, math.inf),
+    "min_lr_ratio": (0.0, 1.0), "ema_decay": (0.0, 1.0), "clip_grad": (0.0, math.inf), "patience": (1, math.inf),
+    "unfreeze_lr_scale": (0.0, math.inf), "gamma": (0.0, math.inf), "step_epochs": (0.0, math.inf),
+    "image_size": (16, math.inf), "workers": (0, math.inf),
+}
+
+
 def _validate(cfg: TrainConfig) -> None:
     def bad(key: str, fix: str) -> TlkitError:
         return TlkitError(f"{key}={getattr(cfg, key)!r}: {fix}")
@@ -131,6 +146,16 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("layer_decay", "must be in (0, 1], or null to switch it off")
     if cfg.mode == "freeze-unfreeze" and not 0 < cfg.freeze_epochs < cfg.epochs:
         raise bad("freeze_epochs", f"freeze-unfreeze needs 0 < freeze_epochs < epochs ({cfg.epochs})")
+    for key, (lo, hi) in _RANGES.items():
+        value = getattr(cfg, key)
+        if value is not None and not lo <= value <= hi:
+            raise bad(key, f"must be between {lo} and {hi}" if hi != math.inf else f"must be at least {lo}")
+    if isinstance(cfg.class_weights, list) and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in cfg.class_weights):
+        raise bad("class_weights", "give one non-negative number per class (in sorted class order), e.g. [1, 5], "
+                                   "or 'balanced'")
+    if cfg.sampler not in SAMPLERS:
+        raise bad("sampler", f"choose one of: {', '.join(SAMPLERS)}")
     if isinstance(cfg.class_weights, str) and cfg.class_weights != "balanced":
         raise bad("class_weights", "use 'balanced', a list with one weight per class, or null")
 
@@ -169,8 +194,11 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     path = recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise TlkitError(f"recipe {not_utf8_message(path, e)}") from None
     except yaml.YAMLError as e:
-        raise TlkitError(f"recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise TlkitError(f"recipe {str(path)!r} is not valid YAML ({yaml_problem(e)}); fix that line "
+                         "(see `tlkit recipes NAME` for a valid recipe)") from None
     if not isinstance(data, dict):
         raise TlkitError(f"recipe {str(path)!r} must be a mapping of key: value")
     for key in data:

@@ -306,8 +306,9 @@ def fit(
     """
     t0 = time.perf_counter()
     cfg, out = config, Path(out)
-    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     state_file = check_out_dir(out, resume)
+    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    warn_if_imbalanced(splits, cfg)
     saved = ckpt.load_train_state(state_file) if state_file else None
     if saved is not None:
         check_resumable(saved, cfg, splits.classes, out)
@@ -321,6 +322,18 @@ def fit(
         if flush:
             torch.set_flush_denormal(False)
         shutdown()
+
+
+def warn_if_imbalanced(splits: Splits, cfg: TrainConfig) -> None:
+    """One warning when the largest training class has over 10x the images of the smallest and neither
+    ``class_weights`` nor ``sampler: balanced`` is set."""
+    from tlkit.data import class_imbalance
+
+    found = class_imbalance(dict(zip(splits.classes, splits.counts())))
+    if found is not None and cfg.class_weights is None and cfg.sampler != "balanced":
+        log.warning("class imbalance in the training split: %s; weight the loss with --set class_weights=balanced "
+                    "or draw classes equally with --set sampler=balanced, and judge the run by macro F1 rather "
+                    "than accuracy", found.describe())
 
 
 def prepare_model(cfg: TrainConfig, num_classes: int, rt: Runtime):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tlkit.errors import TlkitError
-from tlkit.io import write_json
+from tlkit.io import check_output_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,8 @@ def evaluate_run(
     from tlkit.train.model import load_run
 
     run = Path(run)
+    if out is not None:
+        check_output_file(out, example=EVALUATION_FILE)
     dev = resolve_device(device)
     amp = resolve_precision(precision, dev)
     model, classes, data_config = load_run(run, which=which, device=dev)

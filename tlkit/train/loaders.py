@@ -60,10 +60,14 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any],
     aug = {"scale": (cfg.scale_min, 1.0), "hflip": cfg.hflip, "vflip": cfg.vflip,
            "color_jitter": cfg.color_jitter or 0.0, "auto_augment": cfg.auto_augment, "re_prob": cfg.reprob}
     c2i = splits.class_to_idx
-    train_ds = ImageDataset(splits.train, build_transform(data_config, training=True, **aug), c2i)
+    train_ds = ImageDataset(splits.train, _training_transform(data_config, aug), c2i)
     val_ds = ImageDataset(splits.val, build_transform(data_config), c2i, size_hint=size_hint_for(data_config))
     d = rt.dist
-    sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
+    if cfg.sampler == "balanced":
+        sampler = BalancedSampler([c2i[r.label] for r in splits.train], num_replicas=d.world_size, rank=d.rank,
+                                  seed=cfg.seed)
+    else:
+        sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
     drop_last = len(sampler) > cfg.batch_size
     train = make_loader(train_ds, batch_size=cfg.batch_size, workers=rt.workers, device=rt.device,
                         sampler=sampler, drop_last=drop_last, seed=cfg.seed)
@@ -73,11 +77,61 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any],
     return train, val, sampler
 
 
+def _training_transform(data_config: dict[str, Any], aug: dict[str, Any]):
+    """timm's training transform; an auto_augment spec timm cannot parse is a one-line error."""
+    from tlkit.data import build_transform
+
+    try:
+        return build_transform(data_config, training=True, **aug)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        if not aug.get("auto_augment"):
+            raise
+        from tlkit.weights import one_line
+
+        raise TlkitError(f"auto_augment={aug['auto_augment']!r}: timm cannot build it ({one_line(e)}); use e.g. "
+                         "rand-m9-mstd0.5, trivialaugment, augmix-m5 or v0, or null") from None
+
+
+def balanced_weights(targets) -> torch.Tensor:
+    """``[n]`` float64 sampling weights ``1 / count(class)``: every class is drawn equally often."""
+    t = torch.as_tensor(targets, dtype=torch.long)
+    return (1.0 / torch.bincount(t).double())[t]
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """Each epoch, ``len(targets)`` indices drawn with replacement, every class equally likely
+    (``sampler: balanced``); under torchrun each rank takes every ``world_size``-th draw.
+
+    Example:
+        >>> s = BalancedSampler([0] * 20 + [1] * 2, seed=0)
+        >>> s.set_epoch(0); len(list(s))
+        22
+    """
+
+    def __init__(self, targets, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        self.weights = balanced_weights(targets)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = math.ceil(len(self.weights) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True, generator=g)
+        return iter(draws[self.rank::self.num_replicas].tolist())
+
+
 class FeatureBatches:
     """Batches of cached features ``[B, D]`` shaped like :class:`tlkit.data.Batch` (linear probe)."""
 
-    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0):
+    def __init__(self, feats: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 balanced: bool = False):
         self.feats, self.targets, self.batch_size, self.shuffle, self.seed = feats, targets, batch_size, shuffle, seed
+        self.weights = balanced_weights(targets.cpu()) if balanced else None
         self.epoch = 0
         self.drop_last = shuffle and len(feats) > batch_size
 
@@ -92,8 +146,11 @@ class FeatureBatches:
         from tlkit.data import Batch
 
         n = len(self.feats)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-                 if self.shuffle else torch.arange(n))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is not None:  # sampler: balanced
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield Batch(self.feats[idx], self.targets[idx], idx, [])
@@ -133,7 +190,7 @@ def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_con
         out.append((f.to(rt.device), t))
         failures.append(fail)
     log.info("linear probe: cached %d train and %d val feature vectors", len(out[0][0]), len(out[1][0]))
-    train = FeatureBatches(*out[0], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    train = FeatureBatches(*out[0], cfg.batch_size, shuffle=True, seed=cfg.seed, balanced=cfg.sampler == "balanced")
     val = FeatureBatches(*out[1], cfg.batch_size * 2, shuffle=False)
     return train, val, train, failures[0]
 
@@ -143,4 +200,4 @@ def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
 
-__all__ = ["FeatureBatches", "Runtime", "embed", "feature_loaders", "image_loaders", "setup_runtime", "to_device"]
+__all__ = ["BalancedSampler", "FeatureBatches", "balanced_weights", "Runtime", "embed", "feature_loaders", "image_loaders", "setup_runtime", "to_device"]

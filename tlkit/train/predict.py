@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from tlkit.errors import TlkitError
-from tlkit.io import write_csv
+from tlkit.io import check_output_file, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def predict(
 
     if topk < 1:
         raise TlkitError(f"--topk {topk}: must be at least 1")
+    check_output_file(out)
     dev = resolve_device(device)
     amp = resolve_precision(precision, dev)
     model, classes, data_config = load_run(run, which=which, device=dev)

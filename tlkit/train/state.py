@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tlkit.errors import TlkitError
+from tlkit.io import check_output_dir
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
@@ -44,6 +45,7 @@ class TrainState:
 
 def check_out_dir(out: Path, resume: bool) -> Path | None:
     """The training state to resume from, or None; refuses to overwrite a trained run."""
+    check_output_dir(out)
     state = out / ckpt.TRAIN_STATE
     if resume:
         if state.is_file():
