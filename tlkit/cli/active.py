@@ -80,8 +80,8 @@ def al_round_cmd(
     max_pool: Optional[int] = typer.Option(None, "--max-pool", min=1, help="Score a random subset of the pool."),
     new: bool = typer.Option(False, "--new", help="Start a new round even if the last query awaits labels."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs for --train finetune."),
-    device: str = typer.Option("auto", "--device"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
 ) -> None:
     """Train on the labels, score the pool, and write the next images to label."""
     from tlkit.active.round import run_round
