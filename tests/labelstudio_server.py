@@ -87,6 +87,8 @@ def start(executable: str, workdir: Path, timeout: float = 240) -> LabelStudio:
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
         "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
+        # an ML backend (tlkit serve) on this machine: Label Studio blocks loopback addresses by default
+        "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
     }
     log = workdir / "label-studio.log"
     cmd = [executable, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),

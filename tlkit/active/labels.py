@@ -94,18 +94,43 @@ def import_labels(
     Raises:
         TlkitError: naming the first offending rows; labels.csv is unchanged.
     """
-    if resolve not in RESOLVE_RULES:
-        raise TlkitError(f"unknown --resolve {resolve!r}; choose one of: {', '.join(RESOLVE_RULES)}")
-    with project.lock("al-import"):
-        return _import_locked(project, Path(file), add_classes, overwrite, skip_unknown, resolve)
-
-
-def _import_locked(project: Project, file: Path, add_classes: bool, overwrite: bool, skip_unknown: bool,
-                   resolve: str) -> ImportReport:
+    file = Path(file)
     votes = ls.read_votes(file, project.image_urls())
     if not votes:
         raise TlkitError(f"{file} holds no labels (no annotated task or row); export the annotated tasks "
                          "from Label Studio (JSON, JSON_MIN or CSV) or write a CSV path,label")
+    return merge_votes(project, votes, file.name, add_classes=add_classes, overwrite=overwrite,
+                       skip_unknown=skip_unknown, resolve=resolve, what="al-import")
+
+
+def merge_votes(project: Project, votes: list[Vote], source: str, *, add_classes: bool = False,
+                overwrite: bool = False, skip_unknown: bool = False, resolve: str = "agree",
+                what: str = "al-import") -> ImportReport:
+    """Validate ``votes`` (from one file or one Label Studio task) and merge them into labels.csv.
+
+    The one import path of :func:`import_labels` and ``tlkit serve``'s webhook: same checks, same
+    annotator rule, atomic write under the project lock. ``source`` names the votes in messages.
+    """
+    if resolve not in RESOLVE_RULES:
+        raise TlkitError(f"unknown --resolve {resolve!r}; choose one of: {', '.join(RESOLVE_RULES)}")
+    with project.lock(what):
+        return _merge_locked(project, votes, source, add_classes, overwrite, skip_unknown, resolve)
+
+
+def forget_labels(project: Project, paths: list[str], *, what: str = "tlkit serve") -> int:
+    """Remove the labels of ``paths`` (e.g. every annotation of the image was deleted); returns how many."""
+    with project.lock(what):
+        current = project.labels()
+        gone = [p for p in paths if p in current]
+        for p in gone:
+            del current[p]
+        if gone:
+            project.write_labels(current)
+        return len(gone)
+
+
+def _merge_locked(project: Project, votes: list[Vote], source: str, add_classes: bool, overwrite: bool,
+                  skip_unknown: bool, resolve: str) -> ImportReport:
     pool = set(project.pool_paths())
     pool_root = project.pool_root.resolve()
     votes = [_normalise(v, pool_root) for v in votes]
@@ -117,7 +142,7 @@ def _import_locked(project: Project, file: Path, add_classes: bool, overwrite: b
     empty = [v.where for v in votes if not v.label and not v.cancelled]
     if empty:
         raise TlkitError(f"{len(empty)} rows have an empty label: {_first(empty)}")
-    incoming, disagreements = _resolve_all(votes, file, resolve)
+    incoming, disagreements = _resolve_all(votes, source, resolve)
     report = ImportReport(unknown=unknown, disagreements=disagreements)
     _check_classes(project, incoming, add_classes, report)
     current = project.labels()
@@ -129,7 +154,7 @@ def _import_locked(project: Project, file: Path, add_classes: bool, overwrite: b
     if report.new_classes:
         project.with_classes(tuple(project.config.classes) + tuple(report.new_classes))
     project.write_labels(current)
-    log.info("imported %d labels (%d new, %d relabeled) from %s", len(incoming), report.added, report.relabeled, file)
+    log.info("imported %d labels (%d new, %d relabeled) from %s", len(incoming), report.added, report.relabeled, source)
     return report
 
 
@@ -149,7 +174,7 @@ def _normalise(v: Vote, pool_root: Path) -> Vote:
     return Vote(path, label, v.where, v.cancelled, v.ground_truth, v.time, v.source, v.image)
 
 
-def _resolve_all(votes: list[Vote], file: Path, rule: str) -> tuple[dict[str, str], list[str]]:
+def _resolve_all(votes: list[Vote], source: str, rule: str) -> tuple[dict[str, str], list[str]]:
     """One label per image from its votes; images whose votes disagree are listed, not labeled."""
     by_path: dict[str, list[Vote]] = {}
     for v in votes:
@@ -160,7 +185,7 @@ def _resolve_all(votes: list[Vote], file: Path, rule: str) -> tuple[dict[str, st
         plain = [v for v in vs if v.source == "csv"]
         if len({v.label for v in plain}) > 1:
             a, b = plain[0], next(v for v in plain if v.label != plain[0].label)
-            raise TlkitError(f"{path} is labeled twice in {file.name}: {a.label!r} ({a.where}) and {b.label!r} ({b.where})")
+            raise TlkitError(f"{path} is labeled twice in {source}: {a.label!r} ({a.where}) and {b.label!r} ({b.where})")
         label = _resolve(vs, rule)
         if label is None:
             disagreements.append(f"{path}: " + ", ".join(f"{v.label} ({v.where})" for v in vs if not v.cancelled))

@@ -180,14 +180,14 @@ def _json_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
             raise TlkitError(f"{file.name} item {i} is a {type(item).__name__}, not a task object; "
                              "export from Label Studio as JSON, JSON_MIN or CSV")
         if "data" in item or "annotations" in item or "completions" in item:
-            votes.extend(_task_votes(file, i, item, urls))
+            votes.extend(task_votes(item, urls, f"{file.name} task {item.get('id', i)}"))
         else:
             votes.extend(_min_votes(file, f"{file.name} item {i}", item, urls))
     return votes
 
 
-def _task_votes(file: Path, i: int, task: dict[str, Any], urls: ImageUrls) -> list[Vote]:
-    where = f"{file.name} task {task.get('id', i)}"
+def task_votes(task: dict[str, Any], urls: ImageUrls, where: str) -> list[Vote]:
+    """The votes of one Label Studio task (as exported as JSON, or served by its API) with its annotations."""
     data, meta = task.get("data") or {}, task.get("meta") or {}
     if not isinstance(data, dict) or not isinstance(meta, dict):
         raise TlkitError(f"{where}: 'data' and 'meta' must be objects; export from Label Studio as JSON")

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_MODES = ("head", "finetune")
 QUERY_COLUMNS = ("path", "rank", "score", "predicted", "confidence")
+SCORES = "scores.npz"
 
 
 @dataclass
@@ -235,6 +236,8 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
                                        "candidates": int(pool.candidates.sum()), **extra,
                                        "elapsed_s": round(time.perf_counter() - t0, 3)})
     write_json(tmp / "metrics.json", metrics)
+    if probs is not None:
+        save_scores(tmp / SCORES, data.paths, probs, data.classes)
     write_text(tmp / "config.yaml", yaml.safe_dump({
         "round": n, "batch": batch, "strategy": info.name, "train": train, "max_pool": max_pool, "seed": seed,
         "epochs": epochs, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
@@ -242,6 +245,20 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     os.replace(tmp, final)
     project.write_state(ProjectState(round=n, status="awaiting labels" if rows else "pool exhausted"))
     return RoundResult(n, False, rows, metrics, final)
+
+
+def save_scores(path: Path, paths: list[str], probs: np.ndarray, classes: tuple[str, ...]) -> None:
+    """The round model's class probabilities for the pool: what ``tlkit serve`` answers with."""
+    from tlkit.io import atomic_write
+
+    with atomic_write(path, "wb") as f:
+        np.savez(f, paths=np.array(paths, dtype=str), probs=probs.astype(np.float32), classes=np.array(classes, dtype=str))
+
+
+def load_scores(path: Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """(pool paths [n], probabilities [n, k] float32, classes [k]) saved by a round (no pickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        return [str(p) for p in z["paths"]], z["probs"], tuple(str(c) for c in z["classes"])
 
 
 def _previous_model(project: Project, n: int) -> Path | None:

@@ -1,0 +1,319 @@
+"""The model and the labeling loop behind ``tlkit serve``: predictions, annotations in, retraining.
+
+A :class:`Backend` serves the latest finished round of a project (its pool probabilities, saved
+as ``rounds/NNNN/scores.npz``, and its ranking) from memory, so a prediction is a lookup. Labels
+arriving from Label Studio go through the same validated, atomic, locked path as ``al-import``
+(:func:`tlkit.active.labels.merge_votes`). Retraining is an ordinary ``al-round`` in a background
+thread, one at a time: annotations that arrive meanwhile queue the next one, and the served model
+changes only when a round folder is complete, so a crash at any point leaves the last model
+served and the labels intact. At start, a project whose labels changed since its last round
+(a server killed mid-retrain) is retrained.
+
+Sharing the project with the CLI: the server takes the project lock only while it writes (an
+import or a round). A CLI command that meets it gets the usual "busy" line; the server, when it
+meets a CLI command, waits for it and retries.
+
+``model_version`` is ``tlkit-NNNN``, the served round. Label Studio asks an ML backend for
+predictions of tasks that have none of the current version, so a new version after a retrain
+makes it fetch fresh predictions (with a Label Studio API key, the backend asks it to at once,
+and points the project's shown version at the new one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlkit.active import labelstudio as ls
+from tlkit.active.labels import forget_labels, merge_votes
+from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.errors import TlkitError
+from tlkit.io import read_csv, read_json
+
+log = logging.getLogger(__name__)
+
+LABEL_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+TRAIN_EVENTS = ("START_TRAINING",)
+
+
+class BadRequest(TlkitError):
+    """A request the backend refuses (HTTP 4xx); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """The model being served: one finished round's pool probabilities and ranking.
+
+    Attributes:
+        version: the ``model_version`` reported to Label Studio (``tlkit-NNNN``).
+        classes: class names in the columns of ``probs``.
+        index: pool path -> row of ``probs``.
+        probs: [n, k] class probabilities of the round's model for the pool.
+        rank: unlabeled pool path -> rank (1 = most useful to label next): the round's query
+            first, then every other unlabeled image by margin (least certain first).
+    """
+
+    version: str
+    classes: tuple[str, ...]
+    index: dict[str, int]
+    probs: np.ndarray
+    rank: dict[str, int] = field(default_factory=dict)
+
+
+def load_served(project: Project) -> Served | None:
+    """The latest round that saved pool scores, or None (no round yet)."""
+    from tlkit.active.round import SCORES, load_scores
+
+    for n in reversed(project.rounds()):
+        folder = project.round_dir(n)
+        if (folder / SCORES).is_file():
+            paths, probs, classes = load_scores(folder / SCORES)
+            labels = project.labels()
+            query = [r["path"] for r in read_csv(folder / "query.csv")] if (folder / "query.csv").is_file() else []
+            return Served(f"tlkit-{n:04d}", classes, {p: i for i, p in enumerate(paths)}, probs,
+                          _ranking(paths, probs, query, labels))
+    return None
+
+
+def _ranking(paths: list[str], probs: np.ndarray, query: list[str], labels: dict[str, str]) -> dict[str, int]:
+    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate([probs, probs], axis=1)
+    margin = top2[:, 1] - top2[:, 0]
+    order = [p for p in query if p not in labels]
+    seen = set(order)
+    order += [paths[i] for i in np.argsort(margin, kind="stable") if paths[i] not in labels and paths[i] not in seen]
+    return {p: r for r, p in enumerate(order, start=1)}
+
+
+def choices_names(label_config: str | None) -> tuple[str, str]:
+    """(from_name, to_name) of the first Choices control of a Label Studio config (tlkit's by default)."""
+    if label_config:
+        try:
+            for el in ET.fromstring(label_config).iter("Choices"):
+                return el.get("name", ls.FROM_NAME), el.get("toName", ls.TO_NAME)
+        except ET.ParseError:
+            raise BadRequest("label_config is not valid XML") from None
+    return ls.FROM_NAME, ls.TO_NAME
+
+
+class Backend:
+    """A project served to Label Studio (see the module docstring).
+
+    Args:
+        project_dir: the tlkit project.
+        train, strategy, batch, epochs: how each retrain runs (as ``al-round``).
+        retrain_every: retrain after this many new annotations (0: only on START_TRAINING).
+        client: a Label Studio API client (:class:`tlkit.serve.lsclient.LabelStudioClient`), or None.
+        resolve: the annotator rule for several annotations of one image (see al-import).
+    """
+
+    def __init__(self, project_dir: str | Path, *, train: str = "head", strategy: str = "auto", batch: int = 20,
+                 epochs: int | None = None, retrain_every: int = 10, client=None, resolve: str = "agree"):
+        self.project = Project.open(project_dir)
+        self.train, self.strategy, self.batch, self.epochs = train, strategy, batch, epochs
+        self.retrain_every, self.client, self.resolve = retrain_every, client, resolve
+        self.served: Served | None = None
+        self.pending = 0  # annotations since the last retrain started
+        self.retrains = 0
+        self.training = False
+        self.last_error: str | None = None
+        self._annotations: dict[int, tuple[int, str]] = {}  # annotation id -> (task id, pool path)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load the served model and start the retrain worker (retraining at once if labels changed)."""
+        self.served = load_served(self.project)
+        self._worker = threading.Thread(target=self._work, name="tlkit-retrain", daemon=True)
+        self._worker.start()
+        if self._labels_changed_since_last_round():
+            log.info("labels changed since the last round: retraining")
+            self._wake.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    @property
+    def version(self) -> str:
+        return self.served.version if self.served else "tlkit-0000"
+
+    def _labels_changed_since_last_round(self) -> bool:
+        rounds = self.project.rounds()
+        if not rounds:
+            return bool(self.project.labels())
+        metrics = self.project.round_dir(rounds[-1]) / "metrics.json"
+        try:
+            m = read_json(metrics)
+        except (OSError, ValueError):
+            return True
+        return len(self.project.labels()) != m.get("labeled", 0) + m.get("unlabelable", 0)
+
+    # ------------------------------------------------------------------ predictions
+    def predict(self, tasks: list[dict[str, Any]], label_config: str | None = None) -> list[dict[str, Any]]:
+        """One Label Studio prediction per task; BadRequest names the first task that is not a pool image."""
+        from_name, to_name = choices_names(label_config)
+        urls, pool = self.project.image_urls(), set(self.project.pool_paths())
+        served = self.served
+        paths = []
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+                raise BadRequest(f"task {i} has no 'data' object")
+            data = task["data"]
+            path = data.get("tlkit_path") or urls.path(str(data.get(ls.DATA_KEY, "")))
+            if path not in pool:
+                raise BadRequest(f"task {task.get('id', i)}: image {data.get(ls.DATA_KEY)!r} is not in the pool; "
+                                 "add it to the pool folder and run `tlkit al-add`")
+            paths.append(path)
+        return [self._prediction(p, served, from_name, to_name) for p in paths]
+
+    def _prediction(self, path: str, served: Served | None, from_name: str, to_name: str) -> dict[str, Any]:
+        if served is None or path not in served.index:
+            return {"model_version": self.version, "score": 1.0, "result": []}  # no model for it yet
+        row = served.probs[served.index[path]]
+        k = int(row.argmax())
+        rank = served.rank.get(path)
+        score = rank / (len(served.rank) + 1) if rank else 1.0  # ascending = tlkit's rank; labeled last
+        return {"model_version": served.version, "score": round(score, 6),
+                "result": [{"from_name": from_name, "to_name": to_name, "type": "choices",
+                            "value": {"choices": [served.classes[k]]}, "score": float(row[k])}]}
+
+    # ------------------------------------------------------------------ annotations in
+    def handle_event(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A Label Studio webhook; labels are merged at once, retraining is queued."""
+        if not isinstance(payload, dict):
+            raise BadRequest("the webhook body must be a JSON object")
+        action = payload.get("action")
+        if action in LABEL_EVENTS:
+            return self._annotated(payload)
+        if action == "ANNOTATIONS_DELETED":
+            return self._deleted(payload)
+        if action in TRAIN_EVENTS:
+            self._wake.set()
+            return {"status": "retrain queued"}
+        return {"status": "ignored", "action": action}
+
+    def _annotated(self, payload: dict[str, Any]) -> dict[str, Any]:
+        tasks = payload.get("task")
+        tasks = tasks if isinstance(tasks, list) else [tasks]
+        anns = payload.get("annotation")
+        anns = anns if isinstance(anns, list) else [anns]
+        imported = 0
+        for task, ann in zip(tasks, anns):
+            if not isinstance(task, dict) or not isinstance(ann, dict):
+                raise BadRequest("an annotation event needs 'task' and 'annotation' objects")
+            imported += self._import_task(task, ann)
+        self._count(imported)
+        return {"status": "ok", "imported": imported, "model_version": self.version}
+
+    def _import_task(self, task: dict[str, Any], ann: dict[str, Any]) -> int:
+        task_id = task.get("id")
+        if self.client is not None and task_id is not None:
+            task = self.client.task(task_id)  # every annotation of the task: the annotator rule applies
+        else:
+            task = {**task, "annotations": [ann]}  # only this one: the latest annotation of an image wins
+        votes = ls.task_votes(task, self.project.image_urls(), f"Label Studio task {task_id}")
+        if not votes:
+            return 0
+        path = votes[0].path
+        if path is None or path not in set(self.project.pool_paths()):
+            raise BadRequest(f"Label Studio task {task_id}: image {votes[0].image!r} is not in the pool; "
+                             "add it to the pool folder and run `tlkit al-add`")
+        if ann.get("id") is not None:
+            self._annotations[int(ann["id"])] = (task_id, path)
+        rep = self._retry_busy(lambda: merge_votes(self.project, votes, f"Label Studio task {task_id}", overwrite=True,
+                                                   resolve=self.resolve, what="tlkit serve"))
+        return rep.added + rep.relabeled
+
+    def _deleted(self, payload: dict[str, Any]) -> dict[str, Any]:
+        ids = [a.get("id") for a in payload.get("annotations") or [] if isinstance(a, dict)]
+        changed = 0
+        for ann_id in ids:
+            task_id, path = self._annotations.pop(int(ann_id), (None, None)) if ann_id is not None else (None, None)
+            if path is None:
+                log.warning("annotation %s was deleted, but this server did not import it; its label is kept", ann_id)
+                continue
+            remaining = self.client.task(task_id) if self.client is not None else {"annotations": []}
+            votes = ls.task_votes({**remaining, "data": {"tlkit_path": path}}, self.project.image_urls(), "task")
+            if votes:
+                self._retry_busy(lambda: merge_votes(self.project, votes, f"Label Studio task {task_id}",
+                                                     overwrite=True, resolve=self.resolve, what="tlkit serve"))
+            else:
+                changed += self._retry_busy(lambda: forget_labels(self.project, [path]))
+        self._count(changed)
+        return {"status": "ok", "removed": changed}
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.pending += n
+            if n and self.retrain_every and self.pending >= self.retrain_every:
+                self._wake.set()
+
+    def _retry_busy(self, fn, timeout: float = 60.0):
+        """Run ``fn``; while a CLI command holds the project lock, wait for it and retry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return fn()
+            except TlkitError as e:
+                if "is busy" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    # ------------------------------------------------------------------ retraining
+    def request_retrain(self) -> None:
+        self._wake.set()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            with self._lock:
+                self.pending = 0
+            try:
+                self._retrain()
+            except Exception as e:  # noqa: BLE001 - the server keeps serving the last model
+                self.last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                log.error("retrain failed (the last model stays served): %s", self.last_error)
+
+    def _retrain(self) -> None:
+        from tlkit.active.round import run_round
+
+        self.training = True
+        try:
+            t = time.perf_counter()
+            res = self._retry_busy(lambda: run_round(self.project.root, batch=self.batch, strategy=self.strategy,
+                                                     train=self.train, new=True, epochs=self.epochs), timeout=3600)
+            self.project = Project.open(self.project.root)  # classes may have grown
+            self.served = load_served(self.project)
+            self.retrains += 1
+            self.last_error = None
+            log.info("retrained: round %d, serving %s (%.1f s)", res.round, self.version, time.perf_counter() - t)
+        finally:
+            self.training = False
+        if self.client is not None:
+            self._tell_label_studio()
+
+    def _tell_label_studio(self) -> None:
+        try:
+            self.client.show_version(self.version)
+        except Exception as e:  # noqa: BLE001 - Label Studio being down must not stop the loop
+            log.warning("could not tell Label Studio about %s: %s", self.version, e)
+
+    def status(self) -> dict[str, Any]:
+        return {"model_version": self.version, "training": self.training, "retrains": self.retrains,
+                "pending_annotations": self.pending, "last_error": self.last_error,
+                "labels": sum(1 for v in self.project.labels().values() if v != SKIP_LABEL)}
