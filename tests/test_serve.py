@@ -212,6 +212,7 @@ def test_live_loop_with_a_real_label_studio(label_studio, tmp_path):
                params={"id": "retrieve_tasks_predictions", "project": pid})
         tasks = _ls_tasks(ls, pid)
         assert all(t["predictions"] and t["predictions"][-1]["model_version"] == "tlkit-0001" for t in tasks)
+        _wait(lambda: ls.api("GET", f"/api/projects/{pid}")["model_version"] == "tlkit-0001", server)
         served = {t["data"]["tlkit_path"]: t["predictions"][-1]["score"] for t in tasks}
         ordered = [t["data"]["tlkit_path"] for t in _ls_tasks(ls, pid, "tasks:predictions_score")]
         assert ordered == sorted(served, key=served.get), "Label Studio's order must follow tlkit's ranking"
@@ -236,6 +237,13 @@ def test_live_loop_with_a_real_label_studio(label_studio, tmp_path):
         assert h["last_error"] is None and len(ordered) == 12
     finally:
         server.stop()
+
+
+def _wait(cond, server: Server, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.3)
 
 
 def _ls_tasks(ls, pid: int, ordering: str = "tasks:id") -> list[dict]:

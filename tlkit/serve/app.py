@@ -68,6 +68,7 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
             raise BadRequest("/predict needs a JSON object with a 'tasks' list")
         _learn_project(backend, req.get("project"))
         results = await run_in_threadpool(backend.predict, req["tasks"], req.get("label_config"))
+        backend.after_predict()
         return {"results": results, "model_version": backend.version}
 
     @app.post("/webhook")

@@ -124,6 +124,7 @@ class Backend:
         self.training = False
         self.last_error: str | None = None
         self._annotations: dict[int, tuple[int, str]] = {}  # annotation id -> (task id, pool path)
+        self._shown: str | None = None  # the version Label Studio's project shows
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -308,10 +309,29 @@ class Backend:
             self._tell_label_studio()
 
     def _tell_label_studio(self) -> None:
+        """After a retrain: Label Studio fetches the new version's predictions, then shows them."""
+        if self.client.project is None:
+            return
         try:
-            self.client.show_version(self.version)
+            self.client.retrieve_predictions()
+            self._shown = self.version if self.client.show_version(self.version) else None
         except Exception as e:  # noqa: BLE001 - Label Studio being down must not stop the loop
             log.warning("could not tell Label Studio about %s: %s", self.version, e)
+
+    def after_predict(self) -> None:
+        """Once Label Studio holds predictions of the served version, make its project show them."""
+        if self.client is None or self.client.project is None or self._shown == self.version:
+            return
+        version = self.version
+
+        def show() -> None:
+            try:
+                if self.client.show_version(version):
+                    self._shown = version
+            except Exception as e:  # noqa: BLE001
+                log.info("Label Studio does not show %s yet: %s", version, e)
+
+        threading.Timer(1.0, show).start()  # after Label Studio has stored the predictions just sent
 
     def status(self) -> dict[str, Any]:
         return {"model_version": self.version, "training": self.training, "retrains": self.retrains,

@@ -56,11 +56,22 @@ class LabelStudioClient:
         """A task with every annotation."""
         return self._call("GET", f"/api/tasks/{int(task_id)}")
 
-    def show_version(self, version: str) -> None:
-        """Show ``version``'s predictions in the project and have Label Studio fetch them for every task."""
-        if self.project is None:
-            log.info("Label Studio project id not known yet; predictions refresh when tasks are opened")
-            return
-        self._call("PATCH", f"/api/projects/{self.project}", {"model_version": version})
+    def retrieve_predictions(self) -> None:
+        """Have Label Studio ask the backend for predictions of every task lacking the current version."""
         self._call("POST", "/api/dm/actions", {"selectedItems": {"all": True, "excluded": []}},
                    params={"id": "retrieve_tasks_predictions", "project": self.project})
+
+    def show_version(self, version: str) -> bool:
+        """Show ``version``'s predictions in the project (its Data Manager scores and queue use them).
+
+        Label Studio accepts only a version it holds predictions of: returns False until then.
+        """
+        if self.project is None:
+            return False
+        if self._call("GET", f"/api/projects/{self.project}").get("model_version") == version:
+            return True
+        try:
+            self._call("PATCH", f"/api/projects/{self.project}", {"model_version": version})
+        except TlkitError:
+            return False
+        return True
