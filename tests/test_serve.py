@@ -114,7 +114,7 @@ def _annotation_event(project: Project, path: str, label: str, ann_id: int, task
 def test_predict_annotate_and_bad_requests(tmp_path):
     project_dir, truth = _make_project(tmp_path / "root", tmp_path)
     project = Project.open(project_dir)
-    server = Server(project_dir, "--retrain-every", "0")
+    server = Server(project_dir, "--retrain-every", "0", "--add-new")
     try:
         h = server.health()
         assert h["status"] == "UP" and h["model_version"] == "tlkit-0001"
@@ -127,6 +127,11 @@ def test_predict_annotate_and_bad_requests(tmp_path):
         assert all(r["model_version"] == "tlkit-0001" and r["result"][0]["value"]["choices"][0] in CLASSES for r in res)
         scores = [r["score"] for r in res[: len(query)]]
         assert scores == sorted(scores, reverse=True), "ascending score must follow the round's rank"
+        # an image added to the pool folder after al-init: predicted on the fly, and added to the pool
+        shutil.copy(project.pool_root / names[3], project.pool_root / "brand new.png")
+        status, body = http("POST", server.url + "/predict", {"tasks": [_task(project, "brand new.png")]})
+        assert status == 200 and body["results"][0]["result"][0]["value"]["choices"][0] in CLASSES, body
+        assert "brand new.png" in Project.open(project_dir).pool_paths()
         # bad requests: 4xx with a clear message, nothing changed
         before = project.labels_csv.read_bytes()
         bad = [

@@ -98,3 +98,19 @@ def add_images(project_dir: str | os.PathLike, source: str | os.PathLike | None 
             log.warning("%d pool images are gone from disk (e.g. %s); rounds leave them out", len(missing), missing[0])
         log.info("added %d images to the pool (%d already there)", len(added), len(scanned.records) - len(fresh))
         return PoolUpdate(added, len(scanned.records) - len(fresh), duplicates, missing, len(existing) + len(added))
+
+
+def add_paths(project: Project, paths: Sequence[str], *, what: str = "tlkit serve") -> list[str]:
+    """Add these images (paths relative to the pool folder, files that exist) to the pool; returns the new ones."""
+    with project.lock(what):
+        rows = read_csv(project.pool_csv)
+        existing = [r["path"] for r in rows]
+        seen = {os.path.realpath(project.pool_root / p): p for p in existing}
+        records = [ImageRecord(project.pool_root / p, p, None) for p in dict.fromkeys(paths)
+                   if (project.pool_root / p).is_file() and p not in set(existing)]
+        added, _ = unique_files(records, "", seen)
+        if added:
+            next_id = max((int(r["id"]) for r in rows), default=-1) + 1
+            write_csv(project.pool_csv, ["id", "path"],
+                      [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(added)])
+        return added

@@ -28,6 +28,8 @@ def serve_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of --train finetune retrains."),
     resolve: str = typer.Option("agree", "--resolve", help="Disagreeing annotators: agree | majority | latest "
                                 "(needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to see every annotation)."),
+    add_new: bool = typer.Option(False, "--add-new", help="Add task images that are in the pool folder but not in "
+                                 "the pool to the pool (like al-add); without it they are predicted but not added."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request and retrain."),
 ) -> None:
     """Serve a project to Label Studio as its ML backend (TLKIT_SERVE_AUTH=user:password: basic auth; LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY: read every annotation, refresh predictions after retrains)."""
@@ -45,7 +47,8 @@ def serve_cmd(
             raise TlkitError('tlkit serve needs FastAPI and uvicorn: pip install "tlkit[serve]"') from None
         auth = _auth_from_env()
         backend = Backend(project, train=train, strategy=strategy, batch=batch, epochs=epochs,
-                          retrain_every=retrain_every, client=LabelStudioClient.from_env(), resolve=resolve)
+                          retrain_every=retrain_every, client=LabelStudioClient.from_env(), resolve=resolve,
+                          add_new=add_new)
         backend.start()
     console.print(f"serving {escape(str(project))} ({backend.version}) on http://{host}:{port}"
                   + (" with basic auth" if auth else "") + ("; Label Studio API: on" if backend.client else ""))

@@ -33,6 +33,7 @@ import numpy as np
 
 from tlkit.active import labelstudio as ls
 from tlkit.active.labels import forget_labels, merge_votes
+from tlkit.active.pool import add_paths
 from tlkit.active.project import SKIP_LABEL, Project
 from tlkit.errors import TlkitError
 from tlkit.io import read_csv, read_json
@@ -114,10 +115,12 @@ class Backend:
     """
 
     def __init__(self, project_dir: str | Path, *, train: str = "head", strategy: str = "auto", batch: int = 20,
-                 epochs: int | None = None, retrain_every: int = 10, client=None, resolve: str = "agree"):
+                 epochs: int | None = None, retrain_every: int = 10, client=None, resolve: str = "agree",
+                 add_new: bool = False):
         self.project = Project.open(project_dir)
         self.train, self.strategy, self.batch, self.epochs = train, strategy, batch, epochs
-        self.retrain_every, self.client, self.resolve = retrain_every, client, resolve
+        self.retrain_every, self.client, self.resolve, self.add_new = retrain_every, client, resolve, add_new
+        self._model: tuple[str, Any] | None = None  # (version, (model, classes, transform)) for new images
         self.served: Served | None = None
         self.pending = 0  # annotations since the last retrain started
         self.retrains = 0
@@ -167,17 +170,54 @@ class Backend:
         from_name, to_name = choices_names(label_config)
         urls, pool = self.project.image_urls(), set(self.project.pool_paths())
         served = self.served
-        paths = []
+        paths, new = [], []
         for i, task in enumerate(tasks):
             if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
                 raise BadRequest(f"task {i} has no 'data' object")
             data = task["data"]
             path = data.get("tlkit_path") or urls.path(str(data.get(ls.DATA_KEY, "")))
             if path not in pool:
-                raise BadRequest(f"task {task.get('id', i)}: image {data.get(ls.DATA_KEY)!r} is not in the pool; "
-                                 "add it to the pool folder and run `tlkit al-add`")
+                if path is None or not (self.project.pool_root / path).is_file():
+                    raise BadRequest(f"task {task.get('id', i)}: image {data.get(ls.DATA_KEY)!r} is not in the pool "
+                                     "folder; add it there (tlkit al-add) or fix the task's URL")
+                new.append(path)  # a new image in the pool folder: embedded now
             paths.append(path)
-        return [self._prediction(p, served, from_name, to_name) for p in paths]
+        fresh = self._predict_new(new, served, from_name, to_name) if new else {}
+        if new and self.add_new:
+            added = add_paths(self.project, new)
+            log.info("added %d new images to the pool; the next retrain ranks them", len(added))
+        return [fresh[p] if p in fresh else self._prediction(p, served, from_name, to_name) for p in paths]
+
+    def _predict_new(self, paths: list[str], served: Served | None, from_name: str, to_name: str
+                     ) -> dict[str, dict[str, Any]]:
+        """Predictions for images that are not in the pool yet: the served round's model on the image."""
+        if served is None:
+            return {p: {"model_version": self.version, "score": 1.0, "result": []} for p in paths}
+        model, classes, transform = self._round_model(served)
+        import torch
+
+        from tlkit.data import load_image
+
+        x = torch.stack([transform(load_image(self.project.pool_root / p)) for p in paths])
+        with torch.inference_mode():
+            probs = torch.softmax(model(x).float(), dim=1).numpy()
+        out = {}
+        for p, row in zip(paths, probs):
+            k = int(row.argmax())
+            out[p] = {"model_version": served.version, "score": 1.0,  # ranked at the next retrain
+                      "result": [{"from_name": from_name, "to_name": to_name, "type": "choices",
+                                  "value": {"choices": [classes[k]]}, "score": float(row[k])}]}
+        return out
+
+    def _round_model(self, served: Served):
+        if self._model is None or self._model[0] != served.version:
+            from tlkit.data import build_transform
+            from tlkit.train.model import load_run
+
+            n = int(served.version.rsplit("-", 1)[1])
+            model, classes, data_config = load_run(self.project.round_dir(n) / "model")
+            self._model = (served.version, (model, classes, build_transform(data_config)))
+        return self._model[1]
 
     def _prediction(self, path: str, served: Served | None, from_name: str, to_name: str) -> dict[str, Any]:
         if served is None or path not in served.index:
