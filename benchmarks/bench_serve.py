@@ -62,14 +62,19 @@ def main() -> None:
     from tlkit.io import write_csv
 
     t = time.perf_counter()
-    truth = make_pool(work / "pool", args.pool)
-    print(f"pool: {args.pool:,} images written in {time.perf_counter() - t:.1f} s")
-    seed = [n for c in map(str, range(10)) for n in sorted(truth) if truth[n] == c][:: args.pool // 20][:20]
-    write_csv(work / "seed.csv", ["path", "label"], [(n, truth[n]) for n in seed])
-    assert run_cli("al-init", str(work / "proj"), "--pool", str(work / "pool"), "--classes",
-                   ",".join(map(str, range(10))), "--labels", str(work / "seed.csv"), "--image-size", "64").returncode == 0
+    if (work / "truth.json").is_file():  # a --workdir of an earlier run: reuse (an interrupted embedding resumes)
+        truth = json.loads((work / "truth.json").read_text())
+    else:
+        truth = make_pool(work / "pool", args.pool)
+        (work / "truth.json").write_text(json.dumps(truth))
+        print(f"pool: {args.pool:,} images written in {time.perf_counter() - t:.1f} s")
+    if not (work / "proj").exists():
+        seed = [n for c in map(str, range(10)) for n in sorted(truth) if truth[n] == c][:: args.pool // 20][:20]
+        write_csv(work / "seed.csv", ["path", "label"], [(n, truth[n]) for n in seed])
+        assert run_cli("al-init", str(work / "proj"), "--pool", str(work / "pool"), "--classes", ",".join(
+            map(str, range(10))), "--labels", str(work / "seed.csv"), "--image-size", "64").returncode == 0
     t = time.perf_counter()
-    res = run_cli("al-round", str(work / "proj"), "--batch", "20")
+    res = run_cli("al-round", str(work / "proj"), "--batch", "20", timeout=7200)
     assert res.returncode == 0, res.stderr
     print(f"first round (embeds the pool once): {time.perf_counter() - t:.1f} s")
     project = Project.open(work / "proj")
