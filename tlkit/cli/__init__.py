@@ -6,7 +6,7 @@ import importlib
 
 from tlkit.cli._app import app
 
-COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "recipes", "active", "simulate")
+COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "recipes", "active", "simulate", "audit")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"tlkit.cli.{_name}")
