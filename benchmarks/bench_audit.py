@@ -210,6 +210,87 @@ def _recall_precision(xn, nb, uids, distinct, copies, row, base, t, rep, name) -
     print(f"  threshold {t:.2f}: recall {recall:.3f}  precision {precision:.3f}  (false pairs {got_false})")
 
 
+def label_study(work: Path, image_size: int, seed: int = 21) -> None:
+    """5 % of labels flipped at random: share of them among the k most suspicious (k = number flipped)."""
+    from tlkit.active.head import Scaler
+    from tlkit.audit.labels import find_issues, out_of_fold_probs
+    from tlkit.demo import PHOTOS_15, make_digits_folder, make_photo_crops_folder
+
+    sets = {"digits": make_digits_folder(work / "ldigits", per_class=60, seed=seed),
+            "photo crops": make_photo_crops_folder(work / "lphotos", per_class=40, photos=PHOTOS_15, seed=seed,
+                                                   scale=(0.1, 0.3))}
+    for name, folder in sets.items():
+        feats, files = embed(folder, image_size)
+        classes = sorted({Path(f).parent.name for f in files})
+        y_true = np.array([classes.index(Path(f).parent.name) for f in files])
+        rng = np.random.default_rng(seed)
+        flip = rng.choice(len(y_true), int(round(0.05 * len(y_true))), replace=False)
+        y = y_true.copy()
+        y[flip] = (y[flip] + rng.integers(1, len(classes), len(flip))) % len(classes)
+        t = time.perf_counter()
+        probs = out_of_fold_probs(feats, y, len(classes), scaler=Scaler.fit(feats))
+        found = find_issues(y, probs)
+        k = len(flip)
+        topk = len(set(found.ranking[:k].tolist()) & set(flip.tolist())) / k
+        hits = len(set(found.issues.tolist()) & set(flip.tolist()))
+        print(f"{name}: {len(y)} images, {k} flipped; top-{k} suspects hold {topk:.1%} of them; cleanlab flags "
+              f"{len(found.issues)} (recall {hits / k:.1%}, precision {hits / max(1, len(found.issues)):.1%}); "
+              f"{time.perf_counter() - t:.1f} s")
+
+
+def leak_study(work: Path, image_size: int, seed: int = 31) -> None:
+    """Two disjoint folders plus 20 test copies of training images (exact, re-encoded, resized, 90 % crop)."""
+    from tlkit.audit import run_audit
+    from tlkit.demo import PHOTOS_15, make_photo_crops_folder
+
+    train = make_photo_crops_folder(work / "ltrain", per_class=20, photos=PHOTOS_15, seed=seed, scale=(0.1, 0.3))
+    test = make_photo_crops_folder(work / "ltest", per_class=6, photos=PHOTOS_15, seed=seed + 1, scale=(0.1, 0.3))
+    files = sorted(train.rglob("*.jpg"))
+    rng = np.random.default_rng(seed)
+    want = set()
+    for j, b in enumerate(rng.choice(len(files), 20, replace=False)):
+        f = files[b]
+        kind = ("exact",) + COPY_KINDS
+        kind = kind[j % 4]
+        dst = test / f.parent.name / f"leak{j}_{kind}.jpg"
+        if kind == "exact":
+            dst.write_bytes(f.read_bytes())
+        else:
+            make_copy(Image.open(f), kind).save(dst, quality=70 if kind == "reencode" else 92)
+        want.add((dst.relative_to(test).as_posix(), f.relative_to(train).as_posix()))
+    res = run_audit(train, out=work / "lout", test=test, image_size=image_size, sheets=False)
+    got = {(r["test_path"], r["train_path"]) for r in res.leaks}
+    print(f"leakage: {len(want)} injected, {len(got)} reported, {len(want & got)} correct, "
+          f"{len(got - want)} extra, {len(want - got)} missed -> {'exact' if got == want else 'NOT exact'}")
+
+
+def knn_child(n: int, d: int = 1280) -> None:
+    """Run in a child process so that its peak RSS is the search's own."""
+    from tlkit.audit.duplicates import DEFAULT_THRESHOLD
+    from tlkit.audit.neighbours import normalise, search
+
+    rng = np.random.default_rng(0)
+    centers = rng.random((200, d), dtype=np.float32) * 2
+    x = np.empty((n, d), np.float32)
+    for i in range(0, n, 10_000):  # relu-like, clustered features
+        m = min(10_000, n - i)
+        x[i:i + m] = np.maximum(centers[rng.integers(0, 200, m)] + rng.normal(0, 0.5, (m, d)).astype(np.float32), 0)
+    t, c = time.perf_counter(), time.process_time()
+    xn = normalise(x)
+    del x
+    nb = search(xn, k=10, threshold=DEFAULT_THRESHOLD + 0.15)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"knn {n:,} x {d:,}: k=10 neighbours + pairs: {wall:.1f} s wall, {cpu:.1f} s CPU "
+          f"({nb.index.shape}, {len(nb.pairs)} pairs)")
+
+
+def knn_study(n: int) -> None:
+    proc = subprocess.run([sys.executable, __file__, "knn-child", "--n", str(n)], capture_output=True, text=True)
+    print(proc.stdout.strip() or proc.stderr[-2000:])
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"peak RSS of the search process: {rss:.2f} GB (input {n * 1280 * 4 / 2**30:.2f} GB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["dups", "labels", "leak", "knn", "knn-child"])
@@ -222,6 +303,14 @@ def main() -> None:
         work = args.work or Path(tmp)
         if args.what == "dups":
             dup_study(work, args.image_size)
+        elif args.what == "labels":
+            label_study(work, args.image_size)
+        elif args.what == "leak":
+            leak_study(work, args.image_size)
+        elif args.what == "knn":
+            knn_study(args.n)
+        else:
+            knn_child(args.n)
 
 
 if __name__ == "__main__":
