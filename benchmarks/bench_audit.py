@@ -52,7 +52,8 @@ def base_digits(root: Path, n: int, seed: int) -> list[tuple[Path, str, int]]:
     for i in idx:
         f = root / str(labels[i]) / f"d{int(i):04d}.png"
         f.parent.mkdir(parents=True, exist_ok=True)
-        render_digit(images[i], 32).save(f)
+        if not f.exists():
+            render_digit(images[i], 32).save(f)
         out.append((f, str(labels[i]), int(i)))
     return out
 
@@ -73,7 +74,8 @@ def base_photos(root: Path, per_class: int, seed: int, size: int = 96) -> tuple[
             x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
             f = root / name / f"p{k:03d}.jpg"
             f.parent.mkdir(parents=True, exist_ok=True)
-            photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC).save(f, quality=92)
+            if not f.exists():
+                photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC).save(f, quality=92)
             uid = len(boxes)
             boxes[uid] = (name, (x, y, x + side, y + side))
             out.append((f, name, uid))
@@ -94,9 +96,10 @@ def add_copies(base: list, n_copies: int, seed: int) -> list[tuple[Path, str, in
     for j, b in enumerate(rng.choice(len(base), n_copies, replace=False)):
         f, label, uid = base[b]
         kind = COPY_KINDS[j % len(COPY_KINDS)]
-        img = make_copy(Image.open(f), kind)
         dst = f.with_name(f"{f.stem}_{kind}.jpg" if kind == "reencode" else f"{f.stem}_{kind}.png")
-        img.save(dst, quality=70) if kind == "reencode" else img.save(dst)
+        if not dst.exists():
+            img = make_copy(Image.open(f), kind)
+            img.save(dst, quality=70) if kind == "reencode" else img.save(dst)
         out.append((dst, label, uid, kind))
     return out
 
@@ -111,15 +114,12 @@ def embed(folder: Path, image_size: int):
 
 
 def dup_study(work: Path, image_size: int) -> None:
+    """Files already in a kept ``--work`` are not rewritten (same seeds, same images), so features are reused."""
     from tlkit.audit.neighbours import normalise, search
     from tlkit.audit.duplicates import DEFAULT_THRESHOLD
 
     sets = {}
     digits = work / "digits"
-    import shutil
-
-    shutil.rmtree(work / "digits", ignore_errors=True)
-    shutil.rmtree(work / "photos", ignore_errors=True)
     base = base_digits(digits, 400, seed=11)
     sets["digits"] = (digits, base, add_copies(base, 120, seed=12), None)
     photos = work / "photos"
@@ -182,12 +182,11 @@ def _combined_study(name, feats, files, base, copies, boxes) -> None:
     from tlkit.audit.pixels import thumbnails
 
     want, is_distinct = _truth(files, base, copies, boxes)
-    t = time.perf_counter()
-    whole, centre, _ = thumbnails([Path(f) for f in files])
-    print(f"\n{name}: thumbnails + embedding cosine ({len(files)} images, {len(want)} copies; thumbnails "
-          f"{time.perf_counter() - t:.1f} s)")
     xn = normalise(feats)
-    for tp in (0.95, 0.97, 0.98, 0.99):
+    for side in (16, 24):
+      whole, centre, _ = thumbnails([Path(f) for f in files], side=side)
+      print(f"\n{name}: {side}x{side} thumbnails + embedding cosine ({len(files)} images, {len(want)} copies)")
+      for tp in (0.97, 0.98, 0.985, 0.99):
         for te in (0.8, 0.85):
             pairs, _ = near_pairs(xn, (whole, centre), threshold=te, pixel_threshold=tp)
             got = {tuple(p) for p in pairs.tolist()}

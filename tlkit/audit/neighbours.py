@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DIMS = 128
 """Dimensions of the search projection."""
-BLOCK_BYTES = 256 * 2**20
+BLOCK_BYTES = 128 * 2**20
 """Largest float32 ``[block, n]`` distance matrix held at once."""
 PCA_SAMPLE = 20_000
 """Rows the projection is fitted on (a seeded sample above it)."""
@@ -128,12 +128,16 @@ def search(
         d2.clamp_(min=0.0)
         if self_search:
             d2[torch.arange(e - s), torch.arange(s, e)] = float("inf")
+        nearest = None
         if k:
             v, ix = torch.topk(d2, k, dim=1, largest=False)
+            nearest = v[:, 0].clone()
             index[s:e], dist[s:e] = ix.numpy(), v.sqrt_().numpy()
-        if radius2 is not None:
-            hit = (d2 <= radius2).nonzero().numpy()
-            hit[:, 0] += s
+        if radius2 is not None:  # a full-block nonzero() is slow: only rows with a neighbour that close
+            rows = ((d2.amin(1) if nearest is None else nearest) <= radius2).nonzero()[:, 0]
+            hit = (d2[rows] <= radius2).nonzero()
+            hit[:, 0] = rows[hit[:, 0]] + s
+            hit = hit.numpy()
             pairs.append(hit[hit[:, 0] < hit[:, 1]] if self_search else hit)
         if progress:
             progress(e - s)

@@ -22,25 +22,25 @@ SIDE = 16
 CROP = 0.9
 
 
-def thumbnails(files: list[Path | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``([n, SIDE²] whole, [n, SIDE²] centre, [n] bool ok)``; a missing or undecodable file gives zeros."""
+def thumbnails(files: list[Path | None], side: int = SIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``([n, side²] whole, [n, side²] centre, [n] bool ok)``; a missing or undecodable file gives zeros."""
     from tlkit.data import ImageDecodeError, load_image
 
     n = len(files)
-    whole = np.zeros((n, SIDE * SIDE), np.float32)
-    centre = np.zeros((n, SIDE * SIDE), np.float32)
+    whole = np.zeros((n, side * side), np.float32)
+    centre = np.zeros((n, side * side), np.float32)
     ok = np.zeros(n, bool)
     for i, f in enumerate(files):
         if f is None:
             continue
         try:
-            img = load_image(f, size_hint=4 * SIDE).convert("L")
+            img = load_image(f, size_hint=4 * side).convert("L")
         except (ImageDecodeError, OSError):
             continue
         w, h = img.size
         dw, dh = w * (1 - CROP) / 2, h * (1 - CROP) / 2
-        whole[i] = _vector(img.resize((SIDE, SIDE), Image.BOX))
-        centre[i] = _vector(img.resize((SIDE, SIDE), Image.BOX, box=(dw, dh, w - dw, h - dh)))
+        whole[i] = _vector(img.resize((side, side), Image.BOX))
+        centre[i] = _vector(img.resize((side, side), Image.BOX, box=(dw, dh, w - dw, h - dh)))
         ok[i] = True
     return whole, centre, ok
 
