@@ -187,8 +187,8 @@ def _combined_study(name, feats, files, base, copies, boxes) -> None:
       whole, centre, _ = thumbnails([Path(f) for f in files], side=side)
       print(f"\n{name}: {side}x{side} thumbnails + embedding cosine ({len(files)} images, {len(want)} copies)")
       for tp in (0.97, 0.98, 0.985, 0.99):
-        for te in (0.8, 0.85):
-            pairs, _ = near_pairs(xn, (whole, centre), threshold=te, pixel_threshold=tp)
+        for te in (0.6, 0.7, 0.8):
+            pairs, *_ = near_pairs(xn, (whole, centre), threshold=te, pixel_threshold=tp)
             got = {tuple(p) for p in pairs.tolist()}
             false = sum(is_distinct(a, b) for a, b in got)
             true = len(got) - false

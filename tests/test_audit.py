@@ -63,6 +63,7 @@ def dataset(tmp_path_factory):
             "res": res}
 
 
+@pytest.mark.slow
 def test_flipped_labels_rank_first(dataset):
     res, flipped = dataset["res"], set(dataset["flipped"])
     found = [r["path"] for r in res.label_issues]
@@ -76,6 +77,7 @@ def test_flipped_labels_rank_first(dataset):
                                                                     "confidence"]
 
 
+@pytest.mark.slow
 def test_duplicate_groups(dataset):
     res = dataset["res"]
     groups = [{r["path"] for r in g} for g in res.groups]
@@ -87,6 +89,7 @@ def test_duplicate_groups(dataset):
     assert len(read_csv(res.files["duplicates"])) == sum(len(g) for g in res.groups)
 
 
+@pytest.mark.slow
 def test_leaks_found_exactly(dataset):
     res = dataset["res"]
     got = {(r["test_path"], r["train_path"]) for r in res.leaks}
@@ -96,6 +99,7 @@ def test_leaks_found_exactly(dataset):
     assert {r["match"] for r in res.leaks} == {"exact", "near"}
 
 
+@pytest.mark.slow
 def test_outlier_and_report(dataset):
     res = dataset["res"]
     assert res.outliers and res.outliers[0]["path"] == "4/astronaut.png"
@@ -121,6 +125,7 @@ def test_blocked_search_matches_brute_force():
     assert (nb.index[:, 0] == s.argmax(1)).mean() > 0.95
 
 
+@pytest.mark.slow
 def test_project_review_round_trip_groups_and_propagation(dataset, tmp_path):
     data, flipped = dataset["data"], dataset["flipped"]
     pool = tmp_path / "pool"
@@ -210,6 +215,7 @@ def test_bad_inputs_one_line(tmp_path, digits_dir, case, message):
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
+@pytest.mark.slow
 def test_cli_audit_on_a_folder(tmp_path, photos_dir):
     r = run_cli("audit", "--data", str(photos_dir), "--out", str(tmp_path / "o"), "--image-size", "32")
     assert r.returncode == 0, r.stderr

@@ -52,7 +52,9 @@ class AuditResult:
         label_issues: ``path, given, suggested, score, confidence`` per flagged label (score: out-of-fold
             probability of the given label).
         groups: duplicate groups (row lists of ``group, path, label, match, cosine``).
-        leaks: ``test_path, train_path, match, cosine, test_label, train_label``.
+        leaks: one row per test image that duplicates audited images: ``test_path, train_path`` (its best
+            match: same bytes first, then the closest thumbnail), ``match, cosine, matches`` (how many audited
+            images it duplicates), ``test_label, train_label``.
         outliers: ``path, label, score, z``.
         propagated: ``(path, label)`` written with ``propagate``.
         files: name -> path of every file written.
@@ -144,7 +146,7 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
     if files is None:
         res.notes.append("exact duplicates: skipped, and near-duplicates by embeddings alone (the images are not "
                          "on this machine)")
-    near, _ = dups.near_pairs(xn, thumbs, threshold=threshold)
+    near, _, _ = dups.near_pairs(xn, thumbs, threshold=threshold)
     groups = dups.build_groups(xn, near, dups.hash_pairs(hashes or []))
     _label_issues(res, aset, folds, pred_probs, project)
     res.groups = _group_rows(aset, groups)
@@ -200,9 +202,10 @@ def _leaks(aset: AuditSet, xn: np.ndarray, hashes, thumbs, test, out: Path, emb:
     tn = normalise(tset.embeddings)
     tfiles = [tset.file(i) for i in range(len(tset.paths))] if tset.root else None
     tthumbs = pixels.thumbnails(tfiles)[:2] if tfiles else None
-    pairs, cos = dups.near_pairs(tn, tthumbs, threshold=threshold, ref=xn, ref_thumbs=thumbs)
-    found: dict[tuple[int, int], tuple[str, float]] = {(int(i), int(j)): ("near", float(c))
-                                                       for (i, j), c in zip(pairs, cos)}
+    pairs, cos, pix = dups.near_pairs(tn, tthumbs, threshold=threshold, ref=xn, ref_thumbs=thumbs)
+    found: dict[int, list[tuple[int, str, float, float]]] = {}  # test row -> (train row, match, pixel, cosine)
+    for (i, j), c, p in zip(pairs.tolist(), cos.tolist(), pix.tolist()):
+        found.setdefault(i, []).append((j, "near", p, c))
     if hashes is not None and tfiles is not None:
         first: dict[str, list[int]] = {}
         for j, h in enumerate(hashes):
@@ -210,16 +213,20 @@ def _leaks(aset: AuditSet, xn: np.ndarray, hashes, thumbs, test, out: Path, emb:
                 first.setdefault(h, []).append(j)
         for i, h in enumerate(dups.file_hashes(tfiles)):
             for j in first.get(h, []) if h else []:
-                found[(i, j)] = ("exact", float(tn[i] @ xn[j]))
-    rows = [{"test_path": tset.paths[i], "train_path": aset.paths[j], "match": m, "cosine": round(c, 4),
-             "test_label": tset.labels[i] or "", "train_label": aset.labels[j] or ""}
-            for (i, j), (m, c) in sorted(found.items(), key=lambda kv: (kv[1][0] != "exact", -kv[1][1], kv[0]))]
+                found.setdefault(i, []).append((j, "exact", 1.0, float(tn[i] @ xn[j])))
+    rows = []
+    for i, matches in found.items():  # one row per leaked test image: its best match (exact, then pixels)
+        j, m, _, c = max(matches, key=lambda t: (t[1] == "exact", t[2], t[3]))
+        rows.append({"test_path": tset.paths[i], "train_path": aset.paths[j], "match": m, "cosine": round(c, 4),
+                     "matches": len({t[0] for t in matches}), "test_label": tset.labels[i] or "",
+                     "train_label": aset.labels[j] or ""})
+    rows.sort(key=lambda r: (r["match"] != "exact", -r["cosine"], r["test_path"]))
     return rows, tset
 
 
 ISSUE_COLUMNS = ("rank", "path", "given", "suggested", "score", "confidence")
 GROUP_COLUMNS = ("group", "path", "label", "match", "cosine")
-LEAK_COLUMNS = ("test_path", "train_path", "match", "cosine", "test_label", "train_label")
+LEAK_COLUMNS = ("test_path", "train_path", "match", "cosine", "matches", "test_label", "train_label")
 OUTLIER_COLUMNS = ("rank", "path", "label", "score", "z")
 
 

@@ -47,7 +47,7 @@ class DuplicateGroup:
 
 def near_pairs(xn: np.ndarray, thumbs: tuple[np.ndarray, np.ndarray] | None, *, threshold: float = DEFAULT_THRESHOLD,
                pixel_threshold: float = PIXEL_THRESHOLD, ref: np.ndarray | None = None,
-               ref_thumbs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               ref_thumbs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicate pairs: thumbnails alike (:func:`tlkit.audit.pixels.alike_pairs`) and embeddings too.
 
     Args:
@@ -55,7 +55,8 @@ def near_pairs(xn: np.ndarray, thumbs: tuple[np.ndarray, np.ndarray] | None, *, 
         thumbs, ref_thumbs: ``(whole, centre)`` thumbnails; None: the embeddings alone decide (images absent).
 
     Returns:
-        ``([p, 2] int64 (query, reference) pairs, [p] float32 embedding cosine)``.
+        ``([p, 2] int64 (query, reference) pairs, [p] float32 embedding cosine, [p] float32 thumbnail
+        correlation (1.0 when the embeddings alone decided))``.
     """
     from tlkit.audit.neighbours import search
     from tlkit.audit.pixels import alike_pairs
@@ -63,11 +64,11 @@ def near_pairs(xn: np.ndarray, thumbs: tuple[np.ndarray, np.ndarray] | None, *, 
     other = xn if ref is None else ref
     if thumbs is None or (ref is not None and ref_thumbs is None):
         nb = search(xn, k=0, threshold=threshold, ref=ref)
-        return nb.pairs, nb.cosine
-    pairs, _ = alike_pairs(*thumbs, pixel_threshold, ref=ref_thumbs)
+        return nb.pairs, nb.cosine, np.ones(len(nb.pairs), np.float32)
+    pairs, pix = alike_pairs(*thumbs, pixel_threshold, ref=ref_thumbs)
     cos = np.einsum("ij,ij->i", xn[pairs[:, 0]], other[pairs[:, 1]]) if len(pairs) else np.zeros(0, np.float32)
     keep = cos >= threshold
-    return pairs[keep], cos[keep].astype(np.float32)
+    return pairs[keep], cos[keep].astype(np.float32), pix[keep]
 
 
 def file_hashes(files: list[Path | None]) -> list[str | None]:

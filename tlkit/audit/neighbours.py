@@ -32,7 +32,7 @@ MARGIN = 1e-3
 """Slack on the projected squared distance, for float32 rounding (candidates are re-checked exactly)."""
 
 
-def normalise(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def normalise(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """``[n, d]`` float32 copy of ``x`` with unit rows (all-zero rows stay zero); ``x`` may be a memmap."""
     out = np.empty(x.shape, np.float32)
     for i in range(0, len(x), chunk):
@@ -61,7 +61,7 @@ class Projection:
         _, vecs = np.linalg.eigh(c.T @ c)
         return cls(mean.astype(np.float32), np.ascontiguousarray(vecs[:, ::-1][:, :dims], dtype=np.float32))
 
-    def __call__(self, xn: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    def __call__(self, xn: np.ndarray, chunk: int = 8192) -> np.ndarray:
         out = np.empty((len(xn), self.components.shape[1]), np.float32)
         for i in range(0, len(xn), chunk):
             out[i : i + chunk] = (xn[i : i + chunk] - self.mean) @ self.components
