@@ -192,7 +192,7 @@ def _combined_study(name, feats, files, base, copies, boxes) -> None:
             got = {tuple(p) for p in pairs.tolist()}
             false = sum(is_distinct(a, b) for a, b in got)
             true = len(got) - false
-            print(f"  pixel {tp:.2f} embedding {te:.2f}: recall {len(want & got) / len(want):.3f}  "
+            print(f"  pixel {tp:.3f} embedding {te:.2f}: recall {len(want & got) / len(want):.3f}  "
                   f"precision {true / max(1, true + false):.3f}  (false pairs {false})")
 
 

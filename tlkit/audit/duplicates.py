@@ -22,9 +22,9 @@ from tlkit.io import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.80
+DEFAULT_THRESHOLD = 0.70
 """Cosine of efficientnet_lite0 embeddings above which two images may be near-duplicates (see the module docstring)."""
-PIXEL_THRESHOLD = 0.98
+PIXEL_THRESHOLD = 0.985
 """Thumbnail correlation (:mod:`tlkit.audit.pixels`) two near-duplicates must also reach."""
 GROUPS_FILE = Path("audit") / "duplicate_groups.json"
 """Where a project keeps its duplicate groups, relative to the project folder."""
