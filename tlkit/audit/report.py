@@ -72,7 +72,8 @@ def _thumbnail(file: Path | None, size: int) -> Image.Image:
         img = load_image(file, size_hint=size)
     except (ImageDecodeError, OSError):
         return box
-    img.thumbnail((size, size))
+    scale = size / max(img.width, img.height)  # small images are enlarged too, so that they can be seen
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
     box.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return box
 
