@@ -265,7 +265,7 @@ def leak_study(work: Path, image_size: int, seed: int = 31) -> None:
 
 def knn_child(n: int, d: int = 1280) -> None:
     """Run in a child process so that its peak RSS is the search's own."""
-    from tlkit.audit.duplicates import DEFAULT_THRESHOLD
+    from tlkit.audit.duplicates import EMBEDDING_ONLY_THRESHOLD
     from tlkit.audit.neighbours import normalise, search
 
     rng = np.random.default_rng(0)
@@ -277,7 +277,7 @@ def knn_child(n: int, d: int = 1280) -> None:
     t, c = time.perf_counter(), time.process_time()
     xn = normalise(x)
     del x
-    nb = search(xn, k=10, threshold=DEFAULT_THRESHOLD + 0.15)
+    nb = search(xn, k=10, threshold=EMBEDDING_ONLY_THRESHOLD)  # the pair search of the no-images path
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     print(f"knn {n:,} x {d:,}: k=10 neighbours + pairs: {wall:.1f} s wall, {cpu:.1f} s CPU "
           f"({nb.index.shape}, {len(nb.pairs)} pairs)")

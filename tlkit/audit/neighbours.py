@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tlkit.errors import TlkitError
+
 log = logging.getLogger(__name__)
 
 DIMS = 128
@@ -28,6 +30,8 @@ BLOCK_BYTES = 128 * 2**20
 """Largest float32 ``[block, n]`` distance matrix held at once."""
 PCA_SAMPLE = 20_000
 """Rows the projection is fitted on (a seeded sample above it)."""
+MAX_PAIRS = 20_000_000
+"""More candidate pairs than this is an error (memory): the images are too alike for the threshold."""
 MARGIN = 1e-3
 """Slack on the projected squared distance, for float32 rounding (candidates are re-checked exactly)."""
 
@@ -139,6 +143,9 @@ def search(
             hit[:, 0] = rows[hit[:, 0]] + s
             hit = hit.numpy()
             pairs.append(hit[hit[:, 0] < hit[:, 1]] if self_search else hit)
+            if sum(len(p) for p in pairs) > MAX_PAIRS:
+                raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {threshold}: the images are too "
+                                 "alike for this threshold; raise --threshold")
         if progress:
             progress(e - s)
     cand = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
