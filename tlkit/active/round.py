@@ -221,7 +221,8 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         head = None
         probs, mc, extra = score_finetuned(project, data, tmp / "model", device=device, epochs=epochs, seed=seed,
                                            previous=_previous_model(project, n))
-    pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1, candidates=_candidates(data.y, max_pool, rng),
+    pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1,
+                    candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),
                     probs=probs, mc_probs=mc, labels=np.where(data.y >= 0, data.y, -1))
     t = time.perf_counter()
     sel = select(info.name, pool, batch, seed=seed)
@@ -259,6 +260,18 @@ def load_scores(path: Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
     """(pool paths [n], probabilities [n, k] float32, classes [k]) saved by a round (no pickles)."""
     with np.load(path, allow_pickle=False) as z:
         return [str(p) for p in z["paths"]], z["probs"], tuple(str(c) for c in z["classes"])
+
+
+def _one_per_duplicate_group(project: Project, paths: list[str], candidates: np.ndarray) -> np.ndarray:
+    """At most one candidate per duplicate group saved by `tlkit audit` (none saved: unchanged)."""
+    from tlkit.audit.duplicates import one_per_group, read_project_groups
+
+    groups = read_project_groups(project.root)
+    if not groups:
+        return candidates
+    kept = one_per_group(paths, candidates, groups)
+    log.info("%d candidates held back: copies of other candidates (tlkit audit)", int(candidates.sum() - kept.sum()))
+    return kept
 
 
 def _previous_model(project: Project, n: int) -> Path | None:

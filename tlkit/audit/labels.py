@@ -1,0 +1,111 @@
+"""Label issues: out-of-fold probabilities of the head, then cleanlab's confident learning.
+
+Each labeled image gets class probabilities from a head (:mod:`tlkit.active.head`) that never saw it
+(stratified k-fold over the labeled rows), or from a fine-tuned run's own cross-validated predictions.
+cleanlab's ``find_label_issues`` (``prune_by_noise_rate``) decides which labels are issues; its
+self-confidence, the out-of-fold probability of the given label, ranks them (lowest = most suspicious).
+tlkit does not reimplement confident learning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.active import head as heads
+from tlkit.errors import TlkitError
+from tlkit.io import read_csv
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'tlkit[audit]' (or pip install 'cleanlab>=2.9')"
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """Out-of-fold view of the labeled rows.
+
+    Attributes:
+        probs: ``[m, k]`` out-of-fold probabilities over ``classes``.
+        quality: ``[m]`` probability of the given label (cleanlab's self-confidence); low = suspicious.
+        suggested: ``[m]`` int most probable class.
+        issues: int rows cleanlab flags, most suspicious first.
+        ranking: int all rows, most suspicious first (``argsort(quality)``).
+    """
+
+    probs: np.ndarray
+    quality: np.ndarray
+    suggested: np.ndarray
+    issues: np.ndarray
+    ranking: np.ndarray
+
+
+def check_labels(labels: list[str | None], where: str) -> tuple[str, ...]:
+    """The classes of ``labels`` (sorted); one line when there are none or only one."""
+    classes = sorted({lab for lab in labels if lab})
+    if not classes:
+        raise TlkitError(f"{where} has no labels; label issues need labeled images (class folders, a path,label "
+                         "manifest, or a project with labels)")
+    if len(classes) < 2:
+        raise TlkitError(f"{where} has one class only ({classes[0]!r}); label issues need at least two classes")
+    return tuple(classes)
+
+
+def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int = 5, seed: int = 0,
+                      scaler: heads.Scaler | None = None) -> np.ndarray:
+    """``[m, k]`` probabilities of each row from a head fitted on the other folds.
+
+    Args:
+        x: ``[m, d]`` embeddings of the labeled rows.
+        y: ``[m]`` int classes in ``0..n_classes-1``.
+        folds: k of the k-fold (fewer when a class has fewer rows; plain k-fold below 2 per class).
+        scaler: the standardisation (default: fitted on ``x``).
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    scaler = scaler or heads.Scaler.fit(x)
+    classes = tuple(str(c) for c in range(n_classes))
+    smallest = np.bincount(y, minlength=n_classes)[np.unique(y)].min()
+    k = max(2, min(folds, len(y) // 2))
+    splitter = (StratifiedKFold(min(k, smallest), shuffle=True, random_state=seed) if smallest >= 2
+                else KFold(k, shuffle=True, random_state=seed))
+    probs = np.zeros((len(y), n_classes), np.float32)
+    for tr, te in splitter.split(x, y):
+        head = heads.fit_head(x[tr], y[tr], classes, scaler=scaler, seed=seed)
+        probs[te] = head.predict_proba(x[te]) if head is not None else 1.0 / n_classes
+    return probs
+
+
+def read_pred_probs(file: Path, paths: list[str], classes: tuple[str, ...]) -> np.ndarray:
+    """``[m, k]`` probabilities from a CSV with a ``path`` column and one column per class.
+
+    For cross-validated predictions of a fine-tuned model; rows are matched to ``paths`` by path.
+    """
+    rows = read_csv(file)
+    missing_cols = [c for c in ("path", *classes) if not rows or c not in rows[0]]
+    if missing_cols:
+        raise TlkitError(f"{file} needs the columns path,{','.join(classes)}; missing {missing_cols}")
+    by_path = {r["path"]: r for r in rows}
+    absent = [p for p in paths if p not in by_path]
+    if absent:
+        raise TlkitError(f"{file} has no row for {len(absent)} labeled images, e.g. {absent[0]!r}; predict every one")
+    try:
+        probs = np.array([[float(by_path[p][c]) for c in classes] for p in paths], np.float32)
+    except ValueError as e:
+        raise TlkitError(f"{file}: a probability is not a number ({e})") from None
+    return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+
+
+def find_issues(y: np.ndarray, probs: np.ndarray) -> LabelIssues:
+    """cleanlab's label issues of ``y [m]`` under out-of-fold ``probs [m, k]``."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        raise TlkitError(f"label issues need cleanlab, which is not installed: {INSTALL_HINT}") from None
+    quality = probs[np.arange(len(y)), y].astype(np.float32)
+    issues = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    return LabelIssues(probs, quality, probs.argmax(1), np.asarray(issues, np.int64),
+                       np.argsort(quality, kind="stable"))

@@ -1,0 +1,166 @@
+"""Memory-bounded neighbour search on embeddings: k nearest neighbours and every pair above a cosine.
+
+Rows are L2-normalised first, so a cosine ``c`` and a euclidean distance ``e`` meet in ``e² = 2 − 2c``.
+The search runs in a PCA projection to ``dims`` dimensions (fitted on a sample): projecting onto a
+subspace never lengthens a difference vector, so every pair with full cosine ``≥ t`` has projected
+squared distance ``≤ 2(1 − t)``. The pairs found that way are then checked with the full vectors, so
+the pair list is exact (none missed, none extra); only the k-NN distances, which score outliers, are
+those of the projection.
+
+Work goes in row blocks: one ``[block, n]`` float32 matrix at a time (torch GEMM + ``topk``), so memory
+is O(n·(d + dims) + block·n) and no ``n x n`` matrix is ever built. faiss is not needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+DIMS = 128
+"""Dimensions of the search projection."""
+BLOCK_BYTES = 128 * 2**20
+"""Largest float32 ``[block, n]`` distance matrix held at once."""
+PCA_SAMPLE = 20_000
+"""Rows the projection is fitted on (a seeded sample above it)."""
+MAX_PAIRS = 20_000_000
+"""More candidate pairs than this is an error (memory): the images are too alike for the threshold."""
+MARGIN = 1e-3
+"""Slack on the projected squared distance, for float32 rounding (candidates are re-checked exactly)."""
+
+
+def normalise(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``[n, d]`` float32 copy of ``x`` with unit rows (all-zero rows stay zero); ``x`` may be a memmap."""
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, len(x), chunk):
+        block = np.asarray(x[i : i + chunk], dtype=np.float32)
+        norm = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, np.maximum(norm, 1e-12), out=out[i : i + chunk])
+    return out
+
+
+@dataclass(frozen=True)
+class Projection:
+    """``z = (x - mean) @ components``: a PCA basis of unit-row embeddings (orthonormal columns)."""
+
+    mean: np.ndarray  # [d]
+    components: np.ndarray  # [d, r]
+
+    @classmethod
+    def fit(cls, xn: np.ndarray, dims: int = DIMS, seed: int = 0) -> "Projection":
+        """Fit on ``xn [n, d]`` (unit rows), on a sample of :data:`PCA_SAMPLE` rows above that."""
+        n, d = xn.shape
+        rows = xn if n <= PCA_SAMPLE else xn[np.sort(np.random.default_rng(seed).choice(n, PCA_SAMPLE, replace=False))]
+        mean = rows.mean(0, dtype=np.float64)
+        if d <= dims:
+            return cls(mean.astype(np.float32), np.eye(d, dtype=np.float32))
+        c = rows.astype(np.float64) - mean
+        _, vecs = np.linalg.eigh(c.T @ c)
+        return cls(mean.astype(np.float32), np.ascontiguousarray(vecs[:, ::-1][:, :dims], dtype=np.float32))
+
+    def __call__(self, xn: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        out = np.empty((len(xn), self.components.shape[1]), np.float32)
+        for i in range(0, len(xn), chunk):
+            out[i : i + chunk] = (xn[i : i + chunk] - self.mean) @ self.components
+        return out
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """What :func:`search` found.
+
+    Attributes:
+        index: ``[q, k]`` int64 nearest rows of the reference set (nearest first; -1 when there are fewer).
+        dist: ``[q, k]`` float32 euclidean distances in the projection (≈ ``sqrt(2 − 2·cosine)``).
+        pairs: ``[p, 2]`` int64 ``(query row, reference row)`` with full cosine ``≥ threshold``; in a
+            self-search each pair once, ``i < j``.
+        cosine: ``[p]`` float32 full cosine of each pair.
+    """
+
+    index: np.ndarray
+    dist: np.ndarray
+    pairs: np.ndarray
+    cosine: np.ndarray
+
+
+def search(
+    xn: np.ndarray,
+    *,
+    k: int = 5,
+    threshold: float | None = None,
+    ref: np.ndarray | None = None,
+    dims: int = DIMS,
+    progress: Callable[[int], None] | None = None,
+) -> Neighbours:
+    """k nearest neighbours and pairs with cosine ≥ ``threshold`` (see the module docstring).
+
+    Args:
+        xn: ``[q, d]`` unit rows (:func:`normalise`): the queries.
+        k: neighbours per query.
+        threshold: report pairs with cosine at least this (None: no pairs).
+        ref: ``[r, d]`` unit rows to search in; None searches ``xn`` in itself (a row is never its own
+            neighbour).
+        progress: called with the number of query rows done after each block.
+
+    Example:
+        >>> xn = normalise(np.random.rand(1000, 64))
+        >>> nb = search(xn, k=3, threshold=0.99)          # nb.index: [1000, 3]; nb.pairs: [p, 2]
+    """
+    self_search = ref is None
+    r_full = xn if self_search else ref
+    proj = Projection.fit(r_full, dims)
+    zq = torch.from_numpy(proj(xn))
+    zr = zq if self_search else torch.from_numpy(proj(r_full))
+    q2, r2 = (zq * zq).sum(1), (zr * zr).sum(1)
+    k = max(0, min(int(k), len(r_full) - (1 if self_search else 0)))
+    index = np.full((len(xn), k), -1, np.int64)
+    dist = np.zeros((len(xn), k), np.float32)
+    radius2 = None if threshold is None else 2.0 * (1.0 - float(threshold)) + MARGIN
+    pairs: list[np.ndarray] = []
+    step = max(1, BLOCK_BYTES // (4 * max(1, len(r_full))))
+    for s in range(0, len(xn), step):
+        e = min(s + step, len(xn))
+        d2 = torch.addmm(r2[None, :], zq[s:e], zr.T, beta=1.0, alpha=-2.0)
+        d2 += q2[s:e, None]
+        d2.clamp_(min=0.0)
+        if self_search:
+            d2[torch.arange(e - s), torch.arange(s, e)] = float("inf")
+        nearest = None
+        if k:
+            v, ix = torch.topk(d2, k, dim=1, largest=False)
+            nearest = v[:, 0].clone()
+            index[s:e], dist[s:e] = ix.numpy(), v.sqrt_().numpy()
+        if radius2 is not None:  # a full-block nonzero() is slow: only rows with a neighbour that close
+            rows = ((d2.amin(1) if nearest is None else nearest) <= radius2).nonzero()[:, 0]
+            hit = (d2[rows] <= radius2).nonzero()
+            hit[:, 0] = rows[hit[:, 0]] + s
+            hit = hit.numpy()
+            pairs.append(hit[hit[:, 0] < hit[:, 1]] if self_search else hit)
+            if sum(len(p) for p in pairs) > MAX_PAIRS:
+                raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {threshold}: the images are too "
+                                 "alike for this threshold; raise --threshold")
+        if progress:
+            progress(e - s)
+    cand = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    return Neighbours(index, dist, *_confirm(xn, r_full, cand, threshold))
+
+
+def _confirm(xn: np.ndarray, ref: np.ndarray, cand: np.ndarray, threshold: float | None,
+             chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs whose full cosine reaches ``threshold``, and those cosines."""
+    if threshold is None or not len(cand):
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    cos = np.empty(len(cand), np.float32)
+    for i in range(0, len(cand), chunk):
+        c = cand[i : i + chunk]
+        cos[i : i + chunk] = np.einsum("ij,ij->i", xn[c[:, 0]], ref[c[:, 1]])
+    keep = cos >= threshold
+    log.info("%d candidate pairs in the projection, %d at cosine >= %.3f", len(cand), int(keep.sum()), threshold)
+    return cand[keep].astype(np.int64), cos[keep]
