@@ -20,8 +20,7 @@ import numpy as np
 
 from tlkit.active.strategies._common import rank_top
 from tlkit.active.strategies._geometry import kmeans
-from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
-from tlkit.active.strategies.coldstart import typiclust
+from tlkit.active.strategies._registry import PoolView, Selection, get_strategy, register_strategy
 from tlkit.active.strategies.uncertainty import margin_scores
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,11 @@ AUTO_MIN_LABELS = 20
 """...and never below this many labels in total."""
 AUTO_CANDIDATE_FACTOR = 10
 """margin+kmeans clusters the ``factor * n`` most uncertain candidates."""
-TYPICLUST, MARGIN_KMEANS = "typiclust", "margin+kmeans"
+MARGIN_KMEANS = "margin+kmeans"
+AUTO_COLD = "maxherding"
+"""The registered strategy ``auto`` runs while labels are few (below :func:`auto_threshold`)."""
+AUTO_WARM = MARGIN_KMEANS
+""":data:`MARGIN_KMEANS` or a registered strategy: what ``auto`` runs from the threshold on."""
 
 
 def auto_threshold(n_classes: int) -> int:
@@ -58,10 +61,10 @@ def auto_threshold(n_classes: int) -> int:
 
 
 def auto_plan(pool: PoolView) -> str:
-    """Which behaviour ``auto`` uses on ``pool``: :data:`TYPICLUST` or :data:`MARGIN_KMEANS`."""
+    """Which behaviour ``auto`` uses on ``pool``: :data:`AUTO_COLD` or :data:`AUTO_WARM`."""
     if pool.probs is None:
-        return TYPICLUST
-    return TYPICLUST if pool.n_labels < auto_threshold(pool.probs.shape[1]) else MARGIN_KMEANS
+        return AUTO_COLD
+    return AUTO_COLD if pool.n_labels < auto_threshold(pool.probs.shape[1]) else AUTO_WARM
 
 
 def margin_kmeans(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
@@ -94,5 +97,5 @@ def auto(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """Dispatch on :func:`auto_plan`; ``Selection.strategy`` says which ran, e.g. ``auto(typiclust)``."""
     plan = auto_plan(pool)
     log.info("auto: %d labels, %s classes -> %s", pool.n_labels, pool.n_classes, plan)
-    sel = typiclust(pool, n, rng) if plan == TYPICLUST else margin_kmeans(pool, n, rng)
+    sel = margin_kmeans(pool, n, rng) if plan == MARGIN_KMEANS else get_strategy(plan).fn(pool, n, rng)
     return Selection(sel.indices, sel.scores, f"auto({plan})")
