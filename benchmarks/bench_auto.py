@@ -66,6 +66,32 @@ def print_table(title: str, res) -> None:
               f"highest AUBC: {top}", flush=True)
 
 
+def stopping_report(res, strategy: str = "auto") -> None:
+    """Where the stopping signal fires (first 3-round stable streak of kappa, per seed) vs the curve."""
+    from tlkit.active.stopping import STABLE_KAPPA, STABLE_ROUNDS, stable_streak
+
+    acc = {(seed, b): a for s, seed, b, a in res.rows if s == strategy}
+    kap: dict[int, list[tuple[int, float]]] = {}
+    for s, seed, b, k in res.kappa:
+        if s == strategy:
+            kap.setdefault(seed, []).append((b, None if np.isnan(k) else k))
+    fired, at_stop, final, later_gain = [], [], [], []
+    for seed, pts in kap.items():
+        pts.sort()
+        b_last = pts[-1][0]
+        stop = next((b for i, (b, _) in enumerate(pts) if stable_streak([k for _, k in pts[: i + 1]]) >= STABLE_ROUNDS), None)
+        fired.append(stop)
+        if stop is not None:
+            at_stop.append(acc[(seed, stop)])
+            final.append(acc[(seed, b_last)])
+    mean_k = {b: np.nanmean([k for s, _, bb, k in res.kappa if s == strategy and bb == b]) for b in res.budgets[1:]}
+    print(f"stopping signal ({strategy}; stable = kappa >= {STABLE_KAPPA} for {STABLE_ROUNDS} rounds): fired at "
+          f"{[f for f in fired]} labels per seed" + (
+              f"; accuracy there {100 * np.mean(at_stop):.1f} % vs {100 * np.mean(final):.1f} % at {res.budgets[-1]}"
+              if at_stop else ""))
+    print("mean kappa by labels: " + ", ".join(f"{b}: {k:.3f}" for b, k in mean_k.items() if b in BUDGETS or b % 30 == 0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(SETS))
@@ -75,6 +101,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=19)
     ap.add_argument("--no-peers", action="store_true", help="tlkit strategies only (no scikit-activeml)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--stopping", action="store_true", help="also report where the stopping signal fires for auto")
     args = ap.parse_args()
     strategies = args.strategies.split(",")
     if not args.no_peers:
@@ -86,6 +113,8 @@ def main() -> None:
         t = time.perf_counter()
         res = run_set(name, split, strategies, args.seeds, args.cache, args.rounds)
         print_table(f"{name}, split {split}, {args.seeds} seeds ({time.perf_counter() - t:.0f} s)", res)
+        if args.stopping and "auto" in res.summary:
+            stopping_report(res)
 
 
 if __name__ == "__main__":
