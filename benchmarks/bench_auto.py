@@ -92,6 +92,21 @@ def stopping_report(res, strategy: str = "auto") -> None:
     print("mean kappa by labels: " + ", ".join(f"{b}: {k:.3f}" for b, k in mean_k.items() if b in BUDGETS or b % 30 == 0))
 
 
+def _merged(res, files):
+    """``res`` plus the curves in ``files`` (saved with --save), re-summarised."""
+    import json
+
+    from tlkit.active.simulate import SimulationResult, summarise
+
+    rows, kappa = (list(res.rows), list(res.kappa)) if res is not None else ([], [])
+    for f in files:
+        d = json.loads(f.read_text())
+        rows += [tuple(r) for r in d["rows"]]
+        kappa += [tuple(r) for r in d["kappa"]]
+    names = list(dict.fromkeys(r[0] for r in rows))
+    return SimulationResult(rows, sorted({r[2] for r in rows}), summarise(rows, names), kappa)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(SETS))
@@ -102,8 +117,11 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true", help="tlkit strategies only (no scikit-activeml)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--stopping", action="store_true", help="also report where the stopping signal fires for auto")
+    ap.add_argument("--save", type=Path, default=None, help="write the curves as JSON (one file per set: <save>.<set>.json)")
+    ap.add_argument("--merge", type=Path, nargs="*", default=(),
+                    help="curves saved by earlier runs (same splits and seeds) to print together with this run's")
     args = ap.parse_args()
-    strategies = args.strategies.split(",")
+    strategies = [s for s in args.strategies.split(",") if s]
     if not args.no_peers:
         from peers import register_peers
 
@@ -111,7 +129,12 @@ def main() -> None:
     for name in args.datasets.split(","):
         split = args.split if args.split is not None else REPORT_SPLIT.get(name, 11)
         t = time.perf_counter()
-        res = run_set(name, split, strategies, args.seeds, args.cache, args.rounds)
+        res = run_set(name, split, strategies, args.seeds, args.cache, args.rounds) if strategies else None
+        res = _merged(res, [f for f in args.merge if f.name.endswith(f".{name}.json")])
+        if args.save:
+            import json
+
+            Path(f"{args.save}.{name}.json").write_text(json.dumps({"rows": res.rows, "kappa": res.kappa}))
         print_table(f"{name}, split {split}, {args.seeds} seeds ({time.perf_counter() - t:.0f} s)", res)
         if args.stopping and "auto" in res.summary:
             stopping_report(res)

@@ -41,8 +41,8 @@ def bald(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     return top_selection(pool, bald_scores(pool.mc_probs[pool.candidates]), n, rng)
 
 
-BATCHBALD_MAX_CANDIDATES = 1000
-"""BatchBALD scores the candidates with the highest BALD score only: this many, or ``4 n`` if larger."""
+BATCHBALD_MAX_CANDIDATES = 500
+"""BatchBALD scores the candidates with the highest BALD score only: this many, or ``3 n`` if larger."""
 BATCHBALD_SAMPLES = 256
 """Label configurations of the batch so far, sampled to estimate joint entropies."""
 
@@ -77,11 +77,11 @@ def batchbald(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     :data:`BATCHBALD_MAX_CANDIDATES` candidates with the highest BALD score compete.
     Score = the joint mutual information of the batch so far, pick included (it grows along the batch).
 
-    Cost: O(n·S·m·k·T) time, O(S·m·k) memory for S samples and m ≤ max(1000, 4n) candidates.
+    Cost: O(n·S·m·k·T) time, O(S·m·k) memory for S samples and m ≤ max(500, 3n) candidates.
     """
     cand = pool.candidate_indices
     mc = pool.mc_probs[cand]
-    m = min(cand.size, max(BATCHBALD_MAX_CANDIDATES, 4 * n))
+    m = min(cand.size, max(BATCHBALD_MAX_CANDIDATES, 3 * n))
     keep, _ = rank_top(np.arange(cand.size), bald_scores(mc), m, rng)
     P = mc[keep].astype(np.float64)
     T = P.shape[2]
