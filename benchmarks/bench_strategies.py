@@ -33,7 +33,7 @@ from modAL.batch import uncertainty_batch_sampling  # noqa: E402
 from tlkit.active.strategies import PoolView, list_strategies, select  # noqa: E402
 from tlkit.active.strategies.diversity import _PrecomputedLearner  # noqa: E402
 
-DIVERSITY = ("coreset", "typiclust", "kmeans", "badge", "probcover")
+DIVERSITY = ("coreset", "typiclust", "kmeans", "badge", "probcover", "maxherding", "clue")
 
 
 def softmax(Z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     rows = []
     for name in args.strategies or [s.name for s in list_strategies()]:
         seconds, peak, sel = timed(lambda: select(name, pool, args.select, seed=args.seed))
-        rows.append((name, seconds, peak, np.unique(y[sel.indices]).size))
+        rows.append((name, seconds, peak, np.unique(y[sel.indices]).size, rss()))
     rss_ours = rss()
 
     modal_full = None
@@ -124,14 +124,16 @@ def run(args: argparse.Namespace) -> None:
         print(f"modAL uncertainty_batch_sampling, measured: {t_half:.2f} s on {m_half} candidates, {t_modal:.2f} s on {m}; "
               f"extrapolated (line through both) to all {n_cand}: ~{modal_full:.1f} s")
 
-    print(f"\n{'strategy':<17}{'time s':>8}{'peak MiB':>10}{'classes':>9}{'vs modAL@' + str(args.modal_pool):>15}{'vs modAL@full':>15}")
-    for name, seconds, peak, n_classes in rows:
-        row = f"{name:<17}{seconds:>8.2f}{peak:>10.0f}{n_classes:>9}"
+    print(f"\n{'strategy':<17}{'time s':>8}{'peak MiB':>10}{'RSS MiB':>9}{'classes':>9}{'vs modAL@' + str(args.modal_pool):>15}"
+          f"{'vs modAL@full':>15}")
+    for name, seconds, peak, n_classes, hwm in rows:
+        row = f"{name:<17}{seconds:>8.2f}{peak:>10.0f}{hwm:>9.0f}{n_classes:>9}"
         if name in DIVERSITY and modal_full is not None:
             row += f"{t_modal / seconds:>14.1f}x{modal_full / seconds:>14.1f}x"
         print(row + ("" if seconds <= 5 else "   (> 5 s target)"))
     print(f"\npeak RSS: {rss_base:.0f} MiB after imports (torch, via modAL) + pool; {rss_ours:.0f} MiB after every "
           f"strategy; {rss():.0f} MiB after modAL. 'peak MiB': numpy memory traced during the call; "
+          "'RSS MiB': the process's peak RSS after the strategy (a high-water mark: it only grows); "
           "'classes': true classes among the picks")
     print(f"threads: {args.threads or 'default'}; load average (1, 5, 15 min): "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")

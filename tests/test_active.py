@@ -79,11 +79,20 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
     assert sum(m["labeled_per_class"].values()) == 75 and "select_s" in m
     # auto switched from typicality (few labels) to margin + k-means diversity (threshold 40 for 10 classes)
     plans = [json.loads((project.round_dir(n) / "metrics.json").read_text())["strategy_plan"] for n in range(1, 7)]
-    assert plans[0] == "auto(typiclust)" and plans[-1] == "auto(margin+kmeans)", plans
+    from tlkit.active.strategies import auto
+
+    assert plans[0] == f"auto({auto.AUTO_COLD})" and plans[-1] == f"auto({auto.AUTO_WARM})", plans
+    # the stopping signal: agreement of consecutive rounds' predictions on the stop set
+    stops = [json.loads((project.round_dir(n) / "metrics.json").read_text())["stopping"] for n in range(1, 7)]
+    assert stops[0] == {"kappa": None, "cv_gain": None}  # no model in round 1
+    assert all(-1.0 <= s["kappa"] <= 1.0 for s in stops[2:]), stops
+    assert (r6 / "stop_set.json").exists()
     status = run_cli("al-status", str(project.root), "--json")
     assert status.returncode == 0, status.stderr
     st = json.loads(status.stdout)
     assert st["labeled"] == 90 and len(st["rounds"]) == 6 and st["pending"] == 0
+    assert st["rounds"][-1]["stopping"]["kappa"] == stops[-1]["kappa"]
+    assert "more labels still pay" in st["stopping"] or "flattened" in st["stopping"]
     assert Path(st["learning_curve"]).is_file()
 
 

@@ -85,3 +85,37 @@ def test_cli_rejects_unknown_train_mode(tmp_path, digits_dir):
     res = run_cli("al-simulate", "--pool", str(digits_dir), "--test", str(digits_dir), "--out", str(tmp_path / "o"),
                   "--train", "bogus")
     assert res.returncode == 2 and "head or finetune" in res.stderr
+
+
+def test_stopping_signal_flattens_when_the_curve_does():
+    """On a simulated run, round-to-round agreement (kappa) rises towards 1 as accuracy gains shrink."""
+    from sklearn.datasets import load_digits
+
+    from tlkit.active.stopping import STABLE_KAPPA
+
+    d = load_digits()
+    x, y = d.data.astype(np.float32), d.target
+    res = simulate(x[:1200], y[:1200], x[1200:], y[1200:], strategies=["random"], start=10, batch=40, rounds=8, seeds=2)
+    acc = res.summary["random"]["mean_accuracy"]
+    kappa = {b: np.mean([k for _, _, bb, k in res.kappa if bb == b]) for b in res.budgets[1:]}
+    b = res.budgets
+    assert acc[b[2]] - acc[b[0]] > 0.15 and abs(acc[b[-1]] - acc[b[-3]]) < 0.03  # steep, then flat
+    assert kappa[b[1]] < 0.9 and min(kappa[bb] for bb in b[-3:]) >= STABLE_KAPPA - 0.02, kappa
+    assert np.isnan([k for _, _, bb, k in res.kappa if bb == b[0]]).all()  # no previous round
+
+
+def test_stopping_hint_in_plain_language():
+    from tlkit.active.stopping import agreement, cohen_kappa, stop_set, stopping_hint
+
+    assert stopping_hint([{"stopping": {"kappa": None}}]) is None
+    busy = [{"stopping": {"kappa": k, "cv_gain": 0.05}} for k in (None, 0.6, 0.8)]
+    assert "more labels still pay" in stopping_hint(busy) and "0.800" in stopping_hint(busy)
+    flat = busy + [{"stopping": {"kappa": k, "cv_gain": 0.002}} for k in (0.98, 0.99, 0.995)]
+    assert stopping_hint(flat).startswith("accuracy gains have flattened for 3 rounds") and "+0.6 points" in stopping_hint(flat)
+    assert cohen_kappa(np.array([0, 1, 2, 0]), np.array([0, 1, 2, 0])) == 1.0
+    assert cohen_kappa(np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0])) == -1.0
+    assert agreement({"a": "x", "b": "y"}, {"b": "y", "c": "x"}) == 1.0  # common paths only
+    paths = [f"img{i}.png" for i in range(3000)]
+    first = [paths[i] for i in stop_set(paths)]
+    grown = paths + ["new.png"]
+    assert len(first) == 2000 and len(set(first) - {grown[i] for i in stop_set(grown)}) <= 1  # stable as the pool grows

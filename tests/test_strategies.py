@@ -174,8 +174,8 @@ def test_auto_switches_at_documented_threshold(digits, monkeypatch):
     assert few.n_labels < auto.auto_threshold(10) <= many.n_labels
 
     sel = select("auto", few, N_PICK, seed=2)
-    assert sel.strategy == "auto(typiclust)"
-    np.testing.assert_array_equal(sel.indices, select("typiclust", few, N_PICK, seed=2).indices)
+    assert sel.strategy == f"auto({auto.AUTO_COLD})" == "auto(maxherding)"
+    np.testing.assert_array_equal(sel.indices, select(auto.AUTO_COLD, few, N_PICK, seed=2).indices)
 
     sel = select("auto", many, N_PICK, seed=2)
     assert sel.strategy == "auto(margin+kmeans)"
@@ -187,7 +187,7 @@ def test_auto_switches_at_documented_threshold(digits, monkeypatch):
     assert set(sel.indices) <= set(top)
 
     cold = PoolView(X, np.zeros(X.shape[0], bool), np.ones(X.shape[0], bool))
-    assert select("auto", cold, N_PICK).strategy == "auto(typiclust)"
+    assert select("auto", cold, N_PICK).strategy == "auto(maxherding)"
 
     monkeypatch.setattr(auto, "AUTO_LABELS_PER_CLASS", 1)  # threshold max(20, 10) = 20: now trusted
     assert select("auto", few, N_PICK).strategy == "auto(margin+kmeans)"
@@ -295,3 +295,98 @@ def test_bounded_paths_still_pick_valid_rows(warm, monkeypatch):
     none = np.zeros(warm.n, bool)
     cold = PoolView(warm.embeddings, none, ~none)
     _check(select("typiclust", cold, 3), cold, 3)  # 3 clusters of ~600 rows > 30: sampled typicality
+
+
+# ------------------------------------------------------------------ maxherding, clue, batchbald
+
+
+def _brute_force_herding(X: np.ndarray, labeled: np.ndarray, cand: np.ndarray, n: int, gamma: float) -> list[int]:
+    """MaxHerding as written in the paper: the full n x n kernel, every gain recomputed each step."""
+    Z = X / np.linalg.norm(X, axis=1, keepdims=True)
+    K = np.exp(-gamma * cdist(Z, Z, "sqeuclidean"))
+    kmax = K[:, labeled].max(axis=1) if labeled.any() else np.zeros(len(X))
+    picked = []
+    for _ in range(n):
+        gains = np.maximum(K[cand][:, cand] - kmax[cand][None, :], 0).mean(axis=1)
+        gains[np.isin(cand, picked)] = -1
+        j = int(cand[np.argmax(gains)])
+        picked.append(j)
+        kmax = np.maximum(kmax, K[:, j])
+    return picked
+
+
+@pytest.mark.parametrize("n_labeled", [0, 15])
+def test_maxherding_matches_brute_force(n_labeled, monkeypatch):
+    from tlkit.active.strategies import herding
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 12)).astype(np.float32) + 3 * rng.integers(0, 4, size=(300, 1))
+    labeled = np.zeros(300, bool)
+    labeled[rng.choice(300, n_labeled, replace=False)] = True
+    gammas = []
+    monkeypatch.setattr(herding, "herding_gamma", lambda *a: gammas.append(herding.__dict__["MAXHERDING_BANDWIDTH"]) or 3.0)
+    monkeypatch.setattr(_geometry, "CHUNK_BYTES", 4096)  # many row blocks
+    pool = PoolView(X, labeled, ~labeled)
+    sel = select("maxherding", pool, 12, seed=4)
+    np.testing.assert_array_equal(sel.indices, _brute_force_herding(X, labeled, np.flatnonzero(~labeled), 12, 3.0))
+    assert np.all(np.diff(sel.scores) <= 1e-6)  # coverage gains shrink (submodular)
+
+
+def test_maxherding_bandwidth_from_median_pair_distance():
+    from tlkit.active.strategies import herding
+
+    Z = herding.normalized(np.random.default_rng(0).normal(size=(500, 64)).astype(np.float32))
+    med = np.median(cdist(Z, Z, "sqeuclidean")[np.triu_indices(500, 1)])
+    gamma = herding.herding_gamma(Z, np.random.default_rng(1))
+    np.testing.assert_allclose(gamma, 1 / (herding.MAXHERDING_BANDWIDTH * med), rtol=0.05)
+
+
+@pytest.mark.slow
+def test_maxherding_memory_is_bounded_on_a_large_pool():
+    """20,000 x 1,280: an n x n float32 kernel would take 1.6 GB; the sampled one stays under 200 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20_000, 1280), dtype=np.float32)
+    labeled = np.zeros(20_000, bool)
+    labeled[:200] = True
+    pool = PoolView(X, labeled, ~labeled)
+    tracemalloc.start()
+    sel = select("maxherding", pool, 100)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    _check(sel, pool, 100)
+    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_clue_weights_uncertain_regions(warm):
+    from tlkit.active.strategies.uncertainty import entropy_scores
+
+    ent = lambda idx: entropy_scores(warm.probs[idx]).mean()  # noqa: E731
+    picked = np.mean([ent(select("clue", warm, N_PICK * 2, seed=s).indices) for s in range(3)])
+    plain = np.mean([ent(select("kmeans", warm, N_PICK * 2, seed=s).indices) for s in range(3)])
+    assert picked > plain, (picked, plain)
+
+
+def test_batchbald_spreads_a_batch_that_bald_piles_up():
+    """Ten copies of the most disputed row: BALD takes copies, BatchBALD takes one and moves on."""
+    rng = np.random.default_rng(0)
+    n, k, T = 60, 3, 8
+    mc = rng.dirichlet(np.ones(k), size=(n, T)).transpose(0, 2, 1).astype(np.float32)  # [n, k, T]
+    mc[:10] = np.eye(k, dtype=np.float32)[:, [0, 1, 2, 0, 1, 2, 0, 1]]  # passes disagree completely
+    P = mc.mean(axis=2)
+    none = np.zeros(n, bool)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    pool = PoolView(X, none, ~none, P, mc)
+    bald = select("bald", pool, 5, seed=0)
+    batch = select("batchbald", pool, 5, seed=0)
+    assert set(bald.indices) <= set(range(10))
+    assert np.sum(batch.indices < 10) <= 2
+    assert batch.indices[0] < 10  # the first pick is BALD's
+
+
+def test_batchbald_first_score_is_bald(warm):
+    from tlkit.active.strategies.bayesian import bald_scores
+
+    sel = select("batchbald", warm, 3)
+    np.testing.assert_allclose(sel.scores[0], bald_scores(warm.mc_probs[warm.candidates]).max(), rtol=1e-5)

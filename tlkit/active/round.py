@@ -229,6 +229,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     extra["select_s"] = round(time.perf_counter() - t, 3)
     extra["strategy_plan"] = getattr(sel, "strategy", None) or info.name
     rows = _query_rows(data, sel, probs)
+    extra["stopping"] = _stopping_record(project, n, data, probs, extra.get("val_accuracy_cv"), tmp)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
     write_label_studio(tmp / "labelstudio.json", rows, project.image_urls(), n)
     if head is not None:
@@ -272,6 +273,28 @@ def _one_per_duplicate_group(project: Project, paths: list[str], candidates: np.
     kept = one_per_group(paths, candidates, groups)
     log.info("%d candidates held back: copies of other candidates (tlkit audit)", int(candidates.sum() - kept.sum()))
     return kept
+
+
+def _stopping_record(project: Project, n: int, data: PoolData, probs, cv: float | None, tmp: Path) -> dict[str, Any]:
+    """Predictions on the stop set (written to ``stop_set.json``) and their agreement with the last round's."""
+    from tlkit.active import stopping
+    from tlkit.io import read_json
+
+    record: dict[str, Any] = {"kappa": None, "cv_gain": None}
+    if probs is None:
+        return record
+    pos = stopping.stop_set([p for p, y in zip(data.paths, data.y) if y == -1])
+    unlabeled = np.flatnonzero(data.y == -1)[pos]
+    current = {data.paths[i]: data.classes[int(probs[i].argmax())] for i in unlabeled}
+    write_json(tmp / "stop_set.json", current)
+    for r in reversed(project.rounds()):
+        folder = project.round_dir(r)
+        if r < n and (folder / "stop_set.json").exists():
+            record["kappa"] = stopping.agreement(read_json(folder / "stop_set.json"), current)
+            before = read_json(folder / "metrics.json").get("val_accuracy_cv") if (folder / "metrics.json").exists() else None
+            record["cv_gain"] = None if before is None or cv is None else cv - before
+            break
+    return record
 
 
 def _previous_model(project: Project, n: int) -> Path | None:

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tlkit.active import head as heads
+from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import PoolView, get_strategy, list_strategies, select
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, save_png, write_csv, write_json
@@ -44,6 +45,9 @@ class SimulationResult:
     rows: list[tuple[str, int, int, float]] = field(default_factory=list)
     budgets: list[int] = field(default_factory=list)
     summary: dict[str, dict] = field(default_factory=dict)
+    kappa: list[tuple[str, int, int, float]] = field(default_factory=list)
+    """``(strategy, seed, labels, kappa)``: agreement of this round's pool predictions with the previous
+    round's on the rows unlabeled in both (the stopping signal of :mod:`tlkit.active.stopping`)."""
 
 
 def aubc(budgets: Sequence[int], accuracy: Sequence[float]) -> float:
@@ -82,10 +86,15 @@ def _one_curve(x, y, learner: Learner, strategy, start_idx, batch, rounds, seed,
     info = get_strategy(strategy)
     labeled = np.zeros(len(y), bool)
     labeled[start_idx] = True
-    points = []
+    points, before = [], None
     for r in range(rounds + 1):
         probs, mc, acc = learner(labeled, seed + r, info.needs)
-        points.append((int(labeled.sum()), acc))
+        pred = probs.argmax(axis=1) if probs is not None else None
+        kappa = float("nan")
+        if pred is not None and before is not None:
+            kappa = cohen_kappa(before[~labeled], pred[~labeled])
+        points.append((int(labeled.sum()), acc, kappa))
+        before = pred
         tick()
         if r == rounds or labeled.all():
             break
@@ -154,8 +163,9 @@ def simulate(
         start_idx = _start_set(y, start, np.random.default_rng(seed))
         for s in strategies:
             t = time.perf_counter()
-            for labels, acc in _one_curve(x, y, learner, s, start_idx, batch, rounds, seed, tick):
+            for labels, acc, kappa in _one_curve(x, y, learner, s, start_idx, batch, rounds, seed, tick):
                 result.rows.append((s, seed, labels, acc))
+                result.kappa.append((s, seed, labels, kappa))
             log.info("%s seed %d: %.1f s", s, seed, time.perf_counter() - t)
     result.budgets = sorted({r[2] for r in result.rows})
     result.summary = summarise(result.rows, strategies)

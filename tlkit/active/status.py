@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.stopping import stopping_hint
 from tlkit.data import class_imbalance
 from tlkit.io import read_json
 
@@ -22,6 +23,7 @@ class ProjectStatus:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     curve_png: Path | None = None
     imbalance: str | None = None  # one-line hint when the largest class has > 10x the labels of the smallest
+    stopping: str | None = None  # do more labels still pay? (tlkit.active.stopping)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -29,6 +31,7 @@ class ProjectStatus:
             "labeled": sum(self.labeled_per_class.values()), "labeled_per_class": self.labeled_per_class,
             "unlabelable": self.unlabelable, "pending": self.pending, "rounds": self.rounds,
             "learning_curve": str(self.curve_png) if self.curve_png else None, "imbalance": self.imbalance,
+            "stopping": self.stopping,
         }
 
 
@@ -47,10 +50,11 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
         rounds.append({"round": n, "labeled": m.get("labeled"), "selected": m.get("selected"),
                        "strategy": m.get("strategy"), "train": m.get("train"),
                        "val_accuracy": m.get("val_accuracy_cv", m.get("val_accuracy")),
-                       "seconds": m.get("elapsed_s")})
+                       "seconds": m.get("elapsed_s"), "stopping": m.get("stopping")})
     status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,
                            sum(1 for v in labels.values() if v == SKIP_LABEL), len(project.pending()), rounds)
     status.imbalance = imbalance_hint(per_class)
+    status.stopping = stopping_hint(rounds)
     if plot and any(r["val_accuracy"] is not None for r in rounds):
         status.curve_png = _plot(project.root / "learning_curve.png", rounds)
     return status

@@ -171,13 +171,16 @@ def al_status_cmd(
         classes.add_row(escape(c), str(k))
     console.print(classes)
     rounds = Table(title="rounds")
-    for col in ("round", "labeled", "selected", "strategy", "train", "validation", "seconds"):
+    for col in ("round", "labeled", "selected", "strategy", "train", "validation", "kappa", "seconds"):
         rounds.add_column(col)
     for r in st.rounds:
         val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
+        kappa = (r.get("stopping") or {}).get("kappa")
         rounds.add_row(str(r["round"]), str(r["labeled"]), str(r["selected"]), str(r["strategy"]), str(r["train"]),
-                       val, f"{r['seconds']:.1f}" if r["seconds"] is not None else "")
+                       val, "" if kappa is None else f"{kappa:.3f}", f"{r['seconds']:.1f}" if r["seconds"] is not None else "")
     console.print(rounds)
+    if st.stopping:
+        console.print(f"[bold]stopping:[/] {escape(st.stopping)}")
     if st.curve_png:
         console.print(f"learning curve: {escape(str(st.curve_png))}")
     if st.imbalance:

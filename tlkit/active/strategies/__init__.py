@@ -7,8 +7,9 @@ Example:
     >>> [s.name for s in list_strategies()]        # the CLI's --strategy choices
 
 Families: :mod:`.baseline` (random), :mod:`.uncertainty` (least-confidence, margin, entropy,
-class-balanced), :mod:`.bayesian` (bald), :mod:`.diversity` (coreset, kmeans, badge,
-ranked-batch), :mod:`.coldstart` (typiclust, probcover), :mod:`.auto` (the default).
+class-balanced), :mod:`.bayesian` (bald, batchbald), :mod:`.diversity` (coreset, kmeans, clue, badge,
+ranked-batch), :mod:`.coldstart` (typiclust, probcover), :mod:`.herding` (maxherding),
+:mod:`.auto` (the default).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tlkit.active.strategies._registry import (
 )
 
 # importing the family modules registers their strategies
-from tlkit.active.strategies import auto, baseline, bayesian, coldstart, diversity, uncertainty  # noqa: E402,F401,I001
+from tlkit.active.strategies import auto, baseline, bayesian, coldstart, diversity, herding, uncertainty  # noqa: E402,F401,I001
 
 DEFAULT_STRATEGY = "auto"
 

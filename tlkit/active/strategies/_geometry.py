@@ -81,24 +81,29 @@ def d2_sample(D2: np.ndarray, rng: np.random.Generator) -> int:
     return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), D2.shape[0] - 1)
 
 
-def kmeans_pp_seeds(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``[k, d]`` k-means++ initial centers (one trial per center) of ``X [n, d]``.
+def kmeans_pp_seeds(X: np.ndarray, k: int, rng: np.random.Generator, weight: np.ndarray | None = None) -> np.ndarray:
+    """``[k, d]`` k-means++ initial centers (one trial per center) of ``X [n, d]``; with ``weight [n]``,
+    rows are drawn with probability proportional to ``weight · D²`` (the first one ``∝ weight``).
 
     One matrix-vector product per center: O(k·n·d) time, O(n) memory. (sklearn's
     ``kmeans_plusplus`` upcasts float32 blocks to float64 and is ~10x slower here.)
     """
     x2 = sq_norms(X)
-    picked = [int(rng.integers(X.shape[0]))]
+    picked = [int(rng.integers(X.shape[0])) if weight is None else d2_sample(weight, rng)]
     D2 = np.full(X.shape[0], np.inf)
     for _ in range(k - 1):
         c = picked[-1]
         np.minimum(D2, np.maximum(x2 + x2[c] - 2.0 * (X @ X[c]), 0.0), out=D2)
-        picked.append(d2_sample(D2, rng))
+        picked.append(d2_sample(D2 if weight is None else D2 * weight, rng))
     return X[picked].copy()
 
 
-def kmeans(X: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cluster ``X [n, d]`` into ``min(k, n)`` clusters; deterministic for ``rng``'s state.
+
+    ``sample_weight [n]`` (optional, non-negative) weights the rows in seeding and in the updates.
 
     k-means++ seeding (:func:`kmeans_pp_seeds`) on a sample of :data:`KMEANS_INIT_SAMPLE` rows, then
     Lloyd (sklearn KMeans, ≤100 passes) when ``n·k·d <= KMEANS_FULL_WORK``, else sklearn
@@ -115,16 +120,17 @@ def kmeans(X: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray,
     k = max(1, min(int(k), n))
     seed = int(rng.integers(2**31 - 1))
     n_init_rows = min(n, max(KMEANS_INIT_SAMPLE, 2 * k))
-    sample = X if n_init_rows == n else X[np.sort(rng.choice(n, n_init_rows, replace=False))]
-    centers = kmeans_pp_seeds(sample, k, rng)
+    rows = np.arange(n) if n_init_rows == n else np.sort(rng.choice(n, n_init_rows, replace=False))
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float64)[rows]
+    centers = kmeans_pp_seeds(X if n_init_rows == n else X[rows], k, rng, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: fewer distinct clusters
         if n * k * d <= KMEANS_FULL_WORK:
-            km = KMeans(k, init=centers, n_init=1, max_iter=100, random_state=seed).fit(X)
+            km = KMeans(k, init=centers, n_init=1, max_iter=100, random_state=seed).fit(X, sample_weight=sample_weight)
         else:
             km = MiniBatchKMeans(
                 k, init=centers, n_init=1, batch_size=2048, max_iter=20, max_no_improvement=3, random_state=seed
-            ).fit(X)
+            ).fit(X, sample_weight=sample_weight)
     return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
 
 

@@ -1,4 +1,4 @@
-"""Diversity strategies over embeddings ``[n, d]``: coreset, kmeans, badge, ranked-batch.
+"""Diversity strategies over embeddings ``[n, d]``: coreset, kmeans, clue, badge, ranked-batch.
 
 Memory stays O(n·d) (at most one copy of the candidate rows) plus chunked distance blocks of
 ``_geometry.CHUNK_BYTES``; nothing builds an ``n x n`` matrix.
@@ -22,7 +22,7 @@ from tlkit.active.strategies._geometry import (
     sq_norms,
 )
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
-from tlkit.active.strategies.uncertainty import least_confidence_scores
+from tlkit.active.strategies.uncertainty import entropy_scores, least_confidence_scores
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,36 @@ def kmeans_centers(pool: PoolView, n: int, rng: np.random.Generator) -> Selectio
     ok = np.flatnonzero(rep >= 0)
     order, _ = rank_top(ok, sizes[ok], ok.size, rng)
     return fill_up(cand[rep[order]], sizes[order] / cand.size, pool, n, rng, why="kmeans: fewer distinct clusters than picks")
+
+
+# ---------------------------------------------------------------- CLUE
+
+
+@register_strategy(
+    "clue",
+    description="k-means with k = n, rows weighted by predictive entropy; the point nearest each centre (CLUE)",
+    needs=("probs", "embeddings"),
+)
+def clue(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
+    """CLUE (Prabhu et al. 2021): uncertainty-weighted k-means over the candidates, ``n`` clusters;
+    per cluster the member nearest its centre. Weights are the entropy of ``probs`` (uniform when
+    every candidate has entropy 0, e.g. one class). Rank: heaviest cluster first; score = the
+    cluster's share of the total weight.
+
+    Cost: O(c·n·d) per k-means pass (MiniBatchKMeans on big pools, see :func:`_geometry.kmeans`),
+    O(c·d) memory (one copy of the candidates).
+    """
+    cand = pool.candidate_indices
+    w = entropy_scores(pool.probs[cand]).astype(np.float64)
+    if not w.sum() > 0:
+        w = np.ones_like(w)
+    Xc = pool.embeddings[cand]
+    labels, centers = kmeans(Xc, n, rng, sample_weight=w)
+    rep = nearest_to_centers(Xc, labels, centers)
+    mass = np.bincount(labels, weights=w, minlength=centers.shape[0])
+    ok = np.flatnonzero(rep >= 0)
+    order, _ = rank_top(ok, mass[ok], ok.size, rng)
+    return fill_up(cand[rep[order]], mass[order] / w.sum(), pool, n, rng, why="clue: fewer distinct clusters than picks")
 
 
 # ---------------------------------------------------------------- BADGE
