@@ -23,14 +23,17 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tlkit.errors import TlkitError
+
+if TYPE_CHECKING:  # importing this package must not import torch (the CLI's --help reads the registry)
+    import numpy as np
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ def model_digest(model: torch.nn.Module) -> str:
     What decides the function a model computes, so a cache keyed by it cannot hand out a stale
     model (random init, a fine-tuned run, another eps). ~20 ms for efficientnet_lite0 (13 MB).
     """
+    import torch
+
     h = hashlib.sha256(repr(model).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -99,26 +104,37 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """A registered engine: ``build(spec, device, precision, **options) -> Engine``."""
+    """A registered engine.
+
+    Attributes:
+        name: what ``--engine`` takes.
+        description: one line for ``--help``.
+        available: whether it can be imported here (cheap; imports nothing heavy).
+        builder: ``"module:function"`` of ``build(spec, device, precision, **options) -> Engine``,
+            imported only when the engine is built (so listing engines needs neither torch nor openvino).
+    """
 
     name: str
     description: str
     available: Callable[[], bool]
-    build: Callable[..., Engine]
+    builder: str
+
+    def build(self, *args: Any, **kwargs: Any) -> Engine:
+        module, _, func = self.builder.partition(":")
+        return getattr(importlib.import_module(module), func)(*args, **kwargs)
 
 
 ENGINES: dict[str, EngineInfo] = {}
-ENGINE_CHOICES_HELP = "auto (openvino on a CPU when installed, else torch)"
 
 
-def register_engine(name: str, *, description: str, available: Callable[[], bool]) -> Callable:
-    """Decorator registering an engine builder under ``name``."""
+def register_engine(name: str, *, description: str, available: Callable[[], bool], builder: str) -> EngineInfo:
+    """Register an engine (see :class:`EngineInfo`); a later registration of ``name`` replaces it."""
+    ENGINES[name] = info = EngineInfo(name, description, available, builder)
+    return info
 
-    def deco(build: Callable[..., Engine]) -> Callable[..., Engine]:
-        ENGINES[name] = EngineInfo(name, description, available, build)
-        return build
 
-    return deco
+def _installed(package: str) -> Callable[[], bool]:
+    return lambda: importlib.util.find_spec(package) is not None
 
 
 def list_engines() -> list[EngineInfo]:
@@ -170,6 +186,8 @@ def create_engine(spec: ModelSpec, *, engine: str = "auto", device: str | torch.
     Returns:
         A ready :class:`Engine`. A fallback to ``torch`` is logged as one warning line.
     """
+    import torch
+
     from tlkit.runtime import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -182,9 +200,14 @@ def create_engine(spec: ModelSpec, *, engine: str = "auto", device: str | torch.
     return ENGINES["torch"].build(spec, dev, precision, fuse=fuse, compile=compile)
 
 
-# Registration order is the order of `tlkit engines` / --help.
-from tlkit.engines import torch_engine as _torch_engine  # noqa: E402,F401
-from tlkit.engines import openvino_engine as _openvino_engine  # noqa: E402,F401
+register_engine("torch", description="PyTorch: BatchNorm folded, channels_last, bf16/fp16 autocast; GPUs and CPUs",
+                available=lambda: True, builder="tlkit.engines.torch_engine:build_torch")
+register_engine("openvino", description="OpenVINO on the CPU: bf16 where native, else fp32; converted once, cached",
+                available=_installed("openvino"), builder="tlkit.engines.openvino_engine:build_openvino")
 
-__all__ = ["ENGINES", "Engine", "EngineInfo", "EngineUnavailable", "ModelSpec", "check_engine_name", "create_engine",
+#: ``--engine`` help text, from the registry.
+ENGINE_HELP = (f"Inference engine: {' | '.join(engine_names())}. auto = openvino on a CPU when installed "
+               "and the model converts, else torch.")
+
+__all__ = ["ENGINES", "ENGINE_HELP", "Engine", "EngineInfo", "EngineUnavailable", "ModelSpec", "check_engine_name", "create_engine",
            "engine_names", "list_engines", "model_digest", "register_engine", "resolve_engine"]

@@ -29,7 +29,6 @@ rebuilt, with one log line. Delete the folder at any time to free the space.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlkit.engines import EngineUnavailable, ModelSpec, register_engine
+from tlkit.engines import EngineUnavailable, ModelSpec
 from tlkit.errors import TlkitError
 from tlkit.io import fsync_dir, read_json, sha256_file, write_json
 from tlkit.runtime import cpu_has_fast_bf16
@@ -211,8 +210,6 @@ def _build_entry(ov, spec: ModelSpec, precision: str, entry: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@register_engine("openvino", description="OpenVINO on the CPU (bf16 where native, else fp32); converted once, cached",
-                 available=lambda: importlib.util.find_spec("openvino") is not None)
 def build_openvino(spec: ModelSpec, device: torch.device, precision: str = "auto") -> OpenVINOEngine:
     """An :class:`OpenVINOEngine` for ``spec`` from the cache, converting (and caching) it first if needed.
 

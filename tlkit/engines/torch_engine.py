@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlkit.engines import ModelSpec, register_engine
+from tlkit.engines import ModelSpec
 from tlkit.inference import prepare_for_inference
 from tlkit.runtime import autocast, precision_name, resolve_precision
 
@@ -30,8 +30,6 @@ class TorchEngine:
         return self.forward(x).cpu().numpy()
 
 
-@register_engine("torch", description="PyTorch (BatchNorm folded, channels_last, bf16/fp16 autocast); GPUs and CPUs",
-                 available=lambda: True)
 def build_torch(spec: ModelSpec, device: torch.device, precision: str = "auto", *, fuse: bool = True,
                 compile: bool = False) -> TorchEngine:
     """A :class:`TorchEngine` for ``spec`` on ``device`` (``precision`` as :func:`resolve_precision`)."""
