@@ -167,13 +167,14 @@ def _load(ov, entry: Path, spec: ModelSpec, precision: str):
 def _convert(ov, spec: ModelSpec, precision: str, tmp: Path):
     """Convert ``spec.model`` into ``tmp`` (model.xml/.bin, reference.npy, entry.json last)."""
     model = spec.model.float().eval()
-    x = torch.from_numpy(reference_input(spec.input_size))
     with torch.inference_mode():
-        reference = model(x).float().numpy()
+        reference = model(torch.from_numpy(reference_input(spec.input_size))).float().numpy()
+    # traced on another input than the check's: a trace that froze a value computed from its example fails the check
+    example = torch.from_numpy(np.random.default_rng(1).standard_normal((2, *spec.input_size), dtype=np.float32))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace deprecation notices from the converter
-            converted = ov.convert_model(model, example_input=x, input=[[-1, *spec.input_size]])
+            converted = ov.convert_model(model, example_input=example, input=[[-1, *spec.input_size]])
         ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
     except Exception as e:  # noqa: BLE001 - a model OpenVINO cannot convert: fall back to PyTorch
         raise EngineUnavailable(f"conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from e
