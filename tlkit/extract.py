@@ -361,10 +361,11 @@ def _run_locked(job: _Job, t0: float) -> ExtractResult:
              len(plan.reuse), n, done, len(plan.todo) - done)
     if job.progress and len(plan.reuse) + done:
         job.progress(len(plan.reuse) + done)
+    t_embed = time.perf_counter()
     if engine is not None:
         _embed(job, writer, engine)
-    elapsed = time.perf_counter() - t0
-    count, skipped = _finish(job, writer, _meta(job, plan, elapsed))
+    elapsed, embed_s = time.perf_counter() - t0, time.perf_counter() - t_embed
+    count, skipped = _finish(job, writer, {**_meta(job, plan, elapsed), "embed_s": round(embed_s, 3)})
     if skipped:
         log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
     embedded = len(plan.todo) - done
