@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ExtractResult", "extract_features", "load_features"]
 
 COMMIT_EVERY_S = float(os.environ.get("TLKIT_COMMIT_EVERY_S", "5"))
-DECODE_THREADS = int(os.environ.get("TLKIT_DECODE_THREADS", "1"))  # see _batches
 
 
 @dataclass(frozen=True)
@@ -223,17 +222,15 @@ def _engine(job: _Job) -> Engine:
 
 
 def _batches(job: _Job, records: list[tdata.ImageRecord]):
-    """Batches of ``records`` in order: decoded in one background thread on a CPU with no worker
-    processes (2 cores: decoding overlaps inference), else by DataLoader workers."""
-    from tlkit.data.prefetch import threaded_batches
+    """Batches of ``records`` in order: on a CPU with no worker processes (2 cores) decoded in a
+    background thread while the engine runs (:func:`tlkit.data.prefetch.inference_batches`)."""
+    from tlkit.data.prefetch import inference_batches
 
     transform = tdata.build_transform(job.data_config)
     dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config["input_size"][-1])
     nw = default_workers() if job.workers is None else job.workers
-    bs = job.batch_size or inference_batch_size(job.device)
-    if nw == 0 and job.device.type == "cpu" and job.workers is None and DECODE_THREADS > 0:
-        return threaded_batches(dataset, batch_size=bs, threads=DECODE_THREADS)
-    return tdata.make_loader(dataset, batch_size=bs, workers=nw, device=job.device)
+    return inference_batches(dataset, batch_size=job.batch_size or inference_batch_size(job.device), workers=nw,
+                             device=job.device)
 
 
 def _embed(job: _Job, writer: _Writer, engine: Engine) -> None:

@@ -217,7 +217,8 @@ def evaluate_run(
     Returns:
         :func:`compute_metrics` output plus ``loss``, ``data``, ``checkpoint``, ``skipped``.
     """
-    from tlkit.data import ImageDataset, build_transform, make_loader, scan_images, size_hint_for, write_skipped
+    from tlkit.data import ImageDataset, build_transform, scan_images, size_hint_for, write_skipped
+    from tlkit.data.prefetch import inference_batches
     from tlkit.runtime import default_workers, inference_batch_size
     from tlkit.train.model import load_run_engine
 
@@ -238,8 +239,8 @@ def evaluate_run(
         raise TlkitError(f"{data}: no images found to evaluate")
     ds = ImageDataset(source.records, build_transform(data_config), {c: i for i, c in enumerate(classes)},
                       size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
-                         workers=default_workers() if workers is None else workers, device=dev)
+    loader = inference_batches(ds, batch_size=batch_size or inference_batch_size(dev),
+                               workers=default_workers() if workers is None else workers, device=dev)
     preds = predict_loader(model, loader, device=dev, tta=tta, forward=eng.forward, progress=progress)
     metrics = compute_metrics(preds.targets, preds.probs, classes)
     metrics.update(loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,

@@ -88,7 +88,8 @@ def predict(
         which: ``best`` or ``last`` checkpoint.
         engine: ``auto`` | ``torch`` | ``openvino`` (:mod:`tlkit.engines`).
     """
-    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for, write_skipped
+    from tlkit.data import ImageDataset, build_transform, size_hint_for, write_skipped
+    from tlkit.data.prefetch import inference_batches
     from tlkit.runtime import default_workers, inference_batch_size
     from tlkit.train.evaluate import predict_loader
     from tlkit.train.model import load_run_engine
@@ -101,8 +102,8 @@ def predict(
     dev = eng.device
     records = _records(images)
     ds = ImageDataset(records, build_transform(data_config), None, size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
-                         workers=default_workers() if workers is None else workers, device=dev)
+    loader = inference_batches(ds, batch_size=batch_size or inference_batch_size(dev),
+                               workers=default_workers() if workers is None else workers, device=dev)
     preds = predict_loader(model, loader, device=dev, tta=tta, forward=eng.forward, progress=progress)
     k = min(topk, len(classes))
     header = ["path", "label", "probability"]
