@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.constants import AUDIT_DUPLICATE_COSINE
+
 from tlkit.io import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.70
+DEFAULT_THRESHOLD = AUDIT_DUPLICATE_COSINE
 """Cosine of efficientnet_lite0 embeddings above which two images may be near-duplicates (see the module docstring)."""
 PIXEL_THRESHOLD = 0.985
 EMBEDDING_ONLY_THRESHOLD = 0.97

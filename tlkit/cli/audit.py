@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from tlkit.audit.duplicates import DEFAULT_THRESHOLD
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.constants import AUDIT_DUPLICATE_COSINE as DEFAULT_THRESHOLD
 
 
 @app.command("audit")
