@@ -124,6 +124,7 @@ def search(
     dist = np.zeros((len(xn), k), np.float32)
     radius2 = None if threshold is None else 2.0 * (1.0 - float(threshold)) + MARGIN
     pairs: list[np.ndarray] = []
+    cosines: list[np.ndarray] = []
     step = max(1, BLOCK_BYTES // (4 * max(1, len(r_full))))
     for s in range(0, len(xn), step):
         e = min(s + step, len(xn))
@@ -142,14 +143,17 @@ def search(
             hit = (d2[rows] <= radius2).nonzero()
             hit[:, 0] = rows[hit[:, 0]] + s
             hit = hit.numpy()
-            pairs.append(hit[hit[:, 0] < hit[:, 1]] if self_search else hit)
+            hit, cos = _confirm(xn, r_full, hit[hit[:, 0] < hit[:, 1]] if self_search else hit, threshold)
+            pairs.append(hit)
+            cosines.append(cos)
             if sum(len(p) for p in pairs) > MAX_PAIRS:
                 raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {threshold}: the images are too "
                                  "alike for this threshold; raise --threshold")
         if progress:
             progress(e - s)
-    cand = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    return Neighbours(index, dist, *_confirm(xn, r_full, cand, threshold))
+    if not pairs:
+        return Neighbours(index, dist, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+    return Neighbours(index, dist, np.concatenate(pairs), np.concatenate(cosines))
 
 
 def _confirm(xn: np.ndarray, ref: np.ndarray, cand: np.ndarray, threshold: float | None,
@@ -162,5 +166,4 @@ def _confirm(xn: np.ndarray, ref: np.ndarray, cand: np.ndarray, threshold: float
         c = cand[i : i + chunk]
         cos[i : i + chunk] = np.einsum("ij,ij->i", xn[c[:, 0]], ref[c[:, 1]])
     keep = cos >= threshold
-    log.info("%d candidate pairs in the projection, %d at cosine >= %.3f", len(cand), int(keep.sum()), threshold)
     return cand[keep].astype(np.int64), cos[keep]
