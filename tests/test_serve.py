@@ -240,6 +240,12 @@ def test_live_loop_with_a_real_label_studio(label_studio, tmp_path):
             raise AssertionError(f"predictions were not refreshed: {server.log.read_text()[-2000:]}")
         ordered = [t["data"]["tlkit_path"] for t in _ls_tasks(ls, pid, "tasks:predictions_score")]
         assert h["last_error"] is None and len(ordered) == 12
+        # the rank field in task data follows the new ranking too (sortable in the Data Manager)
+        labeled = set(Project.open(project_dir).labels())
+        _wait(lambda: all("tlkit_rank" in t["data"] for t in _ls_tasks(ls, pid) if t["data"]["tlkit_path"] not in labeled), server)
+        by_rank = [t["data"]["tlkit_path"] for t in sorted(_ls_tasks(ls, pid), key=lambda t: t["data"].get("tlkit_rank", 1e9))]
+        unlabeled_by_score = [p for p in _ls_tasks_paths(ls, pid) if p not in labeled]
+        assert [p for p in by_rank if p not in labeled] == unlabeled_by_score
     finally:
         server.stop()
 
@@ -249,6 +255,10 @@ def _wait(cond, server: Server, timeout: float = 60) -> None:
     while not cond():
         assert time.monotonic() < deadline, server.log.read_text()[-2000:]
         time.sleep(0.3)
+
+
+def _ls_tasks_paths(ls, pid: int) -> list[str]:
+    return [t["data"]["tlkit_path"] for t in _ls_tasks(ls, pid, "tasks:predictions_score")]
 
 
 def _ls_tasks(ls, pid: int, ordering: str = "tasks:id") -> list[dict]:

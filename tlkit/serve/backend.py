@@ -355,6 +355,10 @@ class Backend:
         try:
             self.client.retrieve_predictions()
             self._shown = self.version if self.client.show_version(self.version) else None
+            served, urls = self.served, self.project.image_urls()
+            if served is not None:
+                n = self.client.update_ranks(lambda d: served.rank.get(d.get("tlkit_path") or urls.path(str(d.get(ls.DATA_KEY, "")))))
+                log.info("Label Studio: tlkit_rank updated in %d tasks", n)
         except Exception as e:  # noqa: BLE001 - Label Studio being down must not stop the loop
             log.warning("could not tell Label Studio about %s: %s", self.version, e)
 

@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from tlkit.errors import TlkitError
 
@@ -75,3 +75,31 @@ class LabelStudioClient:
         except TlkitError:
             return False
         return True
+
+    def tasks(self, page_size: int = 500):
+        """Every task of the project (data only), page by page."""
+        page, seen = 1, 0
+        while True:
+            res = self._call("GET", "/api/tasks", params={"project": self.project, "page": page,
+                                                          "page_size": page_size, "fields": "task_only"})
+            batch = res.get("tasks", []) if isinstance(res, dict) else res
+            yield from batch
+            seen += len(batch)
+            total = res.get("total", seen) if isinstance(res, dict) else seen
+            if not batch or seen >= total:
+                return
+            page += 1
+
+    def update_ranks(self, rank_of: Callable[[dict[str, Any]], int | None]) -> int:
+        """Write tlkit's rank into each task's ``data.tlkit_rank`` where it changed; returns how many changed.
+
+        ``rank_of(data)`` gives a task's new rank (None: leave the task as it is, e.g. labeled).
+        """
+        changed = 0
+        for task in list(self.tasks()):
+            data = task.get("data") or {}
+            rank = rank_of(data)
+            if rank is not None and data.get("tlkit_rank") != rank:
+                self._call("PATCH", f"/api/tasks/{int(task['id'])}", {"data": {**data, "tlkit_rank": rank}})
+                changed += 1
+        return changed
