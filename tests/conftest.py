@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TLKIT_OFFLINE", "1")  # never wait on the network in tests
-# compiled OpenVINO models of this session go to a fresh folder, not the user's ~/.cache/tlkit
-os.environ.setdefault("TLKIT_CACHE_DIR", tempfile.mkdtemp(prefix="tlkit-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,10 +38,10 @@ from tlkit.extract_store import (
     recover, run_digest,
 )
 from tlkit.fingerprint import UNREADABLE, fingerprints
-from tlkit.engines import Engine, ModelSpec, create_engine, resolve_engine
+from tlkit.inference import prepare_for_inference
 from tlkit.io import read_json, write_json
 from tlkit.locks import hold_lock
-from tlkit.runtime import default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
+from tlkit.runtime import autocast, default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +96,10 @@ class _Job:
     compile: bool
     fuse: bool
     progress: Callable[[int], None] | None
-    engine: str = "auto"        # as asked for: auto | torch | openvino
-    precision: str = "auto"     # as asked for
 
     @property
     def dim(self) -> int:
         return int(self.bb.num_features)
-
-    def intended_engine(self) -> tuple[str, str]:
-        """(engine, precision) this run will use unless the engine falls back (see :func:`create_engine`)."""
-        name = resolve_engine(self.engine, self.device)
-        if name == "openvino":
-            from tlkit.engines.openvino_engine import ov_precision
-
-            return name, ov_precision(self.precision)
-        return name, precision_name(self.dtype)
 
 
 @dataclass
@@ -124,31 +113,21 @@ class _Plan:
     reuse: dict[int, int] = field(default_factory=dict)  # new row -> row of the earlier result
     todo: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # rows to embed, in order
     previous: tuple | None = None                    # (features, index, meta) of the earlier result
-    engine: tuple[str, str] = ("torch", "fp32")      # (engine, precision) the rows are made with
 
 
-def _settings_key(job: _Job, engine: tuple[str, str]) -> str:
-    """What the features depend on. The engine enters only when it is not ``torch``, so folders made
-    before engines existed (all torch) stay reusable; a result of one engine is never reused by the other."""
+def _settings_key(job: _Job) -> str:
     settings = {"backbone": job.bb.name, "weights": job.bb.weights.to_dict(), "data_config": job.data_config,
-                "precision": engine[1]}
-    if engine[0] != "torch":
-        settings["engine"] = engine[0]
+                "precision": precision_name(job.dtype)}
     return run_digest(json.dumps(settings, sort_keys=True, default=str))
 
 
-def _plan(job: _Job, engine: tuple[str, str], fps: list[str] | None = None) -> _Plan:
-    """Fingerprint the images and match them against the earlier result in ``out`` made with ``engine``."""
+def _plan(job: _Job) -> _Plan:
+    """Fingerprint the images and match them against the earlier result in ``out``."""
     records = job.source.records
-    fps = fps if fps is not None else fingerprints([r.path for r in records])
-    settings_key = _settings_key(job, engine)
-    plan = _Plan(fps, settings_key, run_digest(settings_key, [r.rel for r in records], fps), base="",
-                 engine=engine)
+    fps = fingerprints([r.path for r in records])
+    settings_key = _settings_key(job)
+    plan = _Plan(fps, settings_key, run_digest(settings_key, [r.rel for r in records], fps), base="")
     prev = read_previous(job.out)
-    if prev is not None and prev[2].get("settings_key") != settings_key:
-        was = f"{prev[2].get('engine', 'torch')} {prev[2].get('precision')}"
-        log.info("%s holds features made with other settings (engine/precision was %s, now %s %s); "
-                 "not reusing them", job.out, was, *engine)
     if prev is not None and prev[2].get("settings_key") == settings_key:
         old = {(r["path"], r.get("fingerprint")): j for j, r in enumerate(prev[1])}
         plan.reuse = {i: old[(r.rel, fp)] for i, (r, fp) in enumerate(zip(records, fps))
@@ -213,27 +192,21 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
     return writer
 
 
-def _engine(job: _Job) -> Engine:
-    """The inference engine for the backbone (pooled features ``[B, D]``); see :mod:`tlkit.engines`."""
-    spec = ModelSpec.of(job.bb.model, tuple(job.data_config["input_size"]),
-                        backbone=job.bb.name, weights=job.bb.weights.sha256 or job.bb.weights.source)
-    return create_engine(spec, engine=job.engine, device=job.device, precision=job.precision, fuse=job.fuse,
-                         compile=job.compile)
+def _prepare_model(job: _Job) -> torch.nn.Module:
+    model = prepare_for_inference(job.bb.model, job.device, job.dtype, input_size=tuple(job.data_config["input_size"]),
+                                  fuse=job.fuse)
+    return torch.compile(model) if job.compile else model
 
 
-def _batches(job: _Job, records: list[tdata.ImageRecord]):
-    """Batches of ``records`` in order: on a CPU with no worker processes (2 cores) decoded in a
-    background thread while the engine runs (:func:`tlkit.data.prefetch.inference_batches`)."""
-    from tlkit.data.prefetch import inference_batches
-
+def _loader(job: _Job, records: list[tdata.ImageRecord]) -> torch.utils.data.DataLoader:
     transform = tdata.build_transform(job.data_config)
     dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config["input_size"][-1])
     nw = default_workers() if job.workers is None else job.workers
-    return inference_batches(dataset, batch_size=job.batch_size or inference_batch_size(job.device), workers=nw,
+    return tdata.make_loader(dataset, batch_size=job.batch_size or inference_batch_size(job.device), workers=nw,
                              device=job.device)
 
 
-def _embed(job: _Job, writer: _Writer, engine: Engine) -> None:
+def _embed(job: _Job, writer: _Writer) -> None:
     """Embed the images still to do, in order; the first ``writer.done`` of ``plan.todo`` are finished.
 
     On an error (a full disk, an interrupt) the rows finished so far are committed when possible,
@@ -243,9 +216,11 @@ def _embed(job: _Job, writer: _Writer, engine: Engine) -> None:
     records = [job.source.records[i] for i in writer.plan.todo[start:]]
     if not records:
         return
+    model = _prepare_model(job)
     try:
-        for batch in _batches(job, records):
-            _embed_batch(job, engine, writer, batch, start)
+        with torch.inference_mode():
+            for batch in _loader(job, records):
+                _embed_batch(job, model, writer, batch, start)
     except BaseException:
         with contextlib.suppress(OSError):
             writer.commit()
@@ -253,7 +228,7 @@ def _embed(job: _Job, writer: _Writer, engine: Engine) -> None:
     writer.commit()
 
 
-def _embed_batch(job: _Job, engine: Engine, writer: _Writer, batch: tdata.Batch, start: int) -> None:
+def _embed_batch(job: _Job, model: torch.nn.Module, writer: _Writer, batch: tdata.Batch, start: int) -> None:
     """Embed one batch of ``plan.todo[start:]`` (``batch.indices`` are positions in it) and store its rows."""
     todo = writer.plan.todo
     failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
@@ -261,7 +236,9 @@ def _embed_batch(job: _Job, engine: Engine, writer: _Writer, batch: tdata.Batch,
         raise _strict_error(job, *failures[0])
     rows, feats = np.empty(0, dtype=np.int64), None
     if batch.images is not None and len(batch.images):
-        feats = engine(batch.images)
+        x = batch.images.to(job.device, non_blocking=job.device.type == "cuda")
+        with autocast(job.device, job.dtype):
+            feats = model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
         rows = todo[start + batch.indices.numpy()]
     writer.write(rows, feats, failures, upto=writer.done + len(rows) + len(failures))
     if job.progress:
@@ -282,8 +259,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in job.data_config.items()},
         "dim": job.dim,
         "dtype": "float32",
-        "precision": plan.engine[1],
-        "engine": plan.engine[0],
+        "precision": precision_name(job.dtype),
         "device": str(job.device),
         "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
         "settings_key": plan.settings_key,
@@ -328,29 +304,17 @@ def _output_folder(out: str | os.PathLike) -> Path:
     return out
 
 
-def _already_done(job: _Job, plan: _Plan, t0: float) -> ExtractResult | None:
-    """The result when ``out`` already holds exactly these features, else None."""
-    if plan.previous is None or plan.previous[2].get("run_key") != plan.run_key:
-        return None
-    meta, n = plan.previous[2], len(plan.fps)
-    log.info("%s already holds these features; nothing to do", job.out)
-    if job.progress:
-        job.progress(n)
-    return ExtractResult(job.out, meta["count"], job.dim, meta["skipped"], n, time.perf_counter() - t0, 0.0,
-                         meta, reused=meta["count"], embedded=0)
-
-
 def _run_locked(job: _Job, t0: float) -> ExtractResult:
     recover(job.out)
-    plan = _plan(job, job.intended_engine())
+    plan = _plan(job)
     n = len(plan.fps)
-    if (done := _already_done(job, plan, t0)) is not None:
-        return done
-    engine = _engine(job) if len(plan.todo) else None
-    if engine is not None and (engine.name, engine.precision) != plan.engine:  # the engine fell back
-        plan = _plan(job, (engine.name, engine.precision), plan.fps)
-        if (done := _already_done(job, plan, t0)) is not None:
-            return done
+    if plan.previous is not None and plan.previous[2].get("run_key") == plan.run_key:
+        meta = plan.previous[2]
+        log.info("%s already holds these features; nothing to do", job.out)
+        if job.progress:
+            job.progress(n)
+        return ExtractResult(job.out, meta["count"], job.dim, meta["skipped"], n, time.perf_counter() - t0, 0.0,
+                             meta, reused=meta["count"], embedded=0)
     writer = _resume(job, plan)
     done = writer.done if writer else 0
     writer = writer or _start(job, plan)
@@ -358,11 +322,9 @@ def _run_locked(job: _Job, t0: float) -> ExtractResult:
              len(plan.reuse), n, done, len(plan.todo) - done)
     if job.progress and len(plan.reuse) + done:
         job.progress(len(plan.reuse) + done)
-    t_embed = time.perf_counter()
-    if engine is not None:
-        _embed(job, writer, engine)
-    elapsed, embed_s = time.perf_counter() - t0, time.perf_counter() - t_embed
-    count, skipped = _finish(job, writer, {**_meta(job, plan, elapsed), "embed_s": round(embed_s, 3)})
+    _embed(job, writer)
+    elapsed = time.perf_counter() - t0
+    count, skipped = _finish(job, writer, _meta(job, plan, elapsed))
     if skipped:
         log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
     embedded = len(plan.todo) - done
@@ -386,7 +348,6 @@ def extract_features(
     strict: bool = False,
     compile: bool = False,
     fuse: bool = True,
-    engine: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Embed every image under ``images`` with a frozen backbone and write the results to ``out``.
@@ -408,9 +369,6 @@ def extract_features(
         compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
         fuse: fold BatchNorm layers into the convolutions before them (checked; see
             :mod:`tlkit.inference`).
-        engine: ``auto`` (OpenVINO on a CPU when installed and the model converts, else PyTorch)
-            | ``torch`` | ``openvino`` (see :mod:`tlkit.engines`). The engine and precision are
-            part of the settings: a result made with one is not reused by the other.
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -431,7 +389,7 @@ def extract_features(
         bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
         dev = resolve_device(device)
         job = _Job(out, source, bb, dev, resolve_precision(precision, dev), _data_config(bb, image_size), batch_size,
-                   workers, strict, compile, fuse, progress, engine, precision)
+                   workers, strict, compile, fuse, progress)
         try:
             return _run_locked(job, t0)
         except OSError as e:

@@ -62,12 +62,8 @@ class PoolData:
     classes: tuple[str, ...]
 
 
-def embeddings_for(project: Project, *, device: str = "auto", engine: str | None = None,
-                   progress: Callable[[int], None] | None = None):
-    """Pool embeddings from the project's cache (computed once per backbone + weights + size + engine).
-
-    ``engine``: ``auto`` | ``torch`` | ``openvino`` (:mod:`tlkit.engines`); ``None`` takes
-    ``engine`` from project.yaml. The cache folder re-embeds when the engine or precision changes.
+def embeddings_for(project: Project, *, device: str = "auto", progress: Callable[[int], None] | None = None):
+    """Pool embeddings from the project's cache (computed once per backbone + weights + size).
 
     Returns:
         (paths [n], embeddings [n, d] float32): decodable pool images in pool order.
@@ -80,8 +76,7 @@ def embeddings_for(project: Project, *, device: str = "auto", engine: str | None
     size = cfg.image_size or bb.data_config["input_size"][-1]
     key = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
     out = project.cache_dir / key
-    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device,
-                     engine=engine or cfg.engine, progress=progress)
+    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device, progress=progress)
     feats, index, _ = load_features(out, mmap=False)
     return [r["path"] for r in index], np.ascontiguousarray(feats, dtype=np.float32)
 
@@ -181,7 +176,6 @@ def run_round(
     device: str = "auto",
     epochs: int | None = None,
     progress: Callable[[int], None] | None = None,
-    engine: str | None = None,
 ) -> RoundResult:
     """Run one round in ``project_dir`` (see the module docstring).
 
@@ -194,7 +188,6 @@ def run_round(
         new: start a new round even if the last query still awaits labels.
         epochs: epochs for ``train="finetune"``.
         progress: called with images embedded (first round of a backbone only).
-        engine: inference engine for the pool embeddings (``None``: project.yaml's ``engine``).
     """
     if train not in TRAIN_MODES:
         raise TlkitError(f"unknown --train {train!r}; choose one of: {', '.join(TRAIN_MODES)}")
@@ -208,16 +201,15 @@ def run_round(
         if pending and not new:
             return RoundResult(rounds[-1], True, pending, dir=project.round_dir(rounds[-1]))
         n = (rounds[-1] if rounds else 0) + 1
-        return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress, engine=engine)
+        return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress)
 
 
-def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress,
-               engine: str | None = None) -> RoundResult:
+def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress) -> RoundResult:
     t0 = time.perf_counter()
     final = project.round_dir(n)
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True)
-    paths, emb = embeddings_for(project, device=device, engine=engine, progress=progress)
+    paths, emb = embeddings_for(project, device=device, progress=progress)
     data = pool_data(project, paths, emb)
     seed = project.config.seed * 1000 + n
     rng = np.random.default_rng(seed)

@@ -6,8 +6,8 @@ import importlib
 
 from tlkit.cli._app import app
 
-COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "export", "recipes", "active",
-                   "simulate", "serve", "audit")
+COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "recipes", "active", "simulate",
+                   "serve", "audit")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"tlkit.cli.{_name}")

@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.engines import ENGINE_HELP
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
 
 
@@ -24,7 +23,6 @@ def extract_cmd(
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
-    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores from 4 up, else 0)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
@@ -43,7 +41,7 @@ def extract_cmd(
             res = extract_features(
                 source, out, backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
                 image_size=image_size, device=device, precision=precision, workers=workers, strict=strict,
-                compile=compile, fuse=fuse, engine=engine, progress=rate_callback(bar, task),
+                compile=compile, fuse=fuse, progress=rate_callback(bar, task),
             )
     table = Table(title="tlkit extract", show_header=False)
     for key, value in (
@@ -52,7 +50,7 @@ def extract_cmd(
         ("skipped", f"{res.skipped} (see skipped.csv)" if res.skipped else "0"),
         ("features", f"{res.count} x {res.dim} float32"),
         ("backbone", f"{res.meta['backbone']} [{res.meta['weights']['source']}]"),
-        ("engine", f"{res.meta.get('engine', 'torch')}, {res.meta['precision']} on {res.meta['device']}"),
+        ("precision", f"{res.meta['precision']} on {res.meta['device']}"),
         ("speed", f"{res.images_per_s:,.1f} img/s, {res.elapsed_s:.1f} s"),
         ("output", str(res.out)),
     ):

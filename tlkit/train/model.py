@@ -142,24 +142,6 @@ def load_run(
     return model, list(meta["classes"]), data_config
 
 
-def load_run_engine(run: str | os.PathLike, *, which: str = "best", device: str = "auto", precision: str = "auto",
-                    engine: str = "auto"):
-    """A trained run ready for inference: ``(model, engine, classes, data_config)``.
-
-    ``engine`` (see :func:`tlkit.engines.create_engine`) outputs logits ``[B, K]`` for float32
-    inputs ``[B, 3, H, W]`` on ``engine.device``; ``model`` is the rebuilt PyTorch model (eval, CPU
-    or the device), e.g. for ``num_classes``.
-    """
-    from tlkit.engines import ModelSpec, create_engine
-    from tlkit.runtime import resolve_device
-
-    dev = resolve_device(device)
-    model, classes, data_config = load_run(run, which=which, device="cpu")
-    spec = ModelSpec.of(model, tuple(data_config["input_size"]), run_classes=list(classes))
-    eng = create_engine(spec, engine=engine, device=dev, precision=precision)
-    return model, eng, classes, data_config
-
-
 def checkpoint_meta(run: str | os.PathLike, which: str = "best") -> dict[str, Any]:
     """The metadata of a run's checkpoint (backbone, classes, config, epoch, metrics, weights origin)."""
     from tlkit.train.checkpoint import read_meta
@@ -167,4 +149,4 @@ def checkpoint_meta(run: str | os.PathLike, which: str = "best") -> dict[str, An
     return read_meta(_checkpoint_file(Path(run), which))
 
 
-__all__ = ["checkpoint_meta", "create_classifier", "init_head", "load_run", "load_run_engine", "model_kwargs_for", "rebuild_model"]
+__all__ = ["checkpoint_meta", "create_classifier", "init_head", "load_run", "model_kwargs_for", "rebuild_model"]

@@ -74,7 +74,6 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
-    engine: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> PredictResult:
     """Classify every image of a folder (any layout, recursive), a CSV manifest, or one file.
@@ -86,25 +85,26 @@ def predict(
         topk: columns for the k most likely classes (at most K).
         tta: average with the horizontally flipped image.
         which: ``best`` or ``last`` checkpoint.
-        engine: ``auto`` | ``torch`` | ``openvino`` (:mod:`tlkit.engines`).
     """
-    from tlkit.data import ImageDataset, build_transform, size_hint_for, write_skipped
-    from tlkit.data.prefetch import inference_batches
-    from tlkit.runtime import default_workers, inference_batch_size
+    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for, write_skipped
+    from tlkit.inference import prepare_for_inference
+    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
     from tlkit.train.evaluate import predict_loader
-    from tlkit.train.model import load_run_engine
+    from tlkit.train.model import load_run
 
     if topk < 1:
         raise TlkitError(f"--topk {topk}: must be at least 1")
     check_output_file(out)
-    model, eng, classes, data_config = load_run_engine(run, which=which, device=device, precision=precision,
-                                                      engine=engine)
-    dev = eng.device
+    dev = resolve_device(device)
+    amp = resolve_precision(precision, dev)
+    model, classes, data_config = load_run(run, which=which, device=dev)
+    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
     records = _records(images)
     ds = ImageDataset(records, build_transform(data_config), None, size_hint=size_hint_for(data_config))
-    loader = inference_batches(ds, batch_size=batch_size or inference_batch_size(dev),
-                               workers=default_workers() if workers is None else workers, device=dev)
-    preds = predict_loader(model, loader, device=dev, tta=tta, forward=eng.forward, progress=progress)
+    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
+                         workers=default_workers() if workers is None else workers, device=dev)
+    preds = predict_loader(model, loader, device=dev, amp_dtype=amp,
+                           channels_last=True, tta=tta, progress=progress)
     k = min(topk, len(classes))
     header = ["path", "label", "probability"]
     for i in range(2, k + 1):
