@@ -103,6 +103,22 @@ def choices_names(label_config: str | None) -> tuple[str, str]:
     return ls.FROM_NAME, ls.TO_NAME
 
 
+def _small_fits(train: str):
+    """One BLAS thread for head-mode retrains.
+
+    The head's L-BFGS fits are tiny (a few thousand parameters). With two BLAS threads on a busy
+    2-core machine, each step waited on a spinning thread: a 10,000-image retrain measured 13-27 s,
+    against 0.15 s for the same fits on one thread. Fine-tune retrains keep torch's threads.
+    """
+    import contextlib
+
+    if train != "head":
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 class Backend:
     """A project served to Label Studio (see the module docstring).
 
@@ -336,8 +352,9 @@ class Backend:
         self.training = True
         try:
             t = time.perf_counter()
-            res = self._retry_busy(lambda: run_round(self.project.root, batch=self.batch, strategy=self.strategy,
-                                                     train=self.train, new=True, epochs=self.epochs), timeout=3600)
+            with _small_fits(self.train):
+                res = self._retry_busy(lambda: run_round(self.project.root, batch=self.batch, strategy=self.strategy,
+                                                         train=self.train, new=True, epochs=self.epochs), timeout=3600)
             self.project = Project.open(self.project.root)  # classes may have grown
             self.served = load_served(self.project)
             self.retrains += 1
