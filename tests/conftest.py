@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -58,3 +59,16 @@ def label_studio(tmp_path_factory):
     server = labelstudio_server.start(exe, tmp_path_factory.mktemp("label-studio"))
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A real small tmpfs mounted at ``path`` (the test is skipped where mounting is not allowed)."""
+    path.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

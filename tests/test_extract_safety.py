@@ -160,15 +160,10 @@ def _assert_intact(out: Path, before: dict[str, bytes]) -> None:
 @pytest.fixture()
 def small_disk(tmp_path):
     """A real 2 MiB tmpfs (skipped where mounting is not allowed)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
+    from tests.conftest import tmpfs
+
+    with tmpfs(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_on_a_real_small_disk(tmp_path, small_disk, digits_dir, monkeypatch):
