@@ -27,15 +27,13 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from tlkit.active import labelstudio as ls
 from tlkit.active.labelstudio import Vote
 from tlkit.active.project import SKIP_LABEL, Project
 from tlkit.errors import TlkitError
-from tlkit.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +168,7 @@ def _normalise(v: Vote, pool_root: Path) -> Vote:
                 pass
         else:
             path = PurePosixPath(path.replace("\\", "/")).as_posix().removeprefix("./")
-    label = SKIP_LABEL if v.label.lower() in SKIP_WORDS else v.label
-    return Vote(path, label, v.where, v.cancelled, v.ground_truth, v.time, v.source, v.image)
+    return replace(v, path=path, label=SKIP_LABEL if v.label.lower() in SKIP_WORDS else v.label)
 
 
 def _resolve_all(votes: list[Vote], source: str, rule: str) -> tuple[dict[str, str], list[str]]:
@@ -234,11 +231,3 @@ def _merge(current: dict[str, str], incoming: dict[str, str], report: ImportRepo
             report.per_class[lab] = report.per_class.get(lab, 0) + 1
         current[p] = lab
 
-
-def label_studio_tasks(rows: list[dict[str, Any]], urls: ls.ImageUrls, round_no: int) -> list[dict[str, Any]]:
-    """Label Studio import tasks for a query (``rows`` as in query.csv); see :mod:`tlkit.active.labelstudio`."""
-    return ls.tasks(rows, urls, round_no)
-
-
-def write_label_studio(path: Path, rows: list[dict[str, Any]], urls: ls.ImageUrls, round_no: int) -> None:
-    write_json(path, ls.tasks(rows, urls, round_no))

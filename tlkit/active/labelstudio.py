@@ -101,6 +101,18 @@ def label_config(classes: Iterable[str]) -> str:
     )
 
 
+def rank_score(rank: int, n: int) -> float:
+    """A prediction's root ``score`` for tlkit's ``rank`` among ``n``: ascending score = rank order."""
+    return round(rank / (n + 1), 6)
+
+
+def choice_result(label: str, confidence: float | None, from_name: str = FROM_NAME, to_name: str = TO_NAME
+                  ) -> list[dict[str, Any]]:
+    """A prediction's ``result``: the predicted class as the Choices value, with the model's confidence."""
+    return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]},
+             "score": confidence}]
+
+
 def tasks(rows: list[dict[str, Any]], urls: ImageUrls, round_no: int) -> list[dict[str, Any]]:
     """Label Studio import tasks for a query (``rows`` as in query.csv, in rank order)."""
     n = len(rows)
@@ -114,9 +126,8 @@ def tasks(rows: list[dict[str, Any]], urls: ImageUrls, round_no: int) -> list[di
         result = []
         if row.get("predicted"):  # no model yet (cold start): the prediction only orders the tasks
             conf = float(row["confidence"]) if row.get("confidence") not in (None, "") else None
-            result = [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-                       "value": {"choices": [row["predicted"]]}, "score": conf}]
-        task["predictions"] = [{"model_version": MODEL_VERSION, "score": round(rank / (n + 1), 6), "result": result}]
+            result = choice_result(row["predicted"], conf)
+        task["predictions"] = [{"model_version": MODEL_VERSION, "score": rank_score(rank, n), "result": result}]
         out.append(task)
     return out
 

@@ -83,34 +83,37 @@ def add_images(project_dir: str | os.PathLike, source: str | os.PathLike | None 
         if not pool_root.is_dir():
             raise TlkitError(f"pool folder {pool_root} is gone; restore it (project.yaml: pool_root)")
         scanned = scan_images(source if source is not None else pool_root, labeled=False)
-        rows = read_csv(project.pool_csv)
-        existing = [r["path"] for r in rows]
-        seen = {os.path.realpath(pool_root / p): p for p in existing}
-        known_paths, prefix = set(existing), _prefix(scanned.root, pool_root)
-        fresh = [r for r in scanned.records if posixpath.normpath(posixpath.join(prefix, r.rel)) not in known_paths]
-        added, duplicates = unique_files(fresh, prefix, seen)
-        next_id = max((int(r["id"]) for r in rows), default=-1) + 1
-        if added:
-            write_csv(project.pool_csv, ["id", "path"],
-                      [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(added)])
+        existing, added, duplicates = _append(project, scanned.records, _prefix(scanned.root, pool_root))
         missing = [p for p in existing if not (pool_root / p).exists()]
         if missing:
             log.warning("%d pool images are gone from disk (e.g. %s); rounds leave them out", len(missing), missing[0])
-        log.info("added %d images to the pool (%d already there)", len(added), len(scanned.records) - len(fresh))
-        return PoolUpdate(added, len(scanned.records) - len(fresh), duplicates, missing, len(existing) + len(added))
+        known = len(scanned.records) - len(added) - len(duplicates)
+        log.info("added %d images to the pool (%d already there)", len(added), known)
+        return PoolUpdate(added, known, duplicates, missing, len(existing) + len(added))
 
 
 def add_paths(project: Project, paths: Sequence[str], *, what: str = "tlkit serve") -> list[str]:
     """Add these images (paths relative to the pool folder, files that exist) to the pool; returns the new ones."""
     with project.lock(what):
-        rows = read_csv(project.pool_csv)
-        existing = [r["path"] for r in rows]
-        seen = {os.path.realpath(project.pool_root / p): p for p in existing}
         records = [ImageRecord(project.pool_root / p, p, None) for p in dict.fromkeys(paths)
-                   if (project.pool_root / p).is_file() and p not in set(existing)]
-        added, _ = unique_files(records, "", seen)
-        if added:
-            next_id = max((int(r["id"]) for r in rows), default=-1) + 1
-            write_csv(project.pool_csv, ["id", "path"],
-                      [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(added)])
-        return added
+                   if (project.pool_root / p).is_file()]
+        return _append(project, records, "")[1]
+
+
+def _append(project: Project, records: Sequence[ImageRecord], prefix: str) -> tuple[list[str], list[str], list[str]]:
+    """Append the records that are new to pool.csv (ids continue; one entry per real file); hold the lock.
+
+    Returns:
+        (pool paths before, paths added, duplicates left out).
+    """
+    rows = read_csv(project.pool_csv)
+    existing = [r["path"] for r in rows]
+    known = set(existing)
+    seen = {os.path.realpath(project.pool_root / p): p for p in existing}
+    fresh = [r for r in records if posixpath.normpath(posixpath.join(prefix, r.rel)) not in known]
+    added, duplicates = unique_files(fresh, prefix, seen)
+    if added:
+        next_id = max((int(r["id"]) for r in rows), default=-1) + 1
+        write_csv(project.pool_csv, ["id", "path"],
+                  [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(added)])
+    return existing, added, duplicates

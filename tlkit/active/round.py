@@ -20,7 +20,7 @@ import yaml
 
 import tlkit
 from tlkit.active import head as heads
-from tlkit.active.labels import write_label_studio
+from tlkit.active import labelstudio as ls
 from tlkit.active.project import SKIP_LABEL, Project, ProjectState
 from tlkit.active.strategies import PoolView, get_strategy, select
 from tlkit.errors import TlkitError
@@ -231,7 +231,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     rows = _query_rows(data, sel, probs)
     extra["stopping"] = _stopping_record(project, n, data, probs, extra.get("val_accuracy_cv"), tmp)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
-    write_label_studio(tmp / "labelstudio.json", rows, project.image_urls(), n)
+    write_json(tmp / "labelstudio.json", ls.tasks(rows, project.image_urls(), n))
     if head is not None:
         _save_head_model(tmp / "model", project, head, project.config.image_size)
     metrics = _metrics(data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),

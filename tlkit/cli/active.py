@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tlkit.active.labelstudio import DEFAULT_PREFIX
 from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
 
@@ -30,7 +31,7 @@ def al_init_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Finetune recipe for --train finetune rounds."),
     ls_root: Optional[Path] = typer.Option(None, "--ls-root", help="Label Studio's document root "
                                            "(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); default: the pool's parent."),
-    prefix: str = typer.Option("/data/local-files/?d=", "--ls-prefix",
+    prefix: str = typer.Option(DEFAULT_PREFIX, "--ls-prefix",
                                help="Image URL prefix before the path relative to --ls-root."),
     seed: int = typer.Option(0, "--seed", help="Seed of the rounds' random choices."),
 ) -> None:

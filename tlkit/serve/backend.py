@@ -53,7 +53,7 @@ class Served:
     """The model being served: one finished round's pool probabilities and ranking.
 
     Attributes:
-        version: the ``model_version`` reported to Label Studio (``tlkit-NNNN``).
+        round: the round served; ``version``, the ``model_version`` reported to Label Studio, is ``tlkit-NNNN``.
         classes: class names in the columns of ``probs``.
         index: pool path -> row of ``probs``.
         probs: [n, k] class probabilities of the round's model for the pool.
@@ -61,11 +61,15 @@ class Served:
             first, then every other unlabeled image by margin (least certain first).
     """
 
-    version: str
+    round: int
     classes: tuple[str, ...]
     index: dict[str, int]
     probs: np.ndarray
     rank: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return f"tlkit-{self.round:04d}"
 
 
 def load_served(project: Project) -> Served | None:
@@ -78,17 +82,18 @@ def load_served(project: Project) -> Served | None:
             paths, probs, classes = load_scores(folder / SCORES)
             labels = project.labels()
             query = [r["path"] for r in read_csv(folder / "query.csv")] if (folder / "query.csv").is_file() else []
-            return Served(f"tlkit-{n:04d}", classes, {p: i for i, p in enumerate(paths)}, probs,
+            return Served(n, classes, {p: i for i, p in enumerate(paths)}, probs,
                           _ranking(paths, probs, query, labels))
     return None
 
 
 def _ranking(paths: list[str], probs: np.ndarray, query: list[str], labels: dict[str, str]) -> dict[str, int]:
-    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate([probs, probs], axis=1)
-    margin = top2[:, 1] - top2[:, 0]
+    from tlkit.active.strategies.uncertainty import margin_scores
+
     order = [p for p in query if p not in labels]
     seen = set(order)
-    order += [paths[i] for i in np.argsort(margin, kind="stable") if paths[i] not in labels and paths[i] not in seen]
+    by_margin = np.argsort(-margin_scores(probs), kind="stable")  # least certain first
+    order += [paths[i] for i in by_margin if paths[i] not in labels and paths[i] not in seen]
     return {p: r for r, p in enumerate(order, start=1)}
 
 
@@ -221,8 +226,7 @@ class Backend:
         for p, row in zip(paths, probs):
             k = int(row.argmax())
             out[p] = {"model_version": served.version, "score": 1.0,  # ranked at the next retrain
-                      "result": [{"from_name": from_name, "to_name": to_name, "type": "choices",
-                                  "value": {"choices": [classes[k]]}, "score": float(row[k])}]}
+                      "result": ls.choice_result(classes[k], float(row[k]), from_name, to_name)}
         return out
 
     def _round_model(self, served: Served):
@@ -230,8 +234,7 @@ class Backend:
             from tlkit.data import build_transform
             from tlkit.train.model import load_run
 
-            n = int(served.version.rsplit("-", 1)[1])
-            model, classes, data_config = load_run(self.project.round_dir(n) / "model")
+            model, classes, data_config = load_run(self.project.round_dir(served.round) / "model")
             self._model = (served.version, (model, classes, build_transform(data_config)))
         return self._model[1]
 
@@ -241,10 +244,9 @@ class Backend:
         row = served.probs[served.index[path]]
         k = int(row.argmax())
         rank = served.rank.get(path)
-        score = rank / (len(served.rank) + 1) if rank else 1.0  # ascending = tlkit's rank; labeled last
-        return {"model_version": served.version, "score": round(score, 6),
-                "result": [{"from_name": from_name, "to_name": to_name, "type": "choices",
-                            "value": {"choices": [served.classes[k]]}, "score": float(row[k])}]}
+        score = ls.rank_score(rank, len(served.rank)) if rank else 1.0  # labeled images last
+        return {"model_version": served.version, "score": score,
+                "result": ls.choice_result(served.classes[k], float(row[k]), from_name, to_name)}
 
     # ------------------------------------------------------------------ annotations in
     def handle_event(self, payload: dict[str, Any]) -> dict[str, Any]:
