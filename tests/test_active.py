@@ -251,10 +251,18 @@ def test_finetune_round_on_labels(tmp_path, pool):
     project = _project(tmp_path, pool_dir)
     res = run_round(project.root, batch=20)
     _label(project, res.query, truth, tmp_path / "l.csv")
-    res = run_round(project.root, batch=10, train="finetune", epochs=1)
-    assert res.metrics["train"] == "finetune" and len(res.query) == 10
-    assert (res.dir / "model" / "best.safetensors").exists()
-    assert all(r["predicted"] in CLASSES for r in res.query)
+    proc = subprocess.run([sys.executable, "-m", "tlkit", "al-round", str(project.root), "--batch", "10",
+                           "--train", "finetune", "--epochs", "1"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    res_dir = project.round_dir(2)
+    metrics = json.loads((res_dir / "metrics.json").read_text())
+    assert metrics["train"] == "finetune" and metrics["selected"] == 10
+    assert (res_dir / "model" / "best.safetensors").exists()
+    query = read_csv(res_dir / "query.csv")
+    assert all(r["predicted"] in CLASSES for r in query)
+    # the finetune learner's held-out accuracy is shown, not "validation n/a" (the bug of issue #18)
+    val = metrics["val_accuracy"]
+    assert val is not None and f"validation {val:.3f}" in " ".join(proc.stdout.split()), proc.stdout
 
 
 def test_cold_start_selection_covers_more_classes_than_random(tmp_path, pool):

@@ -22,6 +22,7 @@ import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
 from tlkit.active.project import SKIP_LABEL, Project, ProjectState
+from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
@@ -229,7 +230,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     extra["select_s"] = round(time.perf_counter() - t, 3)
     extra["strategy_plan"] = getattr(sel, "strategy", None) or info.name
     rows = _query_rows(data, sel, probs)
-    extra["stopping"] = _stopping_record(project, n, data, probs, extra.get("val_accuracy_cv"), tmp)
+    extra["stopping"] = _stopping_record(project, n, data, probs, validation_accuracy(extra), tmp)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
     write_json(tmp / "labelstudio.json", ls.tasks(rows, project.image_urls(), n))
     if head is not None:
@@ -291,7 +292,7 @@ def _stopping_record(project: Project, n: int, data: PoolData, probs, cv: float 
         folder = project.round_dir(r)
         if r < n and (folder / "stop_set.json").exists():
             record["kappa"] = stopping.agreement(read_json(folder / "stop_set.json"), current)
-            before = read_json(folder / "metrics.json").get("val_accuracy_cv") if (folder / "metrics.json").exists() else None
+            before = validation_accuracy(read_json(folder / "metrics.json")) if (folder / "metrics.json").exists() else None
             record["cv_gain"] = None if before is None or cv is None else cv - before
             break
     return record

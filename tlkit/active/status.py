@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.active.project import SKIP_LABEL, Project
-from tlkit.active.stopping import stopping_hint
+from tlkit.active.stopping import stopping_hint, validation_accuracy
 from tlkit.data import class_imbalance
 from tlkit.io import read_json
 
@@ -49,7 +49,7 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
         m = read_json(path) if path.exists() else {}
         rounds.append({"round": n, "labeled": m.get("labeled"), "selected": m.get("selected"),
                        "strategy": m.get("strategy"), "train": m.get("train"),
-                       "val_accuracy": m.get("val_accuracy_cv", m.get("val_accuracy")),
+                       "val_accuracy": validation_accuracy(m),
                        "seconds": m.get("elapsed_s"), "stopping": m.get("stopping")})
     status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,
                            sum(1 for v in labels.values() if v == SKIP_LABEL), len(project.pending()), rounds)

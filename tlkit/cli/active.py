@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.active.labelstudio import DEFAULT_PREFIX
+from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
 
@@ -108,7 +109,7 @@ def al_round_cmd(
         console.print(f"... {len(res.query) - 15} more in {escape(str(res.dir / 'query.csv'))}")
     if not res.pending:
         m = res.metrics
-        val = m.get("val_accuracy_cv")
+        val = validation_accuracy(m)
         console.print(f"labeled {m['labeled']}, validation {'%.3f' % val if val is not None else 'n/a'}, "
                       f"selection {m['select_s']:.2f} s; files: {escape(str(res.dir))}/query.csv, labelstudio.json")
 
