@@ -31,7 +31,8 @@ def evaluate_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
-    """Accuracy, F1, per-class report, confusion matrix, ROC-AUC and calibration on labeled images."""
+    """Accuracy, F1, per-class report, confusion matrix, ROC-AUC, average precision and calibration on labeled
+    images; per-image predictions and plots (ROC, precision-recall, reliability, top losses) beside the metrics."""
     from tlkit.train import evaluate_run
 
     setup_logging(verbose)
@@ -44,16 +45,20 @@ def evaluate_cmd(
         typer.echo(json.dumps(m))
         return
     summary = Table(title=f"tlkit evaluate ({m['n']} images)", show_header=False)
-    for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr", "ece", "loss"):
+    for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr", "average_precision_macro",
+                "ece", "loss"):
         if key in m:
             summary.add_row(key, _fmt(m[key]))
     if m.get("skipped"):
         summary.add_row("skipped", str(m["skipped"]))
     console.print(summary)
     per = Table(title="per class")
-    for col in ("class", "precision", "recall", "f1", "support"):
+    for col in ("class", "precision", "recall", "f1", "AP", "support"):
         per.add_column(col, justify="left" if col == "class" else "right")
     for name, r in m["per_class"].items():
-        per.add_row(escape(name), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]))
+        per.add_row(escape(name), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]),
+                    _fmt(r["average_precision"]), str(r["support"]))
     console.print(per)
-    console.print(f"written: {escape(str(out or run / 'evaluation.json'))}")
+    target = out or run / "evaluation.json"
+    console.print(f"written: {escape(str(target))}, predictions beside it, plots in "
+                  f"{escape(str(target.parent / 'plots'))}")

@@ -29,17 +29,56 @@ log = logging.getLogger(__name__)
 EVALUATION_FILE = "evaluation.json"
 
 
-def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
-    """ECE of the top-1 confidence over ``bins`` equal-width bins (``probs [n, K]``, ``targets [n]``)."""
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Top-1 confidence against accuracy in equal-width bins ``(lo, hi]`` over ``[0, 1]``.
+
+    Attributes:
+        edges: ``[bins + 1]`` bin edges.
+        counts: ``[bins]`` predictions per bin.
+        accuracy: ``[bins]`` share of correct top-1 predictions (``nan`` for an empty bin).
+        confidence: ``[bins]`` mean top-1 probability (``nan`` for an empty bin).
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: the count-weighted mean gap between accuracy and confidence."""
+        filled = self.counts > 0
+        gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
+        return float((self.counts[filled] * gaps).sum() / max(1, self.counts.sum()))
+
+
+def calibration_bins(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> CalibrationBins:
+    """Bin the top-1 confidence of ``probs [n, K]`` against ``targets [n]`` (what ECE and the reliability
+    diagram both read).
+
+    Example:
+        >>> b = calibration_bins(np.array([[.9, .1], [.3, .7]]), np.array([0, 0]), bins=2)
+        >>> b.counts.tolist(), b.accuracy.tolist()
+        ([0, 2], [nan, 0.5])
+    """
     conf = probs.max(1)
     correct = probs.argmax(1) == targets
     edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    counts = np.zeros(bins, dtype=np.int64)
+    accuracy = np.full(bins, np.nan)
+    confidence = np.full(bins, np.nan)
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         in_bin = (conf > lo) & (conf <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
-    return float(ece)
+        counts[b] = in_bin.sum()
+        if counts[b]:
+            accuracy[b], confidence[b] = correct[in_bin].mean(), conf[in_bin].mean()
+    return CalibrationBins(edges, counts, accuracy, confidence)
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-1 confidence over ``bins`` equal-width bins (``probs [n, K]``, ``targets [n]``)."""
+    return calibration_bins(probs, targets, bins).ece
 
 
 def _roc_auc(targets: np.ndarray, probs: np.ndarray) -> float | None:
@@ -62,8 +101,34 @@ def _roc_auc(targets: np.ndarray, probs: np.ndarray) -> float | None:
         return None
 
 
+def one_hot(targets: np.ndarray, k: int) -> np.ndarray:
+    """``[n, K]`` bool indicator of ``targets [n]`` (two columns for a binary task, unlike ``label_binarize``)."""
+    return np.asarray(targets)[:, None] == np.arange(k)
+
+
+def average_precision(targets: np.ndarray, probs: np.ndarray) -> tuple[list[float | None], float | None, float | None]:
+    """One-vs-rest average precision (PR-AUC, scikit-learn) per class, macro and micro.
+
+    The macro average is over the classes present in ``targets`` (a class without positives has no
+    AP: ``None``); the micro average pools every ``(image, class)`` pair of ``one_hot(targets)`` against
+    ``probs``, as ``average_precision_score(..., average="micro")`` does.
+
+    Returns:
+        ``(per_class [K], macro, micro)``; macro/micro are ``None`` when no class is present.
+    """
+    from sklearn.metrics import average_precision_score
+
+    y = one_hot(targets, probs.shape[1])
+    per = [float(average_precision_score(y[:, c], probs[:, c])) if y[:, c].any() else None
+           for c in range(probs.shape[1])]
+    present = [a for a in per if a is not None]
+    if not present:
+        return per, None, None
+    return per, float(np.mean(present)), float(average_precision_score(y.ravel(), probs.ravel()))
+
+
 def compute_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, top-5 (K >= 5), macro/weighted F1, per-class report, confusion matrix, ROC-AUC, ECE.
+    """Accuracy, top-5 (K >= 5), macro/weighted F1, per-class report, confusion matrix, ROC-AUC, AP, ECE.
 
     Args:
         targets: ``[n]`` int class indices into ``classes``.
@@ -73,7 +138,9 @@ def compute_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[st
     Returns:
         A JSON-ready dict: ``accuracy``, ``top5_accuracy`` (K >= 5), ``f1_macro``, ``f1_weighted``,
         ``precision_macro``, ``recall_macro``, ``per_class`` ``{name: {precision, recall, f1,
-        support}}``, ``confusion_matrix`` (rows = true class), ``roc_auc_ovr``, ``ece``, ``n``.
+        support, average_precision}}``, ``confusion_matrix`` (rows = true class), ``roc_auc_ovr``,
+        ``average_precision_macro``, ``average_precision_micro`` (see :func:`average_precision`), ``ece``,
+        ``n``.
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
@@ -94,9 +161,11 @@ def compute_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequence[st
     out["precision_macro"] = float(p[present].mean())
     out["recall_macro"] = float(r[present].mean())
     out["roc_auc_ovr"] = _roc_auc(targets, probs)
+    ap, out["average_precision_macro"], out["average_precision_micro"] = average_precision(targets, probs)
     out["ece"] = expected_calibration_error(probs, targets)
     out["per_class"] = {
-        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
+            "average_precision": ap[i]}
         for i, c in enumerate(classes)
     }
     out["confusion_matrix"] = confusion_matrix(targets, preds, labels=labels).tolist()
@@ -206,7 +275,8 @@ def evaluate_run(
     out: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json``.
+    """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json`` (or ``out``)
+    and, beside it, the per-image predictions and plots (see :func:`write_evaluation_files`).
 
     Raises:
         TlkitError: the data has labels the model does not know, or no labels at all.
@@ -248,18 +318,42 @@ def evaluate_run(
     write_json(target, metrics)
     if preds.failures:
         write_skipped(target.with_name(target.stem + "_skipped.csv"), source.records, preds.failures)
-    from tlkit.train.plots import plot_confusion_matrix
-
-    plot_confusion_matrix(metrics["confusion_matrix"], classes, run / "plots" / f"{target.stem}_confusion_matrix.png")
+    write_evaluation_files(target, preds, [source.records[i] for i in preds.indices], classes, metrics)
     return metrics
+
+
+def write_evaluation_files(target: Path, preds: Predictions, records: Sequence, classes: Sequence[str],
+                           metrics: dict[str, Any]) -> None:
+    """Next to the metrics file ``target`` (``STEM.json``): ``STEM_predictions.csv`` and ``STEM_probs.npy``;
+    in the ``plots/`` folder beside it: ``STEM_confusion_matrix.png``, ``STEM_roc.png``, ``STEM_pr.png``,
+    ``STEM_reliability.png`` and ``STEM_top_losses.png``.
+
+    Args:
+        preds: the predictions, all with known labels; ``records[i]`` is the image of row ``i``.
+    """
+    from tlkit.train.plots import plot_confusion_matrix
+    from tlkit.train.reports import write_curves, write_predictions, write_top_losses
+
+    stem, plots = target.stem, target.parent / "plots"
+    write_predictions(target.with_name(f"{stem}_predictions.csv"), target.with_name(f"{stem}_probs.npy"),
+                      [r.rel for r in records], preds.targets, preds.probs, classes)
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, plots / f"{stem}_confusion_matrix.png")
+    write_curves(plots, preds.targets, preds.probs, classes, prefix=f"{stem}_")
+    write_top_losses(plots / f"{stem}_top_losses.png", [r.path for r in records], preds.targets, preds.probs,
+                     classes)
 
 
 __all__ = [
     "EVALUATION_FILE",
+    "CalibrationBins",
     "Predictions",
+    "average_precision",
+    "calibration_bins",
     "compute_metrics",
     "evaluate_run",
     "expected_calibration_error",
+    "one_hot",
     "predict_loader",
     "quick_metrics",
+    "write_evaluation_files",
 ]

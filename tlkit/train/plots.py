@@ -1,6 +1,8 @@
-"""PNG plots of a run (matplotlib, Agg backend): loss and accuracy curves, confusion matrix.
+"""PNG plots of a run (matplotlib, Agg backend): loss and accuracy curves, confusion matrix, ROC and
+precision-recall curves, reliability diagram, image grids (top losses, sample predictions).
 
-Each figure is rendered to bytes and written atomically.
+Each figure is rendered to bytes and written atomically; the ``*_figure`` functions return the open
+figure instead (for TensorBoard).
 
 Example:
     >>> plot_history([{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9}], "run/plots")  # doctest: +SKIP
@@ -9,10 +11,16 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from tlkit.io import save_png
+
+#: Above this many classes the legend names only the averages and the classes with the lowest area.
+LEGEND_CLASSES = 10
 
 
 def _figure():
@@ -54,8 +62,12 @@ def plot_history(history: Sequence[dict[str, Any]], folder: str | os.PathLike) -
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike) -> Path:
     """Confusion matrix (rows = true class), counts written in the cells up to 30 classes."""
-    import numpy as np
+    _save(confusion_matrix_figure(matrix, classes), Path(path))
+    return Path(path)
 
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]):
+    """The open figure of :func:`plot_confusion_matrix`."""
     plt = _figure()
     cm = np.asarray(matrix)
     k = len(classes)
@@ -73,8 +85,186 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
                             color="white" if cm[i, j] > top / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    return fig
+
+
+
+
+# --------------------------------------------------------------------------- ROC and precision-recall
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a ROC or precision-recall figure: ``x``, ``y`` and the area in its legend label."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    area: float
+
+
+def roc_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[list[Curve], list[Curve]]:
+    """One-vs-rest ROC curves of the classes present in ``targets [n]`` (``probs [n, K]``).
+
+    Returns:
+        ``(per_class, [micro, macro])``: micro pools every (image, class) pair; macro averages the
+        per-class true positive rates on the union of their false positive rates.
+    """
+    from sklearn.metrics import auc, roc_curve
+
+    from tlkit.train.evaluate import one_hot
+
+    y = one_hot(targets, len(classes))
+    per = []
+    for c in _curve_classes(y, negatives=True):
+        fpr, tpr, _ = roc_curve(y[:, c], probs[:, c])
+        per.append(Curve(classes[c], fpr, tpr, float(auc(fpr, tpr))))
+    fpr, tpr, _ = roc_curve(y.ravel(), probs.ravel())
+    grid = np.unique(np.concatenate([cv.x for cv in per]))
+    mean_tpr = np.mean([np.interp(grid, cv.x, cv.y) for cv in per], axis=0)
+    return per, [Curve("micro-average", fpr, tpr, float(auc(fpr, tpr))),
+                 Curve("macro-average", grid, mean_tpr, float(auc(grid, mean_tpr)))]
+
+
+def pr_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[list[Curve], list[Curve]]:
+    """One-vs-rest precision-recall curves (x = recall) of the classes present in ``targets``.
+
+    Areas are scikit-learn's average precision, as in :func:`tlkit.train.evaluate.average_precision`;
+    the macro curve averages the per-class interpolated precisions (the best precision at this recall
+    or above) at 101 recall levels.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    from tlkit.train.evaluate import average_precision, one_hot
+
+    y = one_hot(targets, len(classes))
+    ap, macro, micro = average_precision(targets, probs)
+    per = []
+    for c in _curve_classes(y, negatives=False):
+        precision, recall, _ = precision_recall_curve(y[:, c], probs[:, c])
+        per.append(Curve(classes[c], recall, precision, ap[c]))
+    precision, recall, _ = precision_recall_curve(y.ravel(), probs.ravel())
+    grid = np.linspace(0.0, 1.0, 101)
+    mean_p = np.mean([interpolated_precision(cv.x, cv.y, grid) for cv in per], axis=0)
+    return per, [Curve("micro-average", recall, precision, micro), Curve("macro-average", grid, mean_p, macro)]
+
+
+def interpolated_precision(recall: np.ndarray, precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The highest precision reached at each ``grid`` recall or above (a non-increasing curve).
+
+    Example:
+        >>> interpolated_precision(np.array([1., .5, 0.]), np.array([.5, 1., 1.]), np.array([0., .6])).tolist()
+        [1.0, 0.5]
+    """
+    order = np.argsort(recall, kind="stable")
+    r, envelope = recall[order], np.maximum.accumulate(precision[order][::-1])[::-1]
+    return envelope[np.minimum(np.searchsorted(r, grid, side="left"), len(r) - 1)]
+
+
+def _curve_classes(y: np.ndarray, *, negatives: bool) -> list[int]:
+    """Classes with a curve: at least one positive, and for ROC (``negatives``) at least one negative."""
+    present = [c for c in range(y.shape[1]) if y[:, c].any() and (not negatives or not y[:, c].all())]
+    if not present:
+        raise ValueError("every image has the same label: no ROC curve without a second class")
+    return present
+
+
+def plot_curves(per_class: Sequence[Curve], averages: Sequence[Curve], path: str | os.PathLike, *, kind: str) -> Path:
+    """A ROC (``kind="roc"``) or precision-recall (``kind="pr"``) figure, readable for many classes.
+
+    Per-class lines are thin, the averages bold; above :data:`LEGEND_CLASSES` classes the legend names
+    the averages and the :data:`LEGEND_CLASSES` classes with the lowest area only.
+    """
+    plt = _figure()
+    xlabel, ylabel, area = {"roc": ("false positive rate", "true positive rate", "AUC"),
+                            "pr": ("recall", "precision", "AP")}[kind]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    named = {id(cv) for cv in sorted(per_class, key=lambda cv: cv.area)[:LEGEND_CLASSES]}
+    many = len(per_class) > LEGEND_CLASSES
+    for cv in per_class:
+        label = f"{cv.label} ({area} {cv.area:.3f})" if id(cv) in named else None
+        ax.plot(cv.x, cv.y, lw=0.8, alpha=0.5 if many else 0.8, label=label,
+                drawstyle="steps-post" if kind == "pr" else "default")
+    for cv, style in zip(averages, ("--", "-")):
+        ax.plot(cv.x, cv.y, lw=2.5, ls=style, color="black" if style == "-" else "tab:red",
+                label=f"{cv.label} ({area} {cv.area:.3f})")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], lw=0.8, ls=":", color="grey")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel)
+    title = f"{'ROC' if kind == 'roc' else 'precision-recall'}, {len(per_class)} classes"
+    ax.set_title(title + (f" (legend: the {LEGEND_CLASSES} lowest {area})" if many else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: no line hidden
     _save(fig, Path(path))
     return Path(path)
 
 
-__all__ = ["plot_confusion_matrix", "plot_history"]
+def plot_reliability(bins, path: str | os.PathLike) -> Path:
+    """Reliability diagram of :class:`tlkit.train.evaluate.CalibrationBins`: accuracy per confidence bin
+    against the diagonal, the share of predictions per bin below, the ECE in the title."""
+    plt = _figure()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    width = np.diff(bins.edges)
+    filled = bins.counts > 0
+    ax.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
+           edgecolor="black", lw=0.5, label="accuracy")
+    ax.bar(bins.edges[:-1][filled], (bins.confidence - bins.accuracy)[filled], bottom=bins.accuracy[filled],
+           width=width[filled], align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    ax.set_title(f"reliability (ECE {bins.ece:.4f}, {len(width)} bins)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    hist.bar(bins.edges[:-1], bins.counts / max(1, bins.counts.sum()), width=width, align="edge", color="grey")
+    hist.set(xlabel="top-1 confidence", ylabel="share")
+    _save(fig, Path(path))
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- image grids
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One image of a grid: the file, the caption under it, whether the prediction was right."""
+
+    path: Path
+    caption: str
+    correct: bool
+
+
+def image_grid_figure(cells: Sequence[GridCell], title: str, *, cols: int = 4, thumb: int = 128):
+    """An open figure of image thumbnails with captions (green: right, red: wrong).
+
+    A file that no longer decodes shows as an empty cell captioned with the reason.
+    """
+    from tlkit.data.decode import load_image
+
+    plt = _figure()
+    cols = max(1, min(cols, len(cells)))
+    rows = max(1, -(-len(cells) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, cell in zip(axes.ravel(), cells):
+        caption = cell.caption
+        try:
+            img = load_image(cell.path, size_hint=thumb)
+            img.thumbnail((thumb, thumb))
+            ax.imshow(np.asarray(img))
+        except Exception as e:  # noqa: BLE001 - one unreadable file must not lose the grid
+            caption = f"{caption}\n(unreadable: {e})"
+        ax.set_title(caption, fontsize=7, color="tab:green" if cell.correct else "tab:red")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(cells: Sequence[GridCell], title: str, path: str | os.PathLike) -> Path:
+    """:func:`image_grid_figure` written to ``path``."""
+    _save(image_grid_figure(cells, title), Path(path))
+    return Path(path)
+
+
+__all__ = ["Curve", "GridCell", "LEGEND_CLASSES", "confusion_matrix_figure", "image_grid_figure",
+           "interpolated_precision", "plot_confusion_matrix", "plot_curves", "plot_history", "plot_image_grid",
+           "plot_reliability", "pr_curves", "roc_curves"]
