@@ -29,7 +29,7 @@ PRECISIONS_HELP = "auto | fp32 | bf16 | fp16"
 @app.command("finetune")
 def finetune_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class (or a labeled CSV)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/, tb/."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation images (class folders). Default: a split of --data."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified share of --data held out (default 0.2)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="timm name or tv:<torchvision name> (default efficientnet_lite0)."),
@@ -46,6 +46,7 @@ def finetune_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the initialisation and the augmentation (default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="TensorBoard logs in --out/tb (default: on when the tensorboard package is installed)."),
     overrides: List[str] = typer.Option([], "--set", help="Any config key: --set label_smoothing=0.1 (repeatable)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
@@ -59,6 +60,7 @@ def finetune_cmd(
             recipe, overrides=overrides, backbone=backbone, weights=str(weights) if weights else None,
             pretrained=pretrained, mode=mode, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
             device=device, precision=precision, workers=workers, seed=seed, val_fraction=val_fraction,
+            tensorboard=tensorboard,
         )
         with progress_bar() as bar:
             task = bar.add_task("finetune", total=None, rate="")

@@ -99,6 +99,7 @@ class TrainConfig:
     sync_bn: bool = False  # DDP only
     seed: int = 0
     deterministic: bool = False
+    tensorboard: bool = True  # write RUN/tb when the tensorboard package is installed
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -151,8 +151,12 @@ def optimizer_step(st: TrainState, cfg: TrainConfig) -> None:
 
 
 def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn: nn.Module,
-                    mixup: Callable | None, rt: Runtime, progress: Progress | None) -> dict[str, float]:
-    """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds."""
+                    mixup: Callable | None, rt: Runtime, progress: Progress | None,
+                    on_step: Callable[[int, float, float], None] | None = None) -> dict[str, float]:
+    """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds.
+
+    ``on_step(step, batch loss, lr)`` is called after each optimizer step (this process's batch).
+    """
     t0 = time.perf_counter()
     loss_sum = correct = seen = 0.0
     lr = max(g["lr"] for g in st.optimizer.param_groups)
@@ -174,6 +178,8 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
         if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
             lr = max(g["lr"] for g in st.optimizer.param_groups)  # the lr this step used
             optimizer_step(st, cfg)
+            if on_step:
+                on_step(st.step, float(loss.detach()), lr)
         loss_sum += float(loss.detach()) * len(y)
         correct += float((logits.detach().argmax(-1) == y).sum())
         seen += len(y)
@@ -264,6 +270,14 @@ def wrap_for_training(model: nn.Module, cfg: TrainConfig, rt: Runtime):
     if cfg.compile:
         forward = torch.compile(forward)
     return forward
+
+
+def _val_records(pipe: Pipeline, splits: Splits, preds: Predictions | None):
+    """``splits.val`` when ``preds.indices`` index it: always for images; for cached features only when
+    every validation image was embedded (failed ones shift the rows)."""
+    if pipe.val_forward is None or (preds is not None and len(preds.indices) == len(splits.val)):
+        return splits.val
+    return None
 
 
 def _write_skipped(out: Path, splits: Splits, train_failures: dict[int, str], val_failures) -> int:
@@ -388,14 +402,15 @@ def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_confi
 
 
 def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss_fn: nn.Module, mixup,
-              rt: Runtime, progress: Progress | None, classes) -> tuple[dict, bool, Predictions]:
+              rt: Runtime, progress: Progress | None, classes,
+              on_step: Callable[[int, float, float], None] | None = None) -> tuple[dict, bool, Predictions]:
     """Train, validate (model and EMA), update best/patience; returns (row, improved, val predictions)."""
     set_phase(st, cfg, epoch)
     pipe.sampler.set_epoch(epoch)
     # each epoch's randomness depends only on (seed, epoch, rank), not on what ran before it
     # (validation, lazy imports in plotting): a resumed run repeats an uninterrupted one
     seed_everything(cfg.seed * 1_000_003 + epoch * 1_009 + rt.dist.rank)
-    train = train_one_epoch(st, cfg, pipe.train, loss_fn, mixup, rt, progress)
+    train = train_one_epoch(st, cfg, pipe.train, loss_fn, mixup, rt, progress, on_step)
     preds = validate(st.model if pipe.val_forward is None else pipe.trained, pipe.val_forward, pipe.val, rt)
     ema_preds = None
     if st.ema is not None:
@@ -403,7 +418,8 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
     row = epoch_row(epoch, train, preds, ema_preds, st)
     improved, source = pick_best(row, cfg, st.best)
     if improved:
-        st.best = best_entry(row, source, ema_preds if source == "ema" else preds, cfg, classes)
+        st.best_preds = ema_preds if source == "ema" else preds
+        st.best = best_entry(row, source, st.best_preds, cfg, classes)
     st.bad_epochs = 0 if improved else st.bad_epochs + 1
     st.history.append(row)
     st.epoch = epoch + 1
@@ -428,11 +444,12 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
         outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin)
     else:  # one progress bar and one log, from rank 0
         progress = on_epoch = None
-    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main)
-    resumed_from, val_failures = st.epoch, []
+    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard)
+    resumed_from, val_failures, preds = st.epoch, [], None
     stopped = bool(saved and saved.get("stopped"))
     for epoch in range(st.epoch, cfg.epochs if not stopped else st.epoch):
-        row, improved, preds = run_epoch(st, cfg, epoch, pipe, loss_fn, mixup, rt, progress, splits.classes)
+        row, improved, preds = run_epoch(st, cfg, epoch, pipe, loss_fn, mixup, rt, progress, splits.classes,
+                                         tb.log_step)
         val_failures = preds.failures
         stopped = bool(cfg.patience) and st.bad_epochs >= cfg.patience
         if rt.dist.is_main:
@@ -444,6 +461,9 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
         if stopped:
             log.info("early stopping: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
             break
+    if rt.dist.is_main:
+        shown = st.best_preds if st.best_preds is not None else preds
+        outputs.log_final(tb, cfg, st.best, splits.classes, shown, _val_records(pipe, splits, shown))
     tb.close()
     train_failures: dict[int, str] = {}
     for part in all_gather_objects(st.failures, rt.dist):

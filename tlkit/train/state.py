@@ -41,6 +41,7 @@ class TrainState:
     best: dict[str, Any] | None = None
     bad_epochs: int = 0
     failures: dict[int, str] = field(default_factory=dict)
+    best_preds: Any = None  # the best epoch's validation Predictions, for plots (this call only, not checkpointed)
 
 
 def check_out_dir(out: Path, resume: bool) -> Path | None:
@@ -124,7 +125,7 @@ def save_epoch(out: Path, st: TrainState, meta: dict[str, Any], improved: bool, 
                       {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": "model"})
     ckpt.save_train_state(out / ckpt.TRAIN_STATE, train_state_dict(st, meta, stopped))
     outputs.write_history(out, st.history, st.best)
-    outputs.write_plots(out, st.history, st.best, meta["classes"])
+    outputs.write_plots(out, st.history, st.best, meta["classes"], st.best_preds if improved else None)
 
 
 __all__ = ["TrainState", "check_out_dir", "check_resumable", "export_state_dict", "restore", "save_epoch",
