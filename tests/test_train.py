@@ -331,6 +331,7 @@ def test_ddp_two_processes_on_cpu_match_a_single_process(tiny, tmp_path):
     (h_one,) = [json.loads(line[8:]) for line in single.stdout.splitlines() if line.startswith("HISTORY")]
     assert [h["epoch"] for h in h_ddp] == [1, 2, 3, 4]
     assert read_json(tmp_path / "ddp" / "metrics.json")["history"] == h_ddp, "rank 0 wrote the run folder"
+    assert len(list((tmp_path / "ddp" / "tb").glob("events.out.tfevents.*"))) == 1, "rank 0 alone logs TensorBoard"
     # same global batch (2 x 4 vs 8), so the same optimisation up to BatchNorm and data order
     assert h_ddp[-1]["train_loss"] < h_ddp[0]["train_loss"]
     assert abs(h_ddp[-1]["train_loss"] - h_one[-1]["train_loss"]) < 0.3

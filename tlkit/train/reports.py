@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from tlkit.io import save_npy, write_csv
+
+if TYPE_CHECKING:
+    from tlkit.train.plots import GridCell
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def write_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarr
 
 
 def prediction_cells(paths: Sequence[Path], targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                     rows: Sequence[int], *, loss: bool):
+                     rows: Sequence[int], *, loss: bool) -> list[GridCell]:
     """Grid cells for ``rows``: ``true / predicted``, the predicted probability and (``loss``) the loss."""
     from tlkit.train.plots import GridCell
 
