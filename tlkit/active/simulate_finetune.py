@@ -38,7 +38,9 @@ def finetune_learner(
         with tempfile.TemporaryDirectory(prefix="tlkit-sim-") as tmp:
             tree, run = Path(tmp) / "labeled", Path(tmp) / "run"
             counts = link_class_tree(tree, ((pool_paths[i], classes[y[i]]) for i in np.flatnonzero(labeled)))
-            fit_on_tree(make_config(seed=seed, device=device, **config_kwargs), tree, run, counts)
+            # a throwaway run in a temp folder: no TensorBoard log
+            config = make_config(seed=seed, device=device, **{"tensorboard": False, **config_kwargs})
+            fit_on_tree(config, tree, run, counts)
             pool_probs, test_probs = run_probs(run, [pool_paths, test_paths], classes, device)
         return pool_probs, None, float((test_probs.argmax(1) == y_test).mean())
 
