@@ -55,7 +55,10 @@ AUTO_CANDIDATE_FACTOR = 10
 """margin+kmeans clusters the ``factor * n`` most uncertain candidates."""
 MARGIN_KMEANS = "margin+kmeans"
 AUTO_COLD = "maxherding"
-"""The registered strategy ``auto`` runs while labels are few (below :func:`auto_threshold`)."""
+"""The registered strategy ``auto`` runs before there is a model (cold start: no ``probs``)."""
+AUTO_FEW = "maxherding"
+"""The registered strategy ``auto`` runs once there is a model but labels are few (below
+:func:`auto_threshold`); may use ``probs``."""
 AUTO_WARM = MARGIN_KMEANS
 """:data:`MARGIN_KMEANS` or a registered strategy: what ``auto`` runs from the threshold on."""
 
@@ -69,7 +72,7 @@ def auto_plan(pool: PoolView) -> str:
     """Which behaviour ``auto`` uses on ``pool``: :data:`AUTO_COLD` or :data:`AUTO_WARM`."""
     if pool.probs is None:
         return AUTO_COLD
-    return AUTO_COLD if pool.n_labels < auto_threshold(pool.probs.shape[1]) else AUTO_WARM
+    return AUTO_FEW if pool.n_labels < auto_threshold(pool.probs.shape[1]) else AUTO_WARM
 
 
 def margin_kmeans(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
