@@ -15,8 +15,8 @@ What practitioners tune by hand, in order:
 5. the winner is the best finished trial, ties going to the earlier one (so to the base config) and
    then to the lower validation loss: tune never returns a config worse than the base on validation.
 
-Outputs in ``out`` (each written atomically, and rewritten after every trial): ``recipe.yaml``,
-``trials.csv``, ``lr_find.png``, ``trials.png``, ``tune.json``.
+Outputs in ``out`` (each written atomically; all but the range test's rewritten after every trial):
+``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``.
 
 Example:
     >>> res = tune(make_config(), data="train/", out="tune/", budget_s=600)    # doctest: +SKIP
@@ -42,11 +42,11 @@ import yaml
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, write_csv, write_json, write_text
 from tlkit.train.config import MODES, TrainConfig, make_config
-from tlkit.train.lr_find import LRFindResult, lr_find
+from tlkit.train.lr_find import LRFindResult, lr_find, save_lr_find
 
 log = logging.getLogger(__name__)
 
-RECIPE, TRIALS_CSV, LR_PLOT, TRIALS_PLOT, SUMMARY = "recipe.yaml", "trials.csv", "lr_find.png", "trials.png", "tune.json"
+RECIPE, TRIALS_CSV, TRIALS_PLOT, SUMMARY = "recipe.yaml", "trials.csv", "trials.png", "tune.json"
 LR_SPAN = 5.0  # lr range: suggestion / 5 .. suggestion x 5
 LR_FIND_SHARE = 0.15  # of the budget, at most, for the range test
 #: the searched keys and how: log-uniform, uniform, or a list of choices
@@ -315,7 +315,8 @@ def write_outputs(out: Path, res: TuneResult) -> dict[str, Path]:
              round(t.seconds, 2)] for t in res.trials]
     write_csv(out / TRIALS_CSV, ["number", *keys, "value", "state", "epochs", "seconds"], rows)
     write_json(out / SUMMARY, summary(res))
-    files = {"recipe": out / RECIPE, "trials": out / TRIALS_CSV, "summary": out / SUMMARY, "lr_find": out / LR_PLOT}
+    files = {"recipe": out / RECIPE, "trials": out / TRIALS_CSV, "summary": out / SUMMARY,
+             "lr_find": out / "lr_find.png"}
     if res.trials:
         files["trials_plot"] = plot_trials(res.trials, res.monitor, out / TRIALS_PLOT)
     return files
@@ -399,7 +400,6 @@ def tune(
     import_optuna()
     _check_args(budget_s, trial_epochs, max_trials)
     from tlkit.train.splits import prepare_splits
-    from tlkit.train.tune_plots import plot_lr_find
 
     out = check_output_dir(out)
     prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed)  # bad data fails before any work
@@ -408,7 +408,7 @@ def tune(
     found = lr_find(trial_base, data=data, val=val, steps=lr_find_steps, max_seconds=LR_FIND_SHARE * budget_s,
                     progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    plot_lr_find(found, out / LR_PLOT)
+    save_lr_find(found, out)
     if on_lr_find:
         on_lr_find(found)
     space = search_space(base, found.suggestion, fixed=fixed, trial_epochs=trial_epochs)

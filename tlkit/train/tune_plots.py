@@ -54,6 +54,7 @@ def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path
         left.axhline(scored[0].value, color="0.5", ls=":", lw=1, label="defaults (trial 0)")
     left.set_xlabel("trial")
     right.set_xscale("log")
+    right.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on a narrow lr range
     right.set_xlabel("lr")
     for ax in (left, right):
         ax.set_ylabel(monitor.replace("_", " ") + " (best epoch)")
