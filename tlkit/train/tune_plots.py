@@ -59,7 +59,8 @@ def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path
     for ax in (left, right):
         ax.set_ylabel(monitor.replace("_", " ") + " (best epoch)")
         ax.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    if left.get_legend_handles_labels()[0]:  # nothing scored yet: no legend (and no warning)
+        left.legend(fontsize=8)
     _save(fig, Path(path))
     return Path(path)
 
