@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -140,7 +140,8 @@ def _widen(bounds: tuple[float, float], value: float) -> tuple[float, float]:
     return min(bounds[0], value), max(bounds[1], value)
 
 
-def search_space(base: TrainConfig, lr_suggestion: float, *, fixed=(), trial_epochs: int) -> SearchSpace:
+def search_space(base: TrainConfig, lr_suggestion: float, *, fixed: Iterable[str] = (),
+                 trial_epochs: int) -> SearchSpace:
     """The default space around ``base`` and the lr suggestion; every range and list includes the
     base's own value, so trial 0 is a point of the space. ``freeze-unfreeze`` needs 2+ epochs a trial."""
     unknown = sorted(set(fixed) - set(TrainConfig.__dataclass_fields__))
@@ -374,7 +375,7 @@ def tune(
     budget_s: float,
     val: str | os.PathLike | None = None,
     trial_epochs: int = 3,
-    fixed=(),
+    fixed: Iterable[str] = (),
     max_trials: int | None = None,
     lr_find_steps: int = 100,
     progress: Callable[[int], None] | None = None,
