@@ -65,8 +65,9 @@ def _record(number, value, state="complete", val_loss=1.0, **params):
     return TrialRecord(number, {"lr": 1e-3, **params}, value, state, 2, 1.0, val_loss)
 
 
-def test_winner_ties_go_to_the_base_then_the_lower_loss_and_never_to_a_cut_trial():
-    trials = [_record(0, 0.8), _record(1, 0.8, val_loss=2.0), _record(2, 0.9, "cut"), _record(3, 0.95, "pruned")]
+def test_winner_ties_go_to_the_lower_loss_then_the_base_and_never_to_a_cut_trial():
+    trials = [_record(0, 0.8), _record(1, 0.8, val_loss=2.0), _record(2, 0.9, "cut"), _record(3, 0.95, "pruned"),
+              _record(5, 0.8)]
     assert pick_winner(trials, "val_accuracy").number == 0
     trials.append(_record(4, 0.8, val_loss=0.5))
     assert pick_winner(trials, "val_accuracy").number == 4

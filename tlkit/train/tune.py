@@ -12,8 +12,9 @@ What practitioners tune by hand, in order:
 4. the budget is wall-clock and hard: the range test gets at most 15% of it, a trial is started only
    when the time left fits the longest finished one, and a trial still running at the deadline is
    cut between two batches (recorded as ``cut``, never chosen);
-5. the winner is the best finished trial, ties going to the earlier one (so to the base config) and
-   then to the lower validation loss: tune never returns a config worse than the base on validation.
+5. the winner is the best finished trial, a tie on the metric going to the lower validation loss (as
+   ``fit`` picks its best epoch), a full tie to the earlier trial, so to the base config: tune never
+   returns a config worse than the base on validation.
 
 Outputs in ``out`` (each written atomically; all but the range test's rewritten after every trial):
 ``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``.
@@ -271,7 +272,8 @@ def _rank(t: TrialRecord, monitor: str) -> tuple[float, float]:
 
 
 def pick_winner(trials, monitor: str) -> TrialRecord | None:
-    """The best complete trial; a tie goes to the earlier trial, then to the lower validation loss."""
+    """The best complete trial; a tie on the metric goes to the lower validation loss, a full tie to the
+    earlier trial (trial 0 is the base config)."""
     best = None
     for t in sorted(trials, key=lambda t: t.number):
         if t.state == "complete" and (best is None or _rank(t, monitor) > _rank(best, monitor)):
