@@ -173,6 +173,23 @@ def test_tune_within_a_tiny_budget_writes_a_recipe_that_finetune_trains_with(dig
     assert read_json(run / "best.json")["config"] == tuned.replace(epochs=1).to_dict()
 
 
+def test_resume_continues_the_stored_study_and_refuses_other_settings(digits_dir, tmp_path):
+    from tlkit.train.tune import tune
+
+    base, out = make_config(**TINY, hflip=0.0), tmp_path / "tune"
+    kw = dict(data=digits_dir, out=out, budget_s=120, trial_epochs=1, lr_find_steps=20)
+    first = tune(base, max_trials=2, **kw)
+    assert [t.number for t in first.trials] == [0, 1] and (out / "study.db").is_file()
+    with pytest.raises(TlkitError, match="already holds a tune study; add --resume"):
+        tune(base, max_trials=1, **kw)
+    with pytest.raises(TlkitError, match=r"other settings \(lr\)"):
+        tune(base.replace(lr=0.5), max_trials=1, resume=True, **kw)
+    again = tune(base, max_trials=1, resume=True, **kw)
+    assert [t.number for t in again.trials] == [0, 1, 2] and again.trials[:2] == first.trials
+    assert again.lr_find == first.lr_find and again.default_trial == first.trials[0]
+    assert len(read_csv(out / "trials.csv")) == 3
+
+
 # --------------------------------------------------------------------------- bad input
 
 

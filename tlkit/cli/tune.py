@@ -37,7 +37,7 @@ def _summary(res, data: Path, val: Optional[Path]) -> None:
     base, best = res.default_trial, res.best_trial
     table = Table(title="tlkit tune", show_header=True)
     table.add_column("")
-    table.add_column("base (trial 0)")
+    table.add_column(f"base (trial {base.number})" if base else "base")
     table.add_column(f"best (trial {best.number})" if best else "best")
     shown = best or base
     for key in shown.params if shown else ():
@@ -66,12 +66,14 @@ def tune_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from this recipe (bundled name or YAML file): it is trial 0."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the trials and the sampler (default 0)."),
     overrides: List[str] = typer.Option([], "--set", help="Fix a config key, not searched: --set hflip=0 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the study in --out (study.db) with a new --budget."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Find the learning rate, then search lr, batch size, weight decay, augmentation and mode on validation.
 
     Trial 0 is the base config (defaults or --recipe), so the recipe written is never worse than it on
-    validation. Flips change the meaning of digits and text: keep them off there with --set hflip=0.
+    validation. The study is stored in --out; --resume continues it. Flips change the meaning of digits
+    and text: keep them off there with --set hflip=0.
     """
     setup_logging(verbose)
     training_process()
@@ -98,6 +100,6 @@ def tune_cmd(
                 bar.update(task, description=f"trial {t.number + 1}")
 
             res = tune(base, data=data, out=out, val=val, budget_s=budget * 60, trial_epochs=epochs,
-                       fixed=tuple(parse_overrides(overrides)), max_trials=trials, progress=tick,
+                       fixed=tuple(parse_overrides(overrides)), max_trials=trials, resume=resume, progress=tick,
                        on_lr_find=lr_done, on_trial=trial_done)
     _summary(res, data, val)

@@ -17,7 +17,8 @@ What practitioners tune by hand, in order:
    returns a config worse than the base on validation.
 
 Outputs in ``out`` (each written atomically; all but the range test's rewritten after every trial):
-``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``.
+``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``;
+the Optuna study itself is stored in ``study.db`` (:mod:`tlkit.train.tune_store`) for ``resume``.
 
 Example:
     >>> res = tune(make_config(), data="train/", out="tune/", budget_s=600)    # doctest: +SKIP
@@ -118,7 +119,14 @@ class TuneResult:
 
     @property
     def default_trial(self) -> TrialRecord | None:
-        return next((t for t in self.trials if t.number == 0), None)
+        """The trial of the base config (trial 0; a later number when a resume had to run it again)."""
+        return base_trial(self.trials, self.base)
+
+
+def base_trial(trials, base: TrainConfig) -> TrialRecord | None:
+    """The base config's trial: its first complete run, else its first run."""
+    runs = [t for t in trials if all(getattr(base, k) == v for k, v in t.params.items())]
+    return next((t for t in runs if t.state == "complete"), runs[0] if runs else None)
 
 
 class BudgetSpent(Exception):
@@ -176,25 +184,6 @@ def suggest(trial, space: SearchSpace, *, exact: bool = False) -> dict[str, Any]
             out[key] = trial.suggest_float(key, *bounds, log=kind == "log" and bounds[0] > 0)
         out[key] = out[key] if exact else _round(key, out[key])
     return out
-
-
-def make_study(base: TrainConfig, space: SearchSpace, lr_suggestion: float):
-    """A seeded TPE study with a median pruner; trial 0 (the base) and 1 (base, suggested lr) enqueued.
-
-    Returns:
-        ``(study, n_enqueued)``.
-    """
-    optuna = import_optuna()
-    study = optuna.create_study(
-        direction="minimize" if base.monitor.endswith("loss") else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=4),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    first = {k: getattr(base, k) for k in space.searched}
-    study.enqueue_trial(first)
-    if "lr" in first and abs(math.log(lr_suggestion / base.lr)) > math.log(1.5):
-        study.enqueue_trial({**first, "lr": _round("lr", lr_suggestion)})
-        return study, 2
-    return study, 1
 
 
 # --------------------------------------------------------------------------- one trial
@@ -300,12 +289,12 @@ def write_recipe(path: Path, cfg: TrainConfig, comment: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- outputs
 
 
-def _comment(winner: TrialRecord | None, trials, monitor: str, trial_epochs: int) -> str:
+def _comment(winner: TrialRecord | None, trials, base: TrainConfig, trial_epochs: int) -> str:
     if winner is None:
-        return f"tlkit tune: no trial finished within the budget; the base config ({monitor} not measured)"
-    base = next((t for t in trials if t.number == 0 and t.state == "complete"), None)
-    than = f" (base config {base.value:.4f})" if base is not None and winner.number != 0 else ""
-    return (f"tlkit tune: trial {winner.number} of {len(trials)}, validation {monitor} {winner.value:.4f}{than} "
+        return f"tlkit tune: no trial finished within the budget; the base config ({base.monitor} not measured)"
+    first = base_trial(trials, base)
+    than = f" (base config {first.value:.4f})" if first and first.state == "complete" and first is not winner else ""
+    return (f"tlkit tune: trial {winner.number} of {len(trials)}, validation {base.monitor} {winner.value:.4f}{than} "
             f"after {trial_epochs}-epoch trials")
 
 
@@ -380,6 +369,7 @@ def tune(
     fixed: Iterable[str] = (),
     max_trials: int | None = None,
     lr_find_steps: int = 100,
+    resume: bool = False,
     progress: Callable[[int], None] | None = None,
     on_lr_find: Callable[[LRFindResult], None] | None = None,
     on_trial: Callable[[TrialRecord], None] | None = None,
@@ -393,42 +383,51 @@ def tune(
         out: the output folder (``recipe.yaml``, ``trials.csv``, ``lr_find.png``, ``trials.png``, ``tune.json``).
         budget_s: hard wall-clock budget of the whole search, range test included.
         fixed: config keys not to search (they keep ``base``'s value).
-        max_trials: stop after this many trials even with time left.
+        max_trials: stop after this many trials (of this call) even with time left.
+        resume: continue the study stored in ``out`` (``study.db``): its trials count, its range test is
+            reused, and the budget is this call's.
         lr_find_steps: mini-batches of the range test (at most; it also gets at most 15% of the budget).
         progress: called with the images of each training step; on_lr_find / on_trial: after each stage.
 
     Raises:
-        TlkitError: Optuna missing, a budget <= 0, bad data (as for ``fit``), an unknown fixed key.
+        TlkitError: Optuna missing, a budget <= 0, bad data (as for ``fit``), an unknown fixed key, a study
+            already in ``out`` without ``resume``, or ``resume`` with another base config or trial length.
     """
     import_optuna()
     _check_args(budget_s, trial_epochs, max_trials)
     from tlkit.train.splits import prepare_splits
+    from tlkit.train.tune_store import check_tune_dir, load_lr_find, open_study, save_record
 
     out = check_output_dir(out)
+    check_tune_dir(out, resume)
     prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed)  # bad data fails before any work
     t0 = time.monotonic()
     trial_base = base.replace(epochs=trial_epochs)
-    found = lr_find(trial_base, data=data, val=val, steps=lr_find_steps, max_seconds=LR_FIND_SHARE * budget_s,
-                    progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    save_lr_find(found, out)
+    found = load_lr_find(out) if resume else None
+    if found is None:
+        found = lr_find(trial_base, data=data, val=val, steps=lr_find_steps, max_seconds=LR_FIND_SHARE * budget_s,
+                        progress=progress)
+        out.mkdir(parents=True, exist_ok=True)
+        save_lr_find(found, out)
     if on_lr_find:
         on_lr_find(found)
     space = search_space(base, found.suggestion, fixed=fixed, trial_epochs=trial_epochs)
-    trials: list[TrialRecord] = []
-    res = _result(out, base, trials, found, t0, budget_s, "budget", trial_epochs)
     with _optuna_quiet():
-        study, n_enqueued = make_study(base, space, found.suggestion)
-        while max_trials is None or len(trials) < max_trials:
+        study, trials, exact = open_study(out, base, space, found.suggestion, trial_epochs=trial_epochs, resume=resume)
+        res = _result(out, base, trials, found, t0, budget_s, "budget", trial_epochs)
+        new = 0
+        while max_trials is None or new < max_trials:
             if not trial_fits(trials, t0 + budget_s - time.monotonic()):
                 break
             trial = study.ask()
-            params = suggest(trial, space, exact=trial.number < n_enqueued)
+            params = suggest(trial, space, exact=trial.number in exact)
             record = run_trial(trial, trial_base.replace(**params), params, data=data, val=val, work=out,
                                deadline=t0 + budget_s, progress=progress)
+            save_record(trial, record)
             _tell(study, trial, record)
             trials.append(record)
-            stopped = "max_trials" if len(trials) == max_trials and record.state != "cut" else "budget"
+            new += 1
+            stopped = "max_trials" if new == max_trials and record.state != "cut" else "budget"
             res = _result(out, base, trials, found, t0, budget_s, stopped, trial_epochs)
             if on_trial:
                 on_trial(record)
@@ -441,12 +440,12 @@ def _result(out: Path, base: TrainConfig, trials: list[TrialRecord], found: LRFi
     """The result so far, with the recipe and every output file (re)written."""
     winner = pick_winner(trials, base.monitor)
     best = base.replace(**winner.params) if winner else base
-    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base.monitor, trial_epochs))
+    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base, trial_epochs))
     res = TuneResult(out, base.monitor, base, best, winner, tuple(trials), found, recipe,
                      time.monotonic() - t0, budget_s, stopped, trial_epochs)
     return dataclasses.replace(res, files=write_outputs(out, res))
 
 
-__all__ = ["BudgetSpent", "SEARCHED", "SearchSpace", "TrialRecord", "TuneResult", "import_optuna", "make_study",
+__all__ = ["BudgetSpent", "SEARCHED", "SearchSpace", "TrialRecord", "TuneResult", "import_optuna",
            "pick_winner", "recipe_of", "run_trial", "search_space", "suggest", "trial_fits", "tune",
            "write_recipe"]
