@@ -7,7 +7,7 @@ import importlib
 from tlkit.cli._app import app
 
 COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "recipes", "active", "simulate",
-                   "serve", "audit")
+                   "serve", "audit", "tune", "lr_find")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"tlkit.cli.{_name}")

@@ -1,6 +1,6 @@
 """Fine-tuning: config and recipes, optimisers, schedules, losses, checkpoints, the loop, metrics.
 
-Library first; the ``tlkit finetune / evaluate / predict / recipes`` commands call these.
+Library first; the ``tlkit finetune / evaluate / predict / recipes / tune / lr-find`` commands call these.
 
 Example:
     >>> from tlkit.train import fit, make_config, load_run
@@ -14,13 +14,17 @@ from __future__ import annotations
 from tlkit.train.config import TrainConfig, list_recipes, load_recipe, make_config, parse_overrides
 from tlkit.train.engine import FitResult, fit
 from tlkit.train.evaluate import compute_metrics, evaluate_run
+from tlkit.train.lr_find import LRFindResult, lr_find
 from tlkit.train.model import checkpoint_meta, load_run
 from tlkit.train.predict import PredictResult, predict
+from tlkit.train.tune import TuneResult, tune
 
 __all__ = [
     "FitResult",
+    "LRFindResult",
     "PredictResult",
     "TrainConfig",
+    "TuneResult",
     "checkpoint_meta",
     "compute_metrics",
     "evaluate_run",
@@ -31,4 +35,5 @@ __all__ = [
     "make_config",
     "parse_overrides",
     "predict",
+    "tune",
 ]

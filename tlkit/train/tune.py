@@ -1,0 +1,451 @@
+"""A small budgeted hyperparameter search: an lr range test, then short Optuna trials of :func:`fit`.
+
+What practitioners tune by hand, in order:
+
+1. the lr range test (:func:`tlkit.train.lr_find.lr_find`) on the base config gives an lr;
+2. trial 0 is the base config as it is (the defaults, or ``--recipe``), trial 1 the same with the
+   suggested lr; then Optuna's TPE sampler (seeded) proposes ``lr`` (log range centred on the
+   suggestion), ``batch_size``, ``weight_decay``, ``scale_min`` (RandomResizedCrop), ``hflip`` and
+   ``mode``, each trial a short ``fit`` judged on the validation split;
+3. every epoch's validation metric goes to Optuna through ``fit``'s ``on_epoch``; the median pruner
+   stops trials that trail the median of earlier trials at the same epoch (from the 2nd epoch on);
+4. the budget is wall-clock and hard: the range test gets at most 15% of it, a trial is started only
+   when the time left fits the longest finished one, and a trial still running at the deadline is
+   cut between two batches (recorded as ``cut``, never chosen);
+5. the winner is the best finished trial, a tie on the metric going to the lower validation loss (as
+   ``fit`` picks its best epoch), a full tie to the earlier trial, so to the base config: tune never
+   returns a config worse than the base on validation.
+
+Outputs in ``out`` (each written atomically; all but the range test's rewritten after every trial):
+``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``;
+the Optuna study itself is stored in ``study.db`` (:mod:`tlkit.train.tune_store`) for ``resume``.
+
+Example:
+    >>> res = tune(make_config(), data="train/", out="tune/", budget_s=600)    # doctest: +SKIP
+    >>> res.best_trial.params, res.recipe_path                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import yaml
+
+from tlkit.errors import TlkitError
+from tlkit.io import check_output_dir, write_csv, write_json, write_text
+from tlkit.train.config import MODES, TrainConfig, make_config
+from tlkit.train.lr_find import LRFindResult, lr_find, save_lr_find
+
+log = logging.getLogger(__name__)
+
+RECIPE, TRIALS_CSV, TRIALS_PLOT, SUMMARY = "recipe.yaml", "trials.csv", "trials.png", "tune.json"
+LR_SPAN = 5.0  # lr range: suggestion / 5 .. suggestion x 5
+LR_FIND_SHARE = 0.15  # of the budget, at most, for the range test
+#: the searched keys and how: log-uniform, uniform, or a list of choices
+SEARCHED = {"lr": "log", "batch_size": "choice", "weight_decay": "log", "scale_min": "uniform", "hflip": "choice",
+            "mode": "choice"}
+INSTALL_HINT = 'pip install "tlkit[tune]"'
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a trial may change: a ``(low, high)`` range or a tuple of choices per key of :data:`SEARCHED`.
+
+    Keys in ``fixed`` keep the base config's value (e.g. ``--set hflip=0`` for digits or text, which a
+    mirror changes the meaning of).
+    """
+
+    lr: tuple[float, float]
+    batch_size: tuple[int, ...] = (16, 32, 64)
+    weight_decay: tuple[float, float] = (1e-5, 0.1)
+    scale_min: tuple[float, float] = (0.08, 1.0)
+    hflip: tuple[float, ...] = (0.0, 0.5)
+    mode: tuple[str, ...] = MODES
+    fixed: frozenset[str] = frozenset()
+
+    @property
+    def searched(self) -> list[str]:
+        return [k for k in SEARCHED if k not in self.fixed]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial.
+
+    Attributes:
+        number: 0 = the base config, 1 = the base with the suggested lr, then Optuna's proposals.
+        params: the searched keys' values this trial trained with.
+        value: the monitored validation metric of its best epoch (of the epochs run, if not complete).
+        state: ``complete``, ``pruned`` (trailing the median), ``cut`` (the budget ran out) or ``failed``.
+        epochs: epochs finished; seconds: wall time; val_loss: the best epoch's validation loss.
+    """
+
+    number: int
+    params: dict[str, Any]
+    value: float | None
+    state: str
+    epochs: int
+    seconds: float
+    val_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` found; ``best`` is the full config the recipe holds (training length of the base)."""
+
+    out: Path
+    monitor: str
+    base: TrainConfig
+    best: TrainConfig
+    best_trial: TrialRecord | None
+    trials: tuple[TrialRecord, ...]
+    lr_find: LRFindResult
+    recipe: dict[str, Any]
+    elapsed_s: float
+    budget_s: float
+    stopped: str  # budget | max_trials
+    trial_epochs: int
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def default_trial(self) -> TrialRecord | None:
+        """The trial of the base config (trial 0; a later number when a resume had to run it again)."""
+        return base_trial(self.trials, self.base)
+
+
+def base_trial(trials, base: TrainConfig) -> TrialRecord | None:
+    """The base config's trial: its first complete run, else its first run."""
+    runs = [t for t in trials if all(getattr(base, k) == v for k, v in t.params.items())]
+    return next((t for t in runs if t.state == "complete"), runs[0] if runs else None)
+
+
+class BudgetSpent(Exception):
+    """Raised between two batches of a trial once the deadline has passed."""
+
+
+def import_optuna():
+    """``optuna``, or a one-line error saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise TlkitError(f"tlkit tune needs Optuna, which is not installed; {INSTALL_HINT}") from None
+    return optuna
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def _widen(bounds: tuple[float, float], value: float) -> tuple[float, float]:
+    return min(bounds[0], value), max(bounds[1], value)
+
+
+def search_space(base: TrainConfig, lr_suggestion: float, *, fixed: Iterable[str] = (),
+                 trial_epochs: int) -> SearchSpace:
+    """The default space around ``base`` and the lr suggestion; every range and list includes the
+    base's own value, so trial 0 is a point of the space. ``freeze-unfreeze`` needs 2+ epochs a trial."""
+    unknown = sorted(set(fixed) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise TlkitError(f"unknown config keys to keep fixed: {', '.join(unknown)}")
+    s = SearchSpace(lr=(lr_suggestion / LR_SPAN, lr_suggestion * LR_SPAN))
+    modes = tuple(m for m in MODES if m != "freeze-unfreeze" or trial_epochs > base.freeze_epochs)
+    wd = _widen(s.weight_decay, base.weight_decay) if base.weight_decay > 0 else (0.0, s.weight_decay[1])
+    return SearchSpace(
+        lr=_widen(s.lr, base.lr), batch_size=tuple(sorted({*s.batch_size, base.batch_size})), weight_decay=wd,
+        scale_min=_widen(s.scale_min, base.scale_min), hflip=tuple(sorted({*s.hflip, base.hflip})),
+        mode=tuple(dict.fromkeys((*modes, base.mode))), fixed=frozenset(fixed))
+
+
+def _round(key: str, value: Any) -> Any:
+    """Values as a recipe would write them: 3 significant digits for rates, 2 decimals for scale_min."""
+    if SEARCHED[key] == "log":
+        return float(f"{value:.3g}")
+    return round(float(value), 2) if key == "scale_min" else value
+
+
+def suggest(trial, space: SearchSpace, *, exact: bool = False) -> dict[str, Any]:
+    """One trial's values of the searched keys (Optuna ``trial.suggest_*``), rounded as in a recipe
+    unless ``exact`` (the enqueued base config runs with its own values)."""
+    out: dict[str, Any] = {}
+    for key in space.searched:
+        bounds, kind = getattr(space, key), SEARCHED[key]
+        if kind == "choice":
+            out[key] = trial.suggest_categorical(key, list(bounds))
+        else:
+            out[key] = trial.suggest_float(key, *bounds, log=kind == "log" and bounds[0] > 0)
+        out[key] = out[key] if exact else _round(key, out[key])
+    return out
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+@contextlib.contextmanager
+def _trial_folder(work: Path, number: int) -> Iterator[Path]:
+    """A scratch run folder for one trial's ``fit``, deleted afterwards (the recipe is the product)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".trial-{number:04d}-", dir=work))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _best_row(rows: list[dict], monitor: str) -> dict | None:
+    sign = -1 if monitor.endswith("loss") else 1
+    finite = [r for r in rows if r.get(monitor) is not None and math.isfinite(r[monitor])]
+    return max(finite, key=lambda r: sign * r[monitor]) if finite else None
+
+
+def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, work: Path, deadline: float,
+              progress: Callable[[int], None] | None = None) -> TrialRecord:
+    """``fit(cfg)`` reporting each epoch to ``trial``; pruned or cut at the deadline between two batches."""
+    from tlkit.train.engine import fit
+
+    optuna = import_optuna()
+    rows: list[dict] = []
+    t0 = time.monotonic()
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        trial.report(row[cfg.monitor], row["epoch"] - 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    def on_batch(n: int) -> None:
+        if progress:
+            progress(n)
+        if time.monotonic() > deadline:
+            raise BudgetSpent()
+
+    state = "complete"
+    with _trial_folder(work, trial.number) as run:
+        try:
+            res = fit(cfg, data=data, val=val, out=run, progress=on_batch, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            state = "pruned"
+        except BudgetSpent:
+            state = "cut"
+    best = res.best if state == "complete" else _best_row(rows, cfg.monitor)
+    value = best.get(cfg.monitor) if best else None
+    if state == "complete" and (value is None or not math.isfinite(value)):
+        state = "failed"
+    return TrialRecord(trial.number, params, value, state, len(rows), time.monotonic() - t0,
+                       best.get("val_loss") if best else None)
+
+
+def _tell(study, trial, record: TrialRecord) -> None:
+    from optuna.trial import TrialState
+
+    if record.state == "complete":
+        study.tell(trial, record.value)
+    else:
+        study.tell(trial, state=TrialState.FAIL if record.state == "failed" else TrialState.PRUNED)
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def _rank(t: TrialRecord, monitor: str) -> tuple[float, float]:
+    sign = -1 if monitor.endswith("loss") else 1
+    loss = t.val_loss if t.val_loss is not None and math.isfinite(t.val_loss) else math.inf
+    return sign * t.value, -loss
+
+
+def pick_winner(trials, monitor: str) -> TrialRecord | None:
+    """The best complete trial; a tie on the metric goes to the lower validation loss, a full tie to the
+    earlier trial (trial 0 is the base config)."""
+    best = None
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == "complete" and (best is None or _rank(t, monitor) > _rank(best, monitor)):
+            best = t
+    return best
+
+
+def recipe_of(cfg: TrainConfig) -> dict[str, Any]:
+    """The keys of ``cfg`` that differ from :class:`TrainConfig`'s defaults (what a recipe lists)."""
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
+
+
+def write_recipe(path: Path, cfg: TrainConfig, comment: str) -> dict[str, Any]:
+    """``recipe.yaml`` for ``cfg`` (only keys that differ from the defaults), checked by loading it back."""
+    recipe = recipe_of(cfg)
+    text = f"# {comment}\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n")
+    write_text(path, text)
+    if make_config(path) != cfg:
+        raise RuntimeError(f"{path} does not load back as the tuned config; please report this")
+    return recipe
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _comment(winner: TrialRecord | None, trials, base: TrainConfig, trial_epochs: int) -> str:
+    if winner is None:
+        return f"tlkit tune: no trial finished within the budget; the base config ({base.monitor} not measured)"
+    first = base_trial(trials, base)
+    than = f" (base config {first.value:.4f})" if first and first.state == "complete" and first is not winner else ""
+    return (f"tlkit tune: trial {winner.number} of {len(trials)}, validation {base.monitor} {winner.value:.4f}{than} "
+            f"after {trial_epochs}-epoch trials")
+
+
+def write_outputs(out: Path, res: TuneResult) -> dict[str, Path]:
+    """Every output file for the trials so far (atomic writes); returns ``{name: path}``."""
+    from tlkit.train.tune_plots import plot_trials
+
+    keys = list(SEARCHED)
+    rows = [[t.number, *(t.params.get(k, "") for k in keys), "" if t.value is None else t.value, t.state, t.epochs,
+             round(t.seconds, 2)] for t in res.trials]
+    write_csv(out / TRIALS_CSV, ["number", *keys, "value", "state", "epochs", "seconds"], rows)
+    write_json(out / SUMMARY, summary(res))
+    files = {"recipe": out / RECIPE, "trials": out / TRIALS_CSV, "summary": out / SUMMARY,
+             "lr_find": out / "lr_find.png"}
+    if res.trials:
+        files["trials_plot"] = plot_trials(res.trials, res.monitor, out / TRIALS_PLOT)
+    return files
+
+
+def summary(res: TuneResult) -> dict[str, Any]:
+    """``tune.json``: budget, states, the range test, the base and the best trial, the recipe."""
+    states = {s: sum(t.state == s for t in res.trials) for s in ("complete", "pruned", "cut", "failed")}
+    lr = {k: v for k, v in res.lr_find.to_dict().items() if k not in ("lrs", "losses", "raw_losses")}
+
+    def trial(t: TrialRecord | None):
+        return None if t is None else {"number": t.number, "value": t.value, "params": t.params,
+                                       "epochs": t.epochs, "seconds": round(t.seconds, 2)}
+
+    return {"monitor": res.monitor, "budget_s": res.budget_s, "elapsed_s": round(res.elapsed_s, 2),
+            "stopped": res.stopped, "trial_epochs": res.trial_epochs, "trials": len(res.trials), "states": states,
+            "lr_find": lr, "base": trial(res.default_trial), "best": trial(res.best_trial), "recipe": res.recipe}
+
+
+# --------------------------------------------------------------------------- tune
+
+
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's per-trial INFO lines off (tune reports trials itself), restored afterwards."""
+    optuna = import_optuna()
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def trial_fits(trials, seconds_left: float) -> bool:
+    """Whether another trial fits in ``seconds_left``: as long as the longest complete trial so far."""
+    done = [t.seconds for t in trials if t.state == "complete"]
+    return seconds_left > (max(done) if done else 0.0)
+
+
+def _check_args(budget_s: float, trial_epochs: int, max_trials: int | None) -> None:
+    if not budget_s > 0:
+        raise TlkitError(f"--budget {budget_s / 60:g}: give a positive number of minutes, e.g. --budget 30")
+    if trial_epochs < 1:
+        raise TlkitError(f"--epochs {trial_epochs}: each trial needs at least 1 epoch, e.g. --epochs 3")
+    if max_trials is not None and max_trials < 1:
+        raise TlkitError(f"--trials {max_trials}: give at least 1 (trial 0 is the base config)")
+
+
+def tune(
+    base: TrainConfig,
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    budget_s: float,
+    val: str | os.PathLike | None = None,
+    trial_epochs: int = 3,
+    fixed: Iterable[str] = (),
+    max_trials: int | None = None,
+    lr_find_steps: int = 100,
+    resume: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_lr_find: Callable[[LRFindResult], None] | None = None,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+) -> TuneResult:
+    """Search the settings that matter for ``base`` within ``budget_s`` seconds; write the outputs to ``out``.
+
+    Args:
+        base: the config to start from (trial 0); its ``epochs`` stay in the recipe, trials run ``trial_epochs``.
+        data: training images; val: validation images (``None``: ``base.val_fraction`` of ``data``, the same
+            split for every trial).
+        out: the output folder (``recipe.yaml``, ``trials.csv``, ``lr_find.png``, ``trials.png``, ``tune.json``).
+        budget_s: hard wall-clock budget of the whole search, range test included.
+        fixed: config keys not to search (they keep ``base``'s value).
+        max_trials: stop after this many trials (of this call) even with time left.
+        resume: continue the study stored in ``out`` (``study.db``): its trials count, its range test is
+            reused, and the budget is this call's.
+        lr_find_steps: mini-batches of the range test (at most; it also gets at most 15% of the budget).
+        progress: called with the images of each training step; on_lr_find / on_trial: after each stage.
+
+    Raises:
+        TlkitError: Optuna missing, a budget <= 0, bad data (as for ``fit``), an unknown fixed key, a study
+            already in ``out`` without ``resume``, or ``resume`` with another base config or trial length.
+    """
+    import_optuna()
+    _check_args(budget_s, trial_epochs, max_trials)
+    from tlkit.train.splits import prepare_splits
+    from tlkit.train.tune_store import check_tune_dir, load_lr_find, open_study, save_record
+
+    out = check_output_dir(out)
+    check_tune_dir(out, resume)
+    prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed)  # bad data fails before any work
+    t0 = time.monotonic()
+    trial_base = base.replace(epochs=trial_epochs)
+    found = load_lr_find(out) if resume else None
+    if found is None:
+        found = lr_find(trial_base, data=data, val=val, steps=lr_find_steps, max_seconds=LR_FIND_SHARE * budget_s,
+                        progress=progress)
+        out.mkdir(parents=True, exist_ok=True)
+        save_lr_find(found, out)
+    if on_lr_find:
+        on_lr_find(found)
+    space = search_space(base, found.suggestion, fixed=fixed, trial_epochs=trial_epochs)
+    with _optuna_quiet():
+        study, trials, exact = open_study(out, base, space, found.suggestion, trial_epochs=trial_epochs, resume=resume)
+        res = _result(out, base, trials, found, t0, budget_s, "budget", trial_epochs)
+        new = 0
+        while max_trials is None or new < max_trials:
+            if not trial_fits(trials, t0 + budget_s - time.monotonic()):
+                break
+            trial = study.ask()
+            params = suggest(trial, space, exact=trial.number in exact)
+            record = run_trial(trial, trial_base.replace(**params), params, data=data, val=val, work=out,
+                               deadline=t0 + budget_s, progress=progress)
+            save_record(trial, record)
+            _tell(study, trial, record)
+            trials.append(record)
+            new += 1
+            stopped = "max_trials" if new == max_trials and record.state != "cut" else "budget"
+            res = _result(out, base, trials, found, t0, budget_s, stopped, trial_epochs)
+            if on_trial:
+                on_trial(record)
+    log.info("tune: %d trials in %.0f s, best %s", len(trials), res.elapsed_s, res.best_trial)
+    return res
+
+
+def _result(out: Path, base: TrainConfig, trials: list[TrialRecord], found: LRFindResult, t0: float,
+            budget_s: float, stopped: str, trial_epochs: int) -> TuneResult:
+    """The result so far, with the recipe and every output file (re)written."""
+    winner = pick_winner(trials, base.monitor)
+    best = base.replace(**winner.params) if winner else base
+    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base, trial_epochs))
+    res = TuneResult(out, base.monitor, base, best, winner, tuple(trials), found, recipe,
+                     time.monotonic() - t0, budget_s, stopped, trial_epochs)
+    return dataclasses.replace(res, files=write_outputs(out, res))
+
+
+__all__ = ["BudgetSpent", "SEARCHED", "SearchSpace", "TrialRecord", "TuneResult", "import_optuna",
+           "pick_winner", "recipe_of", "run_trial", "search_space", "suggest", "trial_fits", "tune",
+           "write_recipe"]

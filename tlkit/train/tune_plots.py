@@ -1,0 +1,68 @@
+"""PNG plots of ``tlkit tune``: the lr range test and the trials (matplotlib, Agg, atomic writes).
+
+Example:
+    >>> plot_lr_find(result, "tune/lr_find.png")          # doctest: +SKIP
+    >>> plot_trials(trials, "val_accuracy", "tune/trials.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from tlkit.train.lr_find import LRFindResult
+from tlkit.train.plots import _figure, _save
+
+STATE_COLORS = {"complete": "tab:blue", "pruned": "tab:orange", "cut": "tab:gray", "failed": "tab:red"}
+
+
+def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
+    """Loss against learning rate (log x): raw mini-batch losses, the smoothed curve, the suggestion."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(result.lrs, result.raw_losses, color="0.75", lw=0.8, label="mini-batch loss")
+    ax.plot(result.lrs, result.losses, color="tab:blue", label="smoothed")
+    ax.axvline(result.suggestion, color="tab:red", ls="--", label=f"suggestion {result.suggestion:.2g} ({result.method})")
+    finite = [v for v in result.losses + result.raw_losses if math.isfinite(v)]
+    if finite and math.isfinite(result.losses[0]):  # the blow-up at the end would squash the curve
+        ax.set_ylim(bottom=min(finite) * 0.95, top=max(result.losses[0] * 1.5, min(finite) * 1.1))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (head)")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path:
+    """Two panels: the validation metric of each trial (trial 0 = defaults), and the metric against lr.
+
+    ``trials`` are :class:`tlkit.train.tune.TrialRecord` (``number``, ``value``, ``state``, ``params``).
+    """
+    plt = _figure()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    scored = [t for t in trials if t.value is not None]
+    for state, color in STATE_COLORS.items():
+        pts = [t for t in scored if t.state == state]
+        if pts:
+            left.scatter([t.number for t in pts], [t.value for t in pts], color=color, label=state, s=24)
+            right.scatter([t.params["lr"] for t in pts], [t.value for t in pts], color=color, label=state, s=24)
+    if scored and scored[0].number == 0:
+        left.axhline(scored[0].value, color="0.5", ls=":", lw=1, label="defaults (trial 0)")
+    left.set_xlabel("trial")
+    right.set_xscale("log")
+    right.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on a narrow lr range
+    right.set_xlabel("lr")
+    for ax in (left, right):
+        ax.set_ylabel(monitor.replace("_", " ") + " (best epoch)")
+        ax.grid(alpha=0.3)
+    if left.get_legend_handles_labels()[0]:  # nothing scored yet: no legend (and no warning)
+        left.legend(fontsize=8)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+__all__ = ["plot_lr_find", "plot_trials"]
