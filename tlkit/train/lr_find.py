@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this x its minimum
 FLAT_DROP = 0.05  # a curve whose minimum is less than 5% below its start says little
-MIN_STEPS = 20  # a time limit never cuts the sweep below this many steps
+MIN_STEPS = 20  # a time limit never shortens the sweep below this many steps...
+HARD_LIMIT = 2.0  # ...but a sweep still running at this many times its time limit is cut
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def _step(st, cfg: TrainConfig, batch, loss_fn, rt, lr: float) -> float:
 
 def sweep(st, cfg: TrainConfig, batches: Iterator, loss_fn, rt, schedule: _Schedule, *,
           max_seconds: float | None = None, progress: Callable[[int], None] | None = None):
-    """Run the schedule; returns ``(lrs, raw_losses, smoothed, diverged)`` up to where it stopped."""
+    """Run the schedule; returns ``(lrs, raw_losses, smoothed, diverged)`` up to where it stopped
+    (``diverged`` None: cut at :data:`HARD_LIMIT` times ``max_seconds``, the curve incomplete)."""
     t0 = time.perf_counter()
     beta = smoothing_for(len(schedule.lrs))
     lrs: list[float] = []
@@ -232,6 +234,8 @@ def sweep(st, cfg: TrainConfig, batches: Iterator, loss_fn, rt, schedule: _Sched
         if max_seconds is not None and i == 3:  # time three steps, then fit the sweep into max_seconds
             per_step = (time.perf_counter() - t0) / 3
             schedule.shorten(i, max(MIN_STEPS, int(max_seconds / per_step)))
+        if max_seconds is not None and time.perf_counter() - t0 > HARD_LIMIT * max_seconds:
+            return lrs, raw, smooth(raw, beta), None  # cut: steps far slower than timed
         if not math.isfinite(smoothed) or (i > 3 and (smoothed > DIVERGE_FACTOR * best or loss > 10 * best)):
             diverged = True
             break
@@ -259,7 +263,8 @@ def lr_find(
         steps: mini-batches of the sweep (at most; divergence stops it sooner).
         start_lr, end_lr: the head lr of the first and the last step.
         max_seconds: fit the sweep into about this long: after three timed steps it is shortened
-            (to no fewer than 20 steps), the rate still ending at ``end_lr``.
+            (to no fewer than 20 steps), the rate still ending at ``end_lr``; a sweep still running
+            at twice this long is cut and suggests ``cfg.lr`` (method ``cut ...``).
         progress: called with the number of images of each step.
 
     Raises:
@@ -285,9 +290,13 @@ def lr_find(
         lrs, raw, smoothed, diverged = sweep(st, cfg, _cycle(pipe.train, pipe.sampler), loss_fn, rt,
                                              _Schedule(start_lr, end_lr, steps), max_seconds=max_seconds,
                                              progress=progress)
-    # the last point of a diverged sweep is the blow-up itself: suggest from the curve before it
-    keep = len(lrs) - 1 if diverged and len(lrs) > 2 else len(lrs)
-    lr, method, candidates = suggest_lr(lrs[:keep], smoothed[:keep])
+    if diverged is None:  # cut by the time limit: the curve never reached the high rates
+        lr, method, candidates, diverged = cfg.lr, "cut (time limit): configured lr kept", {}, False
+        log.warning("lr range test cut after %d steps by its time limit (%.0f s): keeping lr %.3g",
+                    len(lrs), max_seconds, cfg.lr)
+    else:  # the last point of a diverged sweep is the blow-up itself: suggest from the curve before it
+        keep = len(lrs) - 1 if diverged and len(lrs) > 2 else len(lrs)
+        lr, method, candidates = suggest_lr(lrs[:keep], smoothed[:keep])
     result = LRFindResult(tuple(lrs), tuple(float(x) for x in smoothed), tuple(raw), lr, method, candidates,
                           diverged, time.perf_counter() - t0)
     log.info("lr range test: %d steps%s, suggestion %.3g (%s)", len(lrs), ", diverged" if diverged else "", lr, method)

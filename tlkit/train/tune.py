@@ -402,7 +402,7 @@ def tune(
     check_tune_dir(out, resume)
     prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed)  # bad data fails before any work
     t0 = time.monotonic()
-    trial_base = base.replace(epochs=trial_epochs)
+    trial_base = base.replace(epochs=trial_epochs, tensorboard=False)  # trials are throwaway runs
     found = load_lr_find(out) if resume else None
     if found is None:
         found = lr_find(trial_base, data=data, val=val, steps=lr_find_steps, max_seconds=LR_FIND_SHARE * budget_s,
