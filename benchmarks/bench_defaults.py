@@ -18,11 +18,24 @@ RandomResizedCrop(size, scale=(0.7, 1)) + ToTensor + Normalize (the backbone's m
 AdamW(lr 1e-3, wd 0.01), OneCycleLR (torch defaults), cross-entropy, bf16 autocast, last epoch;
 test images resized to size x size.
 
-Usage:
-    python benchmarks/bench_defaults.py study --variants plain,old,new --image-size 96 --seeds 0,1
-    python benchmarks/bench_defaults.py study --variants ablation --image-size 64 --datasets study
-    python benchmarks/bench_defaults.py timm --timm-train /tmp/timm_train.py --datasets digits_wn,photos_small
-    python benchmarks/bench_defaults.py table benchmarks/results/defaults_study_96.json
+Usage (the README's figures; results are appended to / read from the JSON file):
+    python benchmarks/bench_defaults.py study benchmarks/results/defaults_ablation_64.json \
+        --datasets study --variants ablation,new --image-size 64 --seeds 0
+    python benchmarks/bench_defaults.py study benchmarks/results/defaults_ablation_64.json \
+        --datasets study --variants plain,old,new --image-size 64 --seeds 1
+    python benchmarks/bench_defaults.py study benchmarks/results/defaults_study_96.json \
+        --datasets held-out --variants plain,old,new --image-size 96 --seeds 0,1
+    python benchmarks/bench_defaults.py table benchmarks/results/defaults_ablation_64.json --variants plain,old,new
+    python benchmarks/bench_defaults.py table benchmarks/results/defaults_ablation_64.json \
+        --variants ablation,new --by-variant --seeds 0
+    python benchmarks/bench_defaults.py timm benchmarks/results/defaults_timm_96.json \
+        --datasets digits_wn --image-size 96 --timm-train /tmp/timm_train.py
+    python benchmarks/bench_defaults.py timm benchmarks/results/defaults_timm_matched_64.json \
+        --datasets photos_small --image-size 64 \
+        --timm-args='--warmup-epochs 1 --hflip 0 --scale 0.7 1 --color-jitter 0 --smoothing 0'
+
+timm's train.py: ``git --git-dir=<mirror of huggingface/pytorch-image-models> show HEAD:train.py
+> /tmp/timm_train.py`` (the study used the snapshot at 1.0.29.dev0 with timm 1.0.31 installed).
 """
 
 from __future__ import annotations
@@ -39,7 +52,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # this checkout's tlkit, not an installed one
 import ft_data  # noqa: E402
 
 EPOCHS, BATCH = 8, 32
@@ -61,7 +75,7 @@ ABLATION = {
     "lr5e-4": {"lr": 5e-4},
     "ls0.1": {"label_smoothing": 0.1},
 }
-NAMED = {"old": OLD, "new": {}, **{k: {**BASE, **v} for k, v in ABLATION.items()}}
+NAMED = {"old": OLD, "new": {}, "new-lr2e-3": {"lr": 2e-3}, **{k: {**BASE, **v} for k, v in ABLATION.items()}}
 
 
 def variants(spec: str) -> list[str]:
@@ -143,7 +157,7 @@ def study(args) -> dict:
     done = {(r["dataset"], r["variant"], r["seed"], r["image_size"]) for r in results}
     cache = Path(args.cache)
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in [int(s) for s in (args.seeds or "0").split(",")]:
             for name in datasets(args.datasets):
                 paths = ft_data.dataset(name, cache)
                 for v in variants(args.variants):
@@ -178,12 +192,36 @@ def summary(results: list[dict]) -> dict:
 
 
 def table(args) -> dict:
-    s = summary(json.loads(Path(args.out).read_text())["runs"])
-    vs = sorted({v for row in s.values() for v in row}, key=lambda v: (v != "plain", v != "old", v != "new", v))
+    """Markdown of ``args.out``: one row per dataset, one column per variant (mean over seeds; n seeds in
+    brackets when more than one). ``--by-variant``: one row per variant, with its change against
+    ``base`` (mean and worst over the study sets)."""
+    runs = json.loads(Path(args.out).read_text())["runs"]
+    if args.seeds is not None:
+        runs = [r for r in runs if r["seed"] in {int(x) for x in args.seeds.split(",")}]
+    s = summary(runs)
+    s.pop("mean over study sets")
+    vs = [v for v in variants(args.variants) if any(v in row for row in s.values())]
+    seeds: dict[tuple[str, str], int] = {}
+    for r in runs:
+        seeds[r["dataset"], r["variant"]] = seeds.get((r["dataset"], r["variant"]), 0) + 1
+    if args.by_variant:
+        ds = [d for d in s if d in ft_data.STUDY]
+        print("| variant | " + " | ".join(ds) + " | mean | change vs base: mean, worst |")
+        print("|---" * (len(ds) + 3) + "|")
+        for v in vs:
+            acc = [s[d].get(v) for d in ds]
+            if None in acc:
+                continue
+            delta = [a - s[d]["base"] for a, d in zip(acc, ds)] if all("base" in s[d] for d in ds) else []
+            change = f"{100 * statistics.mean(delta):+.1f}, {100 * min(delta):+.1f} pts" if delta else ""
+            print(f"| {v} | " + " | ".join(f"{a:.3f}" for a in acc) + f" | {statistics.mean(acc):.3f} | {change} |")
+        return s
     print("| dataset | " + " | ".join(vs) + " |")
     print("|---" * (len(vs) + 1) + "|")
     for d, row in s.items():
-        print(f"| {d} | " + " | ".join(f"{row[v]:.3f}" if v in row else "" for v in vs) + " |")
+        cells = [f"{row[v]:.3f}" + (f" ({seeds[d, v]})" if seeds.get((d, v), 1) > 1 else "") if v in row else ""
+                 for v in vs]
+        print(f"| {d} | " + " | ".join(cells) + " |")
     return s
 
 
@@ -209,7 +247,8 @@ def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int) -> f
                               checkpoint_path=str(checkpoint))
     cfg = resolve_data_config({"input_size": (3, size, size)}, model=model)
     loader = create_loader(ds, input_size=cfg["input_size"], batch_size=64, mean=cfg["mean"], std=cfg["std"],
-                           crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"], num_workers=0)
+                           crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"], num_workers=0,
+                           use_prefetcher=False, device=torch.device("cpu"))
     model.eval()
     correct = n = 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -219,7 +258,8 @@ def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int) -> f
     return correct / n
 
 
-def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, tmp: Path, seed: int) -> dict:
+def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, tmp: Path, seed: int,
+             extra: list[str] = ()) -> dict:
     """timm's train.py on ``root/{train,val}``: bf16 AMP, channels_last, AdamW, cosine, same weights;
     every other option at train.py's default (warmup 5 epochs, hflip 0.5, scale 0.08-1, jitter 0.4,
     label smoothing 0.1, ...). Epoch time: the last ``Train:`` line of each epoch, average update time
@@ -234,7 +274,7 @@ def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, t
            "--num-classes", str(n_classes), "--img-size", str(size), "-b", str(BATCH), "--epochs", str(EPOCHS),
            "--opt", "adamw", "--lr", "1e-3", "--sched", "cosine", "--amp", "--amp-dtype", "bfloat16",
            "--channels-last", "--device", "cpu", "--workers", "0", "--seed", str(seed), "--output", str(out),
-           "--experiment", "run", "--log-interval", "1000", "--checkpoint-hist", "1"]
+           "--experiment", "run", "--log-interval", "1000", "--checkpoint-hist", "1", *extra]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
     wall = time.perf_counter() - t0
@@ -258,7 +298,7 @@ def timm_compare(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in datasets(args.datasets):
             paths = ft_data.dataset(name, args.cache)
-            t = timm_run(Path(args.timm_train), paths, args.image_size, weights, Path(tmp), 0)
+            t = timm_run(Path(args.timm_train), paths, args.image_size, weights, Path(tmp), 0, args.timm_args.split())
             ours = tlkit_run(paths, args.image_size, 0, {}, Path(tmp))
             t_ep, o_ep = statistics.median(t["epoch_s"][1:]), statistics.median(ours["epoch_s"][1:])
             rows.append({"dataset": name, "image_size": args.image_size, "threads": args.threads,
@@ -282,10 +322,13 @@ def main() -> None:
     p.add_argument("out", nargs="?", default=None, help="results JSON (study: appended to; table: read)")
     p.add_argument("--datasets", default="study,held-out")
     p.add_argument("--variants", default="plain,old,new")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default=None, help="comma-separated (study: default 0; table: default all)")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tlkit_ft_data"))
     p.add_argument("--timm-train", default="/tmp/timm_train.py")
+    p.add_argument("--timm-args", default="", help="timm: more train.py options, e.g. the plain loop's "
+                   "augmentation: '--warmup-epochs 1 --hflip 0 --scale 0.7 1 --color-jitter 0 --smoothing 0'")
+    p.add_argument("--by-variant", action="store_true", help="table: one row per variant")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of every run (1: on a shared 2-core CPU, 2 threads ran 4x slower per step)")
     args = p.parse_args()
