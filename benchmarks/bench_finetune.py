@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's tlkit, not an installed one
+
 
 def digits_splits(root: Path, seed: int = 0) -> dict[str, Path]:
     """``root/{train,val,test}`` class trees: a stratified 60/10/30 split of the 1,797 digits."""

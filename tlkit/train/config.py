@@ -52,11 +52,13 @@ class TrainConfig:
     val_fraction: float = 0.2  # stratified split of the training folder when no --val is given
     batch_size: int = 32
     workers: int | None = None  # DataLoader workers; None: tlkit.runtime.default_workers()
-    # augmentation (timm create_transform, training only)
-    scale_min: float = 0.5  # RandomResizedCrop scale lower bound (upper is 1.0)
-    hflip: float = 0.5
+    # augmentation (timm create_transform, training only). Defaults keep labels and colours: no flips
+    # (a mirrored digit, arrow or text is another class), crops of at least 70% of the image, no
+    # colour jitter; see "Fine-tuning defaults" in the README (issue #14) for the study behind them.
+    scale_min: float = 0.7  # RandomResizedCrop scale lower bound (upper is 1.0)
+    hflip: float = 0.0  # e.g. 0.5 for photos of objects whose mirror image is the same class
     vflip: float = 0.0
-    color_jitter: float | None = 0.2
+    color_jitter: float | None = None  # e.g. 0.2 (brightness, contrast, saturation)
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5, trivialaugment, augmix-m5, v0
     reprob: float = 0.0  # random erasing probability
     mixup: float = 0.0  # mixup alpha (0 = off)
@@ -75,7 +77,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     momentum: float = 0.9  # sgd / rmsprop
     nesterov: bool = False  # sgd
-    layer_decay: float | None = 0.8  # full mode: lr x layer_decay per layer group from head to stem
+    layer_decay: float | None = None  # full mode: lr x layer_decay per layer group from head to stem, e.g. 0.8
     freeze_epochs: int = 1  # freeze-unfreeze: head-only epochs first
     unfreeze_lr_scale: float = 0.1  # freeze-unfreeze: lr multiplier once the body is unfrozen
     precompute_features: bool = False  # linear-probe: embed once (no augmentation), train the head
