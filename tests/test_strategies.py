@@ -174,8 +174,13 @@ def test_auto_switches_at_documented_threshold(digits, monkeypatch):
     assert few.n_labels < auto.auto_threshold(10) <= many.n_labels
 
     sel = select("auto", few, N_PICK, seed=2)
-    assert sel.strategy == f"auto({auto.AUTO_COLD})" == "auto(maxherding)"
-    np.testing.assert_array_equal(sel.indices, select(auto.AUTO_COLD, few, N_PICK, seed=2).indices)
+    assert sel.strategy == f"auto({auto.AUTO_FEW})" == "auto(maxherding)"
+    np.testing.assert_array_equal(sel.indices, select(auto.AUTO_FEW, few, N_PICK, seed=2).indices)
+    monkeypatch.setattr(auto, "AUTO_FEW", "typiclust")  # the few-labels phase is its own setting
+    assert select("auto", few, N_PICK, seed=2).strategy == "auto(typiclust)"
+    assert select("auto", PoolView(X, np.zeros(X.shape[0], bool), np.ones(X.shape[0], bool)), N_PICK).strategy \
+        == f"auto({auto.AUTO_COLD})"
+    monkeypatch.undo()
 
     sel = select("auto", many, N_PICK, seed=2)
     assert sel.strategy == "auto(margin+kmeans)"
