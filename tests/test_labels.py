@@ -62,7 +62,7 @@ def test_hand_edited_labels_csv_is_refused_by_every_command(tmp_path, project, p
     names = sorted(pool[1])
     rows = [line.split(",") for line in project.labels_csv.read_text().splitlines()]
     project.labels_csv.write_text("\n".join(",".join(r) for r in edit(rows, names)) + "\n")
-    files = ("project.yaml", "pool.csv", "labels.csv", "label_config.xml", "state.json")
+    files = ("project.yaml", "pool.csv", "labels.csv", "label_config.xml")
     before = {f: (project.root / f).read_bytes() for f in files}
     write_csv(tmp_path / "more.csv", ["path", "label"], [(names[9], "1")])
     for args in (["al-status", str(project.root)], ["al-round", str(project.root), "--batch", "2"],

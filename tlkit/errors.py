@@ -7,9 +7,24 @@ bad value and say how to fix it.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class TlkitError(Exception):
     """An error the user can fix; its message is one line that names the fix."""
+
+
+def did_you_mean(name: object, choices: Iterable[str], n: int = 1) -> str:
+    """``" (did you mean 'x'?)"`` for the choices closest to ``name``, or ``""`` when none is close.
+
+    Example:
+        >>> f"unknown loss 'focl'{did_you_mean('focl', ['ce', 'focal'])}"
+        "unknown loss 'focl' (did you mean 'focal'?)"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(choices), n=n)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 class WeightsNotFoundError(TlkitError):

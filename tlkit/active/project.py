@@ -8,7 +8,6 @@ PROJECT/
                     (label "__skip__" marks an image as unlabelable: never queried again);
                     validated on every read (a hand edit that breaks it is an error naming the line)
   label_config.xml  the Label Studio labeling config for the classes (rewritten when classes change)
-  state.json        current round and status (a cache; the rounds/ folders are authoritative)
   rounds/0001/ ...  one folder per finished round (query.csv, labelstudio.json, model/, metrics.json)
   cache/            embeddings keyed by backbone + weights hash + image size (tlkit extract folders)
   .lock             held (flock) while a command changes the project
@@ -27,8 +26,7 @@ import csv
 import logging
 import os
 import shutil
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -36,9 +34,10 @@ import yaml
 
 import tlkit
 from tlkit.active import labelstudio as ls
+from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json, write_csv, write_json, write_text
+from tlkit.io import read_csv, write_csv, write_text
 from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class ProjectConfig:
 
     pool_root: str
     classes: tuple[str, ...] = ()
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     image_size: int | None = None
     label_studio_prefix: str = ls.DEFAULT_PREFIX
@@ -113,13 +112,6 @@ class ProjectConfig:
         return cls(**d)
 
 
-@dataclass
-class ProjectState:
-    round: int = 0
-    status: str = "new"
-    updated: float = field(default_factory=time.time)
-
-
 class Project:
     """An open project folder. Use :meth:`create` or :meth:`open`.
 
@@ -165,7 +157,7 @@ class Project:
         pool: str | os.PathLike,
         labels: str | os.PathLike | None = None,
         classes: tuple[str, ...] | list[str] = (),
-        backbone: str = "efficientnet_lite0",
+        backbone: str = DEFAULT_BACKBONE,
         weights: str | None = None,
         image_size: int | None = None,
         label_studio_prefix: str = ls.DEFAULT_PREFIX,
@@ -206,7 +198,6 @@ class Project:
             write_csv(project.labels_csv, ["path", "label"], [])
             write_text(root / "project.yaml", config.to_yaml())
             write_text(project.label_config_xml, ls.label_config(classes))
-            project.write_state(ProjectState())
         if labels is not None:
             from tlkit.active.labels import import_labels
 
@@ -316,26 +307,12 @@ class Project:
         rows = sorted(labels.items(), key=lambda kv: order.get(kv[0], len(order)))
         write_csv(self.labels_csv, ["path", "label"], rows)
 
-    # ------------------------------------------------------------------ rounds and state
+    # ------------------------------------------------------------------ rounds
     def rounds(self) -> list[int]:
         """Numbers of the finished rounds, ascending."""
         if not self.rounds_dir.is_dir():
             return []
         return sorted(int(p.name) for p in self.rounds_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-    def state(self) -> ProjectState:
-        try:
-            d = read_json(self.root / "state.json")
-            state = ProjectState(**d)
-        except (OSError, ValueError, TypeError):
-            state = ProjectState()
-        finished = self.rounds()
-        state.round = finished[-1] if finished else 0  # the folders are the truth
-        return state
-
-    def write_state(self, state: ProjectState) -> None:
-        state.updated = time.time()
-        write_json(self.root / "state.json", asdict(state))
 
     def last_query(self) -> list[dict[str, str]]:
         rounds = self.rounds()

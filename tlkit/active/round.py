@@ -21,7 +21,7 @@ import yaml
 import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
-from tlkit.active.project import SKIP_LABEL, Project, ProjectState
+from tlkit.active.project import SKIP_LABEL, Project
 from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import PoolView, get_strategy, select
 from tlkit.errors import TlkitError
@@ -246,7 +246,6 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         "epochs": epochs, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
     }, sort_keys=False))
     os.replace(tmp, final)
-    project.write_state(ProjectState(round=n, status="awaiting labels" if rows else "pool exhausted"))
     return RoundResult(n, False, rows, metrics, final)
 
 

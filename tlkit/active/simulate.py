@@ -24,6 +24,7 @@ import numpy as np
 from tlkit.active import head as heads
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import PoolView, get_strategy, list_strategies, select
+from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, save_png, write_csv, write_json
 
@@ -256,7 +257,7 @@ def simulate_folders(
     out: str | Path,
     *,
     strategies: Sequence[str],
-    backbone: str = "efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | None = None,
     image_size: int | None = None,
     train: str = "head",

@@ -31,6 +31,7 @@ from tlkit.audit import pixels
 from tlkit.audit import report
 from tlkit.audit.inputs import AuditSet, Embedder, from_folder, from_project
 from tlkit.audit.neighbours import normalise, search
+from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, write_csv, write_json
 
@@ -78,7 +79,7 @@ def run_audit(
     project: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     test: str | os.PathLike | None = None,
-    backbone: str = "efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | None = None,
     image_size: int | None = None,
     device: str = "auto",

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class AuditSet:
 class Embedder:
     """How image folders are embedded: backbone, weights, size (a project's own settings, or the CLI's)."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     image_size: int | None = None
     device: str = "auto"

@@ -14,6 +14,7 @@ from tlkit.active.labelstudio import DEFAULT_PREFIX
 from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
+from tlkit.constants import DEFAULT_BACKBONE
 
 STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategies()) + "."
 
@@ -24,7 +25,7 @@ def al_init_cmd(
     pool: Path = typer.Option(..., "--pool", help="Folder (or CSV manifest) of the images to label."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Seed labels: CSV path,label or Label Studio export."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b",
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", "-b",
                                  help="Backbone that embeds the pool (any timm name, or tv:<name>)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file for the backbone."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16,

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
-from tlkit.constants import AUDIT_DUPLICATE_COSINE as DEFAULT_THRESHOLD
+from tlkit.constants import AUDIT_DUPLICATE_COSINE as DEFAULT_THRESHOLD, DEFAULT_BACKBONE
 
 
 @app.command("audit")
@@ -20,7 +20,7 @@ def audit_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default for a project: PROJECT/audit)."),
     test: Optional[Path] = typer.Option(None, "--test", help="Test images (or extract folder): list those that "
                                         "duplicate audited images (leaks)."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone that embeds --data/--test "
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", "-b", help="Backbone that embeds --data/--test "
                                  "image folders (a project uses its own)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size for embedding "

@@ -10,13 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.constants import DEFAULT_BACKBONE
 
 
 @app.command("extract")
 def extract_cmd(
     images: Path = typer.Argument(..., help="Class-folder tree, flat folder, or CSV manifest (path[,label])."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: features.npy, index.csv, meta.json."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="timm name or tv:<torchvision name>."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", "-b", help="timm name or tv:<torchvision name>."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (.safetensors/.pth)."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),

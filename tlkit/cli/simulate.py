@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import app, console, progress_bar, setup_logging, training_process, user_errors
+from tlkit.constants import DEFAULT_BACKBONE
 
 
 @app.command("al-simulate")
@@ -18,7 +19,7 @@ def al_simulate_cmd(
     test: Path = typer.Option(..., "--test", help="Held-out labeled images or extract folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.csv, curves.png, summary.json."),
     strategies: str = typer.Option("random,margin,typiclust,auto", "--strategies", help="Comma-separated names."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone that embeds image folders (timm name or tv:<name>)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", "-b", help="Backbone that embeds image folders (timm name or tv:<name>)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size for embedding (default: the backbone's)."),
     train: str = typer.Option("head", "--train", help="head (linear head on embeddings) | finetune (slow: trains each round)."),

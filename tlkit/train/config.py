@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -27,7 +26,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from tlkit.errors import TlkitError
+from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.errors import TlkitError, did_you_mean
 from tlkit.io import not_utf8_message, write_text, yaml_problem
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -41,7 +41,7 @@ class TrainConfig:
     """Everything that decides a fine-tuning run (data paths and the output folder excepted)."""
 
     # model
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     pretrained: bool = True
     weights: str | None = None  # local weights file for the backbone
     mode: str = "full"  # full | linear-probe | freeze-unfreeze
@@ -187,9 +187,8 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if bundled.is_file():
         return bundled
     names = [n for n, _ in list_recipes()]
-    hint = difflib.get_close_matches(str(name_or_path), names, n=1)
-    did = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise TlkitError(f"unknown recipe {str(name_or_path)!r}{did}; choose one of: {', '.join(names)}, or a YAML file")
+    raise TlkitError(f"unknown recipe {str(name_or_path)!r}{did_you_mean(name_or_path, names)}; "
+                     f"choose one of: {', '.join(names)}, or a YAML file")
 
 
 def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
@@ -216,9 +215,7 @@ def _check_key(key: str, *, where: str) -> None:
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     if key in names:
         return
-    hint = difflib.get_close_matches(key, names, n=1)
-    did = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise TlkitError(f"unknown config key {key!r} in {where}{did}; valid keys: {', '.join(names)}")
+    raise TlkitError(f"unknown config key {key!r} in {where}{did_you_mean(key, names)}; valid keys: {', '.join(names)}")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -314,24 +311,11 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a resolved ``config.yaml``; keys unknown to this version are an error."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return make_config(overrides=data)
-
-
-def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    """Rebuild a config from :meth:`TrainConfig.to_dict` output (e.g. a checkpoint sidecar)."""
-    return make_config(overrides=dict(data))
-
-
 __all__ = [
     "MODES",
     "RECIPES_DIR",
     "TrainConfig",
-    "config_from_dict",
     "list_recipes",
-    "load_config",
     "load_recipe",
     "make_config",
     "parse_overrides",

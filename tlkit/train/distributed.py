@@ -90,21 +90,11 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 __all__ = [
     "DistInfo",
     "all_gather_objects",
     "all_reduce_sum",
     "barrier",
-    "broadcast_object",
     "env_dist_info",
     "init_distributed",
     "shutdown",

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, did_you_mean
 from tlkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -90,10 +89,6 @@ def register_loss(name: str, *, description: str) -> Callable:
     return deco
 
 
-def list_losses() -> list[LossInfo]:
-    return list(_LOSSES.values())
-
-
 @register_loss("ce", description="cross-entropy, with label_smoothing and class_weights")
 def _ce(cfg: TrainConfig, num_classes: int, weight: torch.Tensor | None) -> nn.Module:
     return SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing, weight=weight)
@@ -128,9 +123,7 @@ def class_weights(spec: str | Sequence[float] | None, counts: Sequence[int]) -> 
 def build_loss(cfg: TrainConfig, num_classes: int, counts: Sequence[int] | None = None) -> nn.Module:
     """The training loss named by ``cfg.loss``; ``counts`` (images per class) for 'balanced'."""
     if cfg.loss not in _LOSSES:
-        hint = difflib.get_close_matches(cfg.loss, list(_LOSSES), n=1)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise TlkitError(f"unknown loss {cfg.loss!r}{did}; choose one of: {', '.join(_LOSSES)}")
+        raise TlkitError(f"unknown loss {cfg.loss!r}{did_you_mean(cfg.loss, _LOSSES)}; choose one of: {', '.join(_LOSSES)}")
     weight = class_weights(cfg.class_weights, counts if counts is not None else [1] * num_classes)
     return _LOSSES[cfg.loss].build(cfg, num_classes, weight)
 
@@ -159,7 +152,6 @@ __all__ = [
     "build_loss",
     "build_mixup",
     "class_weights",
-    "list_losses",
     "register_loss",
     "soft_targets",
 ]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, did_you_mean
 from tlkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if name in FUSED_OPTIMIZERS:
         kwargs["fused"] = True  # one kernel for all parameters: ~4x faster steps than foreach on CPU
     if name not in list_optimizers():
-        import difflib
-
-        hint = difflib.get_close_matches(name, list_optimizers(), n=1)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise TlkitError(f"unknown optimizer {cfg.optimizer!r}{did}; common ones: {', '.join(COMMON_OPTIMIZERS)}")
+        raise TlkitError(f"unknown optimizer {cfg.optimizer!r}{did_you_mean(name, list_optimizers())}; "
+                         f"common ones: {', '.join(COMMON_OPTIMIZERS)}")
     opt = create_optimizer_v2(
         groups, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **kwargs
     )

@@ -12,14 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, did_you_mean
 
 WARMUP_START = 0.01  # factor at step 0 of a linear warmup
 
@@ -62,9 +61,7 @@ def list_schedules() -> list[ScheduleInfo]:
 
 def get_schedule(name: str) -> ScheduleInfo:
     if name not in _SCHEDULES:
-        hint = difflib.get_close_matches(name, list(_SCHEDULES), n=1)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise TlkitError(f"unknown schedule {name!r}{did}; choose one of: {', '.join(_SCHEDULES)}")
+        raise TlkitError(f"unknown schedule {name!r}{did_you_mean(name, _SCHEDULES)}; choose one of: {', '.join(_SCHEDULES)}")
     return _SCHEDULES[name]
 
 

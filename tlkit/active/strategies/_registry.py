@@ -8,7 +8,6 @@ present, seeds the generator and checks the result, so a strategy only ranks.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +160,8 @@ def get_strategy(name: str) -> StrategyInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise TlkitError(f"unknown strategy '{name}'; {hint}choose one of: {', '.join(sorted(_REGISTRY))}") from None
+        raise TlkitError(f"unknown strategy '{name}'{did_you_mean(name, _REGISTRY)}; "
+                         f"choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def select(name: str, pool: PoolView, n: int, *, seed: int = 0) -> Selection:
