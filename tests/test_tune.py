@@ -65,12 +65,15 @@ def _record(number, value, state="complete", val_loss=1.0, **params):
     return TrialRecord(number, {"lr": 1e-3, **params}, value, state, 2, 1.0, val_loss)
 
 
-def test_winner_ties_go_to_the_lower_loss_then_the_base_and_never_to_a_cut_trial():
+def test_winner_ties_go_to_the_base_then_the_lower_loss_and_never_to_a_cut_trial():
     trials = [_record(0, 0.8), _record(1, 0.8, val_loss=2.0), _record(2, 0.9, "cut"), _record(3, 0.95, "pruned"),
               _record(5, 0.8)]
     assert pick_winner(trials, "val_accuracy").number == 0
     trials.append(_record(4, 0.8, val_loss=0.5))
-    assert pick_winner(trials, "val_accuracy").number == 4
+    assert pick_winner(trials, "val_accuracy").number == 0  # a lower loss alone does not leave the base
+    assert pick_winner(trials[1:], "val_accuracy").number == 4  # without the base: the lower loss
+    trials.append(_record(6, 0.85, val_loss=3.0))
+    assert pick_winner(trials, "val_accuracy").number == 6  # a better metric does
     assert pick_winner([_record(0, 0.4), _record(1, 0.3)], "val_loss").number == 1
     assert pick_winner([_record(0, 0.9, "cut")], "val_accuracy") is None
 

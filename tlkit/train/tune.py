@@ -12,9 +12,11 @@ What practitioners tune by hand, in order:
 4. the budget is wall-clock and hard: the range test gets at most 15% of it, a trial is started only
    when the time left fits the longest finished one, and a trial still running at the deadline is
    cut between two batches (recorded as ``cut``, never chosen);
-5. the winner is the best finished trial, a tie on the metric going to the lower validation loss (as
-   ``fit`` picks its best epoch), a full tie to the earlier trial, so to the base config: tune never
-   returns a config worse than the base on validation.
+5. the winner is the best finished trial; a tie on the metric goes to the base config (trial 0: the
+   study-backed defaults or the user's recipe are left only on evidence in the monitored metric; a
+   tie broken on validation loss picked a worse recipe for photos that the defaults already got
+   right, README "Tuning"), other ties to the lower validation loss (as ``fit`` picks its best
+   epoch), then to the earlier trial: tune never returns a config worse than the base on validation.
 
 Outputs in ``out`` (each written atomically; all but the range test's rewritten after every trial):
 ``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``;
@@ -254,15 +256,15 @@ def _tell(study, trial, record: TrialRecord) -> None:
 # --------------------------------------------------------------------------- choosing
 
 
-def _rank(t: TrialRecord, monitor: str) -> tuple[float, float]:
+def _rank(t: TrialRecord, monitor: str) -> tuple[float, bool, float]:
     sign = -1 if monitor.endswith("loss") else 1
     loss = t.val_loss if t.val_loss is not None and math.isfinite(t.val_loss) else math.inf
-    return sign * t.value, -loss
+    return sign * t.value, t.number == 0, -loss
 
 
 def pick_winner(trials, monitor: str) -> TrialRecord | None:
-    """The best complete trial; a tie on the metric goes to the lower validation loss, a full tie to the
-    earlier trial (trial 0 is the base config)."""
+    """The best complete trial; a tie on the metric goes to trial 0 (the base config), other ties to the
+    lower validation loss, then to the earlier trial."""
     best = None
     for t in sorted(trials, key=lambda t: t.number):
         if t.state == "complete" and (best is None or _rank(t, monitor) > _rank(best, monitor)):
