@@ -263,14 +263,11 @@ def leak_study(work: Path, image_size: int, seed: int = 31) -> None:
           f"{len(got - want)} extra, {len(want - got)} missed -> {'exact' if got == want else 'NOT exact'}")
 
 
-def knn_child(n: int, d: int = 1280, fp32: bool = False) -> None:
+def knn_child(n: int, d: int = 1280) -> None:
     """Run in a child process so that its peak RSS is the search's own."""
-    from tlkit.audit import neighbours
     from tlkit.audit.duplicates import EMBEDDING_ONLY_THRESHOLD
     from tlkit.audit.neighbours import normalise, search
 
-    if fp32:
-        neighbours.BF16_MIN_ROWS = 10**12  # the float32 path, for comparison
     rng = np.random.default_rng(0)
     centers = rng.random((200, d), dtype=np.float32) * 2
     x = np.empty((n, d), np.float32)
@@ -282,19 +279,15 @@ def knn_child(n: int, d: int = 1280, fp32: bool = False) -> None:
     del x
     nb = search(xn, k=10, threshold=EMBEDDING_ONLY_THRESHOLD)  # the pair search of the no-images path
     wall, cpu = time.perf_counter() - t, time.process_time() - c
-    mode = "bf16 screen" if neighbours.use_bf16(n) else "float32"
-    print(f"knn {n:,} x {d:,} ({mode}): k=10 neighbours + pairs: {wall:.1f} s wall, {cpu:.1f} s CPU "
+    print(f"knn {n:,} x {d:,}: k=10 neighbours + pairs: {wall:.1f} s wall, {cpu:.1f} s CPU "
           f"({nb.index.shape}, {len(nb.pairs)} pairs)")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"peak RSS of the search process: {rss:.2f} GB (input {n * d * 4 / 2**30:.2f} GB)")
 
 
 def knn_study(n: int) -> None:
-    """The search as ``tlkit audit`` runs it (bf16 screen where the CPU has it), then the float32 path."""
-    for extra in ([], ["--fp32"]):
-        proc = subprocess.run([sys.executable, __file__, "knn-child", "--n", str(n), *extra], capture_output=True,
-                              text=True)
-        print(proc.stdout.strip() or proc.stderr[-2000:])
+    proc = subprocess.run([sys.executable, __file__, "knn-child", "--n", str(n)], capture_output=True, text=True)
+    print(proc.stdout.strip() or proc.stderr[-2000:])
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"peak RSS of the search process: {rss:.2f} GB (input {n * 1280 * 4 / 2**30:.2f} GB)")
 
 
 def main() -> None:
@@ -302,7 +295,6 @@ def main() -> None:
     ap.add_argument("what", choices=["dups", "labels", "leak", "knn", "knn-child"])
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--fp32", action="store_true", help="knn-child: force the float32 path")
     ap.add_argument("--work", type=Path, default=None, help="keep the images and features here (reused)")
     args = ap.parse_args()
     os.environ.setdefault("TLKIT_OFFLINE", "1")
@@ -317,7 +309,7 @@ def main() -> None:
         elif args.what == "knn":
             knn_study(args.n)
         else:
-            knn_child(args.n, fp32=args.fp32)
+            knn_child(args.n)
 
 
 if __name__ == "__main__":
