@@ -7,15 +7,8 @@ squared distance ``≤ 2(1 − t)``. The pairs found that way are then checked w
 the pair list is exact (none missed, none extra); only the k-NN distances, which score outliers, are
 those of the projection.
 
-Work goes in row blocks: one ``[block, n]`` matrix at a time (torch GEMM + ``topk``), so memory is
-O(n·(d + dims) + block·n) and no ``n x n`` matrix is ever built. faiss is not needed.
-
-Large searches (at least :data:`BF16_MIN_ROWS` reference rows) on CPUs with native bf16 (AVX512-BF16,
-AMX) screen in bf16: the GEMM runs ~3x faster and every pass over the block moves half the bytes.
-bf16 rounds the inputs, the bias and the output to 8 significant bits; the pair radius is widened
-per query row by twice the worst-case error of the screened value (:func:`_bf16_slack`), so no pair
-is missed (candidates are still confirmed with the full float32 vectors), and the k nearest
-distances are recomputed in float32 for the neighbours found (only near-ties may order differently).
+Work goes in row blocks: one ``[block, n]`` float32 matrix at a time (torch GEMM + ``topk``), so memory
+is O(n·(d + dims) + block·n) and no ``n x n`` matrix is ever built. faiss is not needed.
 """
 
 from __future__ import annotations
@@ -41,10 +34,6 @@ MAX_PAIRS = 20_000_000
 """More candidate pairs than this is an error (memory): the images are too alike for the threshold."""
 MARGIN = 1e-3
 """Slack on the projected squared distance, for float32 rounding (candidates are re-checked exactly)."""
-BF16_MIN_ROWS = 20_000
-"""Searches over at least this many reference rows screen in bf16 where the CPU has it natively."""
-BF16_EPS = 2.0**-7
-"""Twice bf16's unit roundoff (2⁻⁸): the slack of the bf16 screen is computed with this (see :func:`_bf16_slack`)."""
 
 
 def normalise(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -136,28 +125,22 @@ def search(
     radius2 = None if threshold is None else 2.0 * (1.0 - float(threshold)) + MARGIN
     pairs: list[np.ndarray] = []
     cosines: list[np.ndarray] = []
-    bf16 = use_bf16(len(r_full))
-    # the block computes g = 2·q·r − |r|² (largest = nearest; d² = |q|² − g), in bf16 when screening
-    zq_g, zr_g = (zq.bfloat16(), zr.bfloat16()) if bf16 else (zq, zr)
-    slack = _bf16_slack(q2, float(r2.max())) if bf16 else torch.zeros(len(xn))
-    step = max(1, BLOCK_BYTES // ((2 if bf16 else 4) * max(1, len(r_full))))
+    step = max(1, BLOCK_BYTES // (4 * max(1, len(r_full))))
     for s in range(0, len(xn), step):
         e = min(s + step, len(xn))
-        g = torch.addmm(-r2[None, :].to(zr_g.dtype), zq_g[s:e], zr_g.T, beta=1.0, alpha=2.0)
+        d2 = torch.addmm(r2[None, :], zq[s:e], zr.T, beta=1.0, alpha=-2.0)
+        d2 += q2[s:e, None]
+        d2.clamp_(min=0.0)
         if self_search:
-            g[torch.arange(e - s), torch.arange(s, e)] = float("-inf")
+            d2[torch.arange(e - s), torch.arange(s, e)] = float("inf")
         nearest = None
         if k:
-            _, ix = torch.topk(g, k, dim=1)
-            d2k = ((zq[s:e, None, :] - zr[ix]) ** 2).sum(-1)  # float32, for the neighbours found
-            d2k, order = d2k.sort(1)
-            index[s:e], dist[s:e] = ix.gather(1, order).numpy(), d2k.sqrt_().numpy()
-            nearest = g.gather(1, ix[:, :1])[:, 0].float()
+            v, ix = torch.topk(d2, k, dim=1, largest=False)
+            nearest = v[:, 0].clone()
+            index[s:e], dist[s:e] = ix.numpy(), v.sqrt_().numpy()
         if radius2 is not None:  # a full-block nonzero() is slow: only rows with a neighbour that close
-            floor = q2[s:e] - radius2 - slack[s:e]  # d² ≤ radius² ⇔ g ≥ |q|² − radius²
-            best = g.amax(1).float() if nearest is None else nearest
-            rows = (best >= floor).nonzero()[:, 0]
-            hit = (g[rows].float() >= floor[rows, None]).nonzero()
+            rows = ((d2.amin(1) if nearest is None else nearest) <= radius2).nonzero()[:, 0]
+            hit = (d2[rows] <= radius2).nonzero()
             hit[:, 0] = rows[hit[:, 0]] + s
             hit = hit.numpy()
             hit, cos = _confirm(xn, r_full, hit[hit[:, 0] < hit[:, 1]] if self_search else hit, threshold)
@@ -171,25 +154,6 @@ def search(
     if not pairs:
         return Neighbours(index, dist, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
     return Neighbours(index, dist, np.concatenate(pairs), np.concatenate(cosines))
-
-
-def _bf16_slack(q2: torch.Tensor, r2_max: float) -> torch.Tensor:
-    """Per query row, a bound on the error of ``g = 2·q·r − |r|²`` computed by a bf16 GEMM.
-
-    With ``u`` = 2⁻⁸: rounding ``q`` and ``r`` costs ``2u·|q||r|`` on ``q·r`` (so ``4u|q||r|`` on ``g``),
-    rounding the bias ``u|r|²``, rounding the output ``u·|g| ≤ u(2|q||r| + |r|²)``: in all
-    ``u(6|q||r| + 2|r|²)``; :data:`BF16_EPS` = 2u doubles it for headroom (fp32 accumulation adds
-    far less).
-    """
-    r = r2_max**0.5
-    return BF16_EPS * (6 * q2.sqrt() * r + 2 * r2_max)
-
-
-def use_bf16(n_ref: int) -> bool:
-    """True when a search over ``n_ref`` rows screens in bf16 (see the module docstring)."""
-    from tlkit.runtime import cpu_has_fast_bf16
-
-    return n_ref >= BF16_MIN_ROWS and cpu_has_fast_bf16()
 
 
 def _confirm(xn: np.ndarray, ref: np.ndarray, cand: np.ndarray, threshold: float | None,
