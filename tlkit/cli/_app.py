@@ -62,6 +62,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# `tlkit --help` groups the commands by the three ways people use tlkit (rich_help_panel)
+PANEL_START = "Start here: demo, features"
+PANEL_TRAIN = "Fine-tuning"
+PANEL_ACTIVE = "Active learning and labeling"
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 

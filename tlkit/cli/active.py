@@ -13,13 +13,16 @@ from rich.table import Table
 from tlkit.active.labelstudio import DEFAULT_PREFIX
 from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
+from tlkit.cli._app import (
+    PANEL_ACTIVE, app, console, progress_bar, rate_callback, setup_logging, training_process,
+    user_errors,
+)
 from tlkit.constants import DEFAULT_BACKBONE
 
 STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategies()) + "."
 
 
-@app.command("al-init")
+@app.command("al-init", rich_help_panel=PANEL_ACTIVE)
 def al_init_cmd(
     project: Path = typer.Argument(..., help="Project folder to create."),
     pool: Path = typer.Option(..., "--pool", help="Folder (or CSV manifest) of the images to label."),
@@ -54,7 +57,7 @@ def al_init_cmd(
     console.print(f"next: tlkit al-round {escape(str(project))}")
 
 
-@app.command("al-add")
+@app.command("al-add", rich_help_panel=PANEL_ACTIVE)
 def al_add_cmd(
     project: Path = typer.Argument(..., help="Project folder."),
     source: Optional[Path] = typer.Argument(None, help="Folder or CSV manifest of new images inside the pool "
@@ -74,7 +77,7 @@ def al_add_cmd(
                       f"e.g. {escape(up.missing[0])}")
 
 
-@app.command("al-round")
+@app.command("al-round", rich_help_panel=PANEL_ACTIVE)
 def al_round_cmd(
     project: Path = typer.Argument(..., help="Project folder."),
     batch: int = typer.Option(20, "--batch", "-n", min=1, help="Images to select for labeling."),
@@ -115,7 +118,7 @@ def al_round_cmd(
                       f"selection {m['select_s']:.2f} s; files: {escape(str(res.dir))}/query.csv, labelstudio.json")
 
 
-@app.command("al-import")
+@app.command("al-import", rich_help_panel=PANEL_ACTIVE)
 def al_import_cmd(
     project: Path = typer.Argument(..., help="Project folder."),
     file: Path = typer.Argument(..., help="CSV path,label (label __skip__ = unlabelable), or a Label Studio export "
@@ -151,7 +154,7 @@ def al_import_cmd(
             console.print(f"  {escape(d)}", soft_wrap=True)
 
 
-@app.command("al-status")
+@app.command("al-status", rich_help_panel=PANEL_ACTIVE)
 def al_status_cmd(
     project: Path = typer.Argument(..., help="Project folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -190,7 +193,7 @@ def al_status_cmd(
         console.print(f"[yellow]hint:[/] {escape(st.imbalance)}")
 
 
-@app.command("strategies")
+@app.command("strategies", rich_help_panel=PANEL_ACTIVE)
 def strategies_cmd() -> None:
     """List the active-learning selection strategies."""
     table = Table(title="strategies")

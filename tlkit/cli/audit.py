@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.cli._app import PANEL_ACTIVE, app, console, progress_bar, rate_callback, setup_logging, user_errors
 from tlkit.constants import AUDIT_DUPLICATE_COSINE as DEFAULT_THRESHOLD, DEFAULT_BACKBONE
 
 
-@app.command("audit")
+@app.command("audit", rich_help_panel=PANEL_ACTIVE)
 def audit_cmd(
     project: Optional[Path] = typer.Argument(None, help="Project folder to audit (its whole pool and labels)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labeled images (class folders / path,label manifest) "

@@ -7,10 +7,10 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from tlkit.cli._app import app, console, user_errors
+from tlkit.cli._app import PANEL_START, app, console, user_errors
 
 
-@app.command("backbones")
+@app.command("backbones", rich_help_panel=PANEL_START)
 def backbones_cmd(
     names: Optional[List[str]] = typer.Argument(None, help="Extra timm / tv: names to check."),
 ) -> None:

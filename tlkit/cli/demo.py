@@ -10,10 +10,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, setup_logging, training_process, user_errors
+from tlkit.cli._app import (
+    PANEL_START, app, console, progress_bar, setup_logging, training_process, user_errors,
+)
 
 
-@app.command("demo")
+@app.command("demo", rich_help_panel=PANEL_START)
 def demo_cmd(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the demo's files here (default: a temp folder)."),
     per_class: int = typer.Option(40, "--per-class", min=5, help="Digit images per class."),

@@ -10,14 +10,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@app.command("evaluate")
+@app.command("evaluate", rich_help_panel=PANEL_TRAIN)
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="Run folder written by `tlkit finetune`."),
     data: Path = typer.Option(..., "--data", "-d", help="Labeled images: one subfolder per class (or a labeled CSV)."),

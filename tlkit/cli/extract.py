@@ -9,11 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.cli._app import PANEL_START, app, console, progress_bar, rate_callback, setup_logging, user_errors
 from tlkit.constants import DEFAULT_BACKBONE
 
 
-@app.command("extract")
+@app.command("extract", rich_help_panel=PANEL_START)
 def extract_cmd(
     images: Path = typer.Argument(..., help="Class-folder tree, flat folder, or CSV manifest (path[,label])."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: features.npy, index.csv, meta.json."),

@@ -9,7 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
+from tlkit.cli._app import (
+    PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, training_process,
+    user_errors,
+)
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -26,7 +29,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
 MODES_HELP = "full | linear-probe | freeze-unfreeze"
 PRECISIONS_HELP = "auto | fp32 | bf16 | fp16"
 
-@app.command("finetune")
+@app.command("finetune", rich_help_panel=PANEL_TRAIN)
 def finetune_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class (or a labeled CSV)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/, tb/."),

@@ -8,10 +8,13 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, training_process, user_errors
+from tlkit.cli._app import (
+    PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, training_process,
+    user_errors,
+)
 
 
-@app.command("lr-find")
+@app.command("lr-find", rich_help_panel=PANEL_TRAIN)
 def lr_find_cmd(
     data: Path = typer.Argument(..., help="Training images: one subfolder per class (or a labeled CSV)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for lr_find.png (loss vs lr) and lr_find.json."),

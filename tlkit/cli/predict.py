@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from tlkit.cli._app import app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
 
 
-@app.command("predict")
+@app.command("predict", rich_help_panel=PANEL_TRAIN)
 def predict_cmd(
     run: Path = typer.Argument(..., help="Run folder written by `tlkit finetune`."),
     images: Path = typer.Argument(..., help="A folder (recursive), a CSV manifest, or one image file."),

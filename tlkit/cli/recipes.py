@@ -8,10 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, user_errors
+from tlkit.cli._app import PANEL_TRAIN, app, console, user_errors
 
 
-@app.command("recipes")
+@app.command("recipes", rich_help_panel=PANEL_TRAIN)
 def recipes_cmd(
     name: Optional[str] = typer.Argument(None, help="A recipe name or YAML file to show with every resolved value."),
 ) -> None:

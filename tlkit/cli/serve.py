@@ -10,11 +10,11 @@ import typer
 from rich.markup import escape
 
 from tlkit.active.strategies import DEFAULT_STRATEGY
-from tlkit.cli._app import app, console, setup_logging, training_process, user_errors
+from tlkit.cli._app import PANEL_ACTIVE, app, console, setup_logging, training_process, user_errors
 from tlkit.errors import TlkitError
 
 
-@app.command("serve")
+@app.command("serve", rich_help_panel=PANEL_ACTIVE)
 def serve_cmd(
     project: Path = typer.Argument(..., help="Project folder (made by tlkit al-init)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (127.0.0.1: this machine only)."),

@@ -9,11 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, setup_logging, training_process, user_errors
+from tlkit.cli._app import (
+    PANEL_ACTIVE, app, console, progress_bar, setup_logging, training_process, user_errors,
+)
 from tlkit.constants import DEFAULT_BACKBONE
 
 
-@app.command("al-simulate")
+@app.command("al-simulate", rich_help_panel=PANEL_ACTIVE)
 def al_simulate_cmd(
     pool: Path = typer.Option(..., "--pool", help="Labeled images (class folders / manifest) or a `tlkit extract` folder."),
     test: Path = typer.Option(..., "--test", help="Held-out labeled images or extract folder."),

@@ -10,7 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.cli._app import app, console, progress_bar, setup_logging, training_process, user_errors
+from tlkit.cli._app import (
+    PANEL_TRAIN, app, console, progress_bar, setup_logging, training_process, user_errors,
+)
 
 # spelled out, not imported from tlkit.train.tune (that would load torch for `tlkit --help`)
 SHORT = {"lr": "lr", "batch_size": "batch", "weight_decay": "wd", "scale_min": "scale", "hflip": "flip", "mode": ""}
@@ -53,7 +55,7 @@ def _summary(res, data: Path, val: Optional[Path]) -> None:
                   soft_wrap=True)
 
 
-@app.command("tune")
+@app.command("tune", rich_help_panel=PANEL_TRAIN)
 def tune_cmd(
     data: Path = typer.Argument(..., help="Training images: one subfolder per class (or a labeled CSV)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: recipe.yaml, trials.csv, lr_find.png, trials.png, tune.json."),
