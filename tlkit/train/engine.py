@@ -36,7 +36,7 @@ from tlkit.train.losses import build_loss, build_mixup
 from tlkit.train.model import create_classifier
 from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
-from tlkit.train.speedups import keep_depthwise_fp32, outplace_activations
+from tlkit.train.speedups import flush_denormals, keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits
 from tlkit.train.state import TrainState, check_out_dir, check_resumable, restore, save_epoch
 
@@ -327,14 +327,10 @@ def fit(
     if saved is not None:
         check_resumable(saved, cfg, splits.classes, out)
     rt = setup_runtime(cfg)
-    # AdamW's second moments of tiny gradients underflow into denormal floats, which x86 CPUs
-    # process ~100x slower; flushing them to zero changes no result that matters.
-    flush = rt.device.type == "cpu" and torch.set_flush_denormal(True)
     try:
-        return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0)
+        with flush_denormals(rt.device):
+            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0)
     finally:
-        if flush:
-            torch.set_flush_denormal(False)
         shutdown()
 
 

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -41,11 +40,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import autocast
 from tlkit.train.config import TrainConfig
+from tlkit.train.speedups import flush_denormals
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +155,6 @@ def suggest_lr(lrs: Iterable[float], losses: Iterable[float]) -> tuple[float, st
 
 
 # --------------------------------------------------------------------------- the sweep
-
-
-@contextlib.contextmanager
-def _flush_denormals(device: torch.device) -> Iterator[None]:
-    """Denormal floats flushed to zero on CPU while inside (as :func:`tlkit.train.fit` does)."""
-    on = device.type == "cpu" and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if on:
-            torch.set_flush_denormal(False)
 
 
 def _cycle(loader, sampler) -> Iterator:
@@ -281,7 +269,7 @@ def lr_find(
     splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     rt = setup_runtime(cfg)
     t0 = time.perf_counter()
-    with _flush_denormals(rt.device):
+    with flush_denormals(rt.device):
         _, _, data_config, model = prepare_model(cfg, len(splits.classes), rt)
         pipe = make_pipeline(cfg, model, splits, data_config, rt)
         st = build_state(cfg, model, pipe.trained, pipe.forward, 1, rt)
