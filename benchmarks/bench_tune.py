@@ -79,9 +79,10 @@ def study_table(args, env: dict) -> None:
             s, size = ft_data.dataset(name, cache), sizes[name]
             run = Path(tmp) / name
             stored = stored_defaults(name, size)
+            # the recipe's training length is the final run's (the confirm stage trains at that length)
             _, tune_s = tlkit("tune", str(s["train"]), "--val", str(s["val"]), "--out", str(run / "tune"),
                               "--budget", str(args.budget), "--epochs", str(args.trial_epochs),
-                              "--image-size", str(size), env=env)
+                              "--image-size", str(size), "--set", f"epochs={bd.EPOCHS}", env=env)
             summary = json.loads((run / "tune" / "tune.json").read_text())
             common = ["--data", str(s["train"]), "--val", str(s["val"]), "--epochs", str(bd.EPOCHS),
                       "--image-size", str(size), "--no-tensorboard"]
@@ -106,7 +107,7 @@ def study_table(args, env: dict) -> None:
                          "lr_suggestion": summary["lr_find"]["suggestion"],
                          "val": {"defaults": (summary["base"] or {}).get("value"),
                                  "tuned": (summary["best"] or {}).get("value")},
-                         "recipe": summary["recipe"], "threads": args.threads,
+                         "recipe": summary["recipe"], "confirm": summary.get("confirm"), "threads": args.threads,
                          "load_avg_1m": round(os.getloadavg()[0], 2)})
             print(json.dumps(rows[-1]), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -112,17 +112,32 @@ def test_outlier_and_report(dataset):
     assert summary["leaks"] == len(res.leaks) >= 2 and summary["images"] == res.images
 
 
-def test_blocked_search_matches_brute_force():
+@pytest.mark.parametrize("bf16", [False, True], ids=["projection", "bf16"])
+def test_blocked_search_matches_brute_force(bf16, monkeypatch):
+    import tlkit.audit.neighbours as nbm
+
+    monkeypatch.setattr(nbm, "BLOCK_BYTES", 700 * 4 * 64)  # several blocks
     rng = np.random.default_rng(0)
-    x = rng.random((700, 96)).astype(np.float32)
-    x[600:650] = x[:50] + rng.normal(0, 0.03, (50, 96)).astype(np.float32)
+    x = rng.random((700, 160)).astype(np.float32)
+    x[600:650] = x[:50] + rng.normal(0, 0.03, (50, 160)).astype(np.float32)
+    spread = np.linspace(0.08, 0.16, 50, dtype=np.float32)[:, None]  # pairs on both sides of the threshold
+    x[650:700] = x[50:100] + spread * rng.normal(0, 1, (50, 160)).astype(np.float32)
     xn = normalise(x)
-    nb = search(xn, k=3, threshold=0.98)
+    nb = search(xn, k=3, threshold=0.98, bf16=bf16)
     s = xn @ xn.T
     np.fill_diagonal(s, -1)
     want = set(zip(*np.nonzero(np.triu(s >= 0.98, 1))))
-    assert {tuple(p) for p in nb.pairs.tolist()} == want and len(want) >= 50
-    assert (nb.index[:, 0] == s.argmax(1)).mean() > 0.95
+    got = {tuple(p) for p in nb.pairs.tolist()}
+    assert got == want and len(want) >= 60 and ((s > 0.97) & (s < 0.98)).any()
+    assert np.allclose(nb.cosine, s[nb.pairs[:, 0], nb.pairs[:, 1]], atol=1e-6)
+    planted = np.r_[0:100, 600:700]  # rows with one clear nearest row (the others are uniform noise)
+    assert (nb.index[planted, 0] == s.argmax(1)[planted]).all()
+    if bf16:  # the k distances are the exact ones of the rows found, nearest first
+        exact = np.sqrt(np.clip(2 - 2 * np.take_along_axis(s, nb.index, 1), 0, None))
+        assert np.allclose(nb.dist, exact, atol=1e-5) and (np.diff(nb.dist, axis=1) >= 0).all()
+    ref = search(xn[:600], k=2, threshold=0.98, ref=xn[600:], bf16=bf16)  # query vs reference
+    cross = xn[:600] @ xn[600:].T
+    assert {tuple(p) for p in ref.pairs.tolist()} == set(zip(*np.nonzero(cross >= 0.98)))
 
 
 @pytest.mark.slow
@@ -220,3 +235,36 @@ def test_cli_audit_on_a_folder(tmp_path, photos_dir):
     r = run_cli("audit", "--data", str(photos_dir), "--out", str(tmp_path / "o"), "--image-size", "32")
     assert r.returncode == 0, r.stderr
     assert "audited 20 images" in r.stdout and (tmp_path / "o" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_features_without_their_images_and_given_probabilities(dataset, tmp_path):
+    """A `tlkit extract` folder whose images are gone: one embedding search gives the near-duplicate
+    pairs (exact copies, by cosine alone) and the outliers; --pred-probs replaces the k-fold heads."""
+    feats = tmp_path / "feats"
+    shutil.copytree(dataset["root"] / "out" / "features" / "data", feats)
+    meta = json.loads((feats / "meta.json").read_text())
+    meta["source"]["root"] = str(tmp_path / "gone")  # as on another machine
+    (feats / "meta.json").write_text(json.dumps(meta))
+    flipped = set(dataset["flipped"])
+    rows = read_csv(feats / "index.csv")
+    classes = sorted({r["label"] for r in rows})
+    probs = []
+    for r in rows:  # a model that is confident and right: the flipped images' true class is not the given one
+        p = np.full(len(classes), 0.01)
+        given = classes.index(r["label"])
+        p[(given + 1) % len(classes) if r["path"] in flipped else given] = 0.91
+        probs.append([r["path"], *p.round(3)])
+    write_csv(tmp_path / "probs.csv", ["path", *classes], probs)
+    res = run_audit(feats, out=tmp_path / "out", pred_probs=tmp_path / "probs.csv", sheets=False)
+    assert any("by embeddings alone" in n for n in res.notes)
+    assert {r["path"] for r in res.label_issues} == flipped
+    assert all(r["suggested"] == classes[(classes.index(r["given"]) + 1) % len(classes)] for r in res.label_issues)
+    groups = [{r["path"] for r in g} for g in res.groups]
+    exact = next((o, c) for o, c in dataset["copies"].items() if c.endswith("copy_exact.png"))
+    assert any(set(exact) <= g for g in groups), groups
+    assert all(r["match"] == "near" for g in res.groups for r in g[1:]), "no file hashes without the files"
+    assert res.outliers and res.outliers[0]["path"] == "4/astronaut.png"
+    write_csv(tmp_path / "short.csv", ["path", *classes], probs[1:])
+    with pytest.raises(TlkitError, match=r"has no row for 1 labeled images"):
+        run_audit(feats, out=tmp_path / "out2", pred_probs=tmp_path / "short.csv", sheets=False)

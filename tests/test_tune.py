@@ -15,8 +15,8 @@ from tlkit.io import read_csv, read_json
 from tlkit.train import make_config
 from tlkit.train.config import MODES, TrainConfig
 from tlkit.train.lr_find import longest_descent, lr_find, save_lr_find, suggest_lr
-from tlkit.train.tune import (TrialRecord, import_optuna, pick_winner, recipe_of, run_trial, search_space, trial_fits,
-                              write_recipe)
+from tlkit.train.tune import (TrialRecord, decide, import_optuna, margin, pick_winner, recipe_of, run_confirm,
+                              run_trial, search_space, trial_fits, write_recipe)
 
 optuna = pytest.importorskip("optuna")
 
@@ -76,6 +76,20 @@ def test_winner_ties_go_to_the_base_then_the_lower_loss_and_never_to_a_cut_trial
     assert pick_winner(trials, "val_accuracy").number == 6  # a better metric does
     assert pick_winner([_record(0, 0.4), _record(1, 0.3)], "val_loss").number == 1
     assert pick_winner([_record(0, 0.9, "cut")], "val_accuracy") is None
+
+
+def test_the_confirm_margin_is_one_standard_error_and_a_cut_run_keeps_the_base():
+    assert margin(0.96, 180, "val_accuracy") == pytest.approx(math.sqrt(0.96 * 0.04 / 180))
+    assert margin(1.0, 50, "val_accuracy") == 0.0 and margin(0.3, 50, "val_loss") == 0.0
+    base = _record(0, 0.96)
+    kept = decide(base, _record(4, 0.97, lr=3e-3), monitor="val_accuracy", n_val=180)  # +1 image in 180
+    assert kept.chosen == "base" and "did not confirm" in kept.reason and kept.margin > 0.01
+    won = decide(base, _record(4, 0.99, lr=3e-3), monitor="val_accuracy", n_val=180)
+    assert won.chosen == "challenger" and won.reason.startswith("trial 4 confirmed")
+    assert decide(base, _record(4, 1.0, "cut"), monitor="val_accuracy", n_val=180).chosen == "base"
+    assert decide(base, None, monitor="val_accuracy", n_val=180).reason.endswith("budget ran out before both "
+                                                                                 "full-length runs finished")
+    assert decide(_record(0, 0.5), _record(2, 0.4), monitor="val_loss", n_val=10).chosen == "challenger"
 
 
 def test_space_holds_the_base_values_and_drops_freeze_unfreeze_for_one_epoch_trials():
@@ -142,6 +156,24 @@ def test_a_trailing_trial_is_pruned_and_a_late_one_cut_cleanly(digits_dir, tmp_p
     assert list(tmp_path.iterdir()) == [], "trial folders are removed"
 
 
+def test_confirm_trains_both_at_full_length_and_keeps_the_base_when_time_runs_out(digits_dir, tmp_path):
+    base = make_config(**TINY, epochs=2, lr=1e-9)  # the base cannot learn; the search found an lr that can
+    trials = [TrialRecord(0, {"lr": 1e-9}, 0.1, "complete", 1, 1.0, 2.3),
+              TrialRecord(3, {"lr": 3e-3}, 0.5, "complete", 1, 1.0, 1.5)]
+    kw = dict(trial_epochs=1, n_val=12, data=digits_dir, val=None, work=tmp_path, budget_s=600)
+    seen = []
+    conf = run_confirm(base, trials, deadline=time.monotonic() + 600, on_trial=seen.append, **kw)
+    assert [(r.number, r.stage, r.epochs, r.state) for r in seen] == [(0, "confirm", 2, "complete"),
+                                                                        (3, "confirm", 2, "complete")]
+    assert (conf.base, conf.challenger) == tuple(seen) and seen[1].params == {"lr": 3e-3}
+    assert conf == decide(seen[0], seen[1], monitor="val_accuracy", n_val=12)  # the rule decided, on these runs
+    cut = run_confirm(base, trials, deadline=time.monotonic(), **kw)
+    assert cut.chosen == "base" and cut.base.state == "cut" and cut.challenger is None
+    same = run_confirm(base, trials[:1], deadline=time.monotonic() + 600, **kw)
+    assert same.chosen == "base" and same.reason == "the base config led the search"
+    assert list(tmp_path.iterdir()) == [], "run folders are removed"
+
+
 @pytest.mark.slow
 def test_tune_within_a_tiny_budget_writes_a_recipe_that_finetune_trains_with(digits_dir, tmp_path):
     from typer.testing import CliRunner
@@ -159,9 +191,12 @@ def test_tune_within_a_tiny_budget_writes_a_recipe_that_finetune_trains_with(dig
     summary = read_json(out / "tune.json")
     assert summary["stopped"] == "budget" and summary["elapsed_s"] <= budget_s + 3
     assert summary["base"]["number"] == 0 and summary["base"]["params"]["lr"] == TrainConfig().lr  # defaults first
+    assert summary["confirm"]["chosen"] in ("base", "challenger") and " ".join(summary["confirm"]["reason"].split()) in " ".join(r.output.split())
     rows = read_csv(out / "trials.csv")
-    assert rows[0]["number"] == "0" and len(rows) == summary["trials"] >= 1
-    assert {"lr", "batch_size", "weight_decay", "scale_min", "hflip", "mode", "value", "state", "seconds"} <= set(rows[0])
+    search = [r for r in rows if r["stage"] == "search"]
+    assert rows[0]["number"] == "0" and len(search) == summary["trials"] >= 1
+    assert {"lr", "batch_size", "weight_decay", "scale_min", "hflip", "mode", "value", "state", "seconds",
+            "stage"} <= set(rows[0])
     for name in ("recipe.yaml", "lr_find.png", "trials.png", "tune.json", "trials.csv"):
         assert (out / name).stat().st_size > 0, name
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no trial folder or temp file left"
@@ -179,7 +214,7 @@ def test_resume_continues_the_stored_study_and_refuses_other_settings(digits_dir
     from tlkit.train.tune import tune
 
     base, out = make_config(**TINY, hflip=0.0), tmp_path / "tune"
-    kw = dict(data=digits_dir, out=out, budget_s=120, trial_epochs=1, lr_find_steps=20)
+    kw = dict(data=digits_dir, out=out, budget_s=120, trial_epochs=1, lr_find_steps=20, confirm=False)
     first = tune(base, max_trials=2, **kw)
     assert [t.number for t in first.trials] == [0, 1] and (out / "study.db").is_file()
     with pytest.raises(TlkitError, match="already holds a tune study; add --resume"):

@@ -140,14 +140,17 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
     out.mkdir(parents=True, exist_ok=True)
     res = AuditResult(out, len(aset.paths))
     xn = normalise(aset.embeddings)
-    nb = search(xn, k=outl.K + 5)
     files = [aset.file(i) for i in range(len(aset.paths))] if aset.root else None
     hashes = dups.file_hashes(files) if files else None
     thumbs = pixels.thumbnails(files)[:2] if files else None
-    if files is None:
+    if files is None:  # one search gives the outliers' neighbours and the near-duplicate pairs
         res.notes.append("exact duplicates: skipped, and near-duplicates by embeddings alone (the images are not "
                          "on this machine)")
-    near, _, _ = dups.near_pairs(xn, thumbs, threshold=threshold)
+        nb = search(xn, k=outl.K + 5, threshold=dups.embedding_only_threshold(threshold))
+        near = nb.pairs
+    else:
+        nb = search(xn, k=outl.K + 5)
+        near, _, _ = dups.near_pairs(xn, thumbs, threshold=threshold)
     groups = dups.build_groups(xn, near, dups.hash_pairs(hashes or []))
     _label_issues(res, aset, folds, pred_probs, project)
     res.groups = _group_rows(aset, groups)

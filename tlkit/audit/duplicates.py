@@ -50,6 +50,12 @@ class DuplicateGroup:
     cosine: tuple[float, ...]
 
 
+def embedding_only_threshold(threshold: float) -> float:
+    """The cosine that decides alone when no thumbnails can confirm a pair (never below
+    :data:`EMBEDDING_ONLY_THRESHOLD`)."""
+    return max(threshold, EMBEDDING_ONLY_THRESHOLD)
+
+
 def near_pairs(xn: np.ndarray, thumbs: tuple[np.ndarray, np.ndarray] | None, *, threshold: float = DEFAULT_THRESHOLD,
                pixel_threshold: float = PIXEL_THRESHOLD, ref: np.ndarray | None = None,
                ref_thumbs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +74,7 @@ def near_pairs(xn: np.ndarray, thumbs: tuple[np.ndarray, np.ndarray] | None, *, 
 
     other = xn if ref is None else ref
     if thumbs is None or (ref is not None and ref_thumbs is None):
-        nb = search(xn, k=0, threshold=max(threshold, EMBEDDING_ONLY_THRESHOLD), ref=ref)
+        nb = search(xn, k=0, threshold=embedding_only_threshold(threshold), ref=ref)
         return nb.pairs, nb.cosine, np.ones(len(nb.pairs), np.float32)
     pairs, pix = alike_pairs(*thumbs, pixel_threshold, ref=ref_thumbs)
     cos = np.einsum("ij,ij->i", xn[pairs[:, 0]], other[pairs[:, 1]]) if len(pairs) else np.zeros(0, np.float32)

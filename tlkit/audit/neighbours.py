@@ -7,13 +7,25 @@ squared distance ``≤ 2(1 − t)``. The pairs found that way are then checked w
 the pair list is exact (none missed, none extra); only the k-NN distances, which score outliers, are
 those of the projection.
 
-Work goes in row blocks: one ``[block, n]`` float32 matrix at a time (torch GEMM + ``topk``), so memory
-is O(n·(d + dims) + block·n) and no ``n x n`` matrix is ever built. faiss is not needed.
+On a CPU with native bf16 (AVX512-BF16/AMX, :func:`tlkit.runtime.cpu_has_fast_bf16`) the search runs
+on the full vectors in bf16 instead, which is faster there and much tighter: a projection keeps the
+cluster structure but drops the within-cluster spread, so on 100,000 clustered rows the 128-d screen
+let through ~50 million candidate pairs for a 0.97 cosine, each checked on its full vectors, where the
+full bf16 screen lets through none extra. For unit rows a bf16 dot product is within
+:data:`BF16_COS_ERROR` of the float32 one (inputs rounded to 8 significant bits: ``≤ 2u·Σ|x_i y_i| ≤ 2u``
+by Cauchy-Schwarz, ``u = 2⁻⁸``; the output rounded once more: ``≤ u``), so screening at
+``threshold − BF16_COS_ERROR`` misses no pair; the candidates are checked in float32 as above, and the
+k nearest rows' distances are recomputed in float32 (their order may differ from the exact one only
+among rows within that error of each other).
+
+Work goes in row blocks: one ``[block, n]`` matrix at a time (torch GEMM + ``topk``), so memory is
+O(n·(d + dims) + block·n) and no ``n x n`` matrix is ever built. faiss is not needed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +46,8 @@ MAX_PAIRS = 20_000_000
 """More candidate pairs than this is an error (memory): the images are too alike for the threshold."""
 MARGIN = 1e-3
 """Slack on the projected squared distance, for float32 rounding (candidates are re-checked exactly)."""
+BF16_COS_ERROR = 3 * 2.0**-8 + 1e-4
+"""Bound on ``|cos_bf16 − cos|`` for unit rows (module docstring; 1e-4 for float32 accumulation)."""
 
 
 def normalise(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -78,7 +92,8 @@ class Neighbours:
 
     Attributes:
         index: ``[q, k]`` int64 nearest rows of the reference set (nearest first; -1 when there are fewer).
-        dist: ``[q, k]`` float32 euclidean distances in the projection (≈ ``sqrt(2 − 2·cosine)``).
+        dist: ``[q, k]`` float32 euclidean distances ``sqrt(2 − 2·cosine)``: exact on the bf16 path, in
+            the projection otherwise.
         pairs: ``[p, 2]`` int64 ``(query row, reference row)`` with full cosine ``≥ threshold``; in a
             self-search each pair once, ``i < j``.
         cosine: ``[p]`` float32 full cosine of each pair.
@@ -97,6 +112,7 @@ def search(
     threshold: float | None = None,
     ref: np.ndarray | None = None,
     dims: int = DIMS,
+    bf16: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Neighbours:
     """k nearest neighbours and pairs with cosine ≥ ``threshold`` (see the module docstring).
@@ -107,6 +123,8 @@ def search(
         threshold: report pairs with cosine at least this (None: no pairs).
         ref: ``[r, d]`` unit rows to search in; None searches ``xn`` in itself (a row is never its own
             neighbour).
+        bf16: search the full vectors in bf16 (None: where the CPU has native bf16 and ``d > dims``)
+            rather than a float32 projection to ``dims``.
         progress: called with the number of query rows done after each block.
 
     Example:
@@ -115,6 +133,12 @@ def search(
     """
     self_search = ref is None
     r_full = xn if self_search else ref
+    if bf16 is None:
+        from tlkit.runtime import cpu_has_fast_bf16
+
+        bf16 = cpu_has_fast_bf16() and xn.shape[1] > dims
+    if bf16:
+        return _search_bf16(xn, r_full, k=k, threshold=threshold, self_search=self_search, progress=progress)
     proj = Projection.fit(r_full, dims)
     zq = torch.from_numpy(proj(xn))
     zr = zq if self_search else torch.from_numpy(proj(r_full))
@@ -146,14 +170,90 @@ def search(
             hit, cos = _confirm(xn, r_full, hit[hit[:, 0] < hit[:, 1]] if self_search else hit, threshold)
             pairs.append(hit)
             cosines.append(cos)
-            if sum(len(p) for p in pairs) > MAX_PAIRS:
-                raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {threshold}: the images are too "
-                                 "alike for this threshold; raise --threshold")
+            _check_pairs(pairs, threshold)
         if progress:
             progress(e - s)
     if not pairs:
         return Neighbours(index, dist, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
     return Neighbours(index, dist, np.concatenate(pairs), np.concatenate(cosines))
+
+
+def _search_bf16(xn: np.ndarray, r_full: np.ndarray, *, k: int, threshold: float | None, self_search: bool,
+                 progress: Callable[[int], None] | None) -> Neighbours:
+    """:func:`search` on the full vectors in bf16 (module docstring). A self-search computes each tile
+    of ``X Xᵀ`` above the diagonal once and uses it for both its rows and its columns (half the GEMM)."""
+    xq32 = torch.from_numpy(xn)
+    xr32 = xq32 if self_search else torch.from_numpy(r_full)
+    xq = xq32.bfloat16()
+    xr = xq if self_search else xr32.bfloat16()
+    n, m = len(xn), len(r_full)
+    k = max(0, min(int(k), m - (1 if self_search else 0)))
+    best_v = torch.full((n, k), -math.inf, dtype=torch.bfloat16)
+    best_i = torch.full((n, k), -1, dtype=torch.int64)
+    screen = None if threshold is None else float(threshold) - BF16_COS_ERROR
+    pairs: list[np.ndarray] = []
+    cosines: list[np.ndarray] = []
+    tile = max(1, int(math.sqrt(BLOCK_BYTES // 2)))  # a [tile, tile] bf16 block of dot products
+    rows_step = tile if self_search else max(1, BLOCK_BYTES // (2 * max(1, m)))
+    cols_step = tile if self_search else m
+
+    def keep_best(r0: int, v: torch.Tensor, ix: torch.Tensor) -> None:
+        r1 = r0 + len(v)
+        cv, ci = torch.cat([best_v[r0:r1], v], 1), torch.cat([best_i[r0:r1], ix], 1)
+        cv, pick = torch.topk(cv, k, dim=1)
+        best_v[r0:r1], best_i[r0:r1] = cv, torch.gather(ci, 1, pick)
+
+    for s in range(0, n, rows_step):
+        e = min(s + rows_step, n)
+        cand: list[np.ndarray] = []
+        for c0 in range(s if self_search else 0, m, cols_step):
+            c1 = min(c0 + cols_step, m)
+            dot = torch.mm(xq[s:e], xr[c0:c1].T)
+            diagonal = self_search and c0 == s
+            if diagonal:
+                dot.fill_diagonal_(-math.inf)
+            top = None
+            if k:
+                kk = min(k, c1 - c0)
+                v, ix = torch.topk(dot, kk, dim=1)
+                keep_best(s, v, ix + c0)
+                top = v[:, 0]
+                if self_search and not diagonal:  # the same tile seen from its columns' rows
+                    kr = min(k, e - s)
+                    vt, it = torch.topk(dot.T.contiguous(), kr, dim=1)  # 2x faster than topk(dim=0)
+                    keep_best(c0, vt, it + s)
+            if screen is not None:
+                rows = ((dot.amax(1) if top is None else top).float() >= screen).nonzero()[:, 0]
+                hit = (dot[rows] >= screen).nonzero()
+                hit[:, 0] = rows[hit[:, 0]] + s
+                hit[:, 1] += c0
+                hit = hit.numpy()
+                cand.append(hit[hit[:, 0] < hit[:, 1]] if diagonal else hit)
+        if cand:  # checked in float32 per row block, so the candidates never pile up
+            hit, cos = _confirm(xn, r_full, np.concatenate(cand), threshold)
+            pairs.append(hit)
+            cosines.append(cos)
+            _check_pairs(pairs, threshold)
+        if progress:
+            progress(e - s)
+    index = np.full((n, k), -1, np.int64)
+    dist = np.zeros((n, k), np.float32)
+    for s in range(0, n, 8192):  # the k found rows' exact distances, nearest first
+        e = min(s + 8192, n)
+        ix = best_i[s:e]
+        cos = torch.bmm(xr32[ix.clamp(min=0)], xq32[s:e, :, None])[:, :, 0]
+        cos, order = torch.sort(cos, dim=1, descending=True)
+        index[s:e] = torch.gather(ix, 1, order).numpy()
+        dist[s:e] = (2.0 - 2.0 * cos).clamp_(min=0.0).sqrt_().numpy()
+    if not pairs:
+        return Neighbours(index, dist, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+    return Neighbours(index, dist, np.concatenate(pairs), np.concatenate(cosines))
+
+
+def _check_pairs(pairs: list[np.ndarray], threshold: float) -> None:
+    if sum(len(p) for p in pairs) > MAX_PAIRS:
+        raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {threshold}: the images are too "
+                         "alike for this threshold; raise --threshold")
 
 
 def _confirm(xn: np.ndarray, ref: np.ndarray, cand: np.ndarray, threshold: float | None,

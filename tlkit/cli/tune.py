@@ -26,6 +26,8 @@ def _trial_line(t, monitor: str) -> str:
     params = "  ".join(f"{SHORT.get(k, k)} {_fmt(k, v)}".strip() for k, v in t.params.items())
     value = "n/a" if t.value is None else f"{t.value:.4f}"
     name = "trial 0 (base)" if t.number == 0 else f"trial {t.number}"
+    if t.stage == "confirm":
+        name = f"confirm {name} at full length"
     return f"{name}: {params} -> {monitor} {value}  {t.state}, {t.epochs} epochs, {t.seconds:.1f} s"
 
 
@@ -36,16 +38,24 @@ def finetune_command(data: Path, val: Optional[Path], recipe: Path) -> str:
 
 
 def _summary(res, data: Path, val: Optional[Path]) -> None:
-    base, best = res.default_trial, res.best_trial
+    from tlkit.train.tune import pick_winner
+
+    base, best = res.default_trial, pick_winner(res.trials, res.monitor)
     table = Table(title="tlkit tune", show_header=True)
     table.add_column("")
     table.add_column(f"base (trial {base.number})" if base else "base")
-    table.add_column(f"best (trial {best.number})" if best else "best")
+    table.add_column(f"search winner (trial {best.number})" if best else "search winner")
     shown = best or base
     for key in shown.params if shown else ():
         table.add_row(key, *(escape(_fmt(key, t.params[key])) if t else "-" for t in (base, best)))
-    table.add_row(res.monitor, *("n/a" if t is None or t.value is None else f"{t.value:.4f}" for t in (base, best)))
+    value = lambda t: "n/a" if t is None or t.value is None else f"{t.value:.4f}"  # noqa: E731
+    table.add_row(f"{res.monitor} ({res.trial_epochs}-epoch trial)", *(value(t) for t in (base, best)))
+    conf = res.confirm
+    if conf is not None and conf.challenger is not None and conf.challenger.stage == "confirm":
+        table.add_row(f"{res.monitor} ({res.base.epochs} epochs)", value(conf.base), value(conf.challenger))
     console.print(table)
+    if conf is not None:
+        console.print(escape(f"recipe: {conf.reason}"))
     states = ", ".join(f"{sum(t.state == s for t in res.trials)} {s}" for s in ("complete", "pruned", "cut", "failed"))
     console.print(escape(f"{len(res.trials)} trials of {res.trial_epochs} epochs ({states}) in {res.elapsed_s:.0f} s "
                          f"of a {res.budget_s:.0f} s budget; lr range test suggested {res.lr_find.suggestion:.3g}"))

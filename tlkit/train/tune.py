@@ -12,11 +12,17 @@ What practitioners tune by hand, in order:
 4. the budget is wall-clock and hard: the range test gets at most 15% of it, a trial is started only
    when the time left fits the longest finished one, and a trial still running at the deadline is
    cut between two batches (recorded as ``cut``, never chosen);
-5. the winner is the best finished trial; a tie on the metric goes to the base config (trial 0: the
-   study-backed defaults or the user's recipe are left only on evidence in the monitored metric; a
-   tie broken on validation loss picked a worse recipe for photos that the defaults already got
-   right, README "Tuning"), other ties to the lower validation loss (as ``fit`` picks its best
-   epoch), then to the earlier trial: tune never returns a config worse than the base on validation.
+5. the winner of the search is the best finished trial; a tie on the metric goes to the base config
+   (trial 0: the study-backed defaults or the user's recipe are left only on evidence in the monitored
+   metric), other ties to the lower validation loss (as ``fit`` picks its best epoch), then to the
+   earlier trial;
+6. the confirm stage: short trials favour what learns fast (a high lr, little augmentation), not what
+   ends best, and the best of many trials on a small validation set wins by chance. So when the
+   winner is not the base, both are trained at the recipe's full length and the winner is kept only
+   if it beats the base there by more than one binomial standard error of the validation metric
+   (:func:`margin`); otherwise the recipe is the base config (README "Tuning" has the study's
+   figures without and with this stage). Time for the two runs is kept out of the search when it
+   fits in half the budget.
 
 Outputs in ``out`` (each written atomically; all but the range test's rewritten after every trial):
 ``recipe.yaml``, ``trials.csv``, ``lr_find.png`` (and ``lr_find.json``), ``trials.png``, ``tune.json``;
@@ -53,6 +59,9 @@ log = logging.getLogger(__name__)
 RECIPE, TRIALS_CSV, TRIALS_PLOT, SUMMARY = "recipe.yaml", "trials.csv", "trials.png", "tune.json"
 LR_SPAN = 5.0  # lr range: suggestion / 5 .. suggestion x 5
 LR_FIND_SHARE = 0.15  # of the budget, at most, for the range test
+CONFIRM_SHARE = 0.5  # of the budget, at most, for the two full-length runs of the confirm stage
+CONFIRM_SLACK = 1.1  # a full-length run is estimated as (longest trial) x epochs / trial epochs x this
+MARGIN_SE = 1.0  # the recipe leaves the base only when it wins by more than this many standard errors
 #: the searched keys and how: log-uniform, uniform, or a list of choices
 SEARCHED = {"lr": "log", "batch_size": "choice", "weight_decay": "log", "scale_min": "uniform", "hflip": "choice",
             "mode": "choice"}
@@ -90,6 +99,7 @@ class TrialRecord:
         value: the monitored validation metric of its best epoch (of the epochs run, if not complete).
         state: ``complete``, ``pruned`` (trailing the median), ``cut`` (the budget ran out) or ``failed``.
         epochs: epochs finished; seconds: wall time; val_loss: the best epoch's validation loss.
+        stage: ``search`` (a short Optuna trial) or ``confirm`` (a full-length run, see :func:`confirm`).
     """
 
     number: int
@@ -99,6 +109,7 @@ class TrialRecord:
     epochs: int
     seconds: float
     val_loss: float | None = None
+    stage: str = "search"
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ class TuneResult:
     budget_s: float
     stopped: str  # budget | max_trials
     trial_epochs: int
+    confirm: Confirmation | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -129,6 +141,27 @@ def base_trial(trials, base: TrainConfig) -> TrialRecord | None:
     """The base config's trial: its first complete run, else its first run."""
     runs = [t for t in trials if all(getattr(base, k) == v for k, v in t.params.items())]
     return next((t for t in runs if t.state == "complete"), runs[0] if runs else None)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The confirm stage: the search's winner and the base config, each trained at the recipe's full
+    length (``base.epochs``) and compared on validation (:func:`decide`).
+
+    Attributes:
+        base / challenger: the two full-length runs (``stage="confirm"``; ``number`` is the search trial
+            they repeat), ``None`` when not run.
+        margin: the gain the challenger needed: :data:`MARGIN_SE` binomial standard errors of the base's
+            value on ``n_val`` validation images (0 for a loss monitor).
+        chosen: ``challenger`` or ``base``; reason: one line on why.
+    """
+
+    base: TrialRecord | None
+    challenger: TrialRecord | None
+    margin: float
+    chosen: str
+    reason: str
+    n_val: int
 
 
 class BudgetSpent(Exception):
@@ -207,20 +240,21 @@ def _best_row(rows: list[dict], monitor: str) -> dict | None:
     return max(finite, key=lambda r: sign * r[monitor]) if finite else None
 
 
-def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, work: Path, deadline: float,
-              progress: Callable[[int], None] | None = None) -> TrialRecord:
-    """``fit(cfg)`` reporting each epoch to ``trial``; pruned or cut at the deadline between two batches."""
+def fit_record(cfg: TrainConfig, params: dict[str, Any], number: int, *, data, val, work: Path, deadline: float,
+               progress: Callable[[int], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+               stage: str = "search") -> TrialRecord:
+    """``fit(cfg)`` in a scratch folder as one :class:`TrialRecord`: ``cut`` between two batches once
+    ``deadline`` has passed, ``pruned`` when ``on_epoch`` raises ``optuna.TrialPruned``."""
     from tlkit.train.engine import fit
 
     optuna = import_optuna()
     rows: list[dict] = []
     t0 = time.monotonic()
 
-    def on_epoch(row: dict) -> None:
+    def epoch_done(row: dict) -> None:
         rows.append(row)
-        trial.report(row[cfg.monitor], row["epoch"] - 1)
-        if trial.should_prune():
-            raise optuna.TrialPruned()
+        if on_epoch:
+            on_epoch(row)
 
     def on_batch(n: int) -> None:
         if progress:
@@ -229,9 +263,9 @@ def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, wor
             raise BudgetSpent()
 
     state = "complete"
-    with _trial_folder(work, trial.number) as run:
+    with _trial_folder(work, number) as run:
         try:
-            res = fit(cfg, data=data, val=val, out=run, progress=on_batch, on_epoch=on_epoch)
+            res = fit(cfg, data=data, val=val, out=run, progress=on_batch, on_epoch=epoch_done)
         except optuna.TrialPruned:
             state = "pruned"
         except BudgetSpent:
@@ -240,8 +274,22 @@ def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, wor
     value = best.get(cfg.monitor) if best else None
     if state == "complete" and (value is None or not math.isfinite(value)):
         state = "failed"
-    return TrialRecord(trial.number, params, value, state, len(rows), time.monotonic() - t0,
-                       best.get("val_loss") if best else None)
+    return TrialRecord(number, params, value, state, len(rows), time.monotonic() - t0,
+                       best.get("val_loss") if best else None, stage)
+
+
+def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, work: Path, deadline: float,
+              progress: Callable[[int], None] | None = None) -> TrialRecord:
+    """One search trial: :func:`fit_record` reporting each epoch to the Optuna ``trial``, which may prune it."""
+    optuna = import_optuna()
+
+    def on_epoch(row: dict) -> None:
+        trial.report(row[cfg.monitor], row["epoch"] - 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    return fit_record(cfg, params, trial.number, data=data, val=val, work=work, deadline=deadline,
+                      progress=progress, on_epoch=on_epoch)
 
 
 def _tell(study, trial, record: TrialRecord) -> None:
@@ -272,6 +320,44 @@ def pick_winner(trials, monitor: str) -> TrialRecord | None:
     return best
 
 
+def margin(value: float | None, n_val: int, monitor: str) -> float:
+    """The gain a challenger needs over the base's ``value``: :data:`MARGIN_SE` binomial standard errors
+    on ``n_val`` validation images for a metric in [0, 1] (accuracy, F1), 0 for a loss.
+
+    Validation sets are small (tens to hundreds of images): one image more right is a gain of ``1/n``,
+    and the best of many short trials wins such gains by chance. The winner of the search must repeat
+    its lead at full length by more than the noise of the measurement."""
+    if value is None or monitor.endswith("loss") or not 0.0 <= value <= 1.0 or n_val < 1:
+        return 0.0
+    return MARGIN_SE * math.sqrt(value * (1.0 - value) / n_val)
+
+
+def decide(base: TrialRecord | None, challenger: TrialRecord | None, *, monitor: str, n_val: int,
+           at: str = "at full length") -> Confirmation:
+    """The confirm stage's choice: the challenger only when both full-length runs completed and it beats
+    the base by more than :func:`margin`; the base otherwise (a cut or failed run proves nothing)."""
+    done = [r for r in (base, challenger) if r is not None and r.state == "complete"]
+    if len(done) < 2:
+        missing = "the budget ran out" if any(r is None or r.state == "cut" for r in (base, challenger)) else "a run failed"
+        return Confirmation(base, challenger, 0.0, "base", f"kept the base config: {missing} before both "
+                            "full-length runs finished", n_val)
+    need = margin(base.value, n_val, monitor)
+    sign = -1 if monitor.endswith("loss") else 1
+    gain = sign * (challenger.value - base.value)
+    vs = f"{monitor} {challenger.value:.4f} vs {base.value:.4f} {at}"
+    if gain > need:
+        return Confirmation(base, challenger, need, "challenger",
+                            f"trial {challenger.number} confirmed: {vs} (needed +{need:.4f})", n_val)
+    return Confirmation(base, challenger, need, "base", f"kept the base config: trial {challenger.number} did not "
+                        f"confirm its lead ({vs}, needed +{need:.4f} on {n_val} images)", n_val)
+
+
+def full_run_estimate(trials, base: TrainConfig, trial_epochs: int) -> float | None:
+    """Seconds one full-length run (``base.epochs``) should take, from the longest complete trial."""
+    done = [t.seconds for t in trials if t.state == "complete" and t.stage == "search"]
+    return max(done) * base.epochs / trial_epochs * CONFIRM_SLACK if done else None
+
+
 def recipe_of(cfg: TrainConfig) -> dict[str, Any]:
     """The keys of ``cfg`` that differ from :class:`TrainConfig`'s defaults (what a recipe lists)."""
     defaults = TrainConfig().to_dict()
@@ -291,13 +377,15 @@ def write_recipe(path: Path, cfg: TrainConfig, comment: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- outputs
 
 
-def _comment(winner: TrialRecord | None, trials, base: TrainConfig, trial_epochs: int) -> str:
+def _comment(winner: TrialRecord | None, trials, base: TrainConfig, trial_epochs: int,
+             confirm: Confirmation | None = None) -> str:
     if winner is None:
         return f"tlkit tune: no trial finished within the budget; the base config ({base.monitor} not measured)"
     first = base_trial(trials, base)
     than = f" (base config {first.value:.4f})" if first and first.state == "complete" and first is not winner else ""
-    return (f"tlkit tune: trial {winner.number} of {len(trials)}, validation {base.monitor} {winner.value:.4f}{than} "
+    line = (f"tlkit tune: trial {winner.number} of {len(trials)}, validation {base.monitor} {winner.value:.4f}{than} "
             f"after {trial_epochs}-epoch trials")
+    return f"{line}; {confirm.reason}" if confirm is not None else line
 
 
 def write_outputs(out: Path, res: TuneResult) -> dict[str, Path]:
@@ -305,9 +393,11 @@ def write_outputs(out: Path, res: TuneResult) -> dict[str, Path]:
     from tlkit.train.tune_plots import plot_trials
 
     keys = list(SEARCHED)
+    runs = [*res.trials, *(r for r in (res.confirm.base, res.confirm.challenger) if r is not None and r.stage == "confirm")
+            ] if res.confirm else res.trials
     rows = [[t.number, *(t.params.get(k, "") for k in keys), "" if t.value is None else t.value, t.state, t.epochs,
-             round(t.seconds, 2)] for t in res.trials]
-    write_csv(out / TRIALS_CSV, ["number", *keys, "value", "state", "epochs", "seconds"], rows)
+             round(t.seconds, 2), t.stage] for t in runs]
+    write_csv(out / TRIALS_CSV, ["number", *keys, "value", "state", "epochs", "seconds", "stage"], rows)
     write_json(out / SUMMARY, summary(res))
     files = {"recipe": out / RECIPE, "trials": out / TRIALS_CSV, "summary": out / SUMMARY,
              "lr_find": out / "lr_find.png"}
@@ -322,12 +412,16 @@ def summary(res: TuneResult) -> dict[str, Any]:
     lr = {k: v for k, v in res.lr_find.to_dict().items() if k not in ("lrs", "losses", "raw_losses")}
 
     def trial(t: TrialRecord | None):
-        return None if t is None else {"number": t.number, "value": t.value, "params": t.params,
-                                       "epochs": t.epochs, "seconds": round(t.seconds, 2)}
+        return None if t is None else {"number": t.number, "value": t.value, "params": t.params, "state": t.state,
+                                       "epochs": t.epochs, "seconds": round(t.seconds, 2), "stage": t.stage}
 
     return {"monitor": res.monitor, "budget_s": res.budget_s, "elapsed_s": round(res.elapsed_s, 2),
             "stopped": res.stopped, "trial_epochs": res.trial_epochs, "trials": len(res.trials), "states": states,
-            "lr_find": lr, "base": trial(res.default_trial), "best": trial(res.best_trial), "recipe": res.recipe}
+            "lr_find": lr, "base": trial(res.default_trial), "best": trial(res.best_trial), "recipe": res.recipe,
+            "confirm": None if res.confirm is None else {
+                "base": trial(res.confirm.base), "challenger": trial(res.confirm.challenger),
+                "margin": res.confirm.margin, "n_val": res.confirm.n_val, "chosen": res.confirm.chosen,
+                "reason": res.confirm.reason}}
 
 
 # --------------------------------------------------------------------------- tune
@@ -372,6 +466,7 @@ def tune(
     max_trials: int | None = None,
     lr_find_steps: int = 100,
     resume: bool = False,
+    confirm: bool = True,
     progress: Callable[[int], None] | None = None,
     on_lr_find: Callable[[LRFindResult], None] | None = None,
     on_trial: Callable[[TrialRecord], None] | None = None,
@@ -383,13 +478,18 @@ def tune(
         data: training images; val: validation images (``None``: ``base.val_fraction`` of ``data``, the same
             split for every trial).
         out: the output folder (``recipe.yaml``, ``trials.csv``, ``lr_find.png``, ``trials.png``, ``tune.json``).
-        budget_s: hard wall-clock budget of the whole search, range test included.
+        budget_s: hard wall-clock budget of the whole search, range test and confirm stage included.
         fixed: config keys not to search (they keep ``base``'s value).
         max_trials: stop after this many trials (of this call) even with time left.
         resume: continue the study stored in ``out`` (``study.db``): its trials count, its range test is
             reused, and the budget is this call's.
+        confirm: when the search's winner is not the base, train both at full length (``base.epochs``)
+            and keep the winner only if it beats the base by more than :func:`margin` (time for the two
+            runs is kept out of the search when it fits in :data:`CONFIRM_SHARE` of the budget; otherwise
+            the short trials are compared with the same margin). ``False``: the search's winner as is.
         lr_find_steps: mini-batches of the range test (at most; it also gets at most 15% of the budget).
-        progress: called with the images of each training step; on_lr_find / on_trial: after each stage.
+        progress: called with the images of each training step; on_lr_find / on_trial: after each stage
+            (on_trial also gets the confirm stage's runs, ``stage="confirm"``).
 
     Raises:
         TlkitError: Optuna missing, a budget <= 0, bad data (as for ``fit``), an unknown fixed key, a study
@@ -402,8 +502,10 @@ def tune(
 
     out = check_output_dir(out)
     check_tune_dir(out, resume)
-    prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed)  # bad data fails before any work
+    # bad data fails before any work; the validation size sets the confirm stage's margin
+    n_val = len(prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed).val)
     t0 = time.monotonic()
+    deadline = t0 + budget_s
     trial_base = base.replace(epochs=trial_epochs, tensorboard=False)  # trials are throwaway runs
     found = load_lr_find(out) if resume else None
     if found is None:
@@ -419,12 +521,13 @@ def tune(
         res = _result(out, base, trials, found, t0, budget_s, "budget", trial_epochs)
         new = 0
         while max_trials is None or new < max_trials:
-            if not trial_fits(trials, t0 + budget_s - time.monotonic()):
+            reserve = confirm_reserve(trials, base, trial_epochs, budget_s) if confirm else 0.0
+            if not trial_fits(trials, deadline - time.monotonic() - reserve):
                 break
             trial = study.ask()
             params = suggest(trial, space, exact=trial.number in exact)
             record = run_trial(trial, trial_base.replace(**params), params, data=data, val=val, work=out,
-                               deadline=t0 + budget_s, progress=progress)
+                               deadline=deadline, progress=progress)
             save_record(trial, record)
             _tell(study, trial, record)
             trials.append(record)
@@ -433,21 +536,65 @@ def tune(
             res = _result(out, base, trials, found, t0, budget_s, stopped, trial_epochs)
             if on_trial:
                 on_trial(record)
+    if confirm:
+        conf = run_confirm(base, trials, trial_epochs=trial_epochs, n_val=n_val, data=data, val=val, work=out,
+                           deadline=deadline, budget_s=budget_s, progress=progress, on_trial=on_trial)
+        res = _result(out, base, trials, found, t0, budget_s, res.stopped, trial_epochs, conf)
     log.info("tune: %d trials in %.0f s, best %s", len(trials), res.elapsed_s, res.best_trial)
     return res
 
 
+def confirm_reserve(trials, base: TrainConfig, trial_epochs: int, budget_s: float) -> float:
+    """Seconds the search leaves for the confirm stage: two full-length runs when they fit in
+    :data:`CONFIRM_SHARE` of the budget (estimated from the trials so far), else none."""
+    if trial_epochs >= base.epochs:
+        return 0.0
+    one = full_run_estimate(trials, base, trial_epochs)
+    return 2 * one if one is not None and 2 * one <= CONFIRM_SHARE * budget_s else 0.0
+
+
+def run_confirm(base: TrainConfig, trials, *, trial_epochs: int, n_val: int, data, val, work: Path, deadline: float,
+                budget_s: float, progress=None, on_trial=None) -> Confirmation | None:
+    """The confirm stage (see :func:`tune`): ``None`` when no trial completed."""
+    winner, first = pick_winner(trials, base.monitor), base_trial(trials, base)
+    if winner is None:
+        return None
+    if winner is first or all(getattr(base, k) == v for k, v in winner.params.items()):
+        return Confirmation(winner, None, 0.0, "base", "the base config led the search", n_val)
+    if trial_epochs >= base.epochs or not confirm_reserve(trials, base, trial_epochs, budget_s):
+        short = trial_epochs < base.epochs
+        at = (f"in {trial_epochs}-epoch trials; the budget is too short for two full-length runs" if short
+              else "at full length")
+        return decide(first, winner, monitor=base.monitor, n_val=n_val, at=at)
+    full = base.replace(tensorboard=False)
+    runs = []
+    for number, params in ((first.number if first else 0, {k: getattr(base, k) for k in winner.params}),
+                           (winner.number, dict(winner.params))):
+        run = fit_record(full.replace(**params), params, number, data=data, val=val, work=work,
+                         deadline=deadline, progress=progress, stage="confirm")
+        runs.append(run)
+        if on_trial:
+            on_trial(run)
+        if run.state != "complete":
+            runs.append(None)
+            break
+    return decide(runs[0], runs[1], monitor=base.monitor, n_val=n_val)
+
+
 def _result(out: Path, base: TrainConfig, trials: list[TrialRecord], found: LRFindResult, t0: float,
-            budget_s: float, stopped: str, trial_epochs: int) -> TuneResult:
-    """The result so far, with the recipe and every output file (re)written."""
+            budget_s: float, stopped: str, trial_epochs: int, confirm: Confirmation | None = None) -> TuneResult:
+    """The result so far, with the recipe and every output file (re)written. Before the confirm stage the
+    recipe is the search's winner; after it, the confirm stage's choice."""
     winner = pick_winner(trials, base.monitor)
+    if confirm is not None and confirm.chosen == "base":
+        winner = base_trial(trials, base)
     best = base.replace(**winner.params) if winner else base
-    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base, trial_epochs))
+    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base, trial_epochs, confirm))
     res = TuneResult(out, base.monitor, base, best, winner, tuple(trials), found, recipe,
-                     time.monotonic() - t0, budget_s, stopped, trial_epochs)
+                     time.monotonic() - t0, budget_s, stopped, trial_epochs, confirm)
     return dataclasses.replace(res, files=write_outputs(out, res))
 
 
-__all__ = ["BudgetSpent", "SEARCHED", "SearchSpace", "TrialRecord", "TuneResult", "import_optuna",
-           "pick_winner", "recipe_of", "run_trial", "search_space", "suggest", "trial_fits", "tune",
-           "write_recipe"]
+__all__ = ["BudgetSpent", "Confirmation", "SEARCHED", "SearchSpace", "TrialRecord", "TuneResult", "decide",
+           "fit_record", "import_optuna", "margin", "pick_winner", "recipe_of", "run_trial", "search_space", "suggest",
+           "trial_fits", "tune", "write_recipe"]
