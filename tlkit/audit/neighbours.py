@@ -24,6 +24,7 @@ O(n·(d + dims) + block·n) and no ``n x n`` matrix is ever built. faiss is not 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -133,22 +134,61 @@ def search(
     """
     self_search = ref is None
     r_full = xn if self_search else ref
+    k = max(0, min(int(k), len(r_full) - (1 if self_search else 0)))
+    found = _Pairs(xn, r_full, threshold)
     if bf16 is None:
         from tlkit.runtime import cpu_has_fast_bf16
 
         bf16 = cpu_has_fast_bf16() and xn.shape[1] > dims
-    if bf16:
-        return _search_bf16(xn, r_full, k=k, threshold=threshold, self_search=self_search, progress=progress)
+    search_in = _search_bf16 if bf16 else functools.partial(_search_projected, dims=dims)
+    index, dist = search_in(xn, r_full, k=k, found=found, self_search=self_search, progress=progress)
+    return Neighbours(index, dist, *found.result())
+
+
+class _Pairs:
+    """The pairs found so far: screened candidates ``(query row, reference row)`` checked on the full
+    float32 vectors (:func:`_confirm`) block by block, so candidates never pile up."""
+
+    def __init__(self, xn: np.ndarray, ref: np.ndarray, threshold: float | None):
+        self.xn, self.ref, self.threshold = xn, ref, threshold
+        self.pairs: list[np.ndarray] = []
+        self.cosines: list[np.ndarray] = []
+
+    def add(self, cand: np.ndarray) -> None:
+        hit, cos = _confirm(self.xn, self.ref, cand, self.threshold)
+        self.pairs.append(hit)
+        self.cosines.append(cos)
+        if sum(len(p) for p in self.pairs) > MAX_PAIRS:
+            raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {self.threshold}: the images are "
+                             "too alike for this threshold; raise --threshold")
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.pairs:
+            return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+        return np.concatenate(self.pairs), np.concatenate(self.cosines)
+
+
+def _hits(block: torch.Tensor, rows: torch.Tensor, close: Callable[[torch.Tensor], torch.Tensor], r0: int,
+          c0: int, upper: bool) -> np.ndarray:
+    """``[p, 2]`` (row, column) of the ``close`` entries of ``block`` in ``rows`` (the rows that have one;
+    a full-block nonzero() is slow), offset by ``(r0, c0)``; only ``row < column`` when ``upper``."""
+    hit = close(block[rows]).nonzero()
+    hit[:, 0] = rows[hit[:, 0]] + r0
+    hit[:, 1] += c0
+    hit = hit.numpy()
+    return hit[hit[:, 0] < hit[:, 1]] if upper else hit
+
+
+def _search_projected(xn: np.ndarray, r_full: np.ndarray, *, k: int, found: _Pairs, self_search: bool,
+                      progress, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` in a float32 PCA projection to ``dims`` (module docstring); ``(index, dist)``."""
     proj = Projection.fit(r_full, dims)
     zq = torch.from_numpy(proj(xn))
     zr = zq if self_search else torch.from_numpy(proj(r_full))
     q2, r2 = (zq * zq).sum(1), (zr * zr).sum(1)
-    k = max(0, min(int(k), len(r_full) - (1 if self_search else 0)))
     index = np.full((len(xn), k), -1, np.int64)
     dist = np.zeros((len(xn), k), np.float32)
-    radius2 = None if threshold is None else 2.0 * (1.0 - float(threshold)) + MARGIN
-    pairs: list[np.ndarray] = []
-    cosines: list[np.ndarray] = []
+    radius2 = None if found.threshold is None else 2.0 * (1.0 - float(found.threshold)) + MARGIN
     step = max(1, BLOCK_BYTES // (4 * max(1, len(r_full))))
     for s in range(0, len(xn), step):
         e = min(s + step, len(xn))
@@ -162,98 +202,77 @@ def search(
             v, ix = torch.topk(d2, k, dim=1, largest=False)
             nearest = v[:, 0].clone()
             index[s:e], dist[s:e] = ix.numpy(), v.sqrt_().numpy()
-        if radius2 is not None:  # a full-block nonzero() is slow: only rows with a neighbour that close
+        if radius2 is not None:
             rows = ((d2.amin(1) if nearest is None else nearest) <= radius2).nonzero()[:, 0]
-            hit = (d2[rows] <= radius2).nonzero()
-            hit[:, 0] = rows[hit[:, 0]] + s
-            hit = hit.numpy()
-            hit, cos = _confirm(xn, r_full, hit[hit[:, 0] < hit[:, 1]] if self_search else hit, threshold)
-            pairs.append(hit)
-            cosines.append(cos)
-            _check_pairs(pairs, threshold)
+            found.add(_hits(d2, rows, lambda b: b <= radius2, s, 0, self_search))
         if progress:
             progress(e - s)
-    if not pairs:
-        return Neighbours(index, dist, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
-    return Neighbours(index, dist, np.concatenate(pairs), np.concatenate(cosines))
+    return index, dist
 
 
-def _search_bf16(xn: np.ndarray, r_full: np.ndarray, *, k: int, threshold: float | None, self_search: bool,
-                 progress: Callable[[int], None] | None) -> Neighbours:
-    """:func:`search` on the full vectors in bf16 (module docstring). A self-search computes each tile
-    of ``X Xᵀ`` above the diagonal once and uses it for both its rows and its columns (half the GEMM)."""
+class _TopK:
+    """Running k largest dot products per query row (bf16 values, int64 reference rows)."""
+
+    def __init__(self, n: int, k: int):
+        self.k = k
+        self.v = torch.full((n, k), -math.inf, dtype=torch.bfloat16)
+        self.i = torch.full((n, k), -1, dtype=torch.int64)
+
+    def update(self, block: torch.Tensor, r0: int, c0: int) -> torch.Tensor:
+        """Merge ``block [b, c]`` (rows ``r0..``, columns ``c0..``); returns each row's largest value."""
+        v, ix = torch.topk(block, min(self.k, block.shape[1]), dim=1)
+        r1 = r0 + len(block)
+        cv, ci = torch.cat([self.v[r0:r1], v], 1), torch.cat([self.i[r0:r1], ix + c0], 1)
+        cv, pick = torch.topk(cv, self.k, dim=1)
+        self.v[r0:r1], self.i[r0:r1] = cv, torch.gather(ci, 1, pick)
+        return v[:, 0]
+
+    def exact(self, xq: torch.Tensor, xr: torch.Tensor, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """``(index, dist)`` with float32 distances of the rows found, nearest first."""
+        n = len(self.i)
+        index, dist = np.full((n, self.k), -1, np.int64), np.zeros((n, self.k), np.float32)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            ix = self.i[s:e]
+            cos = torch.bmm(xr[ix.clamp(min=0)], xq[s:e, :, None])[:, :, 0]
+            cos, order = torch.sort(cos, dim=1, descending=True)
+            index[s:e] = torch.gather(ix, 1, order).numpy()
+            dist[s:e] = (2.0 - 2.0 * cos).clamp_(min=0.0).sqrt_().numpy()
+        return index, dist
+
+
+def _search_bf16(xn: np.ndarray, r_full: np.ndarray, *, k: int, found: _Pairs, self_search: bool,
+                 progress) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` on the full vectors in bf16 (module docstring); ``(index, dist)``. A self-search
+    computes each tile of ``X Xᵀ`` on or above the diagonal once, for its rows and its columns."""
     xq32 = torch.from_numpy(xn)
     xr32 = xq32 if self_search else torch.from_numpy(r_full)
     xq = xq32.bfloat16()
     xr = xq if self_search else xr32.bfloat16()
     n, m = len(xn), len(r_full)
-    k = max(0, min(int(k), m - (1 if self_search else 0)))
-    best_v = torch.full((n, k), -math.inf, dtype=torch.bfloat16)
-    best_i = torch.full((n, k), -1, dtype=torch.int64)
-    screen = None if threshold is None else float(threshold) - BF16_COS_ERROR
-    pairs: list[np.ndarray] = []
-    cosines: list[np.ndarray] = []
+    top = _TopK(n, k)
+    screen = None if found.threshold is None else float(found.threshold) - BF16_COS_ERROR
     tile = max(1, int(math.sqrt(BLOCK_BYTES // 2)))  # a [tile, tile] bf16 block of dot products
     rows_step = tile if self_search else max(1, BLOCK_BYTES // (2 * max(1, m)))
-    cols_step = tile if self_search else m
-
-    def keep_best(r0: int, v: torch.Tensor, ix: torch.Tensor) -> None:
-        r1 = r0 + len(v)
-        cv, ci = torch.cat([best_v[r0:r1], v], 1), torch.cat([best_i[r0:r1], ix], 1)
-        cv, pick = torch.topk(cv, k, dim=1)
-        best_v[r0:r1], best_i[r0:r1] = cv, torch.gather(ci, 1, pick)
-
     for s in range(0, n, rows_step):
         e = min(s + rows_step, n)
         cand: list[np.ndarray] = []
-        for c0 in range(s if self_search else 0, m, cols_step):
-            c1 = min(c0 + cols_step, m)
-            dot = torch.mm(xq[s:e], xr[c0:c1].T)
+        for c0 in range(s, m, tile) if self_search else [0]:
+            dot = torch.mm(xq[s:e], xr[c0:c0 + tile].T if self_search else xr.T)
             diagonal = self_search and c0 == s
             if diagonal:
                 dot.fill_diagonal_(-math.inf)
-            top = None
-            if k:
-                kk = min(k, c1 - c0)
-                v, ix = torch.topk(dot, kk, dim=1)
-                keep_best(s, v, ix + c0)
-                top = v[:, 0]
-                if self_search and not diagonal:  # the same tile seen from its columns' rows
-                    kr = min(k, e - s)
-                    vt, it = torch.topk(dot.T.contiguous(), kr, dim=1)  # 2x faster than topk(dim=0)
-                    keep_best(c0, vt, it + s)
+            best = top.update(dot, s, c0) if k else dot.amax(1)
+            if k and self_search and not diagonal:  # the same tile seen from its columns' rows
+                top.update(dot.T.contiguous(), c0, s)  # (2x faster than topk along dim 0)
             if screen is not None:
-                rows = ((dot.amax(1) if top is None else top).float() >= screen).nonzero()[:, 0]
-                hit = (dot[rows] >= screen).nonzero()
-                hit[:, 0] = rows[hit[:, 0]] + s
-                hit[:, 1] += c0
-                hit = hit.numpy()
-                cand.append(hit[hit[:, 0] < hit[:, 1]] if diagonal else hit)
-        if cand:  # checked in float32 per row block, so the candidates never pile up
-            hit, cos = _confirm(xn, r_full, np.concatenate(cand), threshold)
-            pairs.append(hit)
-            cosines.append(cos)
-            _check_pairs(pairs, threshold)
+                rows = (best.float() >= screen).nonzero()[:, 0]
+                cand.append(_hits(dot, rows, lambda b: b >= screen, s, c0, diagonal))
+        if cand:
+            found.add(np.concatenate(cand))
         if progress:
             progress(e - s)
-    index = np.full((n, k), -1, np.int64)
-    dist = np.zeros((n, k), np.float32)
-    for s in range(0, n, 8192):  # the k found rows' exact distances, nearest first
-        e = min(s + 8192, n)
-        ix = best_i[s:e]
-        cos = torch.bmm(xr32[ix.clamp(min=0)], xq32[s:e, :, None])[:, :, 0]
-        cos, order = torch.sort(cos, dim=1, descending=True)
-        index[s:e] = torch.gather(ix, 1, order).numpy()
-        dist[s:e] = (2.0 - 2.0 * cos).clamp_(min=0.0).sqrt_().numpy()
-    if not pairs:
-        return Neighbours(index, dist, np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
-    return Neighbours(index, dist, np.concatenate(pairs), np.concatenate(cosines))
-
-
-def _check_pairs(pairs: list[np.ndarray], threshold: float) -> None:
-    if sum(len(p) for p in pairs) > MAX_PAIRS:
-        raise TlkitError(f"more than {MAX_PAIRS:,} image pairs have cosine >= {threshold}: the images are too "
-                         "alike for this threshold; raise --threshold")
+    return top.exact(xq32, xr32) if k else (np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32))
 
 
 def _confirm(xn: np.ndarray, ref: np.ndarray, cand: np.ndarray, threshold: float | None,

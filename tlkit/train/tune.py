@@ -483,10 +483,8 @@ def tune(
         max_trials: stop after this many trials (of this call) even with time left.
         resume: continue the study stored in ``out`` (``study.db``): its trials count, its range test is
             reused, and the budget is this call's.
-        confirm: when the search's winner is not the base, train both at full length (``base.epochs``)
-            and keep the winner only if it beats the base by more than :func:`margin` (time for the two
-            runs is kept out of the search when it fits in :data:`CONFIRM_SHARE` of the budget; otherwise
-            the short trials are compared with the same margin). ``False``: the search's winner as is.
+        confirm: run the confirm stage (module docstring, :func:`run_confirm`); ``False``: the search's
+            winner as is.
         lr_find_steps: mini-batches of the range test (at most; it also gets at most 15% of the budget).
         progress: called with the images of each training step; on_lr_find / on_trial: after each stage
             (on_trial also gets the confirm stage's runs, ``stage="confirm"``).
@@ -498,50 +496,89 @@ def tune(
     import_optuna()
     _check_args(budget_s, trial_epochs, max_trials)
     from tlkit.train.splits import prepare_splits
-    from tlkit.train.tune_store import check_tune_dir, load_lr_find, open_study, save_record
+    from tlkit.train.tune_store import check_tune_dir
 
     out = check_output_dir(out)
     check_tune_dir(out, resume)
     # bad data fails before any work; the validation size sets the confirm stage's margin
     n_val = len(prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed).val)
-    t0 = time.monotonic()
-    deadline = t0 + budget_s
-    trial_base = base.replace(epochs=trial_epochs, tensorboard=False)  # trials are throwaway runs
-    found = load_lr_find(out) if resume else None
-    if found is None:
-        found = lr_find(trial_base, data=data, val=val, steps=lr_find_steps, max_seconds=LR_FIND_SHARE * budget_s,
-                        progress=progress)
-        out.mkdir(parents=True, exist_ok=True)
-        save_lr_find(found, out)
+    job = _Job(base, data, val, out, trial_epochs, budget_s, time.monotonic(), progress)
+    found = _range_test(job, resume, lr_find_steps)
     if on_lr_find:
         on_lr_find(found)
-    space = search_space(base, found.suggestion, fixed=fixed, trial_epochs=trial_epochs)
+    res, trials = _search(job, found, fixed=fixed, max_trials=max_trials, resume=resume, confirm=confirm,
+                          on_trial=on_trial)
+    if confirm:
+        conf = run_confirm(base, trials, trial_epochs=trial_epochs, n_val=n_val, data=data, val=val, work=out,
+                           deadline=job.deadline, budget_s=budget_s, progress=progress, on_trial=on_trial)
+        res = _result(job, trials, found, res.stopped, conf)
+    log.info("tune: %d trials in %.0f s, best %s", len(trials), res.elapsed_s, res.best_trial)
+    return res
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every stage of one :func:`tune` call shares."""
+
+    base: TrainConfig
+    data: Any
+    val: Any
+    out: Path
+    trial_epochs: int
+    budget_s: float
+    t0: float
+    progress: Callable[[int], None] | None
+
+    @property
+    def deadline(self) -> float:
+        return self.t0 + self.budget_s
+
+    @property
+    def trial_base(self) -> TrainConfig:
+        return self.base.replace(epochs=self.trial_epochs, tensorboard=False)  # trials are throwaway runs
+
+
+def _range_test(job: _Job, resume: bool, steps: int) -> LRFindResult:
+    """The stored range test of a resumed study, else a new one (saved in ``job.out``)."""
+    from tlkit.train.tune_store import load_lr_find
+
+    found = load_lr_find(job.out) if resume else None
+    if found is None:
+        found = lr_find(job.trial_base, data=job.data, val=job.val, steps=steps,
+                        max_seconds=LR_FIND_SHARE * job.budget_s, progress=job.progress)
+        job.out.mkdir(parents=True, exist_ok=True)
+        save_lr_find(found, job.out)
+    return found
+
+
+def _search(job: _Job, found: LRFindResult, *, fixed, max_trials, resume: bool, confirm: bool,
+            on_trial) -> tuple[TuneResult, list[TrialRecord]]:
+    """The Optuna trials, until the budget (less the confirm stage's reserve) or ``max_trials``."""
+    from tlkit.train.tune_store import open_study, save_record
+
+    base, trial_base = job.base, job.trial_base
+    space = search_space(base, found.suggestion, fixed=fixed, trial_epochs=job.trial_epochs)
     with _optuna_quiet():
-        study, trials, exact = open_study(out, base, space, found.suggestion, trial_epochs=trial_epochs, resume=resume)
-        res = _result(out, base, trials, found, t0, budget_s, "budget", trial_epochs)
-        new = 0
+        study, trials, exact = open_study(job.out, base, space, found.suggestion, trial_epochs=job.trial_epochs,
+                                          resume=resume)
+        res, new = _result(job, trials, found, "budget"), 0
         while max_trials is None or new < max_trials:
-            reserve = confirm_reserve(trials, base, trial_epochs, budget_s) if confirm else 0.0
-            if not trial_fits(trials, deadline - time.monotonic() - reserve):
+            reserve = confirm_reserve(trials, base, job.trial_epochs, job.budget_s) if confirm else 0.0
+            if not trial_fits(trials, job.deadline - time.monotonic() - reserve):
                 break
             trial = study.ask()
             params = suggest(trial, space, exact=trial.number in exact)
-            record = run_trial(trial, trial_base.replace(**params), params, data=data, val=val, work=out,
-                               deadline=deadline, progress=progress)
+            record = run_trial(trial, trial_base.replace(**params), params, data=job.data, val=job.val, work=job.out,
+                               deadline=job.deadline, progress=job.progress)
             save_record(trial, record)
             _tell(study, trial, record)
             trials.append(record)
             new += 1
             stopped = "max_trials" if new == max_trials and record.state != "cut" else "budget"
-            res = _result(out, base, trials, found, t0, budget_s, stopped, trial_epochs)
+            res = _result(job, trials, found, stopped)
             if on_trial:
                 on_trial(record)
-    if confirm:
-        conf = run_confirm(base, trials, trial_epochs=trial_epochs, n_val=n_val, data=data, val=val, work=out,
-                           deadline=deadline, budget_s=budget_s, progress=progress, on_trial=on_trial)
-        res = _result(out, base, trials, found, t0, budget_s, res.stopped, trial_epochs, conf)
-    log.info("tune: %d trials in %.0f s, best %s", len(trials), res.elapsed_s, res.best_trial)
-    return res
+    return res, trials
 
 
 def confirm_reserve(trials, base: TrainConfig, trial_epochs: int, budget_s: float) -> float:
@@ -555,7 +592,10 @@ def confirm_reserve(trials, base: TrainConfig, trial_epochs: int, budget_s: floa
 
 def run_confirm(base: TrainConfig, trials, *, trial_epochs: int, n_val: int, data, val, work: Path, deadline: float,
                 budget_s: float, progress=None, on_trial=None) -> Confirmation | None:
-    """The confirm stage (see :func:`tune`): ``None`` when no trial completed."""
+    """The confirm stage (module docstring): when the search's winner is not the base, train both at full
+    length (``base.epochs``) and keep the winner only if it beats the base by more than :func:`margin`.
+    Without the time for two full-length runs (:data:`CONFIRM_SHARE` of the budget), the short trials are
+    compared with the same margin. ``None`` when no trial completed."""
     winner, first = pick_winner(trials, base.monitor), base_trial(trials, base)
     if winner is None:
         return None
@@ -581,17 +621,18 @@ def run_confirm(base: TrainConfig, trials, *, trial_epochs: int, n_val: int, dat
     return decide(runs[0], runs[1], monitor=base.monitor, n_val=n_val)
 
 
-def _result(out: Path, base: TrainConfig, trials: list[TrialRecord], found: LRFindResult, t0: float,
-            budget_s: float, stopped: str, trial_epochs: int, confirm: Confirmation | None = None) -> TuneResult:
+def _result(job: _Job, trials: list[TrialRecord], found: LRFindResult, stopped: str,
+            confirm: Confirmation | None = None) -> TuneResult:
     """The result so far, with the recipe and every output file (re)written. Before the confirm stage the
     recipe is the search's winner; after it, the confirm stage's choice."""
+    base, out = job.base, job.out
     winner = pick_winner(trials, base.monitor)
     if confirm is not None and confirm.chosen == "base":
         winner = base_trial(trials, base)
     best = base.replace(**winner.params) if winner else base
-    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base, trial_epochs, confirm))
+    recipe = write_recipe(out / RECIPE, best, _comment(winner, trials, base, job.trial_epochs, confirm))
     res = TuneResult(out, base.monitor, base, best, winner, tuple(trials), found, recipe,
-                     time.monotonic() - t0, budget_s, stopped, trial_epochs, confirm)
+                     time.monotonic() - job.t0, job.budget_s, stopped, job.trial_epochs, confirm)
     return dataclasses.replace(res, files=write_outputs(out, res))
 
 
