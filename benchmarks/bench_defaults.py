@@ -76,6 +76,10 @@ ABLATION = {
     "ls0.1": {"label_smoothing": 0.1},
 }
 NAMED = {"old": OLD, "new": {}, "new-lr2e-3": {"lr": 2e-3}, **{k: {**BASE, **v} for k, v in ABLATION.items()}}
+#: the bundled short recipe as it ships, against the defaults at its length (5 epochs)
+NAMED["recipe-fast"] = {k: v for k, v in __import__("yaml").safe_load(
+    (REPO / "recipes" / "finetune-fast.yaml").read_text()).items()}
+NAMED["new-5ep"] = {"epochs": NAMED["recipe-fast"].get("epochs", EPOCHS)}
 
 
 def variants(spec: str) -> list[str]:

@@ -23,7 +23,8 @@ from tlkit.io import save_png
 LEGEND_CLASSES = 10
 
 
-def _figure():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -32,13 +33,14 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path`` (atomic write), as every tlkit plot is saved."""
     save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_history(history: Sequence[dict[str, Any]], folder: str | os.PathLike) -> list[Path]:
     """``loss.png`` (train/val loss) and ``accuracy.png`` (train/val/EMA accuracy) per epoch."""
-    plt = _figure()
+    plt = pyplot()
     folder = Path(folder)
     written = []
     epochs = [h["epoch"] for h in history]
@@ -55,20 +57,20 @@ def plot_history(history: Sequence[dict[str, Any]], folder: str | os.PathLike) -
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-        _save(fig, folder / f"{name}.png")
+        save_figure(fig, folder / f"{name}.png")
         written.append(folder / f"{name}.png")
     return written
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike) -> Path:
     """Confusion matrix (rows = true class), counts written in the cells up to 30 classes."""
-    _save(confusion_matrix_figure(matrix, classes), Path(path))
+    save_figure(confusion_matrix_figure(matrix, classes), Path(path))
     return Path(path)
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]):
     """The open figure of :func:`plot_confusion_matrix`."""
-    plt = _figure()
+    plt = pyplot()
     cm = np.asarray(matrix)
     k = len(classes)
     side = min(12, 2.5 + 0.45 * k)
@@ -175,7 +177,7 @@ def plot_curves(per_class: Sequence[Curve], averages: Sequence[Curve], path: str
     Per-class lines are thin, the averages bold; above :data:`LEGEND_CLASSES` classes the legend names
     the averages and the :data:`LEGEND_CLASSES` classes with the lowest area only.
     """
-    plt = _figure()
+    plt = pyplot()
     xlabel, ylabel, area = {"roc": ("false positive rate", "true positive rate", "AUC"),
                             "pr": ("recall", "precision", "AP")}[kind]
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -195,14 +197,14 @@ def plot_curves(per_class: Sequence[Curve], averages: Sequence[Curve], path: str
     ax.set_title(title + (f" (legend: the {LEGEND_CLASSES} lowest {area})" if many else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: no line hidden
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
 def plot_reliability(bins, path: str | os.PathLike) -> Path:
     """Reliability diagram of :class:`tlkit.train.evaluate.CalibrationBins`: accuracy per confidence bin
     against the diagonal, the share of predictions per bin below, the ECE in the title."""
-    plt = _figure()
+    plt = pyplot()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     width = np.diff(bins.edges)
     filled = bins.counts > 0
@@ -216,7 +218,7 @@ def plot_reliability(bins, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=8, loc="upper left")
     hist.bar(bins.edges[:-1], bins.counts / max(1, bins.counts.sum()), width=width, align="edge", color="grey")
     hist.set(xlabel="top-1 confidence", ylabel="share")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
@@ -239,7 +241,7 @@ def image_grid_figure(cells: Sequence[GridCell], title: str, *, cols: int = 4, t
     """
     from tlkit.data.decode import load_image
 
-    plt = _figure()
+    plt = pyplot()
     cols = max(1, min(cols, len(cells)))
     rows = max(1, -(-len(cells) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
@@ -261,10 +263,10 @@ def image_grid_figure(cells: Sequence[GridCell], title: str, *, cols: int = 4, t
 
 def plot_image_grid(cells: Sequence[GridCell], title: str, path: str | os.PathLike) -> Path:
     """:func:`image_grid_figure` written to ``path``."""
-    _save(image_grid_figure(cells, title), Path(path))
+    save_figure(image_grid_figure(cells, title), Path(path))
     return Path(path)
 
 
 __all__ = ["Curve", "GridCell", "LEGEND_CLASSES", "confusion_matrix_figure", "image_grid_figure",
            "interpolated_precision", "plot_confusion_matrix", "plot_curves", "plot_history", "plot_image_grid",
-           "plot_reliability", "pr_curves", "roc_curves"]
+           "plot_reliability", "pr_curves", "pyplot", "roc_curves", "save_figure"]

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 from tlkit.train.lr_find import LRFindResult
-from tlkit.train.plots import _figure, _save
+from tlkit.train.plots import pyplot, save_figure
 
 STATE_COLORS = {"complete": "tab:blue", "pruned": "tab:orange", "cut": "tab:gray", "failed": "tab:red"}
 
 
 def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     """Loss against learning rate (log x): raw mini-batch losses, the smoothed curve, the suggestion."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(result.lrs, result.raw_losses, color="0.75", lw=0.8, label="mini-batch loss")
     ax.plot(result.lrs, result.losses, color="tab:blue", label="smoothed")
@@ -33,7 +33,7 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
@@ -42,7 +42,7 @@ def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path
 
     ``trials`` are :class:`tlkit.train.tune.TrialRecord` (``number``, ``value``, ``state``, ``params``).
     """
-    plt = _figure()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     scored = [t for t in trials if t.value is not None]
     for state, color in STATE_COLORS.items():
@@ -61,7 +61,7 @@ def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path
         ax.grid(alpha=0.3)
     if left.get_legend_handles_labels()[0]:  # nothing scored yet: no legend (and no warning)
         left.legend(fontsize=8)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
