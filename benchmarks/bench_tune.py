@@ -153,7 +153,8 @@ def main() -> None:
         s = digits_splits(root / "digits")
         size = ["--image-size", str(args.image_size)]
         _, tune_s = tlkit("tune", str(s["train"]), "--val", str(s["val"]), "--out", f"{tmp}/tune", "--budget",
-                          str(args.budget), "--epochs", str(args.trial_epochs), *size, env=env)
+                          str(args.budget), "--epochs", str(args.trial_epochs), *size, "--set", f"epochs={args.epochs}",
+                          env=env)
         summary = json.loads(Path(f"{tmp}/tune/tune.json").read_text())
         common = ["--data", str(s["train"]), "--val", str(s["val"]), "--epochs", str(args.epochs), *size]
         acc = {}
@@ -165,7 +166,8 @@ def main() -> None:
               "within_budget": summary["elapsed_s"] <= args.budget * 60, "trials": summary["trials"],
               "states": summary["states"], "lr_suggestion": summary["lr_find"]["suggestion"],
               "val": {"defaults": (summary["base"] or {}).get("value"), "tuned": (summary["best"] or {}).get("value")},
-              "recipe": summary["recipe"], "test": acc, "epochs": args.epochs, "image_size": args.image_size,
+              "recipe": summary["recipe"], "confirm": summary.get("confirm"), "test": acc, "epochs": args.epochs,
+              "image_size": args.image_size,
               "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     print(f"tune: {report['tune_elapsed_s']:.0f} s of a {report['budget_s']:.0f} s budget "
           f"({report['tune_process_s']:.0f} s with process start), {report['trials']} trials {report['states']}")
