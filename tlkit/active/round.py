@@ -133,7 +133,7 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     import torch
 
     from tlkit.backbones import create_backbone
-    from tlkit.train.checkpoint import save_weights
+    from tlkit.train.checkpoint import RunMeta, save_weights
     from tlkit.train.model import architecture_kwargs
 
     cfg = project.config
@@ -146,13 +146,10 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     data_config = dict(bb.data_config)
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
-    meta = {
-        "backbone": bb.name, "classes": list(head.classes), "num_classes": len(head.classes),
-        "model_kwargs": architecture_kwargs(bb.name, bb.weights.source),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-        "weights": bb.weights.to_dict(), "config": {"train": "head", "head": "standardised logistic regression"},
-    }
-    save_weights(folder / "best.safetensors", bb.model.state_dict(), meta)
+    meta = RunMeta(bb.name, tuple(head.classes), data_config, architecture_kwargs(bb.name, bb.weights.source),
+                   weights_origin=bb.weights.to_dict(), train="head",
+                   config={"head": "standardised logistic regression"})
+    save_weights(folder / "best.safetensors", bb.model.state_dict(), meta.to_dict())
 
 
 def _metrics(data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
