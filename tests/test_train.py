@@ -180,6 +180,21 @@ def test_predict_csv_topk_and_skipped(trained, tiny, tmp_path):
 # --------------------------------------------------------------------------- modes
 
 
+def test_predictor_predicts_files_in_any_class_order(trained, tiny, tmp_path):
+    from tlkit.train import Predictor
+
+    out, _, _ = trained
+    files = sorted(tiny.rglob("*.png"))[:5]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    predictor = Predictor.load(out, device="cpu", precision="fp32")
+    assert predictor.classes == ["0", "1", "2"] and not predictor.model.training
+    own = predictor.predict_files(files + [broken])
+    assert own.shape == (6, 3) and np.allclose(own[:5].sum(1), 1.0, atol=1e-5) and not own[5].any()
+    other = predictor.predict_files(files, classes=["2", "x", "0", "1"])  # a class the run never saw gets 0
+    assert np.allclose(other[:, [2, 3, 0]], own[:5]) and not other[:, 1].any()
+
+
 def test_linear_probe_on_cached_features_leaves_the_body_untouched(tiny, tmp_path):
     res = fit(tiny_config(mode="linear-probe", precompute_features=True, epochs=2), data=tiny, out=tmp_path / "lp")
     assert len(res.history) == 2
