@@ -293,14 +293,7 @@ def evaluate_run(
     predictor = Predictor.load(run, which=which, device=device, precision=precision)
     classes = predictor.classes
     source = scan_images(data, labeled=True)
-    unknown = sorted({r.label for r in source.records if r.label is not None} - set(classes))
-    if unknown:
-        raise TlkitError(
-            f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "
-            f"(it knows: {', '.join(classes)}); remove those folders or evaluate another run"
-        )
-    if not source.records:
-        raise TlkitError(f"{data}: no images found to evaluate")
+    _check_labels(source.records, classes, data, run)
     loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
                               batch_size=batch_size, workers=workers)
     preds = predictor.predict(loader, tta=tta, progress=progress)
@@ -313,6 +306,18 @@ def evaluate_run(
         write_skipped(target.with_name(target.stem + "_skipped.csv"), source.records, preds.failures)
     write_evaluation_files(target, preds, [source.records[i] for i in preds.indices], classes, metrics)
     return metrics
+
+
+def _check_labels(records: Sequence, classes: Sequence[str], data, run: Path) -> None:
+    """Refuse labels the model does not know, and an empty data set."""
+    unknown = sorted({r.label for r in records if r.label is not None} - set(classes))
+    if unknown:
+        raise TlkitError(
+            f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "
+            f"(it knows: {', '.join(classes)}); remove those folders or evaluate another run"
+        )
+    if not records:
+        raise TlkitError(f"{data}: no images found to evaluate")
 
 
 def write_evaluation_files(target: Path, preds: Predictions, records: Sequence, classes: Sequence[str],
