@@ -88,7 +88,7 @@ class Validation:
         return cls()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LearnerResult:
     """What a learner's :meth:`Learner.fit` returns.
 
@@ -129,7 +129,7 @@ class Learner(Protocol):
         ...
 
 
-@dataclass
+@dataclass(eq=False)
 class HeadLearner:
     """Head mode: a linear head on frozen embeddings (:mod:`tlkit.active.head`).
 
