@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--strategies", default="auto,margin,entropy,random,coreset,typiclust")
     args = ap.parse_args()
 
-    from tlkit.active.round import PoolData, _score_head
+    from tlkit.active.learner import HeadLearner
     from tlkit.active.strategies import PoolView, get_strategy, select
 
     x, y_true = synthetic_pool(args.pool, args.dim, args.classes)
@@ -46,7 +46,7 @@ def main() -> None:
     y = np.full(args.pool, -1)
     lab = rng.choice(args.pool, args.labeled, replace=False)
     y[lab] = y_true[lab]
-    data = PoolData([str(i) for i in range(args.pool)], x, y, tuple(str(c) for c in range(args.classes)))
+    classes = tuple(str(c) for c in range(args.classes))
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nhead-mode round: pool {args.pool:,} x {args.dim} float32 ({x.nbytes / 2**20:.0f} MB), "
           f"{args.labeled} labeled, batch {args.batch}")
@@ -54,7 +54,8 @@ def main() -> None:
     for name in args.strategies.split(","):
         info = get_strategy(name)
         t = time.perf_counter()
-        head, probs, mc, extra = _score_head(data, info.needs, seed=0)
+        fitted = HeadLearner(x, classes).fit(y >= 0, y, seed=0, needs=info.needs)  # as a round: scaler included
+        probs, mc = fitted.probs, fitted.mc_probs
         t_train = time.perf_counter() - t
         pool = PoolView(embeddings=x, labeled=y != -1, candidates=y == -1, probs=probs, mc_probs=mc,
                         labels=np.where(y >= 0, y, -1))

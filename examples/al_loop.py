@@ -45,7 +45,7 @@ def main(workdir: Path) -> None:
                              image_size=96)
     for _ in range(5):
         res = run_round(project.root, batch=20, strategy="auto")
-        val = res.metrics.get("val_accuracy_cv")
+        val = res.validation.accuracy
         print(f"round {res.round}: {res.metrics['labeled']} labeled, validation "
               f"{'n/a' if val is None else f'{val:.3f}'}, selected {len(res.query)} -> {res.dir / 'query.csv'}")
         label_with_truth(project, res.query, truth, workdir / f"labels-{res.round}.csv")

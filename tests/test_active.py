@@ -66,6 +66,7 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
         assert not set(paths) & set(Project.open(project.root).labels())
         seen |= set(paths)
         vals.append(res.metrics.get("val_accuracy_cv"))
+        assert res.validation.accuracy == vals[-1] and res.validation.method == res.metrics["val_method"] == "cv"
         _label(project, res.query, truth, tmp_path / f"labels{n}.csv")
     assert len(Project.open(project.root).labels()) == 90
     measured = [v for v in vals if v is not None]
@@ -106,6 +107,10 @@ def test_round_model_works_with_evaluate_and_predict(tmp_path, pool):
     res = run_round(project.root, batch=5)
     model, classes, data_config = load_run(res.dir / "model")
     assert classes == CLASSES and data_config["input_size"] == (3, 64, 64)
+    from tlkit.train.model import run_meta
+
+    meta = run_meta(res.dir / "model")  # the engine's schema: RunMeta
+    assert meta.train == "head" and meta.weights_origin["source"] == "package" and meta.classes == tuple(CLASSES)
     # the head-mode model works with the evaluate and predict commands
     from tlkit.demo import make_digits_folder
 
@@ -263,6 +268,37 @@ def test_finetune_round_on_labels(tmp_path, pool):
     # the finetune learner's held-out accuracy is shown, not "validation n/a" (the bug of issue #18)
     val = metrics["val_accuracy"]
     assert val is not None and f"validation {val:.3f}" in " ".join(proc.stdout.split()), proc.stdout
+    assert metrics["val_method"] == ("train" if metrics["val_on_train"] else "val")
+    from tlkit.train.model import run_meta
+
+    assert run_meta(res_dir / "model").train == "finetune"
+    status = run_cli("al-status", str(project.root), "--json")
+    rounds = json.loads(status.stdout)["rounds"]
+    assert [r["val_method"] for r in rounds] == ["cv", metrics["val_method"]] and rounds[1]["val_accuracy"] == val
+
+
+def test_validation_of_rounds_written_by_any_version(tmp_path, pool):
+    """metrics.json before the typed Validation: head rounds had val_accuracy_cv, finetune rounds val_accuracy."""
+    from tlkit.active.learner import Validation
+    from tlkit.active.status import project_status
+    from tlkit.io import write_json
+
+    assert Validation.from_metrics({"val_accuracy_cv": 0.5}) == Validation(0.5, "cv")
+    assert Validation.from_metrics({"val_accuracy": 0.7, "val_on_train": False}) == Validation(0.7, "val")
+    assert Validation.from_metrics({"val_accuracy": 0.7, "val_on_train": True}) == Validation(0.7, "train")
+    assert Validation.from_metrics({"val_accuracy_cv": None}) == Validation(None, "cv")
+    assert Validation.from_metrics({}) == Validation(None, None)
+    for v in (Validation(0.8, "cv"), Validation(0.6, "val"), Validation(None, "val"), Validation()):
+        assert Validation.from_metrics(v.to_metrics()) == v
+    assert Validation(0.8, "cv").to_metrics()["val_accuracy_cv"] == 0.8  # what older readers look for
+    pool_dir, _ = pool
+    project = _project(tmp_path, pool_dir)
+    old = [{"labeled": 20, "train": "head", "val_accuracy_cv": 0.5},
+           {"labeled": 30, "train": "finetune", "val_accuracy": 0.75, "val_on_train": False}]
+    for n, m in enumerate(old, start=1):
+        write_json(project.round_dir(n) / "metrics.json", {"round": n, **m})
+    st = project_status(project.root, plot=False)
+    assert [(r["val_accuracy"], r["val_method"]) for r in st.rounds] == [(0.5, "cv"), (0.75, "val")]
 
 
 def test_cold_start_selection_covers_more_classes_than_random(tmp_path, pool):

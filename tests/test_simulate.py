@@ -33,6 +33,27 @@ def test_simulate_on_arrays_same_start_and_rising_curves():
         assert ma[70] > ma[10] + 0.15
 
 
+def test_head_learner_returns_one_typed_result():
+    from sklearn.datasets import load_digits
+
+    from tlkit.active.learner import HeadLearner
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x.astype(np.float32), y.astype(np.int64)
+    classes = tuple(str(c) for c in range(10))
+    labeled = np.zeros(1200, bool)
+    labeled[:100] = True
+    learner = HeadLearner(x[:1200], classes, x_test=x[1200:])
+    res = learner.fit(labeled, y[:1200], seed=0, needs=("probs", "mc_probs"))
+    assert res.probs.shape == (1200, 10) and res.mc_probs.shape == (1200, 10, 8) and res.test_probs.shape == (597, 10)
+    assert res.validation.method == "cv" and 0.5 < res.validation.accuracy <= 1.0 and res.head is not None
+    assert res.metrics()["val_accuracy_cv"] == res.validation.accuracy and res.metrics()["val_method"] == "cv"
+    one_class = learner.fit(labeled & (y[:1200] == 3), y[:1200], seed=0)
+    assert one_class.probs is None and one_class.test_probs is None and one_class.validation.accuracy is None
+    quick = HeadLearner(x[:1200], classes, validate=False).fit(labeled, y[:1200], seed=0)
+    assert quick.validation.accuracy is None and quick.mc_probs is None and np.allclose(quick.probs, res.probs)
+
+
 def test_simulate_rejects_unknown_strategy():
     with pytest.raises(TlkitError, match="unknown strategy"):
         simulate(np.zeros((4, 2)), np.array([0, 1, 0, 1]), np.zeros((2, 2)), np.array([0, 1]), strategies=["nope"])

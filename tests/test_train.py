@@ -89,6 +89,55 @@ def test_load_run_rebuilds_the_model_from_the_checkpoint_alone(trained):
         load_run(out, which="middle")
 
 
+def test_run_meta_is_one_schema_and_round_trips(trained):
+    from tlkit.train.checkpoint import RunMeta
+    from tlkit.train.model import run_meta
+
+    out, _, _ = trained
+    meta = run_meta(out)
+    assert meta.train == "finetune" and meta.classes == ("0", "1", "2") and meta.num_classes == 3
+    assert meta.data_config["input_size"] == (3, 32, 32) and meta.config["ema"] is True
+    assert meta.weights_origin["source"] == "none" and meta.epoch in (1, 2) and meta.weights_from in ("model", "ema")
+    assert RunMeta.from_dict(meta.to_dict()) == meta
+    assert read_json(out / "best.json")["train"] == "finetune"
+
+
+def _old_checkpoint(run: Path, folder: Path, meta: dict) -> Path:
+    """A run folder whose best.safetensors carries ``meta`` as an older tlkit wrote it (weights of ``run``)."""
+    from tlkit.train import checkpoint as ckpt
+
+    state_dict, _ = ckpt.load_weights(run / "best.safetensors")
+    folder.mkdir(parents=True)
+    ckpt.save_weights(folder / "best.safetensors", state_dict, meta)
+    return folder
+
+
+def test_load_run_reads_run_folders_of_both_old_shapes(trained, tmp_path):
+    """Checkpoints written before RunMeta: the finetune engine's (``weights_origin`` + a TrainConfig dict, no
+    ``train``) and a head-mode round's (``weights`` + ``{"train": "head"}``) still load."""
+    from tlkit.train.model import run_meta
+
+    out, _, _ = trained
+    expected, _, _ = load_run(out)
+    x = torch.randn(2, 3, 32, 32)
+    common = {"backbone": "test_resnet", "classes": ["0", "1", "2"], "num_classes": 3, "model_kwargs": {},
+              "data_config": {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+                              "std": [0.229, 0.224, 0.225], "crop_pct": 0.875, "crop_mode": "center"}}
+    origin = {"source": "none", "location": "", "sha256": None}
+    finetune_v0 = {**common, "weights_origin": origin, "config": tiny_config().to_dict(), "epoch": 2,
+                   "metrics": {"epoch": 2, "val_accuracy": 0.5}, "weights_from": "model"}
+    head_v0 = {**common, "weights": origin, "config": {"train": "head", "head": "standardised logistic regression"}}
+    for name, old, train in (("finetune", finetune_v0, "finetune"), ("head", head_v0, "head")):
+        run = _old_checkpoint(out, tmp_path / name, old)
+        model, classes, data_config = load_run(run)
+        assert classes == ["0", "1", "2"] and data_config["input_size"] == (3, 32, 32), name
+        with torch.no_grad():
+            assert torch.allclose(model(x), expected(x)), name
+        meta = run_meta(run)
+        assert meta.train == train and meta.weights_origin == origin and "train" not in meta.config, name
+    assert run_meta(tmp_path / "finetune").config["epochs"] == 2 and run_meta(tmp_path / "finetune").epoch == 2
+
+
 def test_warm_start_from_a_run_checkpoint(trained, tiny, tmp_path):
     out, _, _ = trained
     res = fit(tiny_config(epochs=1, weights=str(out / "best.safetensors")), data=tiny, out=tmp_path / "warm")
@@ -129,6 +178,21 @@ def test_predict_csv_topk_and_skipped(trained, tiny, tmp_path):
 
 
 # --------------------------------------------------------------------------- modes
+
+
+def test_predictor_predicts_files_in_any_class_order(trained, tiny, tmp_path):
+    from tlkit.train import Predictor
+
+    out, _, _ = trained
+    files = sorted(tiny.rglob("*.png"))[:5]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    predictor = Predictor.load(out, device="cpu", precision="fp32")
+    assert predictor.classes == ["0", "1", "2"] and not predictor.model.training
+    own = predictor.predict_files(files + [broken])
+    assert own.shape == (6, 3) and np.allclose(own[:5].sum(1), 1.0, atol=1e-5) and not own[5].any()
+    other = predictor.predict_files(files, classes=["2", "x", "0", "1"])  # a class the run never saw gets 0
+    assert np.allclose(other[:, [2, 3, 0]], own[:5]) and not other[:, 1].any()
 
 
 def test_linear_probe_on_cached_features_leaves_the_body_untouched(tiny, tmp_path):

@@ -222,7 +222,6 @@ def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     """One active-learning round: 3 seed labels per class, then `auto` picks 20 images to label."""
     from tlkit.active.project import Project
     from tlkit.active.round import run_round
-    from tlkit.active.stopping import validation_accuracy
     from tlkit.io import write_csv
 
     t = time.perf_counter()
@@ -232,7 +231,7 @@ def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     project = Project.create(workdir / "al-project", pool=images, labels=workdir / "seed-labels.csv",
                              image_size=image_size)
     res = run_round(project.root, batch=20)
-    val = validation_accuracy(res.metrics)
+    val = res.validation.accuracy
     classes = len({row["path"].split("/")[0] for row in res.query})
     return DemoStep("active-learning round (auto)", "selected", len(res.query), time.perf_counter() - t,
                     f"from {len(seed)} seed labels (cv accuracy {val:.2f}); the 20 picks span {classes} classes; "

@@ -1,29 +1,40 @@
-"""``al-round --train finetune``: the finetune engine on the labeled images, then the pool scored.
+"""The finetune learner: ``al-round --train finetune`` and ``al-simulate --train finetune``.
 
-The labeled images are exposed to the engine as a class-folder tree of symlinks inside the round's
-temporary folder (the pool itself is never written to). The run goes to ``rounds/NNNN/model/``,
-so ``tlkit evaluate`` and ``tlkit predict`` work on it. The round warm-starts from the previous
-round's model when there is one (same classes), otherwise from the pretrained backbone. Diversity
-strategies keep using the cached frozen embeddings; probabilities come from the fine-tuned model.
+Each fit trains the finetune engine on the labeled pool images, exposed as a class-folder tree of
+symlinks in a scratch folder (the pool itself is never written to), then scores the pool (and
+the test images, in a simulation) with the run's best model through
+:class:`tlkit.train.predictor.Predictor`. With ``run_dir`` the run is kept there (a round's
+``rounds/NNNN/model/``, so ``tlkit evaluate`` and ``tlkit predict`` work on it); otherwise it goes
+to a temporary folder. A round warm-starts from the previous round's model when there is one
+(same classes), otherwise from the pretrained backbone. Diversity strategies keep using the
+cached frozen embeddings; probabilities come from the fine-tuned model.
+
+A simulation trains once per strategy x seed x round, so keep studies small.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.learner import LearnerResult, Validation
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 5
+"""Epochs of a finetune round when ``--epochs`` is not given."""
+MIN_VAL_PER_CLASS = 3
+"""Below this many labels in some class, the run validates on its training images."""
 
 
 def link_class_tree(folder: Path, items: Iterable[tuple[Path, str]]) -> dict[str, int]:
@@ -40,78 +51,91 @@ def link_class_tree(folder: Path, items: Iterable[tuple[Path, str]]) -> dict[str
     return counts
 
 
-def fit_on_tree(config, tree: Path, out: Path, counts: dict[str, int]):
-    """Fine-tune on ``tree``; with fewer than 3 images in some class, validate on the training images
-    (a held-out split is impossible there), which the caller should report as optimistic."""
-    from tlkit.train.engine import fit
-
-    few = min(counts.values()) < 3
-    return fit(config, data=tree, out=out, val=tree if few else None), few
-
-
-def run_probs(run: Path, path_lists: Sequence[Sequence[Path]], classes: Sequence[str], device: str) -> list[np.ndarray]:
-    """Probabilities ``[n, k]`` of a run's best model for each list of image files (the run is
-    loaded once), columns in ``classes`` order; classes the run never saw get 0."""
-    from tlkit.data import ImageDataset, ImageRecord, build_transform, make_loader
-    from tlkit.inference import prepare_for_inference
-    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
-    from tlkit.train.evaluate import predict_loader
-    from tlkit.train.model import load_run
-
-    dev = resolve_device(device)
-    amp = resolve_precision("auto", dev)
-    model, run_classes, data_config = load_run(run, device=dev)
-    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
-    cols = [list(classes).index(c) for c in run_classes]
-    transform = build_transform(data_config)
-    outs = []
-    for paths in path_lists:
-        records = [ImageRecord(Path(p), Path(p).name, None) for p in paths]
-        loader = make_loader(ImageDataset(records, transform), batch_size=inference_batch_size(dev),
-                             workers=default_workers(), device=dev)
-        preds = predict_loader(model, loader, device=dev, amp_dtype=amp, channels_last=True)
-        out = np.zeros((len(paths), len(classes)), np.float32)
-        out[np.ix_(preds.indices, cols)] = preds.probs
-        outs.append(out)
-    return outs
-
-
-def score_finetuned(
-    project: Project, data, out: Path, *, device: str, epochs: int | None, seed: int, previous: Path | None
-) -> tuple[np.ndarray | None, None, dict[str, Any]]:
-    """Fine-tune on the labels into ``out``; return (probs [n, k] or None, None, metrics)."""
-    from tlkit.train import make_config
-
-    t = time.perf_counter()
-    tree = out.parent / "labeled"
-    labeled = sorted((p, lab) for p, lab in project.labels().items() if lab != SKIP_LABEL)
-    counts = link_class_tree(tree, ((project.pool_root / p, lab) for p, lab in labeled))
-    if len(counts) < 2:
-        shutil.rmtree(tree, ignore_errors=True)
-        log.info("fewer than two labeled classes: no model yet; selecting without one")
-        return None, None, {"train_s": 0.0, "val_accuracy": None}
-    cfg = project.config
-    explicit: dict[str, Any] = {"backbone": cfg.backbone, "epochs": epochs or DEFAULT_EPOCHS, "seed": seed,
-                                "device": device, "image_size": cfg.image_size, "weights": cfg.weights}
-    if previous is not None and _same_classes(previous, counts):
-        explicit["weights"] = str(previous / "best.safetensors")
+@contextlib.contextmanager
+def _scratch(run_dir: Path | None) -> Iterator[tuple[Path, Path]]:
+    """``(tree, run)`` folders: next to ``run_dir`` (the tree removed afterwards), or in a temporary folder."""
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="tlkit-learner-") as tmp:
+            yield Path(tmp) / "labeled", Path(tmp) / "run"
+        return
+    tree = run_dir.parent / "labeled"
     try:
-        config = make_config(cfg.recipe, **explicit)
-    except TlkitError as e:
-        raise TlkitError(f"project recipe: {e}") from None
-    result, few = fit_on_tree(config, tree, out, counts)
-    (probs,) = run_probs(out, [[project.pool_root / p for p in data.paths]], data.classes, device)
-    shutil.rmtree(tree, ignore_errors=True)
-    best = result.best or {}
-    return probs, None, {"train_s": round(time.perf_counter() - t, 3),
-                         "val_accuracy": best.get("val_accuracy"),
-                         "val_on_train": few, "warm_start": "weights" in explicit and explicit["weights"] != cfg.weights}
+        yield tree, run_dir
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+@dataclass
+class FinetuneLearner:
+    """Finetune mode: the finetune engine on the labeled images (see the module docstring).
+
+    Args:
+        paths: ``[n]`` image files of the pool rows.
+        classes: the ``k`` class names.
+        test_paths: ``[m]`` test image files, scored into ``test_probs`` when given.
+        recipe: a finetune recipe (name or YAML path) under ``config``.
+        config: :func:`tlkit.train.make_config` values (backbone, weights, image_size, epochs, ...).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        previous: a previous run to warm-start from when it has the same classes.
+        run_dir: keep the run here (one fit per folder); ``None``: a temporary folder.
+    """
+
+    paths: Sequence[Path]
+    classes: tuple[str, ...]
+    test_paths: Sequence[Path] | None = None
+    recipe: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    previous: Path | None = None
+    run_dir: Path | None = None
+
+    def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
+        """See :meth:`tlkit.active.learner.Learner.fit`; no ``mc_probs``. Validation is the run's best epoch's
+        accuracy on its held-out split (``val``), or on its training images (``train``) when some class has
+        fewer than :data:`MIN_VAL_PER_CLASS` labels (a held-out split is impossible there)."""
+        from tlkit.train.engine import fit
+        from tlkit.train.predictor import Predictor
+
+        t = time.perf_counter()
+        rows = sorted(np.flatnonzero(labeled), key=lambda i: str(self.paths[i]))
+        if len(np.unique(y[rows])) < 2:
+            log.info("fewer than two labeled classes: no model yet; selecting without one")
+            return LearnerResult(None, Validation(None, "val"), 0.0)
+        with _scratch(self.run_dir) as (tree, run):
+            counts = link_class_tree(tree, ((self.paths[i], self.classes[y[i]]) for i in rows))
+            config, warm = self._config(seed, counts)
+            few = min(counts.values()) < MIN_VAL_PER_CLASS
+            result = fit(config, data=tree, out=run, val=tree if few else None)
+            predictor = Predictor.load(run, device=self.device)
+            probs = predictor.predict_files(self.paths, self.classes)
+            test = predictor.predict_files(self.test_paths, self.classes) if self.test_paths is not None else None
+        validation = Validation((result.best or {}).get("val_accuracy"), "train" if few else "val")
+        return LearnerResult(probs, validation, time.perf_counter() - t, test_probs=test, run=self.run_dir,
+                             notes={"val_on_train": few, "warm_start": warm})
+
+    def _config(self, seed: int, counts: dict[str, int]):
+        """``(TrainConfig, warm_start)`` for one fit."""
+        from tlkit.train import make_config
+
+        explicit = {**self.config, "seed": seed, "device": self.device}
+        warm = self.previous is not None and _same_classes(self.previous, counts)
+        if warm:
+            explicit["weights"] = str(self.previous / "best.safetensors")
+        try:
+            return make_config(self.recipe, **explicit), warm
+        except TlkitError as e:
+            if self.recipe is None:
+                raise
+            raise TlkitError(f"recipe {self.recipe}: {e}") from None
 
 
 def _same_classes(previous: Path, counts: dict[str, int]) -> bool:
-    from tlkit.train.model import checkpoint_meta
+    from tlkit.train.model import run_meta
 
     try:
-        return sorted(checkpoint_meta(previous)["classes"]) == sorted(counts)
+        return sorted(run_meta(previous).classes) == sorted(counts)
     except TlkitError:
         return False
+
+
+__all__ = ["DEFAULT_EPOCHS", "FinetuneLearner", "link_class_tree"]

@@ -21,15 +21,14 @@ import yaml
 import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
+from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode
 from tlkit.active.project import SKIP_LABEL, Project
-from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("head", "finetune")
 QUERY_COLUMNS = ("path", "rank", "score", "predicted", "confidence")
 SCORES = "scores.npz"
 
@@ -44,6 +43,7 @@ class RoundResult:
         query: rows of the query (path, rank, score, predicted, confidence).
         metrics: the round's metrics.json content (empty when pending).
         dir: the round's folder.
+        validation: the round model's validation accuracy and how it was estimated (empty when pending).
     """
 
     round: int
@@ -51,6 +51,7 @@ class RoundResult:
     query: list[dict[str, Any]]
     metrics: dict[str, Any] = field(default_factory=dict)
     dir: Path | None = None
+    validation: Validation = field(default_factory=Validation)
 
 
 @dataclass
@@ -103,20 +104,6 @@ def _candidates(y: np.ndarray, max_pool: int | None, rng: np.random.Generator) -
     return cand
 
 
-def _score_head(data: PoolData, needs: tuple[str, ...], seed: int) -> tuple[Any, np.ndarray | None, np.ndarray | None, dict]:
-    """Fit the head; probabilities [n, k] (and [n, k, T] for Bayesian strategies) for the pool."""
-    t = time.perf_counter()
-    lab = data.y >= 0
-    scaler = heads.Scaler.fit(data.embeddings)
-    head = heads.fit_head(data.embeddings[lab], data.y[lab], data.classes, scaler=scaler, seed=seed)
-    probs = head.predict_proba(data.embeddings) if head is not None else None
-    mc = None
-    if head is not None and "mc_probs" in needs:
-        mc = heads.ensemble_probs(data.embeddings[lab], data.y[lab], data.embeddings, data.classes, scaler=scaler, seed=seed)
-    cv = heads.cross_val_accuracy(data.embeddings[lab], data.y[lab], data.classes, scaler=scaler, seed=seed) if head else None
-    return head, probs, mc, {"train_s": round(time.perf_counter() - t, 3), "val_accuracy_cv": cv}
-
-
 def _query_rows(data: PoolData, sel, probs: np.ndarray | None) -> list[dict[str, Any]]:
     rows = []
     for rank, (i, score) in enumerate(zip(sel.indices, sel.scores), start=1):
@@ -133,7 +120,7 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     import torch
 
     from tlkit.backbones import create_backbone
-    from tlkit.train.checkpoint import save_weights
+    from tlkit.train.checkpoint import RunMeta, save_weights
     from tlkit.train.model import architecture_kwargs
 
     cfg = project.config
@@ -146,13 +133,10 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     data_config = dict(bb.data_config)
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
-    meta = {
-        "backbone": bb.name, "classes": list(head.classes), "num_classes": len(head.classes),
-        "model_kwargs": architecture_kwargs(bb.name, bb.weights.source),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-        "weights": bb.weights.to_dict(), "config": {"train": "head", "head": "standardised logistic regression"},
-    }
-    save_weights(folder / "best.safetensors", bb.model.state_dict(), meta)
+    meta = RunMeta(bb.name, tuple(head.classes), data_config, architecture_kwargs(bb.name, bb.weights.source),
+                   weights_origin=bb.weights.to_dict(), train="head",
+                   config={"head": "standardised logistic regression"})
+    save_weights(folder / "best.safetensors", bb.model.state_dict(), meta.to_dict())
 
 
 def _metrics(data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +174,7 @@ def run_round(
         epochs: epochs for ``train="finetune"``.
         progress: called with images embedded (first round of a backbone only).
     """
-    if train not in TRAIN_MODES:
-        raise TlkitError(f"unknown --train {train!r}; choose one of: {', '.join(TRAIN_MODES)}")
+    check_train_mode(train)
     info = get_strategy(strategy)
     if batch < 1:
         raise TlkitError(f"--batch must be at least 1 (got {batch})")
@@ -205,6 +188,23 @@ def run_round(
         return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress)
 
 
+def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tuple[str, ...], seed: int,
+                 model_dir: Path, device: str, epochs: int | None) -> LearnerResult:
+    """The round's learner fitted on the labeled pool rows (the finetune run is kept in ``model_dir``)."""
+    from tlkit.active.finetune import DEFAULT_EPOCHS, FinetuneLearner
+
+    cfg = project.config
+    if train == "head":
+        learner: Learner = HeadLearner(data.embeddings, data.classes)
+    else:
+        learner = FinetuneLearner(
+            [project.pool_root / p for p in data.paths], data.classes, recipe=cfg.recipe, device=device,
+            config={"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
+                    "epochs": epochs or DEFAULT_EPOCHS},
+            previous=_previous_model(project, n), run_dir=model_dir)
+    return learner.fit(data.y >= 0, data.y, seed=seed, needs=needs)
+
+
 def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress) -> RoundResult:
     t0 = time.perf_counter()
     final = project.round_dir(n)
@@ -214,27 +214,21 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     data = pool_data(project, paths, emb)
     seed = project.config.seed * 1000 + n
     rng = np.random.default_rng(seed)
-    if train == "head":
-        head, probs, mc, extra = _score_head(data, info.needs, seed)
-    else:
-        from tlkit.active.finetune import score_finetuned
-
-        head = None
-        probs, mc, extra = score_finetuned(project, data, tmp / "model", device=device, epochs=epochs, seed=seed,
-                                           previous=_previous_model(project, n))
+    fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs)
+    probs, extra = fitted.probs, fitted.metrics()
     pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1,
                     candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),
-                    probs=probs, mc_probs=mc, labels=np.where(data.y >= 0, data.y, -1))
+                    probs=probs, mc_probs=fitted.mc_probs, labels=np.where(data.y >= 0, data.y, -1))
     t = time.perf_counter()
     sel = select(info.name, pool, batch, seed=seed)
     extra["select_s"] = round(time.perf_counter() - t, 3)
     extra["strategy_plan"] = getattr(sel, "strategy", None) or info.name
     rows = _query_rows(data, sel, probs)
-    extra["stopping"] = _stopping_record(project, n, data, probs, validation_accuracy(extra), tmp)
+    extra["stopping"] = _stopping_record(project, n, data, probs, fitted.validation.accuracy, tmp)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
     write_json(tmp / "labelstudio.json", ls.tasks(rows, project.image_urls(), n))
-    if head is not None:
-        _save_head_model(tmp / "model", project, head, project.config.image_size)
+    if fitted.head is not None:
+        _save_head_model(tmp / "model", project, fitted.head, project.config.image_size)
     metrics = _metrics(data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),
                                        "candidates": int(pool.candidates.sum()), **extra,
                                        "elapsed_s": round(time.perf_counter() - t0, 3)})
@@ -246,7 +240,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         "epochs": epochs, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
     }, sort_keys=False))
     os.replace(tmp, final)
-    return RoundResult(n, False, rows, metrics, final)
+    return RoundResult(n, False, rows, metrics, final, fitted.validation)
 
 
 def save_scores(path: Path, paths: list[str], probs: np.ndarray, classes: tuple[str, ...]) -> None:
@@ -291,7 +285,8 @@ def _stopping_record(project: Project, n: int, data: PoolData, probs, cv: float 
         folder = project.round_dir(r)
         if r < n and (folder / "stop_set.json").exists():
             record["kappa"] = stopping.agreement(read_json(folder / "stop_set.json"), current)
-            before = validation_accuracy(read_json(folder / "metrics.json")) if (folder / "metrics.json").exists() else None
+            metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
+            before = Validation.from_metrics(metrics).accuracy
             record["cv_gain"] = None if before is None or cv is None else cv - before
             break
     return record

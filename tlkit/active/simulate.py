@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tlkit.active import head as heads
+from tlkit.active.learner import HeadLearner, Learner, LearnerResult, check_train_mode
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import PoolView, get_strategy, list_strategies, select
 from tlkit.constants import DEFAULT_BACKBONE
@@ -63,33 +63,14 @@ def _start_set(y: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarra
     return rng.choice(len(y), size=min(start, len(y)), replace=False)
 
 
-Learner = Callable[[np.ndarray, int, tuple], tuple[np.ndarray | None, np.ndarray | None, float]]
-"""``learner(labeled_mask [n], seed, needs) -> (probs [n, k] | None, mc_probs | None, test accuracy)``."""
-
-
-def head_learner(x, y, x_test, y_test, classes, scaler) -> Learner:
-    """The head-mode classifier of :mod:`tlkit.active.head` as a simulation learner."""
-
-    def learn(labeled: np.ndarray, seed: int, needs: tuple) -> tuple:
-        head = heads.fit_head(x[labeled], y[labeled], classes, scaler=scaler, seed=seed)
-        if head is None:
-            return None, None, _majority(y[labeled], y_test)
-        acc = float((head.predict_proba(x_test).argmax(1) == y_test).mean())
-        mc = None
-        if "mc_probs" in needs:
-            mc = heads.ensemble_probs(x[labeled], y[labeled], x, classes, scaler=scaler, seed=seed)
-        return head.predict_proba(x), mc, acc
-
-    return learn
-
-
-def _one_curve(x, y, learner: Learner, strategy, start_idx, batch, rounds, seed, tick):
+def _one_curve(x, y, y_test, learner: Learner, strategy, start_idx, batch, rounds, seed, tick):
     info = get_strategy(strategy)
     labeled = np.zeros(len(y), bool)
     labeled[start_idx] = True
     points, before = [], None
     for r in range(rounds + 1):
-        probs, mc, acc = learner(labeled, seed + r, info.needs)
+        fitted = learner.fit(labeled, y, seed=seed + r, needs=info.needs)
+        probs, mc, acc = fitted.probs, fitted.mc_probs, _test_accuracy(fitted, y[labeled], y_test)
         pred = probs.argmax(axis=1) if probs is not None else None
         kappa = float("nan")
         if pred is not None and before is not None:
@@ -104,6 +85,13 @@ def _one_curve(x, y, learner: Learner, strategy, start_idx, batch, rounds, seed,
         sel = select(strategy, pool, batch, seed=seed * 7919 + r)
         labeled[sel.indices] = True
     return points
+
+
+def _test_accuracy(fitted: LearnerResult, y_lab: np.ndarray, y_test: np.ndarray) -> float:
+    """Accuracy of the fitted model on the test set; without a model, of the majority labeled class."""
+    if fitted.test_probs is None:
+        return _majority(y_lab, y_test)
+    return float((fitted.test_probs.argmax(1) == y_test).mean())
 
 
 def _majority(y_lab: np.ndarray, y_test: np.ndarray) -> float:
@@ -145,8 +133,9 @@ def simulate(
         rounds: selection rounds (curves have ``rounds + 1`` points).
         seeds: a count (0..S-1) or explicit seeds.
         progress: called with 1 after every fitted model (strategies x seeds x (rounds + 1) in all).
-        learner: trains on the labeled rows and scores pool and test (default: the head-mode
-            classifier on ``x``); :func:`tlkit.active.simulate_finetune.finetune_learner` fine-tunes.
+        learner: fits on the labeled rows and scores pool and test (``test_probs``); default: a
+            :class:`~tlkit.active.learner.HeadLearner` on ``x`` and ``x_test`` (no cross-validation);
+            :class:`~tlkit.active.finetune.FinetuneLearner` fine-tunes.
     """
     _check_strategies(strategies)
     if len(x) != len(y) or len(x_test) != len(y_test):
@@ -157,14 +146,14 @@ def simulate(
     k = int(max(y.max(), y_test.max())) + 1
     classes = tuple(classes) if classes else tuple(str(i) for i in range(k))
     x, x_test = np.asarray(x, np.float32), np.asarray(x_test, np.float32)
-    learner = learner or head_learner(x, y, x_test, y_test, classes, heads.Scaler.fit(x))
+    learner = learner or HeadLearner(x, classes, x_test=x_test, validate=False)
     result = SimulationResult()
     tick = (lambda: progress(1)) if progress else (lambda: None)
     for seed in seeds:
         start_idx = _start_set(y, start, np.random.default_rng(seed))
         for s in strategies:
             t = time.perf_counter()
-            for labels, acc, kappa in _one_curve(x, y, learner, s, start_idx, batch, rounds, seed, tick):
+            for labels, acc, kappa in _one_curve(x, y, y_test, learner, s, start_idx, batch, rounds, seed, tick):
                 result.rows.append((s, seed, labels, acc))
                 result.kappa.append((s, seed, labels, kappa))
             log.info("%s seed %d: %.1f s", s, seed, time.perf_counter() - t)
@@ -269,8 +258,7 @@ def simulate_folders(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[SimulationResult, dict[str, Path]]:
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
-    if train not in ("head", "finetune"):
-        raise TlkitError(f"unknown --train {train!r}; choose head or finetune")
+    check_train_mode(train)
     _check_strategies(strategies)
     out = check_output_dir(out)
     x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights, image_size=image_size)
@@ -285,16 +273,16 @@ def simulate_folders(
     yt = np.array([idx[c] for c in names_t])
     learner = None
     if train == "finetune":
-        learner = _finetune_learner(pool, test, out, y, yt, classes, backbone, weights, image_size, epochs)
+        learner = _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs)
     result = simulate(x, y, xt, yt, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds,
                       classes=classes, progress=progress, learner=learner)
     files = write_outputs(result, out, title=f"{Path(pool).name}: start {start}, batch {batch}, {len(result.summary)} strategies")
     return result, files
 
 
-def _finetune_learner(pool, test, out, y, yt, classes, backbone, weights, image_size, epochs) -> Learner:
+def _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs) -> Learner:
     """Fine-tuning needs the images: the extracted index gives each row's file under the source root."""
-    from tlkit.active.simulate_finetune import finetune_learner
+    from tlkit.active.finetune import FinetuneLearner
     from tlkit.io import read_csv, read_json
 
     def paths(src: str | Path, cache: Path) -> list[Path]:
@@ -307,5 +295,7 @@ def _finetune_learner(pool, test, out, y, yt, classes, backbone, weights, image_
     missing = [str(p) for p in pool_paths[:1] + test_paths[:1] if not p.is_file()]
     if missing:
         raise TlkitError(f"--train finetune needs the images; {missing[0]} is missing")
-    kw = {"backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs}
-    return finetune_learner(pool_paths, y, test_paths, yt, classes, config_kwargs=kw)
+    # throwaway runs in temporary folders: no TensorBoard logs
+    config = {"backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs,
+              "tensorboard": False}
+    return FinetuneLearner(pool_paths, tuple(classes), test_paths=test_paths, config=config)

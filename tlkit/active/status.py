@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.active.project import SKIP_LABEL, Project
-from tlkit.active.stopping import stopping_hint, validation_accuracy
+from tlkit.active.learner import Validation
+from tlkit.active.stopping import stopping_hint
 from tlkit.data import class_imbalance
 from tlkit.io import read_json
 
@@ -47,9 +48,10 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
     for n in project.rounds():
         path = project.round_dir(n) / "metrics.json"
         m = read_json(path) if path.exists() else {}
+        val = Validation.from_metrics(m)
         rounds.append({"round": n, "labeled": m.get("labeled"), "selected": m.get("selected"),
                        "strategy": m.get("strategy"), "train": m.get("train"),
-                       "val_accuracy": validation_accuracy(m),
+                       "val_accuracy": val.accuracy, "val_method": val.method,
                        "seconds": m.get("elapsed_s"), "stopping": m.get("stopping")})
     status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,
                            sum(1 for v in labels.values() if v == SKIP_LABEL), len(project.pending()), rounds)
@@ -81,7 +83,7 @@ def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
     ax.set_xlabel("labeled images")
-    ax.set_ylabel("validation accuracy (cross-validated)")
+    ax.set_ylabel("validation accuracy")
     ax.set_title("learning curve")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -29,16 +29,6 @@ STABLE_ROUNDS = 3
 """Stable rounds in a row before the hint says the gains have flattened."""
 
 
-def validation_accuracy(metrics: dict[str, Any]) -> float | None:
-    """A round's validation accuracy, whichever learner wrote it.
-
-    Head rounds record ``val_accuracy_cv`` (cross-validated on the labeled rows), finetune rounds
-    ``val_accuracy`` (the run's held-out split); this is the one reader of both.
-    """
-    value = metrics.get("val_accuracy_cv")
-    return metrics.get("val_accuracy") if value is None else value
-
-
 def stop_set(paths: Sequence[str]) -> np.ndarray:
     """``[m]`` positions (ascending) of the ≤ :data:`STOP_SET_SIZE` paths with the smallest path hash."""
     keys = np.array([int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "big") for p in paths], dtype=np.uint64)

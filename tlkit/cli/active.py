@@ -11,7 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.active.labelstudio import DEFAULT_PREFIX
-from tlkit.active.stopping import validation_accuracy
 from tlkit.active.strategies import DEFAULT_STRATEGY, list_strategies
 from tlkit.cli._app import (
     PANEL_ACTIVE, app, console, progress_bar, rate_callback, setup_logging, training_process,
@@ -112,8 +111,7 @@ def al_round_cmd(
     if len(res.query) > 15:
         console.print(f"... {len(res.query) - 15} more in {escape(str(res.dir / 'query.csv'))}")
     if not res.pending:
-        m = res.metrics
-        val = validation_accuracy(m)
+        m, val = res.metrics, res.validation.accuracy
         console.print(f"labeled {m['labeled']}, validation {'%.3f' % val if val is not None else 'n/a'}, "
                       f"selection {m['select_s']:.2f} s; files: {escape(str(res.dir))}/query.csv, labelstudio.json")
 

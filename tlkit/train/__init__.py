@@ -11,18 +11,22 @@ Example:
 
 from __future__ import annotations
 
+from tlkit.train.checkpoint import RunMeta
 from tlkit.train.config import TrainConfig, list_recipes, load_recipe, make_config, parse_overrides
 from tlkit.train.engine import FitResult, fit
 from tlkit.train.evaluate import compute_metrics, evaluate_run
 from tlkit.train.lr_find import LRFindResult, lr_find
 from tlkit.train.model import checkpoint_meta, load_run
 from tlkit.train.predict import PredictResult, predict
+from tlkit.train.predictor import Predictor
 from tlkit.train.tune import TuneResult, tune
 
 __all__ = [
     "FitResult",
     "LRFindResult",
     "PredictResult",
+    "Predictor",
+    "RunMeta",
     "TrainConfig",
     "TuneResult",
     "checkpoint_meta",

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,90 @@ log = logging.getLogger(__name__)
 
 FORMAT = "tlkit-checkpoint/1"
 TRAIN_STATE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What a checkpoint says about itself: enough to rebuild the model without the original command.
+
+    One schema for every writer: the finetune engine (``train="finetune"``, ``config`` the resolved
+    :class:`~tlkit.train.config.TrainConfig`) and head-mode active-learning rounds (``train="head"``,
+    the linear head folded into the backbone's classifier). :meth:`from_dict` also reads the two
+    shapes written before this schema (see there).
+
+    Attributes:
+        backbone: the backbone name (timm name or ``tv:<name>``).
+        classes: the K class names in output order.
+        data_config: the preprocessing the model was trained with (``input_size`` (C, H, W) at the
+            training size, ``mean``, ``std``, ...), sequences as tuples.
+        model_kwargs: every constructor argument needed to rebuild the architecture.
+        weights_origin: the starting weights (``WeightsInfo.to_dict()``: source, location, sha256).
+        train: how the weights were trained: ``finetune`` or ``head``.
+        config: the training settings (``TrainConfig.to_dict()`` for finetune; the head's description).
+        epoch: the epoch the weights are from (finetune checkpoints).
+        metrics: that epoch's history row.
+        weights_from: ``model`` or ``ema``.
+
+    Example:
+        >>> meta = RunMeta("resnet18", ("cat", "dog"), {"input_size": (3, 224, 224)})
+        >>> RunMeta.from_dict(meta.to_dict()) == meta
+        True
+    """
+
+    backbone: str
+    classes: tuple[str, ...]
+    data_config: dict[str, Any]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights_origin: dict[str, Any] | None = None
+    train: str = "finetune"
+    config: dict[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+    metrics: dict[str, Any] | None = None
+    weights_from: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def at_epoch(self, epoch: int, metrics: dict[str, Any], weights_from: str) -> "RunMeta":
+        """A copy describing the weights of one epoch."""
+        return replace(self, epoch=epoch, metrics=metrics, weights_from=weights_from)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists); the per-epoch keys only when set."""
+        out = {
+            "backbone": self.backbone, "classes": list(self.classes), "num_classes": self.num_classes,
+            "model_kwargs": dict(self.model_kwargs),
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+            "weights_origin": self.weights_origin, "train": self.train, "config": dict(self.config),
+        }
+        for key in ("epoch", "metrics", "weights_from"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> "RunMeta":
+        """Read :meth:`to_dict`'s output, or a checkpoint written before :class:`RunMeta`.
+
+        Older shapes: finetune runs had no ``train`` key; head-mode rounds wrote ``weights``
+        instead of ``weights_origin`` and ``config={"train": "head", ...}``. Unknown keys
+        (``format``, ``tlkit_version``, ``num_classes``) are ignored.
+        """
+        config = dict(meta.get("config") or {})
+        train = meta.get("train")
+        if train is None:  # written before RunMeta: a head round said so in its config
+            train = "head" if config.get("train") == "head" else "finetune"
+            if train == "head":
+                del config["train"]
+        return cls(
+            backbone=meta["backbone"], classes=tuple(meta["classes"]),
+            data_config={k: tuple(v) if isinstance(v, list) else v for k, v in meta["data_config"].items()},
+            model_kwargs=dict(meta.get("model_kwargs") or {}),
+            weights_origin=meta.get("weights_origin", meta.get("weights")),
+            train=train, config=config, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
+            weights_from=meta.get("weights_from"),
+        )
 
 
 def weights_path(run: str | os.PathLike, which: str = "best") -> Path:
@@ -56,7 +141,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
     Args:
         path: the ``.safetensors`` destination.
         state_dict: model weights.
-        meta: JSON-ready description (backbone, classes, data_config, config, ...).
+        meta: JSON-ready description; for a model, :meth:`RunMeta.to_dict`.
     """
     from safetensors.torch import save
 
@@ -148,6 +233,7 @@ def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str
 
 __all__ = [
     "FORMAT",
+    "RunMeta",
     "TRAIN_STATE",
     "load_train_state",
     "load_weights",

@@ -434,8 +434,8 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
         restore(st, saved)
         log.info("resuming %s after epoch %d of %d", out, st.epoch, cfg.epochs)
     loss_fn, mixup = build_loss(cfg, k, splits.counts()).to(rt.device), build_mixup(cfg, k)
-    meta = {"backbone": bb.name, "classes": list(splits.classes), "num_classes": k, "model_kwargs": model_kwargs,
-            "data_config": data_config, "weights_origin": bb.weights.to_dict(), "config": cfg.to_dict()}
+    meta = ckpt.RunMeta(bb.name, tuple(splits.classes), data_config, model_kwargs,
+                        weights_origin=bb.weights.to_dict(), train="finetune", config=cfg.to_dict())
     if rt.dist.is_main:
         outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin)
     else:  # one progress bar and one log, from rank 0

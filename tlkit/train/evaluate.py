@@ -284,33 +284,19 @@ def evaluate_run(
     Returns:
         :func:`compute_metrics` output plus ``loss``, ``data``, ``checkpoint``, ``skipped``.
     """
-    from tlkit.data import ImageDataset, build_transform, make_loader, scan_images, size_hint_for, write_skipped
-    from tlkit.inference import prepare_for_inference
-    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
-    from tlkit.train.model import load_run
+    from tlkit.data import scan_images, write_skipped
+    from tlkit.train.predictor import Predictor
 
     run = Path(run)
     if out is not None:
         check_output_file(out, example=EVALUATION_FILE)
-    dev = resolve_device(device)
-    amp = resolve_precision(precision, dev)
-    model, classes, data_config = load_run(run, which=which, device=dev)
-    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
+    predictor = Predictor.load(run, which=which, device=device, precision=precision)
+    classes = predictor.classes
     source = scan_images(data, labeled=True)
-    unknown = sorted({r.label for r in source.records if r.label is not None} - set(classes))
-    if unknown:
-        raise TlkitError(
-            f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "
-            f"(it knows: {', '.join(classes)}); remove those folders or evaluate another run"
-        )
-    if not source.records:
-        raise TlkitError(f"{data}: no images found to evaluate")
-    ds = ImageDataset(source.records, build_transform(data_config), {c: i for i, c in enumerate(classes)},
-                      size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
-                         workers=default_workers() if workers is None else workers, device=dev)
-    preds = predict_loader(model, loader, device=dev, amp_dtype=amp,
-                           channels_last=True, tta=tta, progress=progress)
+    _check_labels(source.records, classes, data, run)
+    loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
+                              batch_size=batch_size, workers=workers)
+    preds = predictor.predict(loader, tta=tta, progress=progress)
     metrics = compute_metrics(preds.targets, preds.probs, classes)
     metrics.update(loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,
                    skipped=len({i for i, _ in preds.failures}))
@@ -320,6 +306,18 @@ def evaluate_run(
         write_skipped(target.with_name(target.stem + "_skipped.csv"), source.records, preds.failures)
     write_evaluation_files(target, preds, [source.records[i] for i in preds.indices], classes, metrics)
     return metrics
+
+
+def _check_labels(records: Sequence, classes: Sequence[str], data, run: Path) -> None:
+    """Refuse labels the model does not know, and an empty data set."""
+    unknown = sorted({r.label for r in records if r.label is not None} - set(classes))
+    if unknown:
+        raise TlkitError(
+            f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "
+            f"(it knows: {', '.join(classes)}); remove those folders or evaluate another run"
+        )
+    if not records:
+        raise TlkitError(f"{data}: no images found to evaluate")
 
 
 def write_evaluation_files(target: Path, preds: Predictions, records: Sequence, classes: Sequence[str],

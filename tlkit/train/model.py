@@ -1,8 +1,9 @@
 """Models for fine-tuning: a backbone with a fresh head, and a trained run rebuilt from its checkpoint.
 
 :func:`load_run` needs only the run folder (or one ``.safetensors`` checkpoint): the backbone name,
-constructor arguments, classes and preprocessing are read from the checkpoint's own metadata; no
-pretrained weights are looked up, so it works offline for any backbone.
+constructor arguments, classes and preprocessing are read from the checkpoint's own metadata
+(:class:`~tlkit.train.checkpoint.RunMeta`, old shapes included); no pretrained weights are looked up,
+so it works offline for any backbone.
 
 Example:
     >>> model, classes, data_config = load_run("runs/flowers")        # doctest: +SKIP
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from tlkit.errors import TlkitError
-from tlkit.train.checkpoint import load_weights, weights_path
+from tlkit.train.checkpoint import RunMeta, load_weights, weights_path
 from tlkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -104,20 +105,32 @@ def _checkpoint_file(run: Path, which: str) -> Path:
     return path
 
 
-def rebuild_model(meta: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def rebuild_model(meta: RunMeta, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The architecture described by checkpoint ``meta`` (random init unless ``state_dict`` given)."""
     from tlkit.backbones import create_backbone
 
-    bb = create_backbone(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]),
-                         **meta.get("model_kwargs", {}))
+    bb = create_backbone(meta.backbone, pretrained=False, num_classes=meta.num_classes, **meta.model_kwargs)
     if state_dict is not None:
         missing, unexpected = bb.model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise TlkitError(
-                f"checkpoint does not fit {meta['backbone']!r} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                f"checkpoint does not fit {meta.backbone!r} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
                 "it may come from another tlkit/timm version"
             )
     return bb.model
+
+
+def load_model(
+    run: str | os.PathLike, *, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, RunMeta]:
+    """``(model, meta)``: the run's classifier in eval mode (logits ``[B, K]``) and its :class:`RunMeta`.
+
+    Reads every checkpoint shape tlkit wrote (see :meth:`RunMeta.from_dict`).
+    """
+    path = _checkpoint_file(Path(run), which)
+    state_dict, raw = load_weights(path)
+    meta = RunMeta.from_dict(raw)
+    return rebuild_model(meta, state_dict).to(device).eval(), meta
 
 
 def load_run(
@@ -135,18 +148,21 @@ def load_run(
         ``classes`` are the K names in output order; ``data_config`` is the preprocessing it was
         trained with (input_size at the training image size), for :func:`tlkit.data.build_transform`.
     """
-    path = _checkpoint_file(Path(run), which)
-    state_dict, meta = load_weights(path)
-    model = rebuild_model(meta, state_dict).to(device).eval()
-    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["data_config"].items()}
-    return model, list(meta["classes"]), data_config
+    model, meta = load_model(run, which=which, device=device)
+    return model, list(meta.classes), dict(meta.data_config)
+
+
+def run_meta(run: str | os.PathLike, which: str = "best") -> RunMeta:
+    """The :class:`RunMeta` of a run's checkpoint, without loading the weights."""
+    return RunMeta.from_dict(checkpoint_meta(run, which))
 
 
 def checkpoint_meta(run: str | os.PathLike, which: str = "best") -> dict[str, Any]:
-    """The metadata of a run's checkpoint (backbone, classes, config, epoch, metrics, weights origin)."""
+    """The raw metadata of a run's checkpoint (backbone, classes, config, epoch, metrics, weights origin)."""
     from tlkit.train.checkpoint import read_meta
 
     return read_meta(_checkpoint_file(Path(run), which))
 
 
-__all__ = ["checkpoint_meta", "create_classifier", "init_head", "load_run", "model_kwargs_for", "rebuild_model"]
+__all__ = ["checkpoint_meta", "create_classifier", "init_head", "load_model", "load_run", "model_kwargs_for",
+           "rebuild_model", "run_meta"]

@@ -86,25 +86,17 @@ def predict(
         tta: average with the horizontally flipped image.
         which: ``best`` or ``last`` checkpoint.
     """
-    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for, write_skipped
-    from tlkit.inference import prepare_for_inference
-    from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
-    from tlkit.train.evaluate import predict_loader
-    from tlkit.train.model import load_run
+    from tlkit.data import write_skipped
+    from tlkit.train.predictor import Predictor
 
     if topk < 1:
         raise TlkitError(f"--topk {topk}: must be at least 1")
     check_output_file(out)
-    dev = resolve_device(device)
-    amp = resolve_precision(precision, dev)
-    model, classes, data_config = load_run(run, which=which, device=dev)
-    model = prepare_for_inference(model, dev, amp, input_size=tuple(data_config["input_size"]))
+    predictor = Predictor.load(run, which=which, device=device, precision=precision)
+    classes = predictor.classes
     records = _records(images)
-    ds = ImageDataset(records, build_transform(data_config), None, size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=batch_size or inference_batch_size(dev),
-                         workers=default_workers() if workers is None else workers, device=dev)
-    preds = predict_loader(model, loader, device=dev, amp_dtype=amp,
-                           channels_last=True, tta=tta, progress=progress)
+    preds = predictor.predict(predictor.loader(records, batch_size=batch_size, workers=workers), tta=tta,
+                              progress=progress)
     k = min(topk, len(classes))
     header = ["path", "label", "probability"]
     for i in range(2, k + 1):

@@ -100,10 +100,10 @@ def export_state_dict(st: TrainState, use_ema: bool, prefix: str) -> dict[str, t
     return sd
 
 
-def train_state_dict(st: TrainState, meta: dict[str, Any], stopped: bool) -> dict[str, Any]:
+def train_state_dict(st: TrainState, meta: ckpt.RunMeta, stopped: bool) -> dict[str, Any]:
     """Everything ``--resume`` needs (tensors and plain types only)."""
     return {
-        "format": ckpt.FORMAT, "backbone": meta["backbone"], "classes": meta["classes"], "config": meta["config"],
+        "format": ckpt.FORMAT, "backbone": meta.backbone, "classes": list(meta.classes), "config": meta.config,
         "epoch": st.epoch, "step": st.step, "stopped": stopped,
         "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
         "scheduler": ckpt.scheduler_state(st.scheduler),
@@ -114,18 +114,18 @@ def train_state_dict(st: TrainState, meta: dict[str, Any], stopped: bool) -> dic
     }
 
 
-def save_epoch(out: Path, st: TrainState, meta: dict[str, Any], improved: bool, prefix: str, stopped: bool) -> None:
+def save_epoch(out: Path, st: TrainState, meta: ckpt.RunMeta, improved: bool, prefix: str, stopped: bool) -> None:
     """best (if improved), last, the training state, then metrics/log/plots; each file atomic."""
     row = st.history[-1]
     if improved:
         source = st.best["weights_from"]
         ckpt.save_weights(out / "best.safetensors", export_state_dict(st, source == "ema", prefix),
-                          {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": source})
+                          meta.at_epoch(row["epoch"], row, source).to_dict())
     ckpt.save_weights(out / "last.safetensors", export_state_dict(st, False, prefix),
-                      {**meta, "epoch": row["epoch"], "metrics": row, "weights_from": "model"})
+                      meta.at_epoch(row["epoch"], row, "model").to_dict())
     ckpt.save_train_state(out / ckpt.TRAIN_STATE, train_state_dict(st, meta, stopped))
     outputs.write_history(out, st.history, st.best)
-    outputs.write_plots(out, st.history, st.best, meta["classes"], st.best_preds if improved else None)
+    outputs.write_plots(out, st.history, st.best, list(meta.classes), st.best_preds if improved else None)
 
 
 __all__ = ["TrainState", "check_out_dir", "check_resumable", "export_state_dict", "restore", "save_epoch",

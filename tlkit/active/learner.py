@@ -1,0 +1,171 @@
+"""Learners of active learning: fit on the labeled pool rows, return probabilities for pool and test.
+
+One interface for ``al-round`` and ``al-simulate``, in both training modes:
+
+- :class:`HeadLearner` (``--train head``): a linear head on frozen embeddings
+  (:mod:`tlkit.active.head`); validation accuracy by cross-validation on the labeled rows (``cv``).
+- :class:`tlkit.active.finetune.FinetuneLearner` (``--train finetune``): the finetune engine on the
+  labeled images; validation accuracy on the run's held-out split (``val``), or on its training
+  images when some class has fewer than 3 (``train``, optimistic).
+
+Every learner returns one :class:`LearnerResult`; a round writes its :meth:`LearnerResult.metrics`
+into ``metrics.json`` and :meth:`Validation.from_metrics` reads them back, old rounds included.
+
+Shapes: the pool has ``n`` rows, the test set ``m``, the project ``k`` classes in fixed order
+(probabilities of classes without a labeled example are 0).
+
+Example:
+    >>> learner = HeadLearner(x, classes, x_test=x_test)                     # doctest: +SKIP
+    >>> res = learner.fit(y >= 0, y, seed=0, needs=("probs",))              # doctest: +SKIP
+    >>> res.probs.shape, res.validation.method                               # doctest: +SKIP
+    ((1000, 10), 'cv')
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from tlkit.errors import TlkitError
+
+if TYPE_CHECKING:
+    from tlkit.active.head import LinearHead, Scaler
+
+TRAIN_MODES = ("head", "finetune")
+"""The ``--train`` choices of ``al-round`` and ``al-simulate``."""
+VAL_METHODS = {
+    "cv": "cross-validated on the labeled images",
+    "val": "on the fine-tuning run's held-out split",
+    "train": "on the training images (a class has fewer than 3 labels; optimistic)",
+}
+"""How a validation accuracy was estimated."""
+
+
+def check_train_mode(train: str) -> str:
+    """``train`` when it is one of :data:`TRAIN_MODES`, else a :class:`TlkitError` naming the choices."""
+    if train not in TRAIN_MODES:
+        raise TlkitError(f"unknown --train {train!r}; choose {' or '.join(TRAIN_MODES)}")
+    return train
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A model's validation accuracy and how it was estimated.
+
+    Attributes:
+        accuracy: in [0, 1]; ``None`` without a model or an estimate.
+        method: a key of :data:`VAL_METHODS` (``cv``, ``val``, ``train``); ``None`` when not estimated.
+    """
+
+    accuracy: float | None = None
+    method: str | None = None
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The ``metrics.json`` keys: ``val_accuracy``, ``val_method``, and for ``cv`` also
+        ``val_accuracy_cv``, the key head rounds wrote before ``val_method`` existed."""
+        out: dict[str, Any] = {"val_accuracy": self.accuracy, "val_method": self.method}
+        if self.method == "cv":
+            out["val_accuracy_cv"] = self.accuracy
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> "Validation":
+        """Read a round's ``metrics.json``, whichever version wrote it.
+
+        Before ``val_method``, head rounds wrote ``val_accuracy_cv`` and finetune rounds
+        ``val_accuracy`` (with ``val_on_train``).
+        """
+        if "val_method" in metrics:
+            return cls(metrics.get("val_accuracy"), metrics["val_method"])
+        if "val_accuracy_cv" in metrics:
+            return cls(metrics["val_accuracy_cv"], "cv")
+        if "val_accuracy" in metrics:
+            return cls(metrics["val_accuracy"], "train" if metrics.get("val_on_train") else "val")
+        return cls()
+
+
+@dataclass(frozen=True, eq=False)
+class LearnerResult:
+    """What a learner's :meth:`Learner.fit` returns.
+
+    Attributes:
+        probs: ``[n, k]`` pool probabilities; ``None`` without a model (fewer than two classes labeled).
+        mc_probs: ``[n, k, T]`` stochastic predictions for BALD, when asked for and the learner has them.
+        test_probs: ``[m, k]`` test-set probabilities, when the learner has a test set and a model.
+        validation: the model's validation accuracy and how it was estimated.
+        train_s: seconds to fit and score.
+        head: the fitted linear head (head mode; ``None`` otherwise).
+        run: the fine-tuning run folder, when the learner keeps it (finetune mode with ``run_dir``).
+        notes: learner-specific entries for the round's ``metrics.json`` (e.g. ``warm_start``).
+    """
+
+    probs: np.ndarray | None
+    validation: Validation
+    train_s: float
+    mc_probs: np.ndarray | None = None
+    test_probs: np.ndarray | None = None
+    head: "LinearHead | None" = None
+    run: Path | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """The round's ``metrics.json`` entries: ``train_s``, the validation keys, the notes."""
+        return {"train_s": round(self.train_s, 3), **self.validation.to_metrics(), **self.notes}
+
+
+class Learner(Protocol):
+    """Fits on the labeled rows of a pool it was built over, then scores the pool (and a test set)."""
+
+    def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
+        """Fit on the rows where ``labeled`` ([n] bool) is set, with classes ``y`` ([n] int, read there only).
+
+        ``needs`` are the strategy's inputs (:class:`tlkit.active.strategies.StrategyInfo`);
+        ``"mc_probs"`` asks for stochastic predictions.
+        """
+        ...
+
+
+@dataclass(eq=False)
+class HeadLearner:
+    """Head mode: a linear head on frozen embeddings (:mod:`tlkit.active.head`).
+
+    Args:
+        x: ``[n, d]`` pool embeddings; the feature scaler is fitted on all of them, once.
+        classes: the ``k`` class names.
+        x_test: ``[m, d]`` test embeddings, scored into ``test_probs`` when given.
+        validate: estimate the accuracy by 5-fold cross-validation on the labeled rows (five more
+            fits; the simulator, which measures on its test set, turns it off).
+    """
+
+    x: np.ndarray
+    classes: tuple[str, ...]
+    x_test: np.ndarray | None = None
+    validate: bool = True
+    scaler_: "Scaler | None" = field(default=None, init=False, repr=False)
+
+    def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
+        """See :meth:`Learner.fit`; ``mc_probs`` come from a bootstrap ensemble of 8 heads."""
+        from tlkit.active import head as heads
+
+        t = time.perf_counter()
+        if self.scaler_ is None:
+            self.scaler_ = heads.Scaler.fit(self.x)
+        xl, yl, classes = self.x[labeled], y[labeled], tuple(self.classes)
+        method = "cv" if self.validate else None
+        head = heads.fit_head(xl, yl, classes, scaler=self.scaler_, seed=seed)
+        if head is None:
+            return LearnerResult(None, Validation(None, method), time.perf_counter() - t)
+        mc = None
+        if "mc_probs" in needs:
+            mc = heads.ensemble_probs(xl, yl, self.x, classes, scaler=self.scaler_, seed=seed)
+        test = head.predict_proba(self.x_test) if self.x_test is not None else None
+        cv = heads.cross_val_accuracy(xl, yl, classes, scaler=self.scaler_, seed=seed) if self.validate else None
+        return LearnerResult(head.predict_proba(self.x), Validation(cv, method), time.perf_counter() - t,
+                             mc_probs=mc, test_probs=test, head=head)
+
+
+__all__ = ["TRAIN_MODES", "VAL_METHODS", "HeadLearner", "Learner", "LearnerResult", "Validation", "check_train_mode"]

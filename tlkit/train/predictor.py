@@ -1,0 +1,113 @@
+"""A trained run ready for inference: load it, prepare the model, predict loaders of images.
+
+One implementation behind ``tlkit evaluate``, ``tlkit predict`` and the fine-tuned active-learning
+learner: the run is rebuilt from its checkpoint alone (:func:`tlkit.train.model.load_model`),
+prepared for inference (:func:`tlkit.inference.prepare_for_inference`: eval mode, BatchNorm
+folded, channels_last) and run under the precision chosen for the device, with the run's own
+preprocessing.
+
+Example:
+    >>> predictor = Predictor.load("runs/flowers")                              # doctest: +SKIP
+    >>> preds = predictor.predict(predictor.loader(records))                   # doctest: +SKIP
+    >>> preds.probs.shape                                   # [n, K], rows of decodable images
+    (120, 5)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlkit.train.checkpoint import RunMeta
+from tlkit.train.evaluate import Predictions, predict_loader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictor:
+    """A run's model prepared for inference, with what it needs to read images.
+
+    Attributes:
+        model: the prepared classifier (logits ``[B, K]``).
+        meta: the checkpoint's :class:`RunMeta` (classes, preprocessing, ...).
+        device: where the model runs.
+        amp_dtype: the autocast dtype (``None``: fp32).
+    """
+
+    model: nn.Module
+    meta: RunMeta
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, *, which: str = "best", device: str = "auto",
+             precision: str = "auto") -> "Predictor":
+        """Rebuild ``run`` (a run folder or one of its ``.safetensors``) on ``device`` for inference."""
+        from tlkit.inference import prepare_for_inference
+        from tlkit.runtime import resolve_device, resolve_precision
+        from tlkit.train.model import load_model
+
+        dev = resolve_device(device)
+        amp = resolve_precision(precision, dev)
+        model, meta = load_model(run, which=which, device=dev)
+        model = prepare_for_inference(model, dev, amp, input_size=tuple(meta.data_config["input_size"]))
+        return cls(model, meta, dev, amp)
+
+    @property
+    def classes(self) -> list[str]:
+        """The K class names in output order."""
+        return list(self.meta.classes)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.meta.data_config
+
+    def loader(self, records: Sequence, *, class_to_idx: dict[str, int] | None = None,
+               batch_size: int | None = None, workers: int | None = None):
+        """A loader of :class:`tlkit.data.ImageRecord` s with the run's eval preprocessing.
+
+        ``class_to_idx`` maps record labels to targets (``None``: targets -1); ``batch_size`` and
+        ``workers`` default to the device's inference batch and :func:`tlkit.runtime.default_workers`.
+        """
+        from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
+        from tlkit.runtime import default_workers, inference_batch_size
+
+        ds = ImageDataset(records, build_transform(self.data_config), class_to_idx,
+                          size_hint=size_hint_for(self.data_config))
+        return make_loader(ds, batch_size=batch_size or inference_batch_size(self.device),
+                           workers=default_workers() if workers is None else workers, device=self.device)
+
+    def predict(self, loader, *, tta: bool = False, progress: Callable[[int], None] | None = None) -> Predictions:
+        """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`."""
+        return predict_loader(self.model, loader, device=self.device, amp_dtype=self.amp_dtype,
+                              channels_last=True, tta=tta, progress=progress)
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], classes: Sequence[str] | None = None) -> np.ndarray:
+        """Probabilities ``[n, k]`` for image files, one row per path.
+
+        Columns follow ``classes`` (default: the run's); a class the run never saw gets 0, and so
+        does every column of a file that could not be decoded.
+        """
+        from tlkit.data import ImageRecord
+
+        classes = list(classes) if classes is not None else self.classes
+        records = [ImageRecord(Path(p), Path(p).name, None) for p in paths]
+        preds = self.predict(self.loader(records))
+        out = np.zeros((len(records), len(classes)), np.float32)
+        cols = [classes.index(c) for c in self.classes if c in classes]
+        known = [i for i, c in enumerate(self.classes) if c in classes]
+        out[np.ix_(preds.indices, cols)] = preds.probs[:, known]
+        if preds.failures:
+            log.info("%d of %d files could not be decoded; their rows are 0", len(preds.failures), len(records))
+        return out
+
+
+__all__ = ["Predictor"]
