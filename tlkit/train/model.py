@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.train.checkpoint import load_weights, weights_path
 from tlkit.train.config import TrainConfig
@@ -122,7 +123,7 @@ def rebuild_model(meta: dict[str, Any], state_dict: dict[str, torch.Tensor] | No
 
 def load_run(
     run: str | os.PathLike, *, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[nn.Module, list[str], dict[str, Any]]:
+) -> tuple[nn.Module, list[str], DataConfig]:
     """Rebuild a trained classifier from a run folder, without the original command.
 
     Args:
@@ -132,14 +133,13 @@ def load_run(
 
     Returns:
         ``(model, classes, data_config)``: the model in eval mode outputs logits ``[B, K]``;
-        ``classes`` are the K names in output order; ``data_config`` is the preprocessing it was
-        trained with (input_size at the training image size), for :func:`tlkit.data.build_transform`.
+        ``classes`` are the K names in output order; ``data_config`` is the :class:`~tlkit.data.DataConfig`
+        it was trained with (input_size at the training image size), for :func:`tlkit.data.build_transform`.
     """
     path = _checkpoint_file(Path(run), which)
     state_dict, meta = load_weights(path)
     model = rebuild_model(meta, state_dict).to(device).eval()
-    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["data_config"].items()}
-    return model, list(meta["classes"]), data_config
+    return model, list(meta["classes"]), DataConfig.from_dict(meta["data_config"])
 
 
 def checkpoint_meta(run: str | os.PathLike, which: str = "best") -> dict[str, Any]:
