@@ -1,10 +1,10 @@
 """Backbones: a model name -> a model, its preprocessing, and where its weights came from.
 
 Any timm model name works (``resnet50``, ``convnext_tiny``, ``efficientnet_lite0`` ...), and
-torchvision classification models under the ``tv:`` prefix (``tv:resnet50``). :func:`parse` picks
-the family of a name once (:class:`TimmFamily`, :class:`TorchvisionFamily`, registered by prefix in
-:data:`FAMILIES`); the family builds the model and knows its preprocessing, cache file and hub
-location. The :class:`~tlkit.data.DataConfig` (input size, mean, std, interpolation, crop) always
+torchvision classification models under the ``tv:`` prefix (``tv:resnet50``; :mod:`tlkit.tv_backbones`).
+:func:`parse` picks the family of a name once (:class:`TimmFamily`, :class:`TorchvisionFamily`,
+registered by prefix in :data:`FAMILIES`); the family builds the model and knows its preprocessing,
+cache file and hub location. The :class:`~tlkit.data.DataConfig` (input size, mean, std, interpolation, crop) always
 comes from the model or its weights, never from a hard-coded table.
 
 Pretrained weights are looked for in this order, and the first source that has them wins:
@@ -41,11 +41,11 @@ from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError, WeightsNotFoundError, did_you_mean
 from tlkit.io import sha256_file
-from tlkit.weights import load_state_dict_into, read_state_dict, strip_prefixes
+from tlkit.tv_backbones import TV_PREFIX, TorchvisionBackbone, TorchvisionFamily
+from tlkit.weights import load_state_dict_into, read_state_dict
 
 log = logging.getLogger(__name__)
 
-TV_PREFIX = "tv:"
 
 
 @dataclass(frozen=True)
@@ -132,82 +132,6 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
     "efficientnet_lite1": _lite(1, 240),
     "efficientnet_lite2": _lite(2, 260),
 }
-
-# --------------------------------------------------------------------------------------------
-# torchvision models under the tv: prefix
-# --------------------------------------------------------------------------------------------
-
-
-class TorchvisionBackbone(nn.Module):
-    """A torchvision classifier split into ``body`` (pooled features) and ``head`` (Linear).
-
-    Exposes timm's head API: ``num_features``, ``forward_features``, ``forward_head``,
-    ``reset_classifier(n)``.
-    """
-
-    def __init__(self, net: nn.Module, num_classes: int):
-        super().__init__()
-        last_name, last = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
-        self.num_features = last.in_features
-        _set_submodule(net, last_name, nn.Identity())
-        self.body = net
-        self.head: nn.Module = nn.Identity()
-        self.pretrained_cfg = {"classifier": "head"}
-        self._tv_head_name = last_name
-        self.reset_classifier(num_classes)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-    def tv_state_dict_to_ours(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename a torchvision state dict (``fc.weight`` ...) to this wrapper's keys."""
-        out = {}
-        for k, v in sd.items():
-            if k.startswith(self._tv_head_name + "."):
-                out["head." + k[len(self._tv_head_name) + 1 :]] = v
-            else:
-                out["body." + k] = v
-        return out
-
-
-def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
-def _tv_weights_enum(arch: str):
-    import torchvision
-
-    try:
-        return torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, KeyError):
-        known = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
-        raise TlkitError(f"unknown torchvision model {arch!r}; examples: {known} ...") from None
-
-
-def _tv_data_config(weights_enum) -> dict[str, Any]:
-    t = weights_enum.transforms()
-    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
-    return {
-        "input_size": (3, crop, crop),
-        "mean": tuple(t.mean),
-        "std": tuple(t.std),
-        "interpolation": str(t.interpolation.value),
-        "crop_pct": crop / resize,
-        "crop_mode": "center",
-    }
-
 
 # --------------------------------------------------------------------------------------------
 # Families: where a name's architecture, preprocessing and hub weights come from
@@ -309,53 +233,6 @@ def _hf_cached(cfg) -> Path | None:
             if isinstance(hit, str):
                 return Path(hit)
     return None
-
-
-@dataclass(frozen=True)
-class TorchvisionFamily:
-    """A torchvision classifier under the ``tv:`` prefix (``tv:resnet50``), wrapped in :class:`TorchvisionBackbone`.
-
-    The data config comes from the weights' own transforms (torchvision's ``DEFAULT`` weights).
-    """
-
-    name: str
-
-    @property
-    def arch(self) -> str:
-        return self.name[len(TV_PREFIX) :]
-
-    def _weights(self):
-        return _tv_weights_enum(self.arch)
-
-    def check(self) -> None:
-        self._weights()
-
-    def build(self, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
-        import torchvision
-
-        return TorchvisionBackbone(torchvision.models.get_model(self.arch, weights=None, **model_kwargs), num_classes)
-
-    def data_config(self, model: nn.Module) -> dict[str, Any]:
-        return _tv_data_config(self._weights())
-
-    def cache_file(self) -> Path | None:
-        return Path(torch.hub.get_dir()) / "checkpoints" / Path(self._weights().url).name
-
-    def hub_location(self) -> str | None:
-        return self._weights().url
-
-    def download(self, model: nn.Module, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
-        weights = self._weights()
-        self.load_state_dict(model, weights.get_state_dict(progress=False), weights.url)
-        return model
-
-    def load_state_dict(self, model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
-        if not any(k.startswith("body.") for k in sd):  # torchvision's own names (fc.weight ...)
-            sd = model.tv_state_dict_to_ours(strip_prefixes(sd, set(model.body.state_dict())))
-        load_state_dict_into(model, sd, origin=origin)
-
-    def offline_hint(self) -> str:
-        return ""
 
 
 FAMILIES: dict[str, Callable[[str], BackboneFamily]] = {TV_PREFIX: TorchvisionFamily}
@@ -579,3 +456,11 @@ def list_backbones(extra: tuple[str, ...] = ()) -> list[BackboneListing]:
         dim, size = feature_dim(name)
         rows.append(BackboneListing(name, dim, size, weights_available_offline(name), notes.get(name, "")))
     return rows
+
+
+__all__ = [
+    "FAMILIES", "PACKAGED_WEIGHTS", "SUGGESTED_BACKBONES", "TV_PREFIX", "WEIGHT_SOURCES", "Backbone", "BackboneFamily",
+    "BackboneListing", "PackagedWeights", "TimmFamily", "TorchvisionBackbone", "TorchvisionFamily", "WeightsInfo",
+    "create_backbone", "feature_dim", "hf_cache_dir", "list_backbones", "network_available", "parse",
+    "read_state_dict", "weights_available_offline",
+]
