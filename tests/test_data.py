@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import pickle
 import struct
@@ -412,3 +413,36 @@ def test_build_transform_uses_config_mean_std_and_size():
     assert size_hint_for(cfg, training=True) is None
     with pytest.raises(TlkitError, match="lacks mean, std"):
         build_transform({"input_size": (3, 8, 8)})
+
+
+# --------------------------------------------------------------------------------- data config
+
+
+def test_data_config_reads_an_old_file_dict_and_round_trips():
+    from tlkit.data import DataConfig
+
+    # meta.json / checkpoint metadata written before DataConfig: lists for tuples, timm's keys
+    old = {"input_size": [3, 64, 64], "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+           "std": [0.229, 0.224, 0.225], "crop_pct": 0.875, "crop_mode": "center"}
+    cfg = DataConfig.from_dict(old)
+    assert cfg.input_size == (3, 64, 64) and cfg.mean == (0.485, 0.456, 0.406) and cfg.crop_pct == 0.875
+    assert cfg.to_dict() == old and list(cfg.to_dict()) == list(old)
+    assert DataConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert DataConfig.from_dict(cfg) is cfg
+    assert cfg["input_size"] == (3, 64, 64) and dict(cfg)["mean"] == (0.485, 0.456, 0.406)
+
+
+def test_data_config_at_size_and_mapping_view():
+    from tlkit.data import DataConfig
+
+    cfg = DataConfig.from_dict({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "num_classes": 7})
+    assert "crop_pct" not in cfg and cfg.get("crop_pct") is None and set(cfg) == {"input_size", "mean", "std"}
+    assert cfg.at_size(None) is cfg and cfg.at_size(48).input_size == (3, 48, 48)
+    assert cfg.at_size(48).mean == cfg.mean and cfg.input_size == (3, 32, 32)  # frozen: a new config
+    assert cfg.at_size(48).size_hint() == 48 and cfg.size_hint(training=True) is None
+    with pytest.raises(TlkitError, match="positive number of pixels"):
+        cfg.at_size(0)
+    with pytest.raises(TlkitError, match=r"input_size must be \(C, H, W\)"):
+        DataConfig.from_dict({"input_size": [32, 32], "mean": [0.5], "std": [0.5]})
+    x = build_transform(cfg)(Image.new("RGB", (40, 40), (255, 255, 255)))
+    assert x.shape == (3, 32, 32) and torch.allclose(x, torch.ones_like(x))

@@ -143,3 +143,20 @@ def test_flat_folder_and_manifest(tmp_path, digits_dir):
     res = extract_features(manifest, tmp_path / "o", image_size=32, workers=0)
     assert res.count == 8
     assert [r["path"] for r in read_csv(tmp_path / "o" / "index.csv")] == [f"digits/{r}" for r in rows]
+
+
+def test_settings_key_of_features_made_before_data_config_is_unchanged(tmp_path, digits_dir, monkeypatch):
+    """Folders written with the old dict data config keep their settings key (their rows are reused), and
+    images are decoded at the size hint every other caller uses (size / crop_pct)."""
+    from tlkit import extract as ex
+    from tlkit.backbones import create_backbone
+    from tlkit.data import size_hint_for
+
+    bb = create_backbone()
+    old = dict(bb.data_config, input_size=(3, 48, 48))  # the dict (tuples) the settings key was made from
+    assert json.dumps(old, sort_keys=True) == json.dumps(bb.data_config.at_size(48).to_dict(), sort_keys=True)
+    hints = []
+    real = ex.tdata.ImageDataset
+    monkeypatch.setattr(ex.tdata, "ImageDataset", lambda *a, **k: hints.append(k["size_hint"]) or real(*a, **k))
+    res = extract_features(digits_dir, tmp_path / "f", backbone=bb, image_size=48, workers=0, precision="fp32")
+    assert hints == [size_hint_for(old)] and res.meta["data_config"] == json.loads(json.dumps(old))

@@ -175,3 +175,18 @@ def test_ls_root_must_contain_the_pool(tmp_path, pool):
     assert not (tmp_path / "p" / "project.yaml").exists()
     res = run_cli("al-init", str(tmp_path / "p"), "--pool", str(pool[0]), "--classes", "0,1")
     assert res.returncode == 0 and "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=" + str(pool[0].parent) in res.stdout
+
+
+def test_create_only_creates_and_seed_labels_are_a_separate_import(tmp_path, pool):
+    from tlkit.active.labels import import_seed_labels
+
+    pool_dir, truth = pool
+    names = sorted(truth)[:4]
+    write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, truth[n]) for n in names])
+    p = Project.create(tmp_path / "p", pool=pool_dir)
+    assert p.labels() == {} and p.config.classes == ()
+    report = import_seed_labels(p, tmp_path / "seed.csv")  # a project without classes takes the file's
+    assert report.added == 4 and set(p.config.classes) == {truth[n] for n in names}
+    assert p.labels() == {n: truth[n] for n in names} and Project.open(p.root).config.classes == p.config.classes
+    q = Project.create(tmp_path / "q", pool=pool_dir, labels=tmp_path / "seed.csv")  # the shortcut does the same
+    assert q.labels() == p.labels() and q.config.classes == p.config.classes

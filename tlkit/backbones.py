@@ -1,9 +1,11 @@
 """Backbones: a model name -> a model, its preprocessing, and where its weights came from.
 
 Any timm model name works (``resnet50``, ``convnext_tiny``, ``efficientnet_lite0`` ...), and
-torchvision classification models under the ``tv:`` prefix (``tv:resnet50``). The data config
-(input size, mean, std, interpolation, crop) always comes from the model or its weights, never from
-a hard-coded table.
+torchvision classification models under the ``tv:`` prefix (``tv:resnet50``; :mod:`tlkit.tv_backbones`).
+:func:`parse` picks the family of a name once (:class:`TimmFamily`, :class:`TorchvisionFamily`,
+registered by prefix in :data:`FAMILIES`); the family builds the model and knows its preprocessing,
+cache file and hub location. The :class:`~tlkit.data.DataConfig` (input size, mean, std, interpolation, crop) always
+comes from the model or its weights, never from a hard-coded table.
 
 Pretrained weights are looked for in this order, and the first source that has them wins:
 
@@ -29,20 +31,21 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import timm
 import torch
 from torch import nn
 
 from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError, WeightsNotFoundError, did_you_mean
 from tlkit.io import sha256_file
-from tlkit.weights import load_state_dict_into, read_state_dict, strip_prefixes
+from tlkit.tv_backbones import TV_PREFIX, TorchvisionBackbone, TorchvisionFamily
+from tlkit.weights import load_state_dict_into, read_state_dict
 
 log = logging.getLogger(__name__)
 
-TV_PREFIX = "tv:"
 
 
 @dataclass(frozen=True)
@@ -71,15 +74,16 @@ class Backbone:
         name: the name it was created from (``resnet50``, ``tv:resnet50``).
         model: the network; with ``num_classes=0`` it returns pooled features ``[B, num_features]``,
             otherwise logits ``[B, num_classes]``. ``model.reset_classifier(n)`` changes the head.
-        data_config: timm-style dict with ``input_size`` (C, H, W), ``mean``, ``std``,
-            ``interpolation``, ``crop_pct``, ``crop_mode``.
+        data_config: its preprocessing (``input_size`` (C, H, W), ``mean``, ``std``,
+            ``interpolation``, ``crop_pct``, ``crop_mode``); also a read-only mapping, so
+            ``timm.data.create_transform(**data_config)`` works.
         weights: where the weights came from.
         num_features: feature dimension of the pooled features.
     """
 
     name: str
     model: nn.Module
-    data_config: dict[str, Any]
+    data_config: DataConfig
     weights: WeightsInfo
     num_features: int
 
@@ -130,79 +134,123 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
 }
 
 # --------------------------------------------------------------------------------------------
-# torchvision models under the tv: prefix
+# Families: where a name's architecture, preprocessing and hub weights come from
 # --------------------------------------------------------------------------------------------
 
 
-class TorchvisionBackbone(nn.Module):
-    """A torchvision classifier split into ``body`` (pooled features) and ``head`` (Linear).
+class BackboneFamily(Protocol):
+    """What :func:`parse` returns for a backbone name: everything that depends on the model library.
 
-    Exposes timm's head API: ``num_features``, ``forward_features``, ``forward_head``,
-    ``reset_classifier(n)``.
+    Attributes:
+        name: the full backbone name (``resnet50``, ``tv:resnet50``).
     """
 
-    def __init__(self, net: nn.Module, num_classes: int):
-        super().__init__()
-        last_name, last = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
-        self.num_features = last.in_features
-        _set_submodule(net, last_name, nn.Identity())
-        self.body = net
-        self.head: nn.Module = nn.Identity()
-        self.pretrained_cfg = {"classifier": "head"}
-        self._tv_head_name = last_name
-        self.reset_classifier(num_classes)
+    name: str
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def check(self) -> None:
+        """Raise :class:`TlkitError` (with a suggestion) when the library has no such model."""
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+    def build(self, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
+        """The architecture with random weights; ``num_classes=0`` gives pooled features."""
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        """The library's preprocessing for the model (timm data-config keys)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+    def cache_file(self) -> Path | None:
+        """Where an earlier hub download of the weights would be on disk (it may not exist)."""
 
-    def tv_state_dict_to_ours(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename a torchvision state dict (``fc.weight`` ...) to this wrapper's keys."""
-        out = {}
-        for k, v in sd.items():
-            if k.startswith(self._tv_head_name + "."):
-                out["head." + k[len(self._tv_head_name) + 1 :]] = v
-            else:
-                out["body." + k] = v
-        return out
+    def hub_location(self) -> str | None:
+        """The hub id or URL of the pretrained weights, or None when the library has none."""
+
+    def download(self, model: nn.Module, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
+        """The model with the pretrained weights downloaded from the hub."""
+
+    def load_state_dict(self, model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
+        """Load a weights file's state dict (in the library's own key names) into ``model``."""
+
+    def offline_hint(self) -> str:
+        """Text for the no-weights error naming what to download, or ``""``."""
 
 
-def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+@dataclass(frozen=True)
+class TimmFamily:
+    """A timm model name (``resnet50``): ``timm.create_model``, data config resolved from the model."""
+
+    name: str
+
+    def check(self) -> None:
+        if not timm.is_model(self.name):
+            hint = did_you_mean(self.name, timm.list_models(), n=3) or " (see `tlkit backbones` or timm.list_models())"
+            raise TlkitError(f"unknown backbone {self.name!r}{hint}")
+
+    def build(self, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
+        return timm.create_model(self.name, pretrained=False, num_classes=num_classes, **model_kwargs)
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        return dict(timm.data.resolve_model_data_config(model))
+
+    def _pretrained_cfg(self):
+        return timm.models.get_pretrained_cfg(self.name) if timm.is_model(self.name) else None
+
+    def cache_file(self) -> Path | None:
+        cfg = self._pretrained_cfg()
+        if cfg is None:
+            return None
+        if getattr(cfg, "hf_hub_id", None):
+            path = _hf_cached(cfg)
+            if path is not None:
+                return path
+        url = getattr(cfg, "url", None)
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name if url else None
+
+    def hub_location(self) -> str | None:
+        cfg = self._pretrained_cfg()
+        return (getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)) if cfg is not None else None
+
+    def download(self, model: nn.Module, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
+        # timm downloads and applies the model's own checkpoint filters
+        try:
+            return timm.create_model(self.name, pretrained=True, num_classes=num_classes, **model_kwargs)
+        except Exception as e:  # noqa: BLE001 - a failed download is a user-facing condition
+            raise WeightsNotFoundError(_no_weights_message(self) + f" [download failed: {str(e)[:80]}]") from None
+
+    def load_state_dict(self, model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
+        load_state_dict_into(model, sd, origin=origin)
+
+    def offline_hint(self) -> str:
+        hub_id = getattr(self._pretrained_cfg(), "hf_hub_id", None)
+        return f" (hub id {hub_id})" if hub_id else ""
 
 
-def _tv_weights_enum(arch: str):
-    import torchvision
+def _hf_cached(cfg) -> Path | None:
+    """The weights file of a timm pretrained config in the Hugging Face cache, if downloaded before."""
+    from huggingface_hub import try_to_load_from_cache
 
-    try:
-        return torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, KeyError):
-        known = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
-        raise TlkitError(f"unknown torchvision model {arch!r}; examples: {known} ...") from None
+    repo, _, rev = cfg.hf_hub_id.partition("@")
+    for fname in ("model.safetensors", "pytorch_model.bin", getattr(cfg, "hf_hub_filename", None)):
+        if fname:
+            hit = try_to_load_from_cache(repo, fname, revision=rev or None, cache_dir=hf_cache_dir())
+            if isinstance(hit, str):
+                return Path(hit)
+    return None
 
 
-def _tv_data_config(weights_enum) -> dict[str, Any]:
-    t = weights_enum.transforms()
-    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
-    return {
-        "input_size": (3, crop, crop),
-        "mean": tuple(t.mean),
-        "std": tuple(t.std),
-        "interpolation": str(t.interpolation.value),
-        "crop_pct": crop / resize,
-        "crop_mode": "center",
-    }
+FAMILIES: dict[str, Callable[[str], BackboneFamily]] = {TV_PREFIX: TorchvisionFamily}
+"""Name prefix -> family of the backbones not from timm; every other name is a timm model."""
+
+
+def parse(name: str) -> BackboneFamily:
+    """The family of a backbone name (surrounding spaces dropped); :meth:`~BackboneFamily.check` tests it exists.
+
+    Example:
+        >>> parse("tv:resnet50").arch, parse(" resnet50 ").name
+        ('resnet50', 'resnet50')
+    """
+    name = name.strip()
+    for prefix, family in FAMILIES.items():
+        if name.startswith(prefix):
+            return family(name)
+    return TimmFamily(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,17 +260,16 @@ def _tv_data_config(weights_enum) -> dict[str, Any]:
 
 @dataclass
 class _Found:
-    """What a source found: a file (or a download callable), model kwargs and data-config changes."""
+    """What a source found: a file (``None``: the family downloads it), model kwargs and data-config changes."""
 
     info: WeightsInfo
     path: Path | None = None
-    fetch: Callable[[], dict[str, torch.Tensor] | None] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_config: dict[str, Any] = field(default_factory=dict)
 
 
-def _from_package(name: str) -> _Found | None:
-    packaged = PACKAGED_WEIGHTS.get(name)
+def _from_package(family: BackboneFamily) -> _Found | None:
+    packaged = PACKAGED_WEIGHTS.get(family.name)
     path = packaged.path() if packaged else None
     if path is None:
         return None
@@ -234,28 +281,6 @@ def _from_package(name: str) -> _Found | None:
     )
 
 
-def _timm_cache_file(name: str) -> Path | None:
-    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
-    if cfg is None:
-        return None
-    hub_id = getattr(cfg, "hf_hub_id", None)
-    if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, _, rev = hub_id.partition("@")
-        for fname in ("model.safetensors", "pytorch_model.bin", getattr(cfg, "hf_hub_filename", None)):
-            if fname:
-                hit = try_to_load_from_cache(repo, fname, revision=rev or None, cache_dir=hf_cache_dir())
-                if isinstance(hit, str):
-                    return Path(hit)
-    url = getattr(cfg, "url", None)
-    if url:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        if path.is_file():
-            return path
-    return None
-
-
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, ``HF_HOME``)."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -264,12 +289,8 @@ def hf_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _from_cache(name: str) -> _Found | None:
-    if name.startswith(TV_PREFIX):
-        url = _tv_weights_enum(name[len(TV_PREFIX) :]).url
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    else:
-        path = _timm_cache_file(name)
+def _from_cache(family: BackboneFamily) -> _Found | None:
+    path = family.cache_file()
     if path is None or not path.is_file():
         return None
     return _Found(WeightsInfo("cache", str(path), sha256_file(path)), path=path)
@@ -287,22 +308,14 @@ def network_available(host: str = "huggingface.co", timeout: float = 3.0) -> boo
         return False
 
 
-def _from_hub(name: str) -> _Found | None:
+def _from_hub(family: BackboneFamily) -> _Found | None:
     if not network_available():
         return None
-    if name.startswith(TV_PREFIX):
-        weights_enum = _tv_weights_enum(name[len(TV_PREFIX) :])
-        return _Found(
-            WeightsInfo("hub", weights_enum.url),
-            fetch=lambda: weights_enum.get_state_dict(progress=False),
-        )
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not (getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)):
-        return None
-    return _Found(WeightsInfo("hub", getattr(cfg, "hf_hub_id", None) or cfg.url), fetch=lambda: None)
+    location = family.hub_location()
+    return _Found(WeightsInfo("hub", location)) if location else None
 
 
-WEIGHT_SOURCES: dict[str, Callable[[str], _Found | None]] = {
+WEIGHT_SOURCES: dict[str, Callable[[BackboneFamily], _Found | None]] = {
     "package": _from_package,
     "cache": _from_cache,
     "hub": _from_hub,
@@ -312,8 +325,9 @@ WEIGHT_SOURCES: dict[str, Callable[[str], _Found | None]] = {
 
 def weights_available_offline(name: str) -> str | None:
     """The offline source (``package`` or ``cache``) that has weights for ``name``, else None."""
+    family = parse(name)
     for source in ("package", "cache"):
-        if WEIGHT_SOURCES[source](_canonical(name)):
+        if WEIGHT_SOURCES[source](family):
             return source
     return None
 
@@ -323,77 +337,32 @@ def weights_available_offline(name: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical(name: str) -> str:
-    return name.strip()
-
-
-def _check_name(name: str) -> None:
-    if name.startswith(TV_PREFIX):
-        _tv_weights_enum(name[len(TV_PREFIX) :])
-        return
-    if not timm.is_model(name):
-        hint = did_you_mean(name, timm.list_models(), n=3) or " (see `tlkit backbones` or timm.list_models())"
-        raise TlkitError(f"unknown backbone {name!r}{hint}")
-
-
-def _build(name: str, num_classes: int, model_kwargs: dict[str, Any]) -> nn.Module:
-    if name.startswith(TV_PREFIX):
-        import torchvision
-
-        net = torchvision.models.get_model(name[len(TV_PREFIX) :], weights=None, **model_kwargs)
-        return TorchvisionBackbone(net, num_classes)
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs)
-
-
-def _data_config(name: str, model: nn.Module, overrides: dict[str, Any]) -> dict[str, Any]:
-    if name.startswith(TV_PREFIX):
-        cfg = _tv_data_config(_tv_weights_enum(name[len(TV_PREFIX) :]))
-    else:
-        cfg = dict(timm.data.resolve_model_data_config(model))
-    cfg.update(overrides)
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
-
-
-def _no_weights_message(name: str) -> str:
-    hint = ""
-    if not name.startswith(TV_PREFIX):
-        cfg = timm.models.get_pretrained_cfg(name)
-        hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
-        if hub_id:
-            hint = f" (hub id {hub_id})"
+def _no_weights_message(family: BackboneFamily) -> str:
     return (
-        f"no pretrained weights for backbone {name!r} are available offline{hint}: pass --weights FILE "
-        "(.safetensors or .pth state dict), or put them in the Hugging Face cache (HF_HOME) or "
+        f"no pretrained weights for backbone {family.name!r} are available offline{family.offline_hint()}: pass "
+        "--weights FILE (.safetensors or .pth state dict), or put them in the Hugging Face cache (HF_HOME) or "
         "TORCH_HOME, or use --no-pretrained for random initialisation; "
         f"{DEFAULT_BACKBONE} works offline out of the box"
     )
 
 
-def _find_weights(name: str, weights: str | os.PathLike | None) -> _Found:
+def _find_weights(family: BackboneFamily, weights: str | os.PathLike | None) -> _Found:
     if weights is not None:
         path = Path(weights)
         return _Found(WeightsInfo("file", str(path.resolve()), sha256_file(path) if path.is_file() else None), path=path)
     for source, find in WEIGHT_SOURCES.items():
-        found = find(name)
+        found = find(family)
         if found is not None:
-            log.info("weights for %s from %s: %s", name, source, found.info.location)
+            log.info("weights for %s from %s: %s", family.name, source, found.info.location)
             return found
-    raise WeightsNotFoundError(_no_weights_message(name))
+    raise WeightsNotFoundError(_no_weights_message(family))
 
 
-def _load_found(model: nn.Module, name: str, found: _Found, num_classes: int) -> nn.Module:
-    if found.path is not None:
-        sd = read_state_dict(found.path)
-    elif found.fetch is not None and name.startswith(TV_PREFIX):
-        sd = found.fetch()
-    else:  # timm hub download: let timm do it (it applies the model's own checkpoint filters)
-        try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, **found.model_kwargs)
-        except Exception as e:  # noqa: BLE001 - a failed download is a user-facing condition
-            raise WeightsNotFoundError(_no_weights_message(name) + f" [download failed: {str(e)[:80]}]") from None
-    if isinstance(model, TorchvisionBackbone) and not any(k.startswith("body.") for k in sd):
-        sd = model.tv_state_dict_to_ours(strip_prefixes(sd, set(model.body.state_dict())))
-    load_state_dict_into(model, sd, origin=found.info.location)
+def _load_found(model: nn.Module, family: BackboneFamily, found: _Found, num_classes: int,
+                model_kwargs: dict[str, Any]) -> nn.Module:
+    if found.path is None:
+        return family.download(model, num_classes, model_kwargs)
+    family.load_state_dict(model, read_state_dict(found.path), found.info.location)
     return model
 
 
@@ -423,22 +392,24 @@ def create_backbone(
 
     Example:
         >>> bb = create_backbone("efficientnet_lite0")          # bundled weights, offline
-        >>> bb.num_features, bb.data_config["input_size"], bb.weights.source
+        >>> bb.num_features, bb.data_config.input_size, bb.weights.source
         (1280, (3, 224, 224), 'package')
     """
-    name = _canonical(name)
-    _check_name(name)
+    family = parse(name)
+    family.check()
     if weights is not None or pretrained:
-        found = _find_weights(name, weights)
+        found = _find_weights(family, weights)
     else:
         found = _Found(WeightsInfo("none", "random initialisation"))
-    model = _build(name, num_classes, {**found.model_kwargs, **model_kwargs})
+    kwargs = {**found.model_kwargs, **model_kwargs}
+    model = family.build(num_classes, kwargs)
     if found.info.source != "none":
-        model = _load_found(model, name, found, num_classes)
+        model = _load_found(model, family, found, num_classes, kwargs)
     model.eval()
-    data_config = _data_config(name, model, found.data_config)
+    data_config = DataConfig.from_dict({**family.data_config(model), **found.data_config})
     num_features = int(getattr(model, "num_features", 0) or 0)
-    return Backbone(name=name, model=model, data_config=data_config, weights=found.info, num_features=num_features)
+    return Backbone(name=family.name, model=model, data_config=data_config, weights=found.info,
+                    num_features=num_features)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,13 +441,10 @@ class BackboneListing:
 
 def feature_dim(name: str) -> tuple[int, int]:
     """(feature dimension, default input size) of a backbone, built on the meta device (no memory)."""
+    family = parse(name)
     with torch.device("meta"):
-        model = _build(name, 0, {})
-    if name.startswith(TV_PREFIX):
-        size = _tv_data_config(_tv_weights_enum(name[len(TV_PREFIX) :]))["input_size"][-1]
-    else:
-        size = timm.data.resolve_model_data_config(model)["input_size"][-1]
-    return int(model.num_features), int(size)
+        model = family.build(0, {})
+    return int(model.num_features), int(family.data_config(model)["input_size"][-1])
 
 
 def list_backbones(extra: tuple[str, ...] = ()) -> list[BackboneListing]:
@@ -484,7 +452,15 @@ def list_backbones(extra: tuple[str, ...] = ()) -> list[BackboneListing]:
     rows = []
     notes = dict(SUGGESTED_BACKBONES)
     for name in [n for n, _ in SUGGESTED_BACKBONES] + list(extra):
-        _check_name(name)
+        parse(name).check()
         dim, size = feature_dim(name)
         rows.append(BackboneListing(name, dim, size, weights_available_offline(name), notes.get(name, "")))
     return rows
+
+
+__all__ = [
+    "FAMILIES", "PACKAGED_WEIGHTS", "SUGGESTED_BACKBONES", "TV_PREFIX", "WEIGHT_SOURCES", "Backbone", "BackboneFamily",
+    "BackboneListing", "PackagedWeights", "TimmFamily", "TorchvisionBackbone", "TorchvisionFamily", "WeightsInfo",
+    "create_backbone", "feature_dim", "hf_cache_dir", "list_backbones", "network_available", "parse",
+    "read_state_dict", "weights_available_offline",
+]

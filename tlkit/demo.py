@@ -220,6 +220,7 @@ def _finetune_step(workdir: Path, per_class: int, recipe: str = "linear-probe") 
 
 def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     """One active-learning round: 3 seed labels per class, then `auto` picks 20 images to label."""
+    from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
     from tlkit.active.round import run_round
     from tlkit.io import write_csv
@@ -228,8 +229,8 @@ def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
     seed = _three_per_class(paths)
     write_csv(workdir / "seed-labels.csv", ["path", "label"], seed)
-    project = Project.create(workdir / "al-project", pool=images, labels=workdir / "seed-labels.csv",
-                             image_size=image_size)
+    project = Project.create(workdir / "al-project", pool=images, image_size=image_size)
+    import_seed_labels(project, workdir / "seed-labels.csv")
     res = run_round(project.root, batch=20)
     val = res.validation.accuracy
     classes = len({row["path"].split("/")[0] for row in res.query})

@@ -32,6 +32,7 @@ import torch
 import tlkit
 from tlkit import data as tdata
 from tlkit.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
@@ -45,7 +46,7 @@ from tlkit.runtime import autocast, default_workers, inference_batch_size, preci
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExtractResult", "extract_features", "load_features"]
+__all__ = ["ExtractOptions", "ExtractResult", "extract_features", "load_features"]
 
 COMMIT_EVERY_S = float(os.environ.get("TLKIT_COMMIT_EVERY_S", "5"))
 
@@ -81,20 +82,43 @@ class ExtractResult:
 
 
 @dataclass(frozen=True)
+class ExtractOptions:
+    """How :func:`extract_features` embeds; its keyword arguments of the same names.
+
+    Attributes:
+        batch_size: images per forward pass (default: :func:`tlkit.runtime.inference_batch_size`,
+            8 on a CPU and 64 on a GPU).
+        image_size: resize to this square size instead of the backbone's default
+            (:meth:`tlkit.data.DataConfig.at_size`).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        precision: ``auto`` (bf16 where fast) | ``fp32`` | ``bf16`` | ``fp16``.
+        workers: DataLoader decoding processes (default: half the cores from 4 up, else 0).
+        strict: fail on the first file that cannot be decoded instead of skipping it.
+        compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
+        fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.inference`).
+    """
+
+    batch_size: int | None = None
+    image_size: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    strict: bool = False
+    compile: bool = False
+    fuse: bool = True
+
+
+@dataclass(frozen=True)
 class _Job:
-    """Everything one extract run needs, resolved."""
+    """Everything one extract run needs, resolved: the backbone (head dropped), device, dtype, preprocessing."""
 
     out: Path
     source: tdata.ImageSource
     bb: Backbone
     device: torch.device
     dtype: torch.dtype | None
-    data_config: dict[str, Any]
-    batch_size: int | None
-    workers: int | None
-    strict: bool
-    compile: bool
-    fuse: bool
+    data_config: DataConfig
+    opts: ExtractOptions
     progress: Callable[[int], None] | None
 
     @property
@@ -102,9 +126,20 @@ class _Job:
         return int(self.bb.num_features)
 
 
+def _job(out: Path, source: tdata.ImageSource, backbone: str | Backbone, weights: str | os.PathLike | None,
+         pretrained: bool, opts: ExtractOptions, progress: Callable[[int], None] | None) -> _Job:
+    """Create the backbone (unless given) as a feature extractor and resolve device, precision and size."""
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
+    if getattr(bb.model, "num_classes", 0):
+        bb.model.reset_classifier(0)  # pooled features
+    dev = resolve_device(opts.device)
+    return _Job(out, source, bb, dev, resolve_precision(opts.precision, dev), bb.data_config.at_size(opts.image_size),
+                opts, progress)
+
+
 @dataclass
 class _Plan:
-    """Which rows come from the earlier result and which must be embedded."""
+    """Which rows come from the earlier result and which must be embedded (:func:`_plan`)."""
 
     fps: list[str]
     settings_key: str
@@ -114,10 +149,15 @@ class _Plan:
     todo: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # rows to embed, in order
     previous: tuple | None = None                    # (features, index, meta) of the earlier result
 
+    @property
+    def finished(self) -> bool:
+        """``out`` already holds exactly this result (same inputs, settings and images)."""
+        return self.previous is not None and self.previous[2].get("run_key") == self.run_key
+
 
 def _settings_key(job: _Job) -> str:
-    settings = {"backbone": job.bb.name, "weights": job.bb.weights.to_dict(), "data_config": job.data_config,
-                "precision": precision_name(job.dtype)}
+    settings = {"backbone": job.bb.name, "weights": job.bb.weights.to_dict(),
+                "data_config": job.data_config.to_dict(), "precision": precision_name(job.dtype)}
     return run_digest(json.dumps(settings, sort_keys=True, default=str))
 
 
@@ -142,6 +182,7 @@ class _Writer:
 
     def __init__(self, out: Path, part: RowFile, plan: _Plan, done: int, failures: list):
         self.out, self.part, self.plan, self.done, self.failures = out, part, plan, done, failures
+        self.resumed = done  # rows of plan.todo finished by an interrupted earlier run
         self._last_commit = time.monotonic()
 
     def write(self, rows: np.ndarray, feats: np.ndarray | None, failures: list, upto: int) -> None:
@@ -193,16 +234,16 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
 
 
 def _prepare_model(job: _Job) -> torch.nn.Module:
-    model = prepare_for_inference(job.bb.model, job.device, job.dtype, input_size=tuple(job.data_config["input_size"]),
-                                  fuse=job.fuse)
-    return torch.compile(model) if job.compile else model
+    model = prepare_for_inference(job.bb.model, job.device, job.dtype, input_size=job.data_config.input_size,
+                                  fuse=job.opts.fuse)
+    return torch.compile(model) if job.opts.compile else model
 
 
 def _loader(job: _Job, records: list[tdata.ImageRecord]) -> torch.utils.data.DataLoader:
     transform = tdata.build_transform(job.data_config)
-    dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config["input_size"][-1])
-    nw = default_workers() if job.workers is None else job.workers
-    return tdata.make_loader(dataset, batch_size=job.batch_size or inference_batch_size(job.device), workers=nw,
+    dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config.size_hint())
+    nw = default_workers() if job.opts.workers is None else job.opts.workers
+    return tdata.make_loader(dataset, batch_size=job.opts.batch_size or inference_batch_size(job.device), workers=nw,
                              device=job.device)
 
 
@@ -232,7 +273,7 @@ def _embed_batch(job: _Job, model: torch.nn.Module, writer: _Writer, batch: tdat
     """Embed one batch of ``plan.todo[start:]`` (``batch.indices`` are positions in it) and store its rows."""
     todo = writer.plan.todo
     failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
-    if job.strict and failures:
+    if job.opts.strict and failures:
         raise _strict_error(job, *failures[0])
     rows, feats = np.empty(0, dtype=np.int64), None
     if batch.images is not None and len(batch.images):
@@ -256,7 +297,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
         "tlkit_version": tlkit.__version__,
         "backbone": job.bb.name,
         "weights": job.bb.weights.to_dict(),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in job.data_config.items()},
+        "data_config": job.data_config.to_dict(),
         "dim": job.dim,
         "dtype": "float32",
         "precision": precision_name(job.dtype),
@@ -283,16 +324,6 @@ def _finish(job: _Job, writer: _Writer, meta: dict[str, Any]) -> tuple[int, int]
     return len(keep), len(bad)
 
 
-def _data_config(bb: Backbone, image_size: int | None) -> dict[str, Any]:
-    """The backbone's preprocessing, at ``image_size`` when given; drops the head (pooled features)."""
-    if getattr(bb.model, "num_classes", 0):
-        bb.model.reset_classifier(0)
-    data_config = dict(bb.data_config)
-    if image_size:
-        data_config["input_size"] = (3, int(image_size), int(image_size))
-    return data_config
-
-
 def _output_folder(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -304,33 +335,61 @@ def _output_folder(out: str | os.PathLike) -> Path:
     return out
 
 
-def _run_locked(job: _Job, t0: float) -> ExtractResult:
-    recover(job.out)
-    plan = _plan(job)
-    n = len(plan.fps)
-    if plan.previous is not None and plan.previous[2].get("run_key") == plan.run_key:
-        meta = plan.previous[2]
-        log.info("%s already holds these features; nothing to do", job.out)
-        if job.progress:
-            job.progress(n)
-        return ExtractResult(job.out, meta["count"], job.dim, meta["skipped"], n, time.perf_counter() - t0, 0.0,
-                             meta, reused=meta["count"], embedded=0)
-    writer = _resume(job, plan)
-    done = writer.done if writer else 0
-    writer = writer or _start(job, plan)
+@contextlib.contextmanager
+def _disk_full_as_error(out: Path):
+    """A full disk (ENOSPC) becomes a one-line TlkitError about ``out``; other errors pass."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full(e.filename, out) from None
+        raise
+
+
+def _unchanged(job: _Job, plan: _Plan, t0: float) -> ExtractResult:
+    """The result already in ``out`` (:attr:`_Plan.finished`): nothing is embedded or written."""
+    meta, n = plan.previous[2], len(plan.fps)
+    log.info("%s already holds these features; nothing to do", job.out)
+    if job.progress:
+        job.progress(n)
+    return ExtractResult(job.out, meta["count"], job.dim, meta["skipped"], n, time.perf_counter() - t0, 0.0,
+                         meta, reused=meta["count"], embedded=0)
+
+
+def _open_writer(job: _Job, plan: _Plan) -> _Writer:
+    """The interrupted run's writer when it matches the plan, else a fresh one; reports what is left."""
+    writer = _resume(job, plan) or _start(job, plan)
+    n, done = len(plan.fps), writer.resumed
     log.info("%s: %d of %d images reused from the earlier result, %d resumed, %d to embed", job.out,
              len(plan.reuse), n, done, len(plan.todo) - done)
     if job.progress and len(plan.reuse) + done:
         job.progress(len(plan.reuse) + done)
-    _embed(job, writer)
+    return writer
+
+
+def _finalize(job: _Job, writer: _Writer, t0: float) -> ExtractResult:
+    """Write the final files (:func:`_finish`) and describe the run."""
+    plan = writer.plan
     elapsed = time.perf_counter() - t0
     count, skipped = _finish(job, writer, _meta(job, plan, elapsed))
     if skipped:
         log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
-    embedded = len(plan.todo) - done
+    embedded = len(plan.todo) - writer.resumed
     rate = embedded / elapsed if elapsed > 0 else 0.0
     meta = read_json(job.out / "meta.json")
-    return ExtractResult(job.out, count, job.dim, skipped, done, elapsed, rate, meta, len(plan.reuse), embedded)
+    return ExtractResult(job.out, count, job.dim, skipped, writer.resumed, elapsed, rate, meta, len(plan.reuse),
+                         embedded)
+
+
+def _run_locked(job: _Job, t0: float) -> ExtractResult:
+    """Plan (what to reuse, resume, embed), run (stream rows to the partial file), finalize (swap in)."""
+    recover(job.out)
+    plan = _plan(job)
+    if plan.finished:
+        return _unchanged(job, plan, t0)
+    writer = _open_writer(job, plan)
+    _embed(job, writer)
+    return _finalize(job, writer, t0)
 
 
 def extract_features(
@@ -358,17 +417,9 @@ def extract_features(
             finished one made with the same settings lends its rows for unchanged images.
             Another extract writing to ``out`` makes this call fail at once (TlkitError).
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
-        weights: a local weights file for the backbone.
-        batch_size: images per forward pass (default: :func:`tlkit.runtime.inference_batch_size`,
-            8 on a CPU and 64 on a GPU).
-        image_size: resize to this square size instead of the backbone's default.
-        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
-        precision: ``auto`` (bf16 where fast) | ``fp32`` | ``bf16`` | ``fp16``.
-        workers: DataLoader decoding processes (default: half the cores from 4 up, else 0).
-        strict: fail on the first file that cannot be decoded instead of skipping it.
-        compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
-        fuse: fold BatchNorm layers into the convolutions before them (checked; see
-            :mod:`tlkit.inference`).
+        weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
+        batch_size, image_size, device, precision, workers, strict, compile, fuse: see
+            :class:`ExtractOptions`.
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -383,16 +434,11 @@ def extract_features(
         >>> feats = np.load("feats/features.npy")          # [res.count, res.dim]
     """
     t0 = time.perf_counter()
+    opts = ExtractOptions(batch_size=batch_size, image_size=image_size, device=device, precision=precision,
+                          workers=workers, strict=strict, compile=compile, fuse=fuse)
     source = images if isinstance(images, tdata.ImageSource) else tdata.scan_images(images)
     out = _output_folder(out)
     with hold_lock(out / LOCK, "tlkit extract"):
-        bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
-        dev = resolve_device(device)
-        job = _Job(out, source, bb, dev, resolve_precision(precision, dev), _data_config(bb, image_size), batch_size,
-                   workers, strict, compile, fuse, progress)
-        try:
+        job = _job(out, source, backbone, weights, pretrained, opts, progress)
+        with _disk_full_as_error(out):
             return _run_locked(job, t0)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise disk_full(e.filename, out) from None
-            raise

@@ -101,6 +101,14 @@ def import_labels(
                        skip_unknown=skip_unknown, resolve=resolve, what="al-import")
 
 
+def import_seed_labels(project: Project, file: str | os.PathLike) -> ImportReport:
+    """Import the first labels of a new project (``al-init --labels``).
+
+    Like :func:`import_labels`; a project created without classes takes them from the file.
+    """
+    return import_labels(project, file, add_classes=not project.config.classes)
+
+
 def merge_votes(project: Project, votes: list[Vote], source: str, *, add_classes: bool = False,
                 overwrite: bool = False, skip_unknown: bool = False, resolve: str = "agree",
                 what: str = "al-import") -> ImportReport:

@@ -112,12 +112,23 @@ class ProjectConfig:
         return cls(**d)
 
 
+def _new_project_folder(root: str | os.PathLike) -> Path:
+    """``root`` as a Path, when it can hold a new project (missing, or a folder without project.yaml)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise TlkitError(f"{root} is a file; pick a folder for the project")
+    if (root / "project.yaml").exists():
+        raise TlkitError(f"{root} is already a tlkit project; use it as it is, or pick a new folder")
+    return root
+
+
 class Project:
     """An open project folder. Use :meth:`create` or :meth:`open`.
 
     Example:
         >>> p = Project.create("proj", pool="images/", classes=("cat", "dog"))
         >>> p.labels()          # {} until labels are imported
+        >>> import_seed_labels(p, "seed.csv")   # tlkit.active.labels; al-init --labels
     """
 
     def __init__(self, root: Path, config: ProjectConfig):
@@ -165,26 +176,32 @@ class Project:
         recipe: str | None = None,
         seed: int = 0,
     ) -> "Project":
-        """Create a project over the images under ``pool``, optionally with seed labels (CSV).
+        """Create a project over the images under ``pool``.
 
         ``label_studio_root`` is Label Studio's document root (default: the pool's parent); image
         URLs in task files are ``label_studio_prefix`` + the image's path relative to it.
+        ``labels`` is a shortcut for :func:`tlkit.active.labels.import_seed_labels` afterwards.
         """
-        root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise TlkitError(f"{root} is a file; pick a folder for the project")
-        if (root / "project.yaml").exists():
-            raise TlkitError(f"{root} is already a tlkit project; use it as it is, or pick a new folder")
+        root = _new_project_folder(root)
         source = scan_images(pool, labeled=False)
         pool_root = Path(source.root).resolve()
         ls_root = Path(label_studio_root).resolve() if label_studio_root else pool_root.parent
         ls.check_root(ls_root, pool_root)
-        classes = tuple(dict.fromkeys(c.strip() for c in classes if c.strip()))
         config = ProjectConfig(
-            pool_root=str(pool_root), classes=classes, backbone=backbone,
-            weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
+            pool_root=str(pool_root), classes=tuple(dict.fromkeys(c.strip() for c in classes if c.strip())),
+            backbone=backbone, weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
             label_studio_prefix=label_studio_prefix, label_studio_root=str(ls_root), recipe=recipe, seed=seed,
         )
+        project = cls._write_new(root, config, source)
+        if labels is not None:
+            from tlkit.active.labels import import_seed_labels
+
+            import_seed_labels(project, labels)
+        return project
+
+    @classmethod
+    def _write_new(cls, root: Path, config: ProjectConfig, source: ImageSource) -> "Project":
+        """Write pool.csv (links to other pool files left out), an empty labels.csv, project.yaml, label_config.xml."""
         from tlkit.active.pool import unique_files
 
         paths, duplicates = unique_files(source.records)
@@ -197,11 +214,7 @@ class Project:
             write_csv(project.pool_csv, ["id", "path"], enumerate(paths))
             write_csv(project.labels_csv, ["path", "label"], [])
             write_text(root / "project.yaml", config.to_yaml())
-            write_text(project.label_config_xml, ls.label_config(classes))
-        if labels is not None:
-            from tlkit.active.labels import import_labels
-
-            import_labels(project, labels, add_classes=not classes)
+            write_text(project.label_config_xml, ls.label_config(config.classes))
         return project
 
     @classmethod

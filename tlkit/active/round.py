@@ -75,7 +75,7 @@ def embeddings_for(project: Project, *, device: str = "auto", progress: Callable
 
     cfg = project.config
     bb = create_backbone(cfg.backbone, weights=cfg.weights)
-    size = cfg.image_size or bb.data_config["input_size"][-1]
+    size = bb.data_config.at_size(cfg.image_size).input_size[-1]
     key = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
     out = project.cache_dir / key
     extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device, progress=progress)
@@ -130,11 +130,8 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     with torch.no_grad():
         classifier.weight.copy_(torch.from_numpy(w))
         classifier.bias.copy_(torch.from_numpy(b))
-    data_config = dict(bb.data_config)
-    if image_size:
-        data_config["input_size"] = (3, image_size, image_size)
-    meta = RunMeta(bb.name, tuple(head.classes), data_config, architecture_kwargs(bb.name, bb.weights.source),
-                   weights_origin=bb.weights.to_dict(), train="head",
+    meta = RunMeta(bb.name, tuple(head.classes), bb.data_config.at_size(image_size),
+                   architecture_kwargs(bb.name, bb.weights.source), weights_origin=bb.weights.to_dict(), train="head",
                    config={"head": "standardised logistic regression"})
     save_weights(folder / "best.safetensors", bb.model.state_dict(), meta.to_dict())
 

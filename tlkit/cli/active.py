@@ -40,14 +40,17 @@ def al_init_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the rounds' random choices."),
 ) -> None:
     """Create an active-learning project over a pool of images."""
+    from tlkit.active.labels import import_seed_labels
     from tlkit.active.labelstudio import setup_steps
     from tlkit.active.project import Project
 
     setup_logging()
     with user_errors():
-        p = Project.create(project, pool=pool, labels=labels, classes=tuple((classes or "").split(",")),
+        p = Project.create(project, pool=pool, classes=tuple((classes or "").split(",")),
                            backbone=backbone, weights=str(weights) if weights else None, image_size=image_size,
                            label_studio_prefix=prefix, label_studio_root=ls_root, recipe=recipe, seed=seed)
+        if labels is not None:
+            import_seed_labels(p, labels)
     console.print(f"created {escape(str(p.root))}: {len(p.pool_paths()):,} pool images, "
                   f"{len(p.labels())} labels, classes: {', '.join(p.config.classes) or '(from the first labels)'}")
     console.print("Label Studio setup:")

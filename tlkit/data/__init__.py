@@ -14,6 +14,9 @@ Decoding (:mod:`tlkit.data.decode`): EXIF orientation, alpha over white, 16-bit/
 8 bit, first frame of animations, decompression bombs (``tlkit.data.decode.MAX_IMAGE_PIXELS``) and
 truncated files refused with an :class:`ImageDecodeError` carrying a short ``reason``.
 
+Preprocessing (:mod:`tlkit.data.config`): a :class:`DataConfig` (input size, mean, std,
+interpolation, crop) comes with every backbone; :meth:`DataConfig.at_size` changes the input size.
+
 Example:
     >>> src = scan_images("data/train")                                   # doctest: +SKIP
     >>> tf = build_transform(backbone.data_config)                        # doctest: +SKIP
@@ -25,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+from tlkit.data.config import DataConfig
 from tlkit.data.decode import ImageDecodeError, load_image, to_rgb
 from tlkit.data.loader import (
     Batch,
@@ -40,6 +44,7 @@ from tlkit.data.transforms import build_transform, size_hint_for
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Batch",
+    "DataConfig",
     "ImageDataset",
     "Imbalance",
     "ImageDecodeError",

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import tlkit
+from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.io import write_bytes, write_json
 from tlkit.weights import one_line, read_safetensors, torch_load
@@ -53,8 +54,8 @@ class RunMeta:
     Attributes:
         backbone: the backbone name (timm name or ``tv:<name>``).
         classes: the K class names in output order.
-        data_config: the preprocessing the model was trained with (``input_size`` (C, H, W) at the
-            training size, ``mean``, ``std``, ...), sequences as tuples.
+        data_config: the preprocessing the model was trained with (:class:`~tlkit.data.DataConfig`,
+            ``input_size`` at the training size); a dict is converted.
         model_kwargs: every constructor argument needed to rebuild the architecture.
         weights_origin: the starting weights (``WeightsInfo.to_dict()``: source, location, sha256).
         train: how the weights were trained: ``finetune`` or ``head``.
@@ -64,14 +65,15 @@ class RunMeta:
         weights_from: ``model`` or ``ema``.
 
     Example:
-        >>> meta = RunMeta("resnet18", ("cat", "dog"), {"input_size": (3, 224, 224)})
+        >>> meta = RunMeta("resnet18", ("cat", "dog"), {"input_size": (3, 224, 224), "mean": (0.5,) * 3,
+        ...                "std": (0.5,) * 3})
         >>> RunMeta.from_dict(meta.to_dict()) == meta
         True
     """
 
     backbone: str
     classes: tuple[str, ...]
-    data_config: dict[str, Any]
+    data_config: DataConfig
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     weights_origin: dict[str, Any] | None = None
     train: str = "finetune"
@@ -79,6 +81,9 @@ class RunMeta:
     epoch: int | None = None
     metrics: dict[str, Any] | None = None
     weights_from: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_config", DataConfig.from_dict(self.data_config))
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +98,7 @@ class RunMeta:
         out = {
             "backbone": self.backbone, "classes": list(self.classes), "num_classes": self.num_classes,
             "model_kwargs": dict(self.model_kwargs),
-            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+            "data_config": self.data_config.to_dict(),
             "weights_origin": self.weights_origin, "train": self.train, "config": dict(self.config),
         }
         for key in ("epoch", "metrics", "weights_from"):
@@ -117,7 +122,7 @@ class RunMeta:
                 del config["train"]
         return cls(
             backbone=meta["backbone"], classes=tuple(meta["classes"]),
-            data_config={k: tuple(v) if isinstance(v, list) else v for k, v in meta["data_config"].items()},
+            data_config=DataConfig.from_dict(meta["data_config"]),
             model_kwargs=dict(meta.get("model_kwargs") or {}),
             weights_origin=meta.get("weights_origin", meta.get("weights")),
             train=train, config=config, epoch=meta.get("epoch"), metrics=meta.get("metrics"),

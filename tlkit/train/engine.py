@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.runtime import autocast, seed_everything
 from tlkit.train import checkpoint as ckpt
@@ -74,14 +75,6 @@ class FitResult:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def resolved_data_config(data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
-    """The backbone's data config with ``input_size`` at the training size."""
-    cfg = dict(data_config)
-    size = image_size or int(cfg["input_size"][-1])
-    cfg["input_size"] = (int(cfg["input_size"][0]), size, size)
-    return cfg
 
 
 def head_only(cfg: TrainConfig, epoch: int) -> bool:
@@ -350,10 +343,11 @@ def prepare_model(cfg: TrainConfig, num_classes: int, rt: Runtime):
     """The classifier on its device and memory format, mode's freezing applied.
 
     Returns:
-        ``(backbone, model_kwargs, data_config, model)``.
+        ``(backbone, model_kwargs, data_config, model)``; ``data_config`` is the backbone's
+        :class:`~tlkit.data.DataConfig` at the training image size.
     """
     bb, model_kwargs = create_classifier(cfg, num_classes)
-    data_config = resolved_data_config(bb.data_config, cfg.image_size)
+    data_config = bb.data_config.at_size(cfg.image_size)
     model = bb.model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -387,7 +381,7 @@ class Pipeline:
     failures: list
 
 
-def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: dict, rt: Runtime) -> Pipeline:
+def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: DataConfig, rt: Runtime) -> Pipeline:
     """Image loaders (augmented) for the model, or cached features for a linear probe's head."""
     if cfg.mode == "linear-probe" and cfg.precompute_features:
         train, val, sampler, failures = feature_loaders(cfg, model, splits, data_config, rt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -47,7 +48,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device, amp, cfg.channels_last, info, workers)
 
 
-def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any], rt: Runtime):
+def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, Any], rt: Runtime):
     """Training loader (timm augmentation, this rank's shard, reshuffled per epoch) and validation loader.
 
     Returns:
@@ -77,7 +78,7 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: dict[str, Any],
     return train, val, sampler
 
 
-def _training_transform(data_config: dict[str, Any], aug: dict[str, Any]):
+def _training_transform(data_config: Mapping[str, Any], aug: dict[str, Any]):
     """timm's training transform; an auto_augment spec timm cannot parse is a one-line error."""
     from tlkit.data import build_transform
 
@@ -173,7 +174,7 @@ def embed(model: nn.Module, loader: Iterable, rt: Runtime) -> tuple[torch.Tensor
     return torch.cat(feats), torch.cat(targets), failures
 
 
-def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: dict, rt: Runtime):
+def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: Mapping[str, Any], rt: Runtime):
     """Linear probe with ``precompute_features``: embed train and val once, without augmentation."""
     from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
 

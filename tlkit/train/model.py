@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.train.checkpoint import RunMeta, load_weights, weights_path
 from tlkit.train.config import TrainConfig
@@ -135,7 +136,7 @@ def load_model(
 
 def load_run(
     run: str | os.PathLike, *, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[nn.Module, list[str], dict[str, Any]]:
+) -> tuple[nn.Module, list[str], DataConfig]:
     """Rebuild a trained classifier from a run folder, without the original command.
 
     Args:
@@ -145,11 +146,11 @@ def load_run(
 
     Returns:
         ``(model, classes, data_config)``: the model in eval mode outputs logits ``[B, K]``;
-        ``classes`` are the K names in output order; ``data_config`` is the preprocessing it was
-        trained with (input_size at the training image size), for :func:`tlkit.data.build_transform`.
+        ``classes`` are the K names in output order; ``data_config`` is the :class:`~tlkit.data.DataConfig`
+        it was trained with (input_size at the training image size), for :func:`tlkit.data.build_transform`.
     """
     model, meta = load_model(run, which=which, device=device)
-    return model, list(meta.classes), dict(meta.data_config)
+    return model, list(meta.classes), meta.data_config
 
 
 def run_meta(run: str | os.PathLike, which: str = "best") -> RunMeta:
