@@ -3,7 +3,7 @@
     python benchmarks/bench_audit.py dups     # threshold study + near-duplicate recall/precision
     python benchmarks/bench_audit.py labels   # flipped-label top-k recall (digits, photo crops)
     python benchmarks/bench_audit.py leak     # leakage between two folders, found exactly?
-    python benchmarks/bench_audit.py knn      # 100,000 x 1,280 neighbour search: time + peak RSS
+    python benchmarks/bench_audit.py knn      # 100,000 x 1,280 neighbour search: time + peak RSS, vs faiss
 
 Data: scikit-learn digits (the 1,797 scans, rendered at 32 px) and crops of the 15 scikit-image photos
 (``tlkit.demo.PHOTOS_15``), embedded with efficientnet_lite0 at ``--image-size`` (default 224, the
@@ -263,31 +263,56 @@ def leak_study(work: Path, image_size: int, seed: int = 31) -> None:
           f"{len(got - want)} extra, {len(want - got)} missed -> {'exact' if got == want else 'NOT exact'}")
 
 
-def knn_child(n: int, d: int = 1280) -> None:
-    """Run in a child process so that its peak RSS is the search's own."""
-    from tlkit.audit.duplicates import EMBEDDING_ONLY_THRESHOLD
-    from tlkit.audit.neighbours import normalise, search
-
+def knn_data(n: int, d: int = 1280) -> np.ndarray:
+    """Synthetic relu-like clustered features (200 centres), seeded."""
     rng = np.random.default_rng(0)
     centers = rng.random((200, d), dtype=np.float32) * 2
     x = np.empty((n, d), np.float32)
-    for i in range(0, n, 10_000):  # relu-like, clustered features
+    for i in range(0, n, 10_000):
         m = min(10_000, n - i)
         x[i:i + m] = np.maximum(centers[rng.integers(0, 200, m)] + rng.normal(0, 0.5, (m, d)).astype(np.float32), 0)
+    return x
+
+
+def knn_child(n: int, peer: bool = False) -> None:
+    """Run in a child process so that its peak RSS is the search's own. ``peer``: faiss's exact
+    ``IndexFlatIP`` instead (k + 1 neighbours, the row itself dropped; pairs by ``range_search``)."""
+    from tlkit.audit.duplicates import EMBEDDING_ONLY_THRESHOLD
+    from tlkit.audit.neighbours import normalise, search
+
+    x = knn_data(n)
     t, c = time.perf_counter(), time.process_time()
     xn = normalise(x)
     del x
-    nb = search(xn, k=10, threshold=EMBEDDING_ONLY_THRESHOLD)  # the pair search of the no-images path
+    if peer:
+        import faiss
+
+        index = faiss.IndexFlatIP(xn.shape[1])
+        index.add(xn)
+        _, nbr = index.search(xn, 11)
+        lims, _, found = index.range_search(xn, EMBEDDING_ONLY_THRESHOLD)
+        what = f"faiss {faiss.__version__} IndexFlatIP ({nbr.shape}, {(len(found) - n) // 2} pairs)"
+    else:
+        nb = search(xn, k=10, threshold=EMBEDDING_ONLY_THRESHOLD)  # the pair search of the no-images path
+        what = f"tlkit ({nb.index.shape}, {len(nb.pairs)} pairs)"
     wall, cpu = time.perf_counter() - t, time.process_time() - c
-    print(f"knn {n:,} x {d:,}: k=10 neighbours + pairs: {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"({nb.index.shape}, {len(nb.pairs)} pairs)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"knn {n:,} x 1,280: k=10 neighbours + pairs, {what}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
+          f"peak RSS {rss:.2f} GB (input {n * 1280 * 4 / 2**30:.2f} GB)")
 
 
 def knn_study(n: int) -> None:
-    proc = subprocess.run([sys.executable, __file__, "knn-child", "--n", str(n)], capture_output=True, text=True)
-    print(proc.stdout.strip() or proc.stderr[-2000:])
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    print(f"peak RSS of the search process: {rss:.2f} GB (input {n * 1280 * 4 / 2**30:.2f} GB)")
+    """tlkit's search, then faiss's exact flat index when installed (each in its own process)."""
+    import importlib.util
+
+    runs = [[], ["--peer"]]
+    if importlib.util.find_spec("faiss") is None:  # a benchmark-only peer, never a dependency of tlkit
+        runs = [[]]
+        print("faiss not installed (pip install faiss-cpu): tlkit only")
+    for extra in runs:
+        proc = subprocess.run([sys.executable, __file__, "knn-child", "--n", str(n), *extra], capture_output=True,
+                              text=True)
+        print(proc.stdout.strip() or proc.stderr[-2000:], flush=True)
 
 
 def main() -> None:
@@ -295,6 +320,7 @@ def main() -> None:
     ap.add_argument("what", choices=["dups", "labels", "leak", "knn", "knn-child"])
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--peer", action="store_true", help="knn-child: faiss instead of tlkit")
     ap.add_argument("--work", type=Path, default=None, help="keep the images and features here (reused)")
     args = ap.parse_args()
     os.environ.setdefault("TLKIT_OFFLINE", "1")
@@ -309,7 +335,7 @@ def main() -> None:
         elif args.what == "knn":
             knn_study(args.n)
         else:
-            knn_child(args.n)
+            knn_child(args.n, args.peer)
 
 
 if __name__ == "__main__":
