@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from tlkit.inference import prepare_for_inference
 from tlkit.io import read_json, write_json
 from tlkit.locks import hold_lock
 from tlkit.runtime import autocast, default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    from tlkit.extract_shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +410,7 @@ def extract_features(
     strict: bool = False,
     compile: bool = False,
     fuse: bool = True,
+    shard: "Shard | None" = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Embed every image under ``images`` with a frozen backbone and write the results to ``out``.
@@ -420,6 +424,8 @@ def extract_features(
         weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
         batch_size, image_size, device, precision, workers, strict, compile, fuse: see
             :class:`ExtractOptions`.
+        shard: embed only this :class:`~tlkit.extract_shards.Shard` of the records, into its folder
+            ``out/shards/...`` (join the shards with :func:`~tlkit.extract_shards.merge_shards`).
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -437,6 +443,8 @@ def extract_features(
     opts = ExtractOptions(batch_size=batch_size, image_size=image_size, device=device, precision=precision,
                           workers=workers, strict=strict, compile=compile, fuse=fuse)
     source = images if isinstance(images, tdata.ImageSource) else tdata.scan_images(images)
+    if shard is not None:
+        source, out = shard.source(source), shard.folder(_output_folder(out))
     out = _output_folder(out)
     with hold_lock(out / LOCK, "tlkit extract"):
         job = _job(out, source, backbone, weights, pretrained, opts, progress)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tlkit.cli._app import PANEL_START, app, console, progress_bar, rate_callback, setup_logging, user_errors
 from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.errors import TlkitError
 
 
 @app.command("extract", rich_help_panel=PANEL_START)
@@ -28,22 +29,63 @@ def extract_cmd(
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Fold BatchNorm into the convolutions (checked)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Embed only shard i/N of the images into OUT/shards/ (independent jobs; join with --merge)."),
+    merge: bool = typer.Option(False, "--merge", help="Join the finished shards in OUT/shards/ into OUT (no embedding)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
-    """Embed images with a frozen backbone; resumable, streamed to disk."""
+    """Embed images with a frozen backbone; resumable, streamed to disk.
+
+    Under `torchrun --nproc_per_node=N -m tlkit extract ...` each process embeds one shard and the
+    first one merges them; --shard i/N and --merge do the same from independent jobs.
+    """
     from tlkit.data import scan_images
-    from tlkit.extract import extract_features
+    from tlkit.train.distributed import env_dist_info
 
     setup_logging(verbose)
     with user_errors():
         source = scan_images(images)
+        if merge:
+            return _merge(source, out, shard)
+        kwargs = dict(backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
+                      image_size=image_size, precision=precision, workers=workers, strict=strict, compile=compile,
+                      fuse=fuse)
+        if env_dist_info().enabled:
+            return _torchrun(source, out, shard, device, kwargs)
         with progress_bar() as bar:
+            from tlkit.extract import extract_features
+            from tlkit.extract_shards import Shard
+
             task = bar.add_task("extract", total=len(source.records), rate="")
-            res = extract_features(
-                source, out, backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
-                image_size=image_size, device=device, precision=precision, workers=workers, strict=strict,
-                compile=compile, fuse=fuse, progress=rate_callback(bar, task),
-            )
+            res = extract_features(source, out, device=device, shard=Shard.parse(shard) if shard else None,
+                                   progress=rate_callback(bar, task), **kwargs)
+    _print_result(res)
+
+
+def _merge(source, out: Path, shard: Optional[str]) -> None:
+    from tlkit.extract_shards import merge_shards
+
+    if shard:
+        raise TlkitError("--merge joins every shard; drop --shard")
+    with progress_bar() as bar:
+        task = bar.add_task("merge", total=len(source.records), rate="")
+        meta = merge_shards(source, out, progress=rate_callback(bar, task))
+    console.print(escape(f"merged {meta['shards']} shards into {out}: {meta['count']:,} x {meta['dim']} features"))
+
+
+def _torchrun(source, out: Path, shard: Optional[str], device: str, kwargs: dict) -> None:
+    from tlkit.extract_shards import extract_under_torchrun
+    from tlkit.train.distributed import env_dist_info
+
+    if shard:
+        raise TlkitError("--shard is set by torchrun (RANK/WORLD_SIZE); drop --shard")
+    res, merged = extract_under_torchrun(source, out, device=device, **kwargs)
+    if env_dist_info().is_main:
+        _print_result(res)
+        console.print(escape(f"merged {merged['shards']} shards into {out}: {merged['count']:,} x {merged['dim']} "
+                             "features"))
+
+
+def _print_result(res) -> None:
     table = Table(title="tlkit extract", show_header=False)
     for key, value in (
         ("images", f"{res.count:,} ({res.reused:,} reused, {res.embedded:,} embedded"

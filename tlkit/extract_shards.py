@@ -1,0 +1,205 @@
+"""Extraction split over processes or machines: shards, their merge, and ``torchrun``.
+
+A shard ``i/N`` is the ``i``-th of ``N`` contiguous, nearly equal ranges of the source's records in
+their usual order (no padding: a record is in exactly one shard). Each shard is an ordinary extract
+folder, ``OUT/shards/iiiii-of-NNNNN/``, so it streams, resumes after a kill and reuses unchanged rows
+on its own (:mod:`tlkit.extract`). :func:`merge_shards` joins the ``N`` finished shards into ``OUT``
+in shard order: the same rows, ids and order as one process over the whole source, and the same
+``run_key``, so a later one-process ``tlkit extract`` of the same images finds nothing to do.
+The merge is atomic (the final set is swapped in as by a one-process run) and the shard folders stay
+(delete them once the merged result is all you need).
+
+Three ways to run the shards:
+
+* ``torchrun --standalone --nproc_per_node=N -m tlkit extract IMAGES --out OUT``: each rank extracts shard
+  ``RANK/WORLD_SIZE`` (on ``cuda:LOCAL_RANK`` where there are GPUs), then rank 0 merges
+  (:func:`extract_under_torchrun`); a killed run re-launched the same way recomputes only the rows
+  no shard had finished;
+* independent jobs (Slurm arrays, Ray, Kubernetes): ``tlkit extract IMAGES --out OUT --shard i/N``
+  for each ``i``, then ``tlkit extract IMAGES --out OUT --merge``;
+* from Python: ``extract_features(..., shard=Shard(i, n))`` and :func:`merge_shards`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tlkit import data as tdata
+from tlkit.errors import TlkitError
+from tlkit.extract_store import LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest
+from tlkit.fingerprint import fingerprints
+from tlkit.io import read_csv, write_csv
+from tlkit.locks import hold_lock
+
+log = logging.getLogger(__name__)
+
+SHARDS = "shards"
+"""The folder under ``OUT`` that holds the shard folders."""
+_NAME = re.compile(r"^(\d{5})-of-(\d{5})$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, spec: str) -> "Shard":
+        """``"i/N"`` (``0 <= i < N``), else a one-line :class:`TlkitError`."""
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
+        if not m or not int(m[1]) < int(m[2]):
+            raise TlkitError(f"--shard {spec}: give i/N with 0 <= i < N, e.g. --shard 0/4 for the first of 4 shards")
+        return cls(int(m[1]), int(m[2]))
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """``[start, stop)`` of this shard among ``n`` records: contiguous, sizes differ by at most 1."""
+        return self.index * n // self.count, (self.index + 1) * n // self.count
+
+    def folder(self, out: str | os.PathLike) -> Path:
+        return Path(out) / SHARDS / f"{self.index:05d}-of-{self.count:05d}"
+
+    def source(self, source: tdata.ImageSource) -> tdata.ImageSource:
+        """The records of ``source`` that belong to this shard (an error when there are none)."""
+        start, stop = self.bounds(len(source.records))
+        if start == stop:
+            raise TlkitError(f"shard {self.index}/{self.count} of {len(source.records)} images is empty; "
+                             "use fewer shards than images")
+        return dataclasses.replace(source, records=tuple(source.records[start:stop]))
+
+
+def shard_folders(out: str | os.PathLike, count: int | None = None) -> list[tuple[Shard, Path]]:
+    """The shard folders under ``out`` (all of one ``N``), in shard order; a one-line error when
+    shards of several ``N`` are mixed or some shard has no folder."""
+    root = Path(out) / SHARDS
+    found = [(Shard(int(m[1]), int(m[2])), p) for p in sorted(root.iterdir()) if p.is_dir()
+             and (m := _NAME.match(p.name))] if root.is_dir() else []
+    counts = sorted({s.count for s, _ in found} if count is None else {count})
+    if not found:
+        raise TlkitError(f"{root} holds no shards; run `tlkit extract IMAGES --out {out} --shard i/N` first")
+    if len(counts) > 1:
+        raise TlkitError(f"{root} holds shards of {' and '.join(map(str, counts))} runs; keep one and delete the others")
+    n = counts[0]
+    by_index = {s.index: p for s, p in found if s.count == n}
+    missing = [i for i in range(n) if i not in by_index]
+    if missing:
+        raise TlkitError(f"{root}: shard {missing[0]}/{n} has not been extracted ({len(missing)} of {n} missing); "
+                         f"run `tlkit extract IMAGES --out {out} --shard {missing[0]}/{n}`")
+    return [(Shard(i, n), by_index[i]) for i in range(n)]
+
+
+@dataclass
+class _Parts:
+    """The finished shards, read and checked against the source."""
+
+    feats: list[np.ndarray]
+    index: list[dict[str, str]]
+    skipped: list[list[str]]
+    meta: dict[str, Any]
+
+
+def _read_shards(source: tdata.ImageSource, shards: list[tuple[Shard, Path]]) -> _Parts:
+    parts = _Parts([], [], [], {})
+    for shard, folder in shards:
+        try:
+            feats, index, meta = read_checked(folder)
+        except TlkitError as e:
+            raise TlkitError(f"shard {shard.index}/{shard.count} is not finished or damaged ({e}); run "
+                             f"`tlkit extract IMAGES --out {folder.parent.parent} --shard {shard.index}/{shard.count}`"
+                             ) from None
+        start, stop = shard.bounds(len(source.records))
+        rels = {r.rel for r in source.records[start:stop]}
+        same_settings = not parts.meta or meta.get("settings_key") == parts.meta.get("settings_key")
+        if not same_settings or any(r["path"] not in rels for r in index):
+            raise TlkitError(f"shard {shard.index}/{shard.count} in {folder} was made from other images or settings; "
+                             "re-run it with the same images and options")
+        parts.meta = parts.meta or meta
+        parts.feats.append(feats)
+        parts.index += index
+        if (folder / SKIPPED).is_file():
+            parts.skipped += [[r["path"], r["reason"]] for r in read_csv(folder / SKIPPED)]
+    return parts
+
+
+def merge_shards(source: tdata.ImageSource, out: str | os.PathLike, *, count: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Join the finished shards of ``out`` into ``out/features.npy``, ``index.csv``, ``meta.json``.
+
+    Args:
+        source: the images the shards were extracted from (the whole set, as scanned).
+        out: the output folder holding ``shards/``.
+        count: the ``N`` of the shards to merge (None: the one ``N`` present).
+        progress: called with the number of rows copied.
+
+    Returns:
+        The merged ``meta.json``.
+
+    Raises:
+        TlkitError: a shard missing, unfinished, or made from other images or settings.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    with hold_lock(out / LOCK, "tlkit extract --merge"):
+        shards = shard_folders(out, count)
+        parts = _read_shards(source, shards)
+        n, dim = sum(len(f) for f in parts.feats), int(parts.meta["dim"])
+        ensure_free(out, n * dim * 4 + n * 256 + 4096, f"{n:,} x {dim} merged float32 features")
+        part = RowFile.create(out / PARTIAL, n, dim)
+        row = 0
+        for feats in parts.feats:
+            for s in range(0, len(feats), 4096):
+                block = np.asarray(feats[s : s + 4096])
+                part.write(np.arange(row, row + len(block)), block)
+                row += len(block)
+                if progress:
+                    progress(len(block))
+        part.sync()
+        fps = fingerprints([r.path for r in source.records])
+        meta = {**parts.meta, "run_key": run_digest(parts.meta["settings_key"], [r.rel for r in source.records], fps),
+                "reused": 0, "elapsed_s": round(time.perf_counter() - t0, 3), "shards": len(shards),
+                "skipped": len(parts.skipped)}
+        meta = {k: v for k, v in meta.items() if k not in ("count", "files")}
+        header = list(parts.index[0]) if parts.index else ["path", "fingerprint"]
+        skipped = (lambda p: write_csv(p, ("path", "reason"), parts.skipped)) if parts.skipped else None
+        finalize(out, part, np.arange(n), header, [[r[k] for k in header] for r in parts.index], skipped, meta)
+    log.info("merged %d shards into %s: %d rows", len(shards), out, n)
+    return read_checked(out)[2]
+
+
+def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *, device: str = "auto",
+                           progress: Callable[[int], None] | None = None, **kwargs: Any):
+    """One rank of ``torchrun ... -m tlkit extract``: extract shard ``RANK/WORLD_SIZE``, wait for every
+    rank, merge on rank 0. Returns ``(this rank's ExtractResult, merged meta or None)``."""
+    import torch
+    import torch.distributed as dist
+
+    from tlkit.extract import extract_features
+    from tlkit.train.distributed import env_dist_info
+
+    info = env_dist_info()
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{info.local_rank}"
+    shard = Shard(info.rank, info.world_size)
+    res = extract_features(source, out, device=device, shard=shard, progress=progress, **kwargs)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")  # a barrier only: no tensors cross it
+    try:
+        dist.barrier()
+        merged = merge_shards(source, out, count=info.world_size) if info.rank == 0 else None
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return res, merged
+
+
+__all__ = ["SHARDS", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]
