@@ -47,7 +47,10 @@ def _label(project: Project, rows, truth, path: Path) -> None:
     import_labels(project, path)
 
 
-def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
+def test_five_rounds_with_a_scripted_labeler(tmp_path, pool, monkeypatch):
+    from tlkit.active.strategies import auto
+
+    monkeypatch.setattr(auto, "AUTO_LABELS_PER_CLASS", 4)  # switch at 40 labels, within these 75
     pool_dir, truth = pool
     project = _project(tmp_path, pool_dir)
     seen: set[str] = set()
@@ -78,11 +81,10 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool):
         assert (r6 / name).exists(), name
     m = json.loads((r6 / "metrics.json").read_text())
     assert sum(m["labeled_per_class"].values()) == 75 and "select_s" in m
-    # auto switched from typicality (few labels) to margin + k-means diversity (threshold 40 for 10 classes)
+    # auto went from coverage (no model, then few labels) to margin + k-means diversity (40 labels here)
     plans = [json.loads((project.round_dir(n) / "metrics.json").read_text())["strategy_plan"] for n in range(1, 7)]
-    from tlkit.active.strategies import auto
-
-    assert plans[0] == f"auto({auto.AUTO_COLD})" and plans[-1] == f"auto({auto.AUTO_WARM})", plans
+    assert plans[0] == f"auto({auto.AUTO_COLD})" and f"auto({auto.AUTO_FEW})" in plans, plans
+    assert plans[-1] == f"auto({auto.AUTO_WARM})", plans
     # the stopping signal: agreement of consecutive rounds' predictions on the stop set
     stops = [json.loads((project.round_dir(n) / "metrics.json").read_text())["stopping"] for n in range(1, 7)]
     assert stops[0] == {"kappa": None, "cv_gain": None}  # no model in round 1

@@ -169,12 +169,12 @@ def test_rejects_malformed_pools(warm):
 def test_auto_switches_at_documented_threshold(digits, monkeypatch):
     X, y = digits
     assert auto.auto_threshold(10) == max(auto.AUTO_MIN_LABELS, auto.AUTO_LABELS_PER_CLASS * 10)
-    few = _pool(X, y, _labeled_mask(y, 2), mc=False)  # 20 labels < threshold 50
-    many = _pool(X, y, _labeled_mask(y, 8), mc=False)  # 80 labels >= 50
+    few = _pool(X, y, _labeled_mask(y, 2), mc=False)  # 20 labels < threshold 100
+    many = _pool(X, y, _labeled_mask(y, 11), mc=False)  # 110 labels >= 100
     assert few.n_labels < auto.auto_threshold(10) <= many.n_labels
 
     sel = select("auto", few, N_PICK, seed=2)
-    assert sel.strategy == f"auto({auto.AUTO_FEW})" == "auto(maxherding)"
+    assert sel.strategy == f"auto({auto.AUTO_FEW})" == "auto(maxherding-entropy)"
     np.testing.assert_array_equal(sel.indices, select(auto.AUTO_FEW, few, N_PICK, seed=2).indices)
     monkeypatch.setattr(auto, "AUTO_FEW", "typiclust")  # the few-labels phase is its own setting
     assert select("auto", few, N_PICK, seed=2).strategy == "auto(typiclust)"
@@ -305,14 +305,17 @@ def test_bounded_paths_still_pick_valid_rows(warm, monkeypatch):
 # ------------------------------------------------------------------ maxherding, clue, batchbald
 
 
-def _brute_force_herding(X: np.ndarray, labeled: np.ndarray, cand: np.ndarray, n: int, gamma: float) -> list[int]:
-    """MaxHerding as written in the paper: the full n x n kernel, every gain recomputed each step."""
+def _brute_force_herding(X: np.ndarray, labeled: np.ndarray, cand: np.ndarray, n: int, gamma: float,
+                         weights: np.ndarray | None = None) -> list[int]:
+    """MaxHerding as written in the paper: the full n x n kernel, every gain recomputed each step
+    (``weights [n]``: each row's coverage counted that many times)."""
+    w = np.ones(len(X)) if weights is None else weights
     Z = X / np.linalg.norm(X, axis=1, keepdims=True)
     K = np.exp(-gamma * cdist(Z, Z, "sqeuclidean"))
     kmax = K[:, labeled].max(axis=1) if labeled.any() else np.zeros(len(X))
     picked = []
     for _ in range(n):
-        gains = np.maximum(K[cand][:, cand] - kmax[cand][None, :], 0).mean(axis=1)
+        gains = (np.maximum(K[cand][:, cand] - kmax[cand][None, :], 0) * w[cand][None, :]).mean(axis=1)
         gains[np.isin(cand, picked)] = -1
         j = int(cand[np.argmax(gains)])
         picked.append(j)
@@ -335,6 +338,27 @@ def test_maxherding_matches_brute_force(n_labeled, monkeypatch):
     sel = select("maxherding", pool, 12, seed=4)
     np.testing.assert_array_equal(sel.indices, _brute_force_herding(X, labeled, np.flatnonzero(~labeled), 12, 3.0))
     assert np.all(np.diff(sel.scores) <= 1e-6)  # coverage gains shrink (submodular)
+
+
+@pytest.mark.parametrize("n_labeled", [0, 15])
+def test_maxherding_entropy_matches_brute_force_and_is_maxherding_without_a_model(n_labeled, monkeypatch):
+    from tlkit.active.strategies import herding
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 12)).astype(np.float32) + 3 * rng.integers(0, 4, size=(300, 1))
+    labeled = np.zeros(300, bool)
+    labeled[rng.choice(300, n_labeled, replace=False)] = True
+    logits = rng.normal(size=(300, 4)) * rng.uniform(0.1, 4, size=(300, 1))  # sure and unsure rows
+    P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    monkeypatch.setattr(herding, "herding_gamma", lambda *a: 3.0)
+    monkeypatch.setattr(_geometry, "CHUNK_BYTES", 4096)
+    sel = select("maxherding-entropy", PoolView(X, labeled, ~labeled, P), 12, seed=4)
+    w = -(P * np.log(P)).sum(1) / np.log(4) + herding.HERDING_WEIGHT_FLOOR
+    cand = np.flatnonzero(~labeled)
+    np.testing.assert_array_equal(sel.indices, _brute_force_herding(X, labeled, cand, 12, 3.0, w))
+    assert not np.array_equal(sel.indices, _brute_force_herding(X, labeled, cand, 12, 3.0)), "the weights matter"
+    plain = select("maxherding-entropy", PoolView(X, labeled, ~labeled), 12, seed=4)
+    np.testing.assert_array_equal(plain.indices, select("maxherding", PoolView(X, labeled, ~labeled), 12, seed=4).indices)
 
 
 def test_maxherding_bandwidth_from_median_pair_distance():
