@@ -141,7 +141,7 @@ class Backend:
         self.project = Project.open(project_dir)
         self.train, self.strategy, self.batch, self.epochs = train, strategy, batch, epochs
         self.retrain_every, self.client, self.resolve, self.add_new = retrain_every, client, resolve, add_new
-        self._model: tuple[str, Any] | None = None  # (version, (model, classes, transform)) for new images
+        self._model: tuple[str, Any] | None = None  # (version, Predictor) of the served round, for new images
         self.served: Served | None = None
         self.pending = 0  # annotations since the last retrain started
         self.retrains = 0
@@ -211,31 +211,25 @@ class Backend:
 
     def _predict_new(self, paths: list[str], served: Served | None, from_name: str, to_name: str
                      ) -> dict[str, dict[str, Any]]:
-        """Predictions for images that are not in the pool yet: the served round's model on the image."""
+        """Predictions for images that are not in the pool yet: the served round's model on the image
+        (the run's :class:`~tlkit.train.predictor.Predictor`, as ``tlkit predict``); an image that
+        cannot be decoded gets no prediction."""
         if served is None:
             return {p: {"model_version": self.version, "score": 1.0, "result": []} for p in paths}
-        model, classes, transform = self._round_model(served)
-        import torch
-
-        from tlkit.data import load_image
-
-        x = torch.stack([transform(load_image(self.project.pool_root / p)) for p in paths])
-        with torch.inference_mode():
-            probs = torch.softmax(model(x).float(), dim=1).numpy()
+        predictor = self._round_predictor(served)
+        probs = predictor.predict_files([self.project.pool_root / p for p in paths])
         out = {}
         for p, row in zip(paths, probs):
             k = int(row.argmax())
-            out[p] = {"model_version": served.version, "score": 1.0,  # ranked at the next retrain
-                      "result": ls.choice_result(classes[k], float(row[k]), from_name, to_name)}
+            result = ls.choice_result(predictor.classes[k], float(row[k]), from_name, to_name) if row.any() else []
+            out[p] = {"model_version": served.version, "score": 1.0, "result": result}  # ranked at the next retrain
         return out
 
-    def _round_model(self, served: Served):
+    def _round_predictor(self, served: Served):
         if self._model is None or self._model[0] != served.version:
-            from tlkit.data import build_transform
-            from tlkit.train.model import load_run
+            from tlkit.train.predictor import Predictor
 
-            model, classes, data_config = load_run(self.project.round_dir(served.round) / "model")
-            self._model = (served.version, (model, classes, build_transform(data_config)))
+            self._model = (served.version, Predictor.load(self.project.round_dir(served.round) / "model"))
         return self._model[1]
 
     def _prediction(self, path: str, served: Served | None, from_name: str, to_name: str) -> dict[str, Any]:
