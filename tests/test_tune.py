@@ -251,3 +251,14 @@ def test_bad_input_is_one_line(digits_dir, tmp_path, monkeypatch):
         import_optuna()
     r = runner.invoke(app, ["tune", str(digits_dir), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and 'pip install "tlkit[tune]"' in r.output, r.output
+
+
+def test_trials_plot_when_lr_is_fixed(tmp_path):
+    """``--set lr=...`` keeps lr out of the trials' params: the right panel plots weight decay instead."""
+    from tlkit.train.tune_plots import plot_trials
+
+    trials = [TrialRecord(i, {"weight_decay": 10.0 ** -i, "hflip": 0.0}, 0.5 + 0.1 * i, "complete", 1, 1.0)
+              for i in range(3)]
+    assert plot_trials(trials, "val_accuracy", tmp_path / "a.png").stat().st_size > 1000
+    fixed = [TrialRecord(i, {"hflip": 0.0}, 0.5, "complete", 1, 1.0) for i in range(2)]
+    assert plot_trials(fixed, "val_accuracy", tmp_path / "b.png").stat().st_size > 1000

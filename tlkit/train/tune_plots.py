@@ -37,25 +37,33 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+#: the right panel's x axis: the first of these the trials searched (``--set`` fixes keys), and its scale
+X_KEYS = (("lr", "log"), ("weight_decay", "log"), ("scale_min", "linear"))
+
+
 def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path:
-    """Two panels: the validation metric of each trial (trial 0 = defaults), and the metric against lr.
+    """Two panels: the validation metric of each trial (trial 0 = defaults), and the metric against lr
+    (against weight decay or crop scale when lr was fixed with ``--set``; empty when all three were).
 
     ``trials`` are :class:`tlkit.train.tune.TrialRecord` (``number``, ``value``, ``state``, ``params``).
     """
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     scored = [t for t in trials if t.value is not None]
+    x_key, x_scale = next(((k, sc) for k, sc in X_KEYS if scored and all(k in t.params for t in scored)),
+                          (None, "linear"))
     for state, color in STATE_COLORS.items():
         pts = [t for t in scored if t.state == state]
         if pts:
             left.scatter([t.number for t in pts], [t.value for t in pts], color=color, label=state, s=24)
-            right.scatter([t.params["lr"] for t in pts], [t.value for t in pts], color=color, label=state, s=24)
+            if x_key:
+                right.scatter([t.params[x_key] for t in pts], [t.value for t in pts], color=color, label=state, s=24)
     if scored and scored[0].number == 0:
         left.axhline(scored[0].value, color="0.5", ls=":", lw=1, label="defaults (trial 0)")
     left.set_xlabel("trial")
-    right.set_xscale("log")
+    right.set_xscale(x_scale)
     right.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on a narrow lr range
-    right.set_xlabel("lr")
+    right.set_xlabel(x_key.replace("_", " ") if x_key else "(lr, weight decay and crop scale all fixed)")
     for ax in (left, right):
         ax.set_ylabel(monitor.replace("_", " ") + " (best epoch)")
         ax.grid(alpha=0.3)
