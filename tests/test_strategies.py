@@ -323,17 +323,23 @@ def _brute_force_herding(X: np.ndarray, labeled: np.ndarray, cand: np.ndarray, n
     return picked
 
 
-@pytest.mark.parametrize("n_labeled", [0, 15])
-def test_maxherding_matches_brute_force(n_labeled, monkeypatch):
+def _herding_case(seed: int, n_labeled: int, monkeypatch):
+    """300 rows in 4 shifted blobs, ``n_labeled`` of them labeled; bandwidth fixed at 3, many row blocks.
+    Returns ``(rng, X, labeled)`` (the rng continues the draws)."""
     from tlkit.active.strategies import herding
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     X = rng.normal(size=(300, 12)).astype(np.float32) + 3 * rng.integers(0, 4, size=(300, 1))
     labeled = np.zeros(300, bool)
     labeled[rng.choice(300, n_labeled, replace=False)] = True
-    gammas = []
-    monkeypatch.setattr(herding, "herding_gamma", lambda *a: gammas.append(herding.__dict__["MAXHERDING_BANDWIDTH"]) or 3.0)
+    monkeypatch.setattr(herding, "herding_gamma", lambda *a: 3.0)
     monkeypatch.setattr(_geometry, "CHUNK_BYTES", 4096)  # many row blocks
+    return rng, X, labeled
+
+
+@pytest.mark.parametrize("n_labeled", [0, 15])
+def test_maxherding_matches_brute_force(n_labeled, monkeypatch):
+    _, X, labeled = _herding_case(0, n_labeled, monkeypatch)
     pool = PoolView(X, labeled, ~labeled)
     sel = select("maxherding", pool, 12, seed=4)
     np.testing.assert_array_equal(sel.indices, _brute_force_herding(X, labeled, np.flatnonzero(~labeled), 12, 3.0))
@@ -344,14 +350,9 @@ def test_maxherding_matches_brute_force(n_labeled, monkeypatch):
 def test_maxherding_entropy_matches_brute_force_and_is_maxherding_without_a_model(n_labeled, monkeypatch):
     from tlkit.active.strategies import herding
 
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(300, 12)).astype(np.float32) + 3 * rng.integers(0, 4, size=(300, 1))
-    labeled = np.zeros(300, bool)
-    labeled[rng.choice(300, n_labeled, replace=False)] = True
+    rng, X, labeled = _herding_case(1, n_labeled, monkeypatch)
     logits = rng.normal(size=(300, 4)) * rng.uniform(0.1, 4, size=(300, 1))  # sure and unsure rows
     P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    monkeypatch.setattr(herding, "herding_gamma", lambda *a: 3.0)
-    monkeypatch.setattr(_geometry, "CHUNK_BYTES", 4096)
     sel = select("maxherding-entropy", PoolView(X, labeled, ~labeled, P), 12, seed=4)
     w = -(P * np.log(P)).sum(1) / np.log(4) + herding.HERDING_WEIGHT_FLOOR
     cand = np.flatnonzero(~labeled)

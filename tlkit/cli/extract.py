@@ -74,12 +74,11 @@ def _merge(source, out: Path, shard: Optional[str]) -> None:
 
 def _torchrun(source, out: Path, shard: Optional[str], device: str, kwargs: dict) -> None:
     from tlkit.extract_shards import extract_under_torchrun
-    from tlkit.train.distributed import env_dist_info
 
     if shard:
         raise TlkitError("--shard is set by torchrun (RANK/WORLD_SIZE); drop --shard")
     res, merged = extract_under_torchrun(source, out, device=device, **kwargs)
-    if env_dist_info().is_main:
+    if merged is not None:  # rank 0, which merged
         _print_result(res)
         console.print(escape(f"merged {merged['shards']} shards into {out}: {merged['count']:,} x {merged['dim']} "
                              "features"))

@@ -19,12 +19,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from tlkit.data.config import DataConfig
 from tlkit.train.checkpoint import RunMeta
 from tlkit.train.evaluate import Predictions, predict_loader
 
@@ -58,7 +59,7 @@ class Predictor:
         dev = resolve_device(device)
         amp = resolve_precision(precision, dev)
         model, meta = load_model(run, which=which, device=dev)
-        model = prepare_for_inference(model, dev, amp, input_size=tuple(meta.data_config["input_size"]))
+        model = prepare_for_inference(model, dev, amp, input_size=meta.data_config.input_size)
         return cls(model, meta, dev, amp)
 
     @property
@@ -67,7 +68,7 @@ class Predictor:
         return list(self.meta.classes)
 
     @property
-    def data_config(self) -> dict[str, Any]:
+    def data_config(self) -> DataConfig:
         return self.meta.data_config
 
     def loader(self, records: Sequence, *, class_to_idx: dict[str, int] | None = None,

@@ -99,7 +99,7 @@ class TrialRecord:
         value: the monitored validation metric of its best epoch (of the epochs run, if not complete).
         state: ``complete``, ``pruned`` (trailing the median), ``cut`` (the budget ran out) or ``failed``.
         epochs: epochs finished; seconds: wall time; val_loss: the best epoch's validation loss.
-        stage: ``search`` (a short Optuna trial) or ``confirm`` (a full-length run, see :func:`confirm`).
+        stage: ``search`` (a short Optuna trial) or ``confirm`` (a full-length run, see :func:`run_confirm`).
     """
 
     number: int

@@ -26,6 +26,7 @@ against a brute-force n x n implementation).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 
@@ -138,16 +139,23 @@ def maxherding(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     :data:`MAXHERDING_MAX_POINTS` sampled candidates and l labeled rows; memory O(m² + m·d)
     (36 MB for the kernel block at the default), never O(n²).
     """
+    return _herd(pool, n, rng, "maxherding")
+
+
+def _herd(pool: PoolView, n: int, rng: np.random.Generator, why: str,
+          weights: Callable[[np.ndarray], np.ndarray] | None = None) -> Selection:
+    """Greedy coverage of the (sampled) candidates; ``weights(cand)`` gives each candidate row's
+    coverage weight ``[m]`` (None: 1 each)."""
     cand_all = pool.candidate_indices
     cand = _sample(cand_all, max(MAXHERDING_MAX_POINTS, n), rng)
     if cand.size < cand_all.size:
-        log.info("maxherding: a sample of %d of %d candidates", cand.size, cand_all.size)
+        log.info("%s: a sample of %d of %d candidates", why, cand.size, cand_all.size)
     Z = normalized(pool.embeddings[cand])
     gamma = herding_gamma(Z, rng)
     kmax = initial_coverage(Z, normalized(pool.embeddings[pool.labeled_indices]), gamma)
-    K = rbf(Z, Z, gamma)
-    picked, scores = herding_greedy(K, kmax, n, rng.permutation(cand.size))
-    return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why="maxherding")
+    w = weights(cand) if weights is not None else None
+    picked, scores = herding_greedy(rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
+    return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=why)
 
 
 HERDING_WEIGHT_FLOOR = 1e-6
@@ -182,15 +190,10 @@ def maxherding_entropy(pool: PoolView, n: int, rng: np.random.Generator) -> Sele
     by entropy. Without a model (``probs`` None, or one class) it is plain MaxHerding. Same cost and
     sampling bound as :func:`maxherding`.
     """
-    cand_all = pool.candidate_indices
-    cand = _sample(cand_all, max(MAXHERDING_MAX_POINTS, n), rng)
-    Z = normalized(pool.embeddings[cand])
-    gamma = herding_gamma(Z, rng)
-    kmax = initial_coverage(Z, normalized(pool.embeddings[pool.labeled_indices]), gamma)
-    weights = None
-    if pool.probs is not None and pool.probs.shape[1] > 1:
-        from tlkit.active.strategies.uncertainty import entropy_scores
+    if pool.probs is None or pool.probs.shape[1] < 2:
+        return _herd(pool, n, rng, "maxherding-entropy")
+    from tlkit.active.strategies.uncertainty import entropy_scores
 
-        weights = entropy_scores(pool.probs[cand]) / np.log(pool.probs.shape[1]) + HERDING_WEIGHT_FLOOR
-    picked, scores = herding_greedy(rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), weights)
-    return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why="maxherding-entropy")
+    k = pool.probs.shape[1]
+    return _herd(pool, n, rng, "maxherding-entropy",
+                 lambda cand: entropy_scores(pool.probs[cand]) / np.log(k) + HERDING_WEIGHT_FLOOR)
