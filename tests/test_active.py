@@ -24,18 +24,23 @@ from tlkit.io import read_csv, write_csv
 CLASSES = [str(d) for d in range(10)]
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A flat pool of 300 real digits (no class folders) and the hidden truth (file -> digit)."""
+def flat_digits_pool(tmp_path_factory, per_class: int, seed: int) -> tuple[Path, dict[str, str]]:
+    """A flat pool of ``10 * per_class`` real digits (no class folders) and the hidden truth (file -> digit)."""
     from tlkit.demo import make_digits_folder
 
-    src = make_digits_folder(tmp_path_factory.mktemp("src") / "d", per_class=30, seed=1)
+    src = make_digits_folder(tmp_path_factory.mktemp("src") / "d", per_class=per_class, seed=seed)
     pool = tmp_path_factory.mktemp("pool")
     truth = {}
     for f in sorted(src.rglob("*.png")):
         shutil.copy(f, pool / f.name)
         truth[f.name] = f.parent.name
     return pool, truth
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """300 digits in one flat folder, and the truth."""
+    return flat_digits_pool(tmp_path_factory, per_class=30, seed=1)
 
 
 def _project(tmp_path: Path, pool_dir: Path, **kw) -> Project:

@@ -103,3 +103,44 @@ def test_torchrun_two_cpu_processes_match_one_and_resume_only_what_is_missing(im
     assert first.stat().st_mtime_ns == stamp, "the finished shard was not redone"
     assert json.loads((second / "meta.json").read_text())["count"] > 0
     _same(single, out)
+
+
+def test_float16_storage_is_the_float32_result_rounded_and_merges_as_float16(images, single, tmp_path):
+    """--dtype float16: the same rows rounded once, half the bytes; a re-run has nothing to do; shards
+    of float16 merge into float16; loading without mmap gives float32."""
+    from tlkit.extract import load_features
+
+    out = tmp_path / "half"
+    r = run_cli("extract", str(images), "--out", str(out), "--dtype", "float16", *ARGS)
+    assert r.returncode == 0, r.stderr
+    half = np.load(out / "features.npy")
+    full = np.load(single / "features.npy")
+    assert half.dtype == np.float16 and half.shape == full.shape
+    assert np.array_equal(half, full.astype(np.float16))
+    assert json.loads((out / "meta.json").read_text())["dtype"] == "float16"
+    assert (out / "index.csv").read_text() == (single / "index.csv").read_text()
+    mapped, _, _ = load_features(out)
+    loaded, _, _ = load_features(out, mmap=False)
+    assert mapped.dtype == np.float16 and loaded.dtype == np.float32 and np.array_equal(loaded, half.astype(np.float32))
+    again = run_cli("extract", str(images), "--out", str(out), "--dtype", "float16", *ARGS)
+    assert again.returncode == 0 and "0 embedded" in again.stdout
+
+    sharded = tmp_path / "half-shards"
+    for i in range(2):
+        r = run_cli("extract", str(images), "--out", str(sharded), "--shard", f"{i}/2", "--dtype", "float16", *ARGS)
+        assert r.returncode == 0, r.stderr
+    assert run_cli("extract", str(images), "--out", str(sharded), "--merge").returncode == 0
+    _same(sharded, out)
+
+
+def test_switching_the_storage_dtype_embeds_again_and_a_bad_dtype_is_one_line(images, single, tmp_path):
+    import shutil
+
+    out = tmp_path / "switch"
+    shutil.copytree(single, out)
+    r = run_cli("extract", str(images), "--out", str(out), "--dtype", "float16", *ARGS)
+    assert r.returncode == 0, r.stderr
+    assert "0 reused" in r.stdout  # rounded rows never stand in for float32 ones, nor the reverse
+    assert np.load(out / "features.npy").dtype == np.float16
+    bad = run_cli("extract", str(images), "--out", str(tmp_path / "bad"), "--dtype", "int8", *ARGS)
+    assert bad.returncode != 0 and "unknown feature dtype 'int8'" in bad.stderr and "Traceback" not in bad.stderr

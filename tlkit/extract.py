@@ -36,7 +36,7 @@ from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
-    recover, run_digest,
+    recover, run_digest, storage_dtype,
 )
 from tlkit.fingerprint import UNREADABLE, fingerprints
 from tlkit.inference import prepare_for_inference
@@ -99,6 +99,8 @@ class ExtractOptions:
         strict: fail on the first file that cannot be decoded instead of skipping it.
         compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
         fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.inference`).
+        dtype: storage type of ``features.npy``, ``float32`` or ``float16`` (half the disk and
+            memory; see :data:`tlkit.extract_store.DTYPES` for the rounding it costs).
     """
 
     batch_size: int | None = None
@@ -109,6 +111,7 @@ class ExtractOptions:
     strict: bool = False
     compile: bool = False
     fuse: bool = True
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,8 @@ class _Plan:
 def _settings_key(job: _Job) -> str:
     settings = {"backbone": job.bb.name, "weights": job.bb.weights.to_dict(),
                 "data_config": job.data_config.to_dict(), "precision": precision_name(job.dtype)}
+    if job.opts.dtype != "float32":  # float32 keys stay as they were before the option existed
+        settings["storage"] = job.opts.dtype
     return run_digest(json.dumps(settings, sort_keys=True, default=str))
 
 
@@ -212,7 +217,7 @@ def _resume(job: _Job, plan: _Plan) -> _Writer | None:
     if prog.get("run_key") != plan.run_key or prog.get("base") != plan.base:
         log.info("earlier partial run in %s had other inputs or settings; starting over", job.out)
         return None
-    part = RowFile.open(job.out / PARTIAL, len(plan.fps), job.dim)
+    part = RowFile.open(job.out / PARTIAL, len(plan.fps), job.dim, job.opts.dtype)
     if part is None:
         return None
     return _Writer(job.out, part, plan, int(prog["done"]), [tuple(f) for f in prog.get("failures", [])])
@@ -223,8 +228,9 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
     n, dim = len(plan.fps), job.dim
     for name in (PARTIAL, PROGRESS):
         (job.out / name).unlink(missing_ok=True)
-    ensure_free(job.out, n * dim * 4 + n * 256 + 4096, f"{n:,} x {dim} float32 features")  # + index.csv
-    part = RowFile.create(job.out / PARTIAL, n, dim)
+    itemsize = storage_dtype(job.opts.dtype).itemsize
+    ensure_free(job.out, n * dim * itemsize + n * 256 + 4096, f"{n:,} x {dim} {job.opts.dtype} features")  # + index.csv
+    part = RowFile.create(job.out / PARTIAL, n, dim, job.opts.dtype)
     if plan.reuse:
         new_rows = np.fromiter(plan.reuse, dtype=np.int64)
         old_rows = np.fromiter(plan.reuse.values(), dtype=np.int64)
@@ -302,7 +308,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
         "weights": job.bb.weights.to_dict(),
         "data_config": job.data_config.to_dict(),
         "dim": job.dim,
-        "dtype": "float32",
+        "dtype": job.opts.dtype,
         "precision": precision_name(job.dtype),
         "device": str(job.device),
         "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
@@ -410,6 +416,7 @@ def extract_features(
     strict: bool = False,
     compile: bool = False,
     fuse: bool = True,
+    dtype: str = "float32",
     shard: "Shard | None" = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
@@ -422,14 +429,14 @@ def extract_features(
             Another extract writing to ``out`` makes this call fail at once (TlkitError).
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
         weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
-        batch_size, image_size, device, precision, workers, strict, compile, fuse: see
+        batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype: see
             :class:`ExtractOptions`.
         shard: embed only this :class:`~tlkit.extract_shards.Shard` of the records, into its folder
             ``out/shards/...`` (join the shards with :func:`~tlkit.extract_shards.merge_shards`).
         progress: called with the number of images finished after every batch.
 
     Returns:
-        An :class:`ExtractResult`; the features are in ``out/features.npy`` ([N, D] float32).
+        An :class:`ExtractResult`; the features are in ``out/features.npy`` ([N, D] float32, or ``dtype``).
 
     Raises:
         TlkitError: bad input, ``out`` busy or a file, not enough disk space (the previous
@@ -441,7 +448,8 @@ def extract_features(
     """
     t0 = time.perf_counter()
     opts = ExtractOptions(batch_size=batch_size, image_size=image_size, device=device, precision=precision,
-                          workers=workers, strict=strict, compile=compile, fuse=fuse)
+                          workers=workers, strict=strict, compile=compile, fuse=fuse, dtype=dtype)
+    storage_dtype(dtype)  # a bad name fails before any work
     source = images if isinstance(images, tdata.ImageSource) else tdata.scan_images(images)
     if shard is not None:
         source, out = shard.source(source), shard.folder(_output_folder(out))

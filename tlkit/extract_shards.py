@@ -35,7 +35,9 @@ import numpy as np
 
 from tlkit import data as tdata
 from tlkit.errors import TlkitError
-from tlkit.extract_store import LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest
+from tlkit.extract_store import (
+    LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest, storage_dtype,
+)
 from tlkit.fingerprint import fingerprints
 from tlkit.io import read_csv, write_csv
 from tlkit.locks import hold_lock
@@ -152,9 +154,9 @@ def merge_shards(source: tdata.ImageSource, out: str | os.PathLike, *, count: in
     with hold_lock(out / LOCK, "tlkit extract --merge"):
         shards = shard_folders(out, count)
         parts = _read_shards(source, shards)
-        n, dim = sum(len(f) for f in parts.feats), int(parts.meta["dim"])
-        ensure_free(out, n * dim * 4 + n * 256 + 4096, f"{n:,} x {dim} merged float32 features")
-        part = RowFile.create(out / PARTIAL, n, dim)
+        n, dim, dtype = sum(len(f) for f in parts.feats), int(parts.meta["dim"]), parts.meta.get("dtype", "float32")
+        ensure_free(out, n * dim * storage_dtype(dtype).itemsize + n * 256 + 4096, f"{n:,} x {dim} merged {dtype} features")
+        part = RowFile.create(out / PARTIAL, n, dim, dtype)
         row = 0
         for feats in parts.feats:
             for s in range(0, len(feats), 4096):

@@ -37,6 +37,7 @@ from tlkit.active import labelstudio as ls
 from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
+from tlkit.extract_store import DTYPES, storage_dtype
 from tlkit.io import read_csv, write_csv, write_text
 from tlkit.locks import hold_lock
 
@@ -59,6 +60,7 @@ class ProjectConfig:
     label_studio_root: str | None = None
     recipe: str | None = None
     seed: int = 0
+    embedding_dtype: str = "float32"
     tlkit_version: str = tlkit.__version__
 
     def to_yaml(self) -> str:
@@ -99,6 +101,9 @@ class ProjectConfig:
                 ok = value >= 16
             if ok and key == "seed":
                 ok = value >= 0
+            if ok and key == "embedding_dtype" and value not in DTYPES:
+                raise TlkitError(f"project.yaml: embedding_dtype is {value!r}; write `embedding_dtype: float32` "
+                                 "or `embedding_dtype: float16` (half the memory for big pools)")
             if not ok:
                 least = {"image_size": " of at least 16 (pixels)", "seed": " of at least 0"}.get(key, "")
                 want = {int: "a whole number" + least, str: "a text value", list: "a list of class names",
@@ -175,13 +180,17 @@ class Project:
         label_studio_root: str | os.PathLike | None = None,
         recipe: str | None = None,
         seed: int = 0,
+        embedding_dtype: str = "float32",
     ) -> "Project":
         """Create a project over the images under ``pool``.
 
         ``label_studio_root`` is Label Studio's document root (default: the pool's parent); image
         URLs in task files are ``label_studio_prefix`` + the image's path relative to it.
         ``labels`` is a shortcut for :func:`tlkit.active.labels.import_seed_labels` afterwards.
+        ``embedding_dtype`` is how the pool's embeddings are cached: ``float32``, or ``float16``
+        (half the disk and memory; :data:`tlkit.extract_store.DTYPES`).
         """
+        storage_dtype(embedding_dtype)
         root = _new_project_folder(root)
         source = scan_images(pool, labeled=False)
         pool_root = Path(source.root).resolve()
@@ -191,6 +200,7 @@ class Project:
             pool_root=str(pool_root), classes=tuple(dict.fromkeys(c.strip() for c in classes if c.strip())),
             backbone=backbone, weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
             label_studio_prefix=label_studio_prefix, label_studio_root=str(ls_root), recipe=recipe, seed=seed,
+            embedding_dtype=embedding_dtype,
         )
         project = cls._write_new(root, config, source)
         if labels is not None:

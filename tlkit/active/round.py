@@ -68,7 +68,9 @@ def embeddings_for(project: Project, *, device: str = "auto", progress: Callable
     """Pool embeddings from the project's cache (computed once per backbone + weights + size).
 
     Returns:
-        (paths [n], embeddings [n, d] float32): decodable pool images in pool order.
+        (paths [n], embeddings [n, d]): decodable pool images in pool order; the embeddings are a
+        read-only memmap of the cache, float32 or float16 (``project.yaml``: ``embedding_dtype``),
+        so a big pool is paged in from disk instead of copied.
     """
     from tlkit.backbones import create_backbone
     from tlkit.extract import extract_features, load_features
@@ -77,10 +79,13 @@ def embeddings_for(project: Project, *, device: str = "auto", progress: Callable
     bb = create_backbone(cfg.backbone, weights=cfg.weights)
     size = bb.data_config.at_size(cfg.image_size).input_size[-1]
     key = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
+    if cfg.embedding_dtype != "float32":
+        key += f"-{cfg.embedding_dtype}"
     out = project.cache_dir / key
-    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device, progress=progress)
-    feats, index, _ = load_features(out, mmap=False)
-    return [r["path"] for r in index], np.ascontiguousarray(feats, dtype=np.float32)
+    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device, progress=progress,
+                     dtype=cfg.embedding_dtype)
+    feats, index, _ = load_features(out, mmap=True)
+    return [r["path"] for r in index], feats
 
 
 def pool_data(project: Project, paths: list[str], embeddings: np.ndarray) -> PoolData:

@@ -57,6 +57,7 @@ def from_project(project, *, device: str = "auto", progress: Callable[[int], Non
     from tlkit.active.round import embeddings_for
 
     paths, emb = embeddings_for(project, device=device, progress=progress)
+    emb = np.array(emb, dtype=np.float32)  # the cache's memmap (float32 or float16), as a float32 copy
     labels = project.labels()
     return AuditSet(str(project.root), project.pool_root, paths,
                     [None if labels.get(p) in (None, SKIP_LABEL) else labels[p] for p in paths], emb)

@@ -38,6 +38,8 @@ def al_init_cmd(
     prefix: str = typer.Option(DEFAULT_PREFIX, "--ls-prefix",
                                help="Image URL prefix before the path relative to --ls-root."),
     seed: int = typer.Option(0, "--seed", help="Seed of the rounds' random choices."),
+    embedding_dtype: str = typer.Option("float32", "--embedding-dtype",
+                                        help="Cache the pool's embeddings as float32 or float16 (half the memory for big pools)."),
 ) -> None:
     """Create an active-learning project over a pool of images."""
     from tlkit.active.labels import import_seed_labels
@@ -48,7 +50,8 @@ def al_init_cmd(
     with user_errors():
         p = Project.create(project, pool=pool, classes=tuple((classes or "").split(",")),
                            backbone=backbone, weights=str(weights) if weights else None, image_size=image_size,
-                           label_studio_prefix=prefix, label_studio_root=ls_root, recipe=recipe, seed=seed)
+                           label_studio_prefix=prefix, label_studio_root=ls_root, recipe=recipe, seed=seed,
+                           embedding_dtype=embedding_dtype)
         if labels is not None:
             import_seed_labels(p, labels)
     console.print(f"created {escape(str(p.root))}: {len(p.pool_paths()):,} pool images, "

@@ -29,6 +29,7 @@ def extract_cmd(
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Fold BatchNorm into the convolutions (checked)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Storage of features.npy: float32 | float16 (half the disk and memory; rounding ≤ 0.05 %)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Embed only shard i/N of the images into OUT/shards/ (independent jobs; join with --merge)."),
     merge: bool = typer.Option(False, "--merge", help="Join the finished shards in OUT/shards/ into OUT (no embedding)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
@@ -48,7 +49,7 @@ def extract_cmd(
             return _merge(source, out, shard)
         kwargs = dict(backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
                       image_size=image_size, precision=precision, workers=workers, strict=strict, compile=compile,
-                      fuse=fuse)
+                      fuse=fuse, dtype=dtype)
         if env_dist_info().enabled:
             return _torchrun(source, out, shard, device, kwargs)
         with progress_bar() as bar:
@@ -90,7 +91,7 @@ def _print_result(res) -> None:
         ("images", f"{res.count:,} ({res.reused:,} reused, {res.embedded:,} embedded"
                    + (f", {res.resumed_from:,} resumed)" if res.resumed_from and res.embedded else ")")),
         ("skipped", f"{res.skipped} (see skipped.csv)" if res.skipped else "0"),
-        ("features", f"{res.count} x {res.dim} float32"),
+        ("features", f"{res.count} x {res.dim} {res.meta.get('dtype', 'float32')}"),
         ("backbone", f"{res.meta['backbone']} [{res.meta['weights']['source']}]"),
         ("precision", f"{res.meta['precision']} on {res.meta['device']}"),
         ("speed", f"{res.images_per_s:,.1f} img/s, {res.elapsed_s:.1f} s"),

@@ -25,6 +25,7 @@ from tlkit.active.strategies._registry import (
     register_strategy,
     select,
 )
+from tlkit.active.strategies._scale import DEFAULT_APPROX, Approx
 
 # importing the family modules registers their strategies
 from tlkit.active.strategies import auto, baseline, bayesian, coldstart, diversity, herding, uncertainty  # noqa: E402,F401,I001
@@ -32,7 +33,9 @@ from tlkit.active.strategies import auto, baseline, bayesian, coldstart, diversi
 DEFAULT_STRATEGY = "auto"
 
 __all__ = [
+    "DEFAULT_APPROX",
     "DEFAULT_STRATEGY",
+    "Approx",
     "NEEDS",
     "PoolView",
     "Selection",

@@ -6,6 +6,10 @@ No function here builds an ``n x n`` matrix: pairwise work goes in row blocks of
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib.util
+import os
 import warnings
 from typing import Iterator
 
@@ -16,7 +20,27 @@ CHUNK_BYTES = 64 * 2**20
 KMEANS_INIT_SAMPLE = 4096
 """k-means++ seeding looks at this many rows (a seeded sample above it)."""
 KMEANS_FULL_WORK = 5e8
-"""Above ``n * k * d`` of this, k-means runs as MiniBatchKMeans (one Lloyd pass would cost >~10 ms)."""
+"""Above ``n * k * d`` of this, k-means takes its large-pool path (one Lloyd pass would cost >~10 ms):
+faiss (``faiss-cpu``) when it is installed, else sklearn's MiniBatchKMeans."""
+FAISS_POINTS_PER_CENTROID = 256
+"""faiss k-means trains on a seeded sample of this many rows per cluster (faiss's default), then
+assigns every row to its nearest centre."""
+_LARGE = contextvars.ContextVar("tlkit_kmeans_large", default=False)
+
+
+@contextlib.contextmanager
+def large_pool_kmeans(on: bool = True) -> Iterator[None]:
+    """Within the block, :func:`kmeans` takes its large-pool path at any size (to measure it on small data)."""
+    token = _LARGE.set(on)
+    try:
+        yield
+    finally:
+        _LARGE.reset(token)
+
+
+def faiss_available() -> bool:
+    """faiss is importable and not turned off with ``TLKIT_FAISS=0``."""
+    return os.environ.get("TLKIT_FAISS", "1") != "0" and importlib.util.find_spec("faiss") is not None
 
 
 def sq_norms(X: np.ndarray) -> np.ndarray:
@@ -106,8 +130,11 @@ def kmeans(
     ``sample_weight [n]`` (optional, non-negative) weights the rows in seeding and in the updates.
 
     k-means++ seeding (:func:`kmeans_pp_seeds`) on a sample of :data:`KMEANS_INIT_SAMPLE` rows, then
-    Lloyd (sklearn KMeans, ≤100 passes) when ``n·k·d <= KMEANS_FULL_WORK``, else sklearn
-    MiniBatchKMeans (batches of 2048, early stop after 3 batches without improvement).
+    Lloyd (sklearn KMeans, ≤100 passes) when ``n·k·d <= KMEANS_FULL_WORK``; above it (or inside
+    :func:`large_pool_kmeans`) faiss k-means (20 passes over a sample of
+    :data:`FAISS_POINTS_PER_CENTROID` rows per cluster, then every row assigned) when faiss is
+    installed, else sklearn MiniBatchKMeans (batches of 2048, early stop after 3 batches without
+    improvement).
 
     Returns:
         ``([n] int labels, [k, d] float32 centers)``. Cost: O(n·k·d) per pass plus O(k·4096·d)
@@ -125,13 +152,31 @@ def kmeans(
     centers = kmeans_pp_seeds(X if n_init_rows == n else X[rows], k, rng, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: fewer distinct clusters
-        if n * k * d <= KMEANS_FULL_WORK:
+        large = n * k * d > KMEANS_FULL_WORK or _LARGE.get()
+        if not large or n < 2 * k:
             km = KMeans(k, init=centers, n_init=1, max_iter=100, random_state=seed).fit(X, sample_weight=sample_weight)
+        elif faiss_available():
+            return _faiss_kmeans(X, centers, seed, sample_weight)
         else:
             km = MiniBatchKMeans(
                 k, init=centers, n_init=1, batch_size=2048, max_iter=20, max_no_improvement=3, random_state=seed
             ).fit(X, sample_weight=sample_weight)
     return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
+
+
+def _faiss_kmeans(X: np.ndarray, centers: np.ndarray, seed: int, sample_weight: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """faiss k-means from the given initial ``centers``: ``([n] labels, [k, d] centers)``."""
+    import faiss
+
+    k, d = centers.shape
+    km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1,
+                      max_points_per_centroid=FAISS_POINTS_PER_CENTROID)
+    w = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float32)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    km.train(X, weights=w, init_centroids=np.ascontiguousarray(centers, dtype=np.float32))
+    _, labels = km.index.search(X, 1)
+    return labels[:, 0].astype(np.int64), np.asarray(km.centroids, dtype=np.float32)
 
 
 def nearest_to_centers(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:

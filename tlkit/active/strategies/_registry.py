@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from tlkit.active.strategies._geometry import large_pool_kmeans
+from tlkit.active.strategies._scale import DEFAULT_APPROX, Approx, check_finite, geometry
 from tlkit.errors import TlkitError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ class PoolView:
     """Everything a strategy may look at, over the WHOLE pool (labeled and unlabeled rows).
 
     Attributes:
-        embeddings: ``[n, d]`` float32 features (the classifier head's input).
+        embeddings: ``[n, d]`` features (the classifier head's input): float32, or float16, or a
+            memmap of either; :func:`select` hands strategies float32 (see ``approx``).
         labeled: ``[n]`` bool, already labeled (or marked unlabelable).
         candidates: ``[n]`` bool, may be selected (unlabeled, not excluded, in the subset).
         probs: ``[n, k]`` class probabilities of the current model; None at cold start.
@@ -164,11 +167,14 @@ def get_strategy(name: str) -> StrategyInfo:
                          f"choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def select(name: str, pool: PoolView, n: int, *, seed: int = 0) -> Selection:
+def select(name: str, pool: PoolView, n: int, *, seed: int = 0, approx: "Approx | None" = None) -> Selection:
     """Pick up to ``n`` candidates of ``pool`` with strategy ``name``.
 
     Validates shapes, clamps ``n`` to the number of candidates, checks the strategy's needs and
-    its output. Deterministic for a given ``seed``.
+    its output. Deterministic for a given ``seed``. The embeddings may be any float array of
+    ``[n, d]`` (a float16 memmap included); strategies that need them get them as float32, or as a
+    projection on big pools (``approx``, default :data:`~tlkit.active.strategies._scale.DEFAULT_APPROX`;
+    see :mod:`tlkit.active.strategies._scale`).
 
     Returns:
         Selection of ``m = min(n, pool.candidates.sum())`` distinct candidate indices, rank order.
@@ -184,14 +190,18 @@ def select(name: str, pool: PoolView, n: int, *, seed: int = 0) -> Selection:
     m = min(int(n), int(np.count_nonzero(pool.candidates)))
     if m == 0:
         return Selection.empty(info.name)
-    sel = info.fn(pool, m, np.random.default_rng(seed))
+    approx = DEFAULT_APPROX if approx is None else approx
+    if "embeddings" in info.needs:
+        pool = dataclasses.replace(pool, embeddings=geometry(pool.embeddings, approx, seed))
+    with large_pool_kmeans(approx.above_bytes == 0):
+        sel = info.fn(pool, m, np.random.default_rng(seed))
     sel = _checked_result(info.name, sel, pool, m)
     log.debug("strategy %s picked %d of %d candidates", sel.strategy, m, int(pool.candidates.sum()))
     return sel
 
 
 def _validated(pool: PoolView) -> PoolView:
-    """Check shapes and dtypes; return a view with float32 C-contiguous embeddings."""
+    """Check shapes and dtypes (the embeddings are checked by blocks, not copied)."""
     labeled, candidates = np.asarray(pool.labeled), np.asarray(pool.candidates)
     if labeled.ndim != 1:
         raise TlkitError(f"labeled must be a 1-D bool mask [n], got shape {labeled.shape}")
@@ -212,8 +222,7 @@ def _validated(pool: PoolView) -> PoolView:
             raise TlkitError(f"embeddings must have shape [n={n}, d], got {emb.shape}")
         if not np.issubdtype(emb.dtype, np.floating):
             raise TlkitError(f"embeddings must be floating point, got {emb.dtype}")
-        emb = np.ascontiguousarray(emb, dtype=np.float32)
-        if not np.isfinite(emb).all():
+        if not check_finite(emb):
             raise TlkitError("embeddings contain NaN or inf; re-extract the features")
     probs = _checked_probs("probs", pool.probs, n, ndim=2)
     mc_probs = _checked_probs("mc_probs", pool.mc_probs, n, ndim=3)
