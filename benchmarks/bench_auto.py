@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--strategies", default=STRATEGIES)
     ap.add_argument("--split", type=int, default=None, help="digits split random_state / photo crop seed")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--rounds", type=int, default=19)
     ap.add_argument("--no-peers", action="store_true", help="tlkit strategies only (no scikit-activeml)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -129,13 +130,15 @@ def main() -> None:
     for name in args.datasets.split(","):
         split = args.split if args.split is not None else REPORT_SPLIT.get(name, 11)
         t = time.perf_counter()
-        res = run_set(name, split, strategies, args.seeds, args.cache, args.rounds) if strategies else None
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        res = run_set(name, split, strategies, seeds, args.cache, args.rounds) if strategies else None
         res = _merged(res, [f for f in args.merge if f.name.endswith(f".{name}.json")])
         if args.save:
             import json
 
             Path(f"{args.save}.{name}.json").write_text(json.dumps({"rows": res.rows, "kappa": res.kappa}))
-        print_table(f"{name}, split {split}, {args.seeds} seeds ({time.perf_counter() - t:.0f} s)", res)
+        n_seeds = len({r[1] for r in res.rows})
+        print_table(f"{name}, split {split}, {n_seeds} seeds ({time.perf_counter() - t:.0f} s)", res)
         if args.stopping and "auto" in res.summary:
             stopping_report(res)
 

@@ -144,3 +144,19 @@ def test_float16_project_round_caches_float16_and_selects(tmp_path, pool):
 def pool(tmp_path_factory) -> tuple:
     """100 digits in one flat folder, and the truth."""
     return flat_digits_pool(tmp_path_factory, per_class=10, seed=2)
+
+
+def test_an_ensemble_scores_the_pool_in_one_pass_as_its_members_would():
+    """stacked_proba (one GEMM over the pool for all heads) equals each head's own predict_proba,
+    classes without labels included (probability 0)."""
+    from tlkit.active import head as heads
+
+    x, y = _blobs(3000, 40, 4, seed=5)
+    scaler = heads.Scaler.fit(x)
+    members = [heads.fit_head(x[i : 300 + i], np.where(y[i : 300 + i] == 3, 0, y[i : 300 + i]), tuple("abcd"),
+                              scaler=scaler, seed=i) for i in range(3)]
+    stacked = heads.stacked_proba(members, x, chunk=1000)
+    each = np.stack([m.predict_proba(x) for m in members], axis=2)
+    assert stacked.shape == (3000, 4, 3)
+    np.testing.assert_allclose(stacked, each, atol=2e-6)
+    assert stacked[:, 3].max() == 0.0

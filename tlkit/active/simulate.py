@@ -23,7 +23,7 @@ import numpy as np
 
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, check_train_mode
 from tlkit.active.stopping import cohen_kappa
-from tlkit.active.strategies import PoolView, get_strategy, list_strategies, select
+from tlkit.active.strategies import Approx, PoolView, get_strategy, list_strategies, select
 from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, save_png, write_csv, write_json
@@ -63,7 +63,7 @@ def _start_set(y: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarra
     return rng.choice(len(y), size=min(start, len(y)), replace=False)
 
 
-def _one_curve(x, y, y_test, learner: Learner, strategy, start_idx, batch, rounds, seed, tick):
+def _one_curve(x, y, y_test, learner: Learner, strategy, start_idx, batch, rounds, seed, tick, approx=None):
     info = get_strategy(strategy)
     labeled = np.zeros(len(y), bool)
     labeled[start_idx] = True
@@ -82,7 +82,7 @@ def _one_curve(x, y, y_test, learner: Learner, strategy, start_idx, batch, round
             break
         pool = PoolView(embeddings=x, labeled=labeled, candidates=~labeled, probs=probs, mc_probs=mc,
                         labels=np.where(labeled, y, -1))
-        sel = select(strategy, pool, batch, seed=seed * 7919 + r)
+        sel = select(strategy, pool, batch, seed=seed * 7919 + r, approx=approx)
         labeled[sel.indices] = True
     return points
 
@@ -122,6 +122,7 @@ def simulate(
     classes: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
     learner: Learner | None = None,
+    approx: Approx | None = None,
 ) -> SimulationResult:
     """Simulate active learning with each strategy and seed.
 
@@ -136,6 +137,8 @@ def simulate(
         learner: fits on the labeled rows and scores pool and test (``test_probs``); default: a
             :class:`~tlkit.active.learner.HeadLearner` on ``x`` and ``x_test`` (no cross-validation);
             :class:`~tlkit.active.finetune.FinetuneLearner` fine-tunes.
+        approx: what strategies see of big pools (:class:`~tlkit.active.strategies.Approx`;
+            ``Approx.forced()`` measures the large-pool approximations on small data).
     """
     _check_strategies(strategies)
     if len(x) != len(y) or len(x_test) != len(y_test):
@@ -153,7 +156,7 @@ def simulate(
         start_idx = _start_set(y, start, np.random.default_rng(seed))
         for s in strategies:
             t = time.perf_counter()
-            for labels, acc, kappa in _one_curve(x, y, y_test, learner, s, start_idx, batch, rounds, seed, tick):
+            for labels, acc, kappa in _one_curve(x, y, y_test, learner, s, start_idx, batch, rounds, seed, tick, approx):
                 result.rows.append((s, seed, labels, acc))
                 result.kappa.append((s, seed, labels, kappa))
             log.info("%s seed %d: %.1f s", s, seed, time.perf_counter() - t)
