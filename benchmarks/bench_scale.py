@@ -96,7 +96,7 @@ def run_pool(args) -> None:
           f"{time.perf_counter() - t:.0f} s to make), {args.labeled} labeled, batch {args.batch}, faiss "
           f"{'on' if args.faiss == '1' else 'off'}, load {os.getloadavg()[0]:.1f}", flush=True)
     names = args.strategies.split(",") if args.strategies else [s.name for s in list_strategies()]
-    print(f"| strategy | train+score s | select s | total s | peak RSS GB | pool accuracy |\n|---|---|---|---|---|---|")
+    print("| strategy | train+score s | select s | total s | peak RSS GB | pool accuracy |\n|---|---|---|---|---|---|")
     rows = []
     for name in names:
         env = {**os.environ, "TLKIT_FAISS": args.faiss}
@@ -136,16 +136,33 @@ def run_aubc(args) -> None:
             t = time.perf_counter()
             sim = simulate(a, ytr, b, yte, strategies=strategies, start=10, batch=10, rounds=19,
                            seeds=args.seeds, approx=approx)
-            res[v] = {s: sim.summary[s]["aubc"] for s in strategies}
+            res[v] = {s: per_seed_aubc(sim, s) for s in strategies}
             print(f"{name} {v}: {time.perf_counter() - t:.0f} s", flush=True)
         out[name] = res
         print(f"\n{name} ({xtr.shape[0]} x {xtr.shape[1]}), AUBC over 10-200 labels, {args.seeds} seeds:")
-        print("| strategy | exact | approximations forced | diff | float16 | diff |\n|---|---|---|---|---|---|")
+        print("| strategy | exact | approximations forced | diff ± SE (points) | float16 | diff ± SE |\n"
+              "|---|---|---|---|---|---|")
         for s in strategies:
-            e, a, h = res["exact"][s], res["approx"][s], res["float16"][s]
-            print(f"| {s} | {e:.3f} | {a:.3f} | {100 * (a - e):+.1f} | {h:.3f} | {100 * (h - e):+.1f} |", flush=True)
+            e, a, h = (np.array(res[v][s]) for v in ("exact", "approx", "float16"))
+            print(f"| {s} | {e.mean():.3f} | {a.mean():.3f} | {paired(a, e)} | {h.mean():.3f} | {paired(h, e)} |",
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def per_seed_aubc(sim, strategy: str) -> list[float]:
+    """AUBC of each seed's curve (seeds in order)."""
+    from tlkit.active.simulate import aubc
+
+    seeds = sorted({r[1] for r in sim.rows})
+    return [aubc(*zip(*sorted((b, a) for s, sd, b, a in sim.rows if s == strategy and sd == seed))) for seed in seeds]
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    """Mean difference of paired per-seed AUBCs, in points, with its standard error."""
+    d = 100 * (a - b)
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"{d.mean():+.1f} ± {se:.1f}"
 
 
 def main() -> None:
