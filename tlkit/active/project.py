@@ -59,6 +59,7 @@ class ProjectConfig:
     label_studio_root: str | None = None
     recipe: str | None = None
     seed: int = 0
+    engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
     tlkit_version: str = tlkit.__version__
 
     def to_yaml(self) -> str:
