@@ -201,6 +201,7 @@ class _Writer:
     def __init__(self, out: Path, part: RowFile, plan: _Plan, done: int, failures: list):
         self.out, self.part, self.plan, self.done, self.failures = out, part, plan, done, failures
         self.resumed = done  # rows of plan.todo finished by an interrupted earlier run
+        self.embed_s = 0.0   # seconds in the embedding loop (decode + engine + writes)
         self._last_commit = time.monotonic()
 
     def write(self, rows: np.ndarray, feats: np.ndarray | None, failures: list, upto: int) -> None:
@@ -278,9 +279,11 @@ def _embed(job: _Job, writer: _Writer, engine: Engine | None) -> None:
     records = [job.source.records[i] for i in writer.plan.todo[start:]]
     if not records:
         return
+    t = time.perf_counter()
     try:
         for batch in _batches(job, records):
             _embed_batch(job, engine, writer, batch, start)
+        writer.embed_s = time.perf_counter() - t
     except BaseException:
         with contextlib.suppress(OSError):
             writer.commit()
@@ -308,7 +311,7 @@ def _strict_error(job: _Job, index: int, reason: str) -> TlkitError:
                       "re-run (finished rows are kept), or drop --strict to skip such files")
 
 
-def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
+def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0) -> dict[str, Any]:
     source = job.source
     return {
         "tlkit_version": tlkit.__version__,
@@ -325,6 +328,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
         "run_key": plan.run_key,
         "reused": len(plan.reuse),
         "elapsed_s": round(elapsed, 3),
+        "embed_s": round(embed_s, 3),
     }
 
 
@@ -389,7 +393,7 @@ def _finalize(job: _Job, writer: _Writer, t0: float) -> ExtractResult:
     """Write the final files (:func:`_finish`) and describe the run."""
     plan = writer.plan
     elapsed = time.perf_counter() - t0
-    count, skipped = _finish(job, writer, _meta(job, plan, elapsed))
+    count, skipped = _finish(job, writer, _meta(job, plan, elapsed, writer.embed_s))
     if skipped:
         log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
     embedded = len(plan.todo) - writer.resumed
