@@ -6,11 +6,14 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TLKIT_OFFLINE", "1")  # never wait on the network in tests
+# compiled OpenVINO models of this session go to a fresh folder, not the user's ~/.cache/tlkit
+os.environ.setdefault("TLKIT_CACHE_DIR", tempfile.mkdtemp(prefix="tlkit-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

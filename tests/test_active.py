@@ -62,7 +62,9 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool, monkeypatch):
     vals = []
     cache_mtime = None
     for n in range(1, 7):
-        res = run_round(project.root, batch=15)
+        # the 0.6 below was set on this trajectory's PyTorch-bf16 embeddings; selections (and the CV accuracy
+        # after 90 labels) move with feature rounding: OpenVINO's embeddings (closer to fp32) end at 0.587
+        res = run_round(project.root, batch=15, engine="torch")
         caches = list(project.cache_dir.glob("*/features.npy"))
         assert len(caches) == 1  # one embedding cache per backbone + weights + size
         if cache_mtime is None:

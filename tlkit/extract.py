@@ -33,16 +33,17 @@ import tlkit
 from tlkit import data as tdata
 from tlkit.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from tlkit.data.config import DataConfig
+from tlkit.data.prefetch import inference_batches
+from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
     recover, run_digest, storage_dtype,
 )
 from tlkit.fingerprint import UNREADABLE, fingerprints
-from tlkit.inference import prepare_for_inference
 from tlkit.io import read_json, write_json
 from tlkit.locks import hold_lock
-from tlkit.runtime import autocast, default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
+from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
 
 if TYPE_CHECKING:
     from tlkit.extract_shards import Shard
@@ -101,6 +102,9 @@ class ExtractOptions:
         fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.inference`).
         dtype: storage type of ``features.npy``, ``float32`` or ``float16`` (half the disk and
             memory; see :data:`tlkit.extract_store.DTYPES` for the rounding it costs).
+        engine: ``auto`` (OpenVINO on a CPU when installed and the model converts, else PyTorch) |
+            ``torch`` | ``openvino`` (:mod:`tlkit.engines`). The engine and precision are part of the
+            settings: rows made with one are never reused by the other.
     """
 
     batch_size: int | None = None
@@ -112,6 +116,7 @@ class ExtractOptions:
     compile: bool = False
     fuse: bool = True
     dtype: str = "float32"
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,10 @@ class _Job:
     @property
     def dim(self) -> int:
         return int(self.bb.num_features)
+
+    def planned_engine(self) -> tuple[str, str]:
+        """(engine, precision) the run will try first (:func:`tlkit.engines.planned_engine`)."""
+        return planned_engine(self.opts.engine, self.device, self.opts.precision)
 
 
 def _job(out: Path, source: tdata.ImageSource, backbone: str | Backbone, weights: str | os.PathLike | None,
@@ -151,6 +160,7 @@ class _Plan:
     settings_key: str
     run_key: str
     base: str                                        # sha256 of the features.npy rows are copied from
+    engine: tuple[str, str]                          # (engine, precision) the rows are made with
     reuse: dict[int, int] = field(default_factory=dict)  # new row -> row of the earlier result
     todo: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # rows to embed, in order
     previous: tuple | None = None                    # (features, index, meta) of the earlier result
@@ -161,21 +171,26 @@ class _Plan:
         return self.previous is not None and self.previous[2].get("run_key") == self.run_key
 
 
-def _settings_key(job: _Job) -> str:
+def _settings_key(job: _Job, engine: tuple[str, str]) -> str:
+    """Digest of what decides the rows; the engine only when it is not ``torch`` (older folders stay valid)."""
     settings = {"backbone": job.bb.name, "weights": job.bb.weights.to_dict(),
-                "data_config": job.data_config.to_dict(), "precision": precision_name(job.dtype)}
+                "data_config": job.data_config.to_dict(), "precision": engine[1]}
+    if engine[0] != "torch":
+        settings["engine"] = engine[0]
     if job.opts.dtype != "float32":  # float32 keys stay as they were before the option existed
         settings["storage"] = job.opts.dtype
     return run_digest(json.dumps(settings, sort_keys=True, default=str))
 
 
-def _plan(job: _Job) -> _Plan:
-    """Fingerprint the images and match them against the earlier result in ``out``."""
+def _plan(job: _Job, engine: tuple[str, str], fps: list[str] | None = None) -> _Plan:
+    """Fingerprint the images (unless ``fps`` are given) and match them against the earlier result in ``out``."""
     records = job.source.records
-    fps = fingerprints([r.path for r in records])
-    settings_key = _settings_key(job)
-    plan = _Plan(fps, settings_key, run_digest(settings_key, [r.rel for r in records], fps), base="")
+    fps = fingerprints([r.path for r in records]) if fps is None else fps
+    settings_key = _settings_key(job, engine)
+    plan = _Plan(fps, settings_key, run_digest(settings_key, [r.rel for r in records], fps), base="", engine=engine)
     prev = read_previous(job.out)
+    if prev is not None and prev[2].get("settings_key") != settings_key and prev[2].get("engine", "torch") != engine[0]:
+        log.info("%s was made with engine %s; re-embedding with %s", job.out, prev[2].get("engine", "torch"), engine[0])
     if prev is not None and prev[2].get("settings_key") == settings_key:
         old = {(r["path"], r.get("fingerprint")): j for j, r in enumerate(prev[1])}
         plan.reuse = {i: old[(r.rel, fp)] for i, (r, fp) in enumerate(zip(records, fps))
@@ -191,6 +206,7 @@ class _Writer:
     def __init__(self, out: Path, part: RowFile, plan: _Plan, done: int, failures: list):
         self.out, self.part, self.plan, self.done, self.failures = out, part, plan, done, failures
         self.resumed = done  # rows of plan.todo finished by an interrupted earlier run
+        self.embed_s = 0.0   # seconds in the embedding loop (decode + engine + writes)
         self._last_commit = time.monotonic()
 
     def write(self, rows: np.ndarray, feats: np.ndarray | None, failures: list, upto: int) -> None:
@@ -242,21 +258,24 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
     return writer
 
 
-def _prepare_model(job: _Job) -> torch.nn.Module:
-    model = prepare_for_inference(job.bb.model, job.device, job.dtype, input_size=job.data_config.input_size,
-                                  fuse=job.opts.fuse)
-    return torch.compile(model) if job.opts.compile else model
+def _engine(job: _Job) -> Engine:
+    """The inference engine for the backbone (``torch`` after one log line when another one cannot run it)."""
+    spec = ModelSpec.of(job.bb.model, job.data_config.input_size, backbone=job.bb.name,
+                        weights=job.bb.weights.sha256 or job.bb.weights.source)
+    return create_engine(spec, engine=job.opts.engine, device=job.device, precision=job.opts.precision,
+                         fuse=job.opts.fuse, compile=job.opts.compile)
 
 
-def _loader(job: _Job, records: list[tdata.ImageRecord]) -> torch.utils.data.DataLoader:
+def _batches(job: _Job, records: list[tdata.ImageRecord]):
+    """Batches of ``records`` decoded while the engine runs (:func:`tlkit.data.prefetch.inference_batches`)."""
     transform = tdata.build_transform(job.data_config)
     dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config.size_hint())
     nw = default_workers() if job.opts.workers is None else job.opts.workers
-    return tdata.make_loader(dataset, batch_size=job.opts.batch_size or inference_batch_size(job.device), workers=nw,
+    return inference_batches(dataset, batch_size=job.opts.batch_size or inference_batch_size(job.device), workers=nw,
                              device=job.device)
 
 
-def _embed(job: _Job, writer: _Writer) -> None:
+def _embed(job: _Job, writer: _Writer, engine: Engine | None) -> None:
     """Embed the images still to do, in order; the first ``writer.done`` of ``plan.todo`` are finished.
 
     On an error (a full disk, an interrupt) the rows finished so far are committed when possible,
@@ -266,11 +285,11 @@ def _embed(job: _Job, writer: _Writer) -> None:
     records = [job.source.records[i] for i in writer.plan.todo[start:]]
     if not records:
         return
-    model = _prepare_model(job)
+    t = time.perf_counter()
     try:
-        with torch.inference_mode():
-            for batch in _loader(job, records):
-                _embed_batch(job, model, writer, batch, start)
+        for batch in _batches(job, records):
+            _embed_batch(job, engine, writer, batch, start)
+        writer.embed_s = time.perf_counter() - t
     except BaseException:
         with contextlib.suppress(OSError):
             writer.commit()
@@ -278,7 +297,7 @@ def _embed(job: _Job, writer: _Writer) -> None:
     writer.commit()
 
 
-def _embed_batch(job: _Job, model: torch.nn.Module, writer: _Writer, batch: tdata.Batch, start: int) -> None:
+def _embed_batch(job: _Job, engine: Engine, writer: _Writer, batch: tdata.Batch, start: int) -> None:
     """Embed one batch of ``plan.todo[start:]`` (``batch.indices`` are positions in it) and store its rows."""
     todo = writer.plan.todo
     failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
@@ -286,9 +305,7 @@ def _embed_batch(job: _Job, model: torch.nn.Module, writer: _Writer, batch: tdat
         raise _strict_error(job, *failures[0])
     rows, feats = np.empty(0, dtype=np.int64), None
     if batch.images is not None and len(batch.images):
-        x = batch.images.to(job.device, non_blocking=job.device.type == "cuda")
-        with autocast(job.device, job.dtype):
-            feats = model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        feats = engine(batch.images)
         rows = todo[start + batch.indices.numpy()]
     writer.write(rows, feats, failures, upto=writer.done + len(rows) + len(failures))
     if job.progress:
@@ -300,7 +317,7 @@ def _strict_error(job: _Job, index: int, reason: str) -> TlkitError:
                       "re-run (finished rows are kept), or drop --strict to skip such files")
 
 
-def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
+def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0) -> dict[str, Any]:
     source = job.source
     return {
         "tlkit_version": tlkit.__version__,
@@ -309,13 +326,15 @@ def _meta(job: _Job, plan: _Plan, elapsed: float) -> dict[str, Any]:
         "data_config": job.data_config.to_dict(),
         "dim": job.dim,
         "dtype": job.opts.dtype,
-        "precision": precision_name(job.dtype),
+        "engine": plan.engine[0],
+        "precision": plan.engine[1],
         "device": str(job.device),
         "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
         "settings_key": plan.settings_key,
         "run_key": plan.run_key,
         "reused": len(plan.reuse),
         "elapsed_s": round(elapsed, 3),
+        "embed_s": round(embed_s, 3),
     }
 
 
@@ -380,7 +399,7 @@ def _finalize(job: _Job, writer: _Writer, t0: float) -> ExtractResult:
     """Write the final files (:func:`_finish`) and describe the run."""
     plan = writer.plan
     elapsed = time.perf_counter() - t0
-    count, skipped = _finish(job, writer, _meta(job, plan, elapsed))
+    count, skipped = _finish(job, writer, _meta(job, plan, elapsed, writer.embed_s))
     if skipped:
         log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
     embedded = len(plan.todo) - writer.resumed
@@ -393,11 +412,16 @@ def _finalize(job: _Job, writer: _Writer, t0: float) -> ExtractResult:
 def _run_locked(job: _Job, t0: float) -> ExtractResult:
     """Plan (what to reuse, resume, embed), run (stream rows to the partial file), finalize (swap in)."""
     recover(job.out)
-    plan = _plan(job)
+    plan = _plan(job, job.planned_engine())
     if plan.finished:
         return _unchanged(job, plan, t0)
+    engine = _engine(job) if len(plan.todo) else None
+    if engine is not None and (engine.name, engine.precision) != plan.engine:  # it fell back: other rows
+        plan = _plan(job, (engine.name, engine.precision), plan.fps)
+        if plan.finished:
+            return _unchanged(job, plan, t0)
     writer = _open_writer(job, plan)
-    _embed(job, writer)
+    _embed(job, writer, engine)
     return _finalize(job, writer, t0)
 
 
@@ -417,6 +441,7 @@ def extract_features(
     compile: bool = False,
     fuse: bool = True,
     dtype: str = "float32",
+    engine: str = "auto",
     shard: "Shard | None" = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
@@ -429,7 +454,7 @@ def extract_features(
             Another extract writing to ``out`` makes this call fail at once (TlkitError).
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
         weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
-        batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype: see
+        batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype, engine: see
             :class:`ExtractOptions`.
         shard: embed only this :class:`~tlkit.extract_shards.Shard` of the records, into its folder
             ``out/shards/...`` (join the shards with :func:`~tlkit.extract_shards.merge_shards`).
@@ -448,7 +473,7 @@ def extract_features(
     """
     t0 = time.perf_counter()
     opts = ExtractOptions(batch_size=batch_size, image_size=image_size, device=device, precision=precision,
-                          workers=workers, strict=strict, compile=compile, fuse=fuse, dtype=dtype)
+                          workers=workers, strict=strict, compile=compile, fuse=fuse, dtype=dtype, engine=engine)
     storage_dtype(dtype)  # a bad name fails before any work
     source = images if isinstance(images, tdata.ImageSource) else tdata.scan_images(images)
     if shard is not None:

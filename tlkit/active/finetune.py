@@ -78,6 +78,7 @@ class FinetuneLearner:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         previous: a previous run to warm-start from when it has the same classes.
         run_dir: keep the run here (one fit per folder); ``None``: a temporary folder.
+        engine: inference engine for scoring the pool (:func:`tlkit.engines.create_engine`).
     """
 
     paths: Sequence[Path]
@@ -88,6 +89,7 @@ class FinetuneLearner:
     device: str = "auto"
     previous: Path | None = None
     run_dir: Path | None = None
+    engine: str = "auto"
 
     def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
         """See :meth:`tlkit.active.learner.Learner.fit`; no ``mc_probs``. Validation is the run's best epoch's
@@ -106,7 +108,7 @@ class FinetuneLearner:
             config, warm = self._config(seed, counts)
             few = min(counts.values()) < MIN_VAL_PER_CLASS
             result = fit(config, data=tree, out=run, val=tree if few else None)
-            predictor = Predictor.load(run, device=self.device)
+            predictor = Predictor.load(run, device=self.device, engine=self.engine)
             probs = predictor.predict_files(self.paths, self.classes)
             test = predictor.predict_files(self.test_paths, self.classes) if self.test_paths is not None else None
         validation = Validation((result.best or {}).get("val_accuracy"), "train" if few else "val")

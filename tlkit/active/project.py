@@ -61,6 +61,7 @@ class ProjectConfig:
     recipe: str | None = None
     seed: int = 0
     embedding_dtype: str = "float32"
+    engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
     tlkit_version: str = tlkit.__version__
 
     def to_yaml(self) -> str:

@@ -64,8 +64,11 @@ class PoolData:
     classes: tuple[str, ...]
 
 
-def embeddings_for(project: Project, *, device: str = "auto", progress: Callable[[int], None] | None = None):
-    """Pool embeddings from the project's cache (computed once per backbone + weights + size).
+def embeddings_for(project: Project, *, device: str = "auto", engine: str | None = None,
+                   progress: Callable[[int], None] | None = None):
+    """Pool embeddings from the project's cache (computed once per backbone + weights + size + engine).
+
+    ``engine``: ``auto`` | ``torch`` | ``openvino`` (:mod:`tlkit.engines`); ``None``: project.yaml's.
 
     Returns:
         (paths [n], embeddings [n, d]): decodable pool images in pool order; the embeddings are a
@@ -82,8 +85,8 @@ def embeddings_for(project: Project, *, device: str = "auto", progress: Callable
     if cfg.embedding_dtype != "float32":
         key += f"-{cfg.embedding_dtype}"
     out = project.cache_dir / key
-    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device, progress=progress,
-                     dtype=cfg.embedding_dtype)
+    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device,
+                     engine=engine or cfg.engine, progress=progress, dtype=cfg.embedding_dtype)
     feats, index, _ = load_features(out, mmap=True)
     return [r["path"] for r in index], feats
 
@@ -162,6 +165,7 @@ def run_round(
     new: bool = False,
     device: str = "auto",
     epochs: int | None = None,
+    engine: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RoundResult:
     """Run one round in ``project_dir`` (see the module docstring).
@@ -174,6 +178,7 @@ def run_round(
         max_pool: score only a random subset of this many unlabeled images.
         new: start a new round even if the last query still awaits labels.
         epochs: epochs for ``train="finetune"``.
+        engine: inference engine for the pool (``auto`` | ``torch`` | ``openvino``; ``None``: project.yaml's).
         progress: called with images embedded (first round of a backbone only).
     """
     check_train_mode(train)
@@ -187,11 +192,12 @@ def run_round(
         if pending and not new:
             return RoundResult(rounds[-1], True, pending, dir=project.round_dir(rounds[-1]))
         n = (rounds[-1] if rounds else 0) + 1
-        return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress)
+        return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress,
+                          engine or project.config.engine)
 
 
 def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tuple[str, ...], seed: int,
-                 model_dir: Path, device: str, epochs: int | None) -> LearnerResult:
+                 model_dir: Path, device: str, epochs: int | None, engine: str) -> LearnerResult:
     """The round's learner fitted on the labeled pool rows (the finetune run is kept in ``model_dir``)."""
     from tlkit.active.finetune import DEFAULT_EPOCHS, FinetuneLearner
 
@@ -203,20 +209,21 @@ def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tu
             [project.pool_root / p for p in data.paths], data.classes, recipe=cfg.recipe, device=device,
             config={"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
                     "epochs": epochs or DEFAULT_EPOCHS},
-            previous=_previous_model(project, n), run_dir=model_dir)
+            previous=_previous_model(project, n), run_dir=model_dir, engine=engine)
     return learner.fit(data.y >= 0, data.y, seed=seed, needs=needs)
 
 
-def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress) -> RoundResult:
+def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress,
+               engine: str) -> RoundResult:
     t0 = time.perf_counter()
     final = project.round_dir(n)
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True)
-    paths, emb = embeddings_for(project, device=device, progress=progress)
+    paths, emb = embeddings_for(project, device=device, engine=engine, progress=progress)
     data = pool_data(project, paths, emb)
     seed = project.config.seed * 1000 + n
     rng = np.random.default_rng(seed)
-    fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs)
+    fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs, engine)
     probs, extra = fitted.probs, fitted.metrics()
     pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1,
                     candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),

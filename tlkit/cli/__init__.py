@@ -6,7 +6,7 @@ import importlib
 
 from tlkit.cli._app import app
 
-COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "recipes", "active", "simulate",
+COMMAND_MODULES = ("demo", "extract", "backbones", "finetune", "evaluate", "predict", "export", "recipes", "active", "simulate",
                    "serve", "audit", "tune", "lr_find")
 
 for _name in COMMAND_MODULES:

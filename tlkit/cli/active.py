@@ -17,6 +17,7 @@ from tlkit.cli._app import (
     user_errors,
 )
 from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.engines import ENGINE_HELP
 
 STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategies()) + "."
 
@@ -92,6 +93,7 @@ def al_round_cmd(
     new: bool = typer.Option(False, "--new", help="Start a new round even if the last query awaits labels."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs for --train finetune."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
+    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP + " Default: project.yaml's engine."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
 ) -> None:
     """Train on the labels, score the pool, and write the next images to label."""
@@ -102,7 +104,7 @@ def al_round_cmd(
     with user_errors(), progress_bar() as bar:
         task = bar.add_task("embed pool", total=None, rate="")
         res = run_round(project, batch=batch, strategy=strategy, train=train, max_pool=max_pool, new=new,
-                        device=device, epochs=epochs, progress=rate_callback(bar, task))
+                        device=device, epochs=epochs, engine=engine, progress=rate_callback(bar, task))
         bar.remove_task(task)
     if res.pending:
         console.print(f"[yellow]round {res.round} still awaits {len(res.query)} labels[/] "

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.engines import ENGINE_HELP
 
 
 def _fmt(value) -> str:
@@ -28,6 +29,7 @@ def evaluate_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
@@ -40,7 +42,7 @@ def evaluate_cmd(
         with progress_bar() as bar:
             task = bar.add_task("evaluate", total=None, rate="")
             m = evaluate_run(run, data, which=checkpoint, batch_size=batch_size, device=device, precision=precision,
-                             workers=workers, tta=tta, out=out, progress=rate_callback(bar, task))
+                             workers=workers, tta=tta, out=out, engine=engine, progress=rate_callback(bar, task))
     if as_json:
         typer.echo(json.dumps(m))
         return

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tlkit.cli._app import PANEL_START, app, console, progress_bar, rate_callback, setup_logging, user_errors
 from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.engines import ENGINE_HELP
 from tlkit.errors import TlkitError
 
 
@@ -25,6 +26,7 @@ def extract_cmd(
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores from 4 up, else 0)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
@@ -49,7 +51,7 @@ def extract_cmd(
             return _merge(source, out, shard)
         kwargs = dict(backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
                       image_size=image_size, precision=precision, workers=workers, strict=strict, compile=compile,
-                      fuse=fuse, dtype=dtype)
+                      fuse=fuse, dtype=dtype, engine=engine)
         if env_dist_info().enabled:
             return _torchrun(source, out, shard, device, kwargs)
         with progress_bar() as bar:
@@ -93,7 +95,7 @@ def _print_result(res) -> None:
         ("skipped", f"{res.skipped} (see skipped.csv)" if res.skipped else "0"),
         ("features", f"{res.count} x {res.dim} {res.meta.get('dtype', 'float32')}"),
         ("backbone", f"{res.meta['backbone']} [{res.meta['weights']['source']}]"),
-        ("precision", f"{res.meta['precision']} on {res.meta['device']}"),
+        ("engine", f"{res.meta.get('engine', 'torch')}, {res.meta['precision']} on {res.meta['device']}"),
         ("speed", f"{res.images_per_s:,.1f} img/s, {res.elapsed_s:.1f} s"),
         ("output", str(res.out)),
     ):

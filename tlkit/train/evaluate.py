@@ -273,10 +273,13 @@ def evaluate_run(
     workers: int | None = None,
     tta: bool = False,
     out: str | os.PathLike | None = None,
+    engine: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json`` (or ``out``)
     and, beside it, the per-image predictions and plots (see :func:`write_evaluation_files`).
+
+    ``engine``: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`).
 
     Raises:
         TlkitError: the data has labels the model does not know, or no labels at all.
@@ -290,7 +293,7 @@ def evaluate_run(
     run = Path(run)
     if out is not None:
         check_output_file(out, example=EVALUATION_FILE)
-    predictor = Predictor.load(run, which=which, device=device, precision=precision)
+    predictor = Predictor.load(run, which=which, device=device, precision=precision, engine=engine)
     classes = predictor.classes
     source = scan_images(data, labeled=True)
     _check_labels(source.records, classes, data, run)

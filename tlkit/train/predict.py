@@ -74,6 +74,7 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
+    engine: str = "auto",
     progress: Callable[[int], None] | None = None,
 ) -> PredictResult:
     """Classify every image of a folder (any layout, recursive), a CSV manifest, or one file.
@@ -85,6 +86,7 @@ def predict(
         topk: columns for the k most likely classes (at most K).
         tta: average with the horizontally flipped image.
         which: ``best`` or ``last`` checkpoint.
+        engine: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`).
     """
     from tlkit.data import write_skipped
     from tlkit.train.predictor import Predictor
@@ -92,7 +94,7 @@ def predict(
     if topk < 1:
         raise TlkitError(f"--topk {topk}: must be at least 1")
     check_output_file(out)
-    predictor = Predictor.load(run, which=which, device=device, precision=precision)
+    predictor = Predictor.load(run, which=which, device=device, precision=precision, engine=engine)
     classes = predictor.classes
     records = _records(images)
     preds = predictor.predict(predictor.loader(records, batch_size=batch_size, workers=workers), tta=tta,

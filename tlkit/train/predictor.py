@@ -2,9 +2,9 @@
 
 One implementation behind ``tlkit evaluate``, ``tlkit predict`` and the fine-tuned active-learning
 learner: the run is rebuilt from its checkpoint alone (:func:`tlkit.train.model.load_model`),
-prepared for inference (:func:`tlkit.inference.prepare_for_inference`: eval mode, BatchNorm
-folded, channels_last) and run under the precision chosen for the device, with the run's own
-preprocessing.
+run by an inference engine (:func:`tlkit.engines.create_engine`: OpenVINO on a CPU when it
+converts, else PyTorch with BatchNorm folded, channels_last and the device's autocast precision),
+with the run's own preprocessing.
 
 Example:
     >>> predictor = Predictor.load("runs/flowers")                              # doctest: +SKIP
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from tlkit.data.config import DataConfig
+from tlkit.engines import Engine
 from tlkit.train.checkpoint import RunMeta
 from tlkit.train.evaluate import Predictions, predict_loader
 
@@ -37,30 +38,33 @@ class Predictor:
     """A run's model prepared for inference, with what it needs to read images.
 
     Attributes:
-        model: the prepared classifier (logits ``[B, K]``).
+        model: the run's classifier (logits ``[B, K]``), eval mode, on the CPU.
         meta: the checkpoint's :class:`RunMeta` (classes, preprocessing, ...).
-        device: where the model runs.
-        amp_dtype: the autocast dtype (``None``: fp32).
+        engine: what runs it (:class:`tlkit.engines.Engine`: ``name``, ``precision``, ``device``).
     """
 
     model: nn.Module
     meta: RunMeta
-    device: torch.device
-    amp_dtype: torch.dtype | None
+    engine: Engine
 
     @classmethod
     def load(cls, run: str | os.PathLike, *, which: str = "best", device: str = "auto",
-             precision: str = "auto") -> "Predictor":
-        """Rebuild ``run`` (a run folder or one of its ``.safetensors``) on ``device`` for inference."""
-        from tlkit.inference import prepare_for_inference
-        from tlkit.runtime import resolve_device, resolve_precision
+             precision: str = "auto", engine: str = "auto") -> "Predictor":
+        """Rebuild ``run`` (a run folder or one of its ``.safetensors``) for inference on ``device``.
+
+        ``engine``: ``auto`` | ``torch`` | ``openvino`` (see :func:`tlkit.engines.create_engine`).
+        """
+        from tlkit.engines import ModelSpec, create_engine
         from tlkit.train.model import load_model
 
-        dev = resolve_device(device)
-        amp = resolve_precision(precision, dev)
-        model, meta = load_model(run, which=which, device=dev)
-        model = prepare_for_inference(model, dev, amp, input_size=meta.data_config.input_size)
-        return cls(model, meta, dev, amp)
+        model, meta = load_model(run, which=which, device="cpu")
+        spec = ModelSpec.of(model, meta.data_config.input_size, backbone=meta.backbone, classes=list(meta.classes))
+        return cls(model, meta, create_engine(spec, engine=engine, device=device, precision=precision))
+
+    @property
+    def device(self) -> torch.device:
+        """Where batches go (the engine's device)."""
+        return self.engine.device
 
     @property
     def classes(self) -> list[str]:
@@ -78,18 +82,19 @@ class Predictor:
         ``class_to_idx`` maps record labels to targets (``None``: targets -1); ``batch_size`` and
         ``workers`` default to the device's inference batch and :func:`tlkit.runtime.default_workers`.
         """
-        from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
+        from tlkit.data import ImageDataset, build_transform, size_hint_for
+        from tlkit.data.prefetch import inference_batches
         from tlkit.runtime import default_workers, inference_batch_size
 
         ds = ImageDataset(records, build_transform(self.data_config), class_to_idx,
                           size_hint=size_hint_for(self.data_config))
-        return make_loader(ds, batch_size=batch_size or inference_batch_size(self.device),
-                           workers=default_workers() if workers is None else workers, device=self.device)
+        return inference_batches(ds, batch_size=batch_size or inference_batch_size(self.device),
+                                 workers=default_workers() if workers is None else workers, device=self.device)
 
     def predict(self, loader, *, tta: bool = False, progress: Callable[[int], None] | None = None) -> Predictions:
         """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`."""
-        return predict_loader(self.model, loader, device=self.device, amp_dtype=self.amp_dtype,
-                              channels_last=True, tta=tta, progress=progress)
+        return predict_loader(self.model, loader, device=self.device, tta=tta, forward=self.engine.forward,
+                              progress=progress)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], classes: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities ``[n, k]`` for image files, one row per path.
