@@ -58,7 +58,7 @@ def test_float16_memmap_embeddings_select_as_their_float32_values(tmp_path):
 def test_the_projection_keeps_distances_of_low_rank_embeddings_and_coreset_picks_with_them():
     x, y = _blobs(3000, 96, 6, rank=12)
     z = geometry(x, Approx.forced(dim=16), seed=0)
-    assert z.shape == (3000, 16) and z.dtype == np.float32
+    assert z.shape == (3000, 17) and z.dtype == np.float32 and np.abs(z[:, 16]).max() < 1e-2 * np.abs(z).max()
     i, j = np.arange(0, 3000, 7), np.arange(3, 3000, 7)[: len(np.arange(0, 3000, 7))]
     exact = np.linalg.norm(x[i] - x[j], axis=1)
     assert np.allclose(np.linalg.norm(z[i] - z[j], axis=1), exact, rtol=1e-3, atol=1e-3)

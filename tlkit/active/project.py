@@ -37,6 +37,7 @@ from tlkit.active import labelstudio as ls
 from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
+from tlkit.active.strategies._scale import PROJECTION_DIM
 from tlkit.extract_store import DTYPES, storage_dtype
 from tlkit.io import read_csv, write_csv, write_text
 from tlkit.locks import hold_lock
@@ -61,6 +62,7 @@ class ProjectConfig:
     recipe: str | None = None
     seed: int = 0
     embedding_dtype: str = "float32"
+    projection_dim: int = PROJECTION_DIM  # what strategies see of pools over 1 GiB of float32 embeddings
     engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
     tlkit_version: str = tlkit.__version__
 
@@ -102,15 +104,18 @@ class ProjectConfig:
                 ok = value >= 16
             if ok and key == "seed":
                 ok = value >= 0
+            if ok and key == "projection_dim":
+                ok = value >= 8
             if ok and key == "embedding_dtype" and value not in DTYPES:
                 raise TlkitError(f"project.yaml: embedding_dtype is {value!r}; write `embedding_dtype: float32` "
                                  "or `embedding_dtype: float16` (half the memory for big pools)")
             if not ok:
-                least = {"image_size": " of at least 16 (pixels)", "seed": " of at least 0"}.get(key, "")
+                least = {"image_size": " of at least 16 (pixels)", "seed": " of at least 0",
+                         "projection_dim": " of at least 8"}.get(key, "")
                 want = {int: "a whole number" + least, str: "a text value", list: "a list of class names",
                         type(None): "null"}
                 default = fields[key].default
-                example = {int: "224" if key == "image_size" else "0", str: repr(default) if isinstance(default, str)
+                example = {int: {"image_size": "224", "projection_dim": "256"}.get(key, "0"), str: repr(default) if isinstance(default, str)
                            else "/path/to/file", list: "[cat, dog]", type(None): "null"}
                 raise TlkitError(f"project.yaml: {key} is {value!r}, not {' or '.join(want[t] for t in allowed)}; "
                                  "write for example " + " or ".join(f"`{key}: {example[t]}`" for t in allowed))

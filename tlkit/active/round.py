@@ -23,7 +23,7 @@ from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode
 from tlkit.active.project import SKIP_LABEL, Project
-from tlkit.active.strategies import PoolView, get_strategy, select
+from tlkit.active.strategies import Approx, PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
 
@@ -229,7 +229,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
                     candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),
                     probs=probs, mc_probs=fitted.mc_probs, labels=np.where(data.y >= 0, data.y, -1))
     t = time.perf_counter()
-    sel = select(info.name, pool, batch, seed=seed)
+    sel = select(info.name, pool, batch, seed=seed, approx=Approx(dim=project.config.projection_dim))
     extra["select_s"] = round(time.perf_counter() - t, 3)
     extra["strategy_plan"] = getattr(sel, "strategy", None) or info.name
     rows = _query_rows(data, sel, probs)

@@ -27,6 +27,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+PROJECTION_DIM = 128
+"""Default dimension of the projection (:attr:`Approx.dim`; ``projection_dim`` in project.yaml)."""
 BLOCK_ROWS = 16384
 """Rows converted (and projected) at a time."""
 
@@ -42,7 +44,7 @@ class Approx:
         fit_rows: rows of the seeded sample the projection is fitted on.
     """
 
-    dim: int = 128
+    dim: int = PROJECTION_DIM
     above_bytes: int | None = 1 << 30
     fit_rows: int = 20000
 
@@ -50,7 +52,7 @@ class Approx:
         return self.above_bytes is not None and d > self.dim and n * d * 4 > self.above_bytes
 
     @classmethod
-    def forced(cls, dim: int = 128) -> "Approx":
+    def forced(cls, dim: int = PROJECTION_DIM) -> "Approx":
         return cls(dim=dim, above_bytes=0)
 
 
@@ -83,16 +85,27 @@ def projection(x: np.ndarray, dim: int, fit_rows: int, rng: np.random.Generator)
 
 
 def project(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """``[n, dim]`` float32 ``x @ basis``, computed by blocks of :data:`BLOCK_ROWS` rows."""
-    out = np.empty((x.shape[0], basis.shape[1]), dtype=np.float32)
+    """``[n, dim + 1]`` float32: ``x @ basis`` and, last, the norm of what the basis drops
+    (``sqrt(||x||² - ||x @ basis||²)``), computed by blocks of :data:`BLOCK_ROWS` rows.
+
+    The extra column keeps every row's norm exactly, and distances stay between the projected
+    ones and the true ones: ``||z - z'||² + (r - r')² <= ||x - x'||²``; a row far off the basis
+    (atypical) stays far from the others.
+    """
+    dim = basis.shape[1]
+    out = np.empty((x.shape[0], dim + 1), dtype=np.float32)
     for s in range(0, x.shape[0], BLOCK_ROWS):
-        out[s : s + BLOCK_ROWS] = np.asarray(x[s : s + BLOCK_ROWS], dtype=np.float32) @ basis
+        block = np.asarray(x[s : s + BLOCK_ROWS], dtype=np.float32)
+        z = block @ basis
+        out[s : s + len(block), :dim] = z
+        rest = np.einsum("ij,ij->i", block, block) - np.einsum("ij,ij->i", z, z)
+        out[s : s + len(block), dim] = np.sqrt(np.maximum(rest, 0.0))
     return out
 
 
 def geometry(x: np.ndarray, approx: Approx, seed: int) -> np.ndarray:
     """The float32 ``[n, d']`` rows strategies work on: ``x`` itself (d' = d) or its projection
-    (d' = ``approx.dim``) when :meth:`Approx.applies`."""
+    (d' = ``approx.dim + 1``, :func:`project`) when :meth:`Approx.applies`."""
     n, d = x.shape
     if not approx.applies(n, d):
         return as_float32(x)
