@@ -161,8 +161,12 @@ def test_either_path_finishes_or_reuses_the_others_folder(tmp_path, images, weig
 def test_stale_records_take_the_normal_path(tmp_path, images, weights, cache, caplog):
     extract_features(images, tmp_path / "a", weights=weights, image_size=64, device="cpu")
     request = warm_request("efficientnet_lite0", weights, True, _opts())
-    assert find_warm_start(request) is not None
+    entry = find_warm_start(request).engine.entry
     caplog.set_level(logging.DEBUG, logger="tlkit.extract_warm")
+    entry.rename(entry.with_name("moved"))  # the compiled model is gone
+    assert find_warm_start(request) is None and "is gone" in caplog.text
+    entry.with_name("moved").rename(entry)
+    assert find_warm_start(request) is not None
     assert find_warm_start(warm_request("efficientnet_lite0", weights, True, _opts(image_size=96))) is None
     assert "no warm-start record" in caplog.text
     st = weights.stat()

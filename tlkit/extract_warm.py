@@ -13,7 +13,7 @@ feature dimension, the precision and the OpenVINO cache entry.
 A later run with the same request uses the record only when everything still checks out: the
 weights file exists with the same size, mtime and sha256 (and, for weights from a package, the
 package still points at it), and the cache entry loads and passes its reference check
-(:func:`tlkit.engines.openvino_engine._load`). Anything else, and anything not covered (a GPU, a
+(:func:`tlkit.engines.openvino_engine.load_cached`). Anything else, and anything not covered (a GPU, a
 torch-only option, weights from the Hugging Face cache or hub, random init, a shard, a transform
 :func:`tlkit.data.numpy_transform.numpy_eval_transform` does not reproduce exactly), takes the normal
 path, with one debug log line. Images are then decoded in threads and preprocessed with PIL + NumPy
@@ -252,7 +252,6 @@ def find_warm_start(request: WarmRequest | None) -> WarmStart | None:
 
 def _load(request: WarmRequest, rec: dict[str, Any], path: Path) -> WarmStart | None:
     from tlkit.data.numpy_transform import numpy_eval_transform
-    from tlkit.engines import ModelSpec
     from tlkit.engines import openvino_engine as ove
 
     cfg = DataConfig.from_dict(rec["data_config"])
@@ -264,12 +263,12 @@ def _load(request: WarmRequest, rec: dict[str, Any], path: Path) -> WarmStart | 
     if entry.parent != ove.cache_root() or not entry.is_dir():
         log.debug("warm-start record %s not used: OpenVINO entry %s is gone; taking the normal path", path.name, entry)
         return None
-    compiled = ove._load(ove.import_openvino(), entry, ModelSpec(None, tuple(cfg.input_size)), rec["precision"])
-    if compiled is None:
-        return None  # _load logged why and removed the entry
+    engine = ove.load_cached(entry, cfg.input_size, rec["precision"])
+    if engine is None:
+        return None  # load_cached logged why and removed the entry
     bb = WarmBackbone(rec["backbone"], WeightsInfo(**rec["weights"]), cfg, int(rec["dim"]))
     log.info("warm start: OpenVINO %s model loaded from %s (torch and timm not imported)", rec["precision"], entry)
-    return WarmStart(bb, ove.OpenVINOEngine(compiled, rec["precision"], entry, built=False), transform)
+    return WarmStart(bb, engine, transform)
 
 
 __all__ = ["WarmBackbone", "WarmRequest", "WarmStart", "find_warm_start", "record", "warm_request"]

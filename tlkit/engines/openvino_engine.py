@@ -242,6 +242,16 @@ def _build_entry(ov, spec: ModelSpec, precision: str, entry: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_cached(entry: Path, input_size: tuple[int, int, int], precision: str) -> OpenVINOEngine | None:
+    """The engine of an existing cache entry, checked as :func:`build_openvino` checks it, without torch;
+    None when the entry is missing or does not check out (then it is deleted, with one log line).
+
+    The extract warm start (:mod:`tlkit.extract_warm`) calls it with the entry its index record names.
+    """
+    compiled = _load(import_openvino(), entry, ModelSpec(None, tuple(input_size)), precision)
+    return None if compiled is None else OpenVINOEngine(compiled, precision, entry, built=False)
+
+
 def build_openvino(spec: ModelSpec, device: torch.device, precision: str = "auto") -> OpenVINOEngine:
     """An :class:`OpenVINOEngine` for ``spec`` from the cache, converting (and caching) it first if needed.
 
