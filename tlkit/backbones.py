@@ -37,6 +37,7 @@ import timm
 import torch
 from torch import nn
 
+from tlkit.backbone_info import WeightsInfo
 from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError, WeightsNotFoundError, did_you_mean
@@ -46,24 +47,6 @@ from tlkit.weights import load_state_dict_into, read_state_dict
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where a backbone's weights came from.
-
-    Attributes:
-        source: ``file`` | ``package`` | ``cache`` | ``hub`` | ``none`` (random init).
-        location: the file path or hub id the weights were read from.
-        sha256: hex digest of the weights file, when there is one.
-    """
-
-    source: str
-    location: str = ""
-    sha256: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "location": self.location, "sha256": self.sha256}
 
 
 @dataclass

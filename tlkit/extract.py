@@ -12,6 +12,10 @@ When ``out`` holds a finished result made with the same backbone, weights and se
 call copies the rows whose path and fingerprint are unchanged, embeds only new or changed images,
 and drops images that are gone; rows follow the new source's order. One extract at a time may
 write a folder (``out/.lock``, :mod:`tlkit.locks`).
+
+Warm start: when an OpenVINO model for this exact request is already compiled and its index record
+checks out (:mod:`tlkit.extract_warm`), the run needs neither torch nor timm (NumPy preprocessing,
+decoding threads) and writes the same folder; this module imports them only on the normal path.
 """
 
 from __future__ import annotations
@@ -27,25 +31,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 import tlkit
 from tlkit import data as tdata
-from tlkit.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.cpuinfo import CPU_INFERENCE_BATCH
 from tlkit.data.config import DataConfig
-from tlkit.data.prefetch import inference_batches
+from tlkit.data.prefetch import DECODE_THREADS, inference_batches, threaded_batches
 from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
     recover, run_digest, storage_dtype,
 )
+from tlkit.extract_warm import WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, warm_request
 from tlkit.fingerprint import UNREADABLE, fingerprints
 from tlkit.io import read_json, write_json
 from tlkit.locks import hold_lock
-from tlkit.runtime import default_workers, inference_batch_size, resolve_device, resolve_precision
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and timm are imported only by the normal path (see tlkit.extract_warm)
+    import torch
+
+    from tlkit.backbones import Backbone
+    from tlkit.data.numpy_transform import ArrayBatch
     from tlkit.extract_shards import Shard
 
 log = logging.getLogger(__name__)
@@ -96,7 +104,8 @@ class ExtractOptions:
             (:meth:`tlkit.data.DataConfig.at_size`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         precision: ``auto`` (bf16 where fast) | ``fp32`` | ``bf16`` | ``fp16``.
-        workers: DataLoader decoding processes (default: half the cores from 4 up, else 0).
+        workers: DataLoader decoding processes (default: half the cores from 4 up, else 0); on the
+            warm start, decoding threads (default ``TLKIT_DECODE_THREADS``, 1).
         strict: fail on the first file that cannot be decoded instead of skipping it.
         compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
         fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.inference`).
@@ -121,16 +130,22 @@ class ExtractOptions:
 
 @dataclass(frozen=True)
 class _Job:
-    """Everything one extract run needs, resolved: the backbone (head dropped), device, dtype, preprocessing."""
+    """Everything one extract run needs, resolved: the backbone (head dropped), device, dtype, preprocessing.
+
+    ``warm``: the warm start (:mod:`tlkit.extract_warm`; ``bb`` is then a :class:`WarmBackbone`,
+    without a model). ``request``: what the normal path records for a later warm start.
+    """
 
     out: Path
     source: tdata.ImageSource
-    bb: Backbone
-    device: torch.device
+    bb: Backbone | WarmBackbone
+    device: torch.device | str
     dtype: torch.dtype | None
     data_config: DataConfig
     opts: ExtractOptions
     progress: Callable[[int], None] | None
+    warm: WarmStart | None = None
+    request: WarmRequest | None = None
 
     @property
     def dim(self) -> int:
@@ -138,18 +153,28 @@ class _Job:
 
     def planned_engine(self) -> tuple[str, str]:
         """(engine, precision) the run will try first (:func:`tlkit.engines.planned_engine`)."""
+        if self.warm is not None:
+            return self.warm.engine.name, self.warm.engine.precision
         return planned_engine(self.opts.engine, self.device, self.opts.precision)
 
 
 def _job(out: Path, source: tdata.ImageSource, backbone: str | Backbone, weights: str | os.PathLike | None,
-         pretrained: bool, opts: ExtractOptions, progress: Callable[[int], None] | None) -> _Job:
-    """Create the backbone (unless given) as a feature extractor and resolve device, precision and size."""
+         pretrained: bool, opts: ExtractOptions, progress: Callable[[int], None] | None,
+         request: WarmRequest | None = None) -> _Job:
+    """The warm start's job when it checks out (:mod:`tlkit.extract_warm`), else the normal one: create the
+    backbone (unless given) as a feature extractor and resolve device, precision and size."""
+    warm = find_warm_start(request)
+    if warm is not None:
+        return _Job(out, source, warm.bb, "cpu", None, warm.bb.data_config, opts, progress, warm=warm)
+    from tlkit.backbones import Backbone, create_backbone
+    from tlkit.runtime import resolve_device, resolve_precision
+
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
     if getattr(bb.model, "num_classes", 0):
         bb.model.reset_classifier(0)  # pooled features
     dev = resolve_device(opts.device)
     return _Job(out, source, bb, dev, resolve_precision(opts.precision, dev), bb.data_config.at_size(opts.image_size),
-                opts, progress)
+                opts, progress, request=request)
 
 
 @dataclass
@@ -259,15 +284,30 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
 
 
 def _engine(job: _Job) -> Engine:
-    """The inference engine for the backbone (``torch`` after one log line when another one cannot run it)."""
+    """The inference engine for the backbone (``torch`` after one log line when another one cannot run it);
+    the warm start's engine when there is one. A built OpenVINO engine is recorded for later warm starts."""
+    if job.warm is not None:
+        return job.warm.engine
     spec = ModelSpec.of(job.bb.model, job.data_config.input_size, backbone=job.bb.name,
                         weights=job.bb.weights.sha256 or job.bb.weights.source)
-    return create_engine(spec, engine=job.opts.engine, device=job.device, precision=job.opts.precision,
-                         fuse=job.opts.fuse, compile=job.opts.compile)
+    engine = create_engine(spec, engine=job.opts.engine, device=job.device, precision=job.opts.precision,
+                           fuse=job.opts.fuse, compile=job.opts.compile)
+    if job.request is not None and engine.name == "openvino":
+        record(job.request, job.bb, job.data_config, engine)
+    return engine
 
 
 def _batches(job: _Job, records: list[tdata.ImageRecord]):
-    """Batches of ``records`` decoded while the engine runs (:func:`tlkit.data.prefetch.inference_batches`)."""
+    """Batches of ``records`` decoded while the engine runs (:func:`tlkit.data.prefetch.inference_batches`);
+    on the warm start NumPy batches decoded in threads (:mod:`tlkit.data.numpy_transform`)."""
+    if job.warm is not None:
+        from tlkit.data.numpy_transform import ArrayImages, collate_arrays
+
+        dataset = ArrayImages(records, job.warm.transform, size_hint=job.data_config.size_hint())
+        return threaded_batches(dataset, batch_size=job.opts.batch_size or CPU_INFERENCE_BATCH, collate=collate_arrays,
+                                threads=job.opts.workers or max(1, DECODE_THREADS))
+    from tlkit.runtime import default_workers, inference_batch_size
+
     transform = tdata.build_transform(job.data_config)
     dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config.size_hint())
     nw = default_workers() if job.opts.workers is None else job.opts.workers
@@ -297,7 +337,7 @@ def _embed(job: _Job, writer: _Writer, engine: Engine | None) -> None:
     writer.commit()
 
 
-def _embed_batch(job: _Job, engine: Engine, writer: _Writer, batch: tdata.Batch, start: int) -> None:
+def _embed_batch(job: _Job, engine: Engine, writer: _Writer, batch: tdata.Batch | ArrayBatch, start: int) -> None:
     """Embed one batch of ``plan.todo[start:]`` (``batch.indices`` are positions in it) and store its rows."""
     todo = writer.plan.todo
     failures = [(int(todo[start + i]), reason) for i, reason in batch.failures]
@@ -306,7 +346,7 @@ def _embed_batch(job: _Job, engine: Engine, writer: _Writer, batch: tdata.Batch,
     rows, feats = np.empty(0, dtype=np.int64), None
     if batch.images is not None and len(batch.images):
         feats = engine(batch.images)
-        rows = todo[start + batch.indices.numpy()]
+        rows = todo[start + np.asarray(batch.indices)]
     writer.write(rows, feats, failures, upto=writer.done + len(rows) + len(failures))
     if job.progress:
         job.progress(len(rows) + len(failures))
@@ -479,7 +519,8 @@ def extract_features(
     if shard is not None:
         source, out = shard.source(source), shard.folder(_output_folder(out))
     out = _output_folder(out)
+    request = warm_request(backbone, weights, pretrained, opts, shard)
     with hold_lock(out / LOCK, "tlkit extract"):
-        job = _job(out, source, backbone, weights, pretrained, opts, progress)
+        job = _job(out, source, backbone, weights, pretrained, opts, progress, request)
         with _disk_full_as_error(out):
             return _run_locked(job, t0)

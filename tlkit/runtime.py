@@ -7,7 +7,6 @@ GradScaler otherwise) and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 el
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -16,6 +15,7 @@ from typing import ContextManager
 import numpy as np
 import torch
 
+from tlkit.cpuinfo import CPU_INFERENCE_BATCH, cpu_has_fast_bf16
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise TlkitError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
         return torch.device(spec)
     raise TlkitError(f"unknown device {spec!r}; choose one of: auto, cpu, cuda, cuda:N")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU executes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off."""
-    if os.environ.get("TLKIT_CPU_BF16") in ("0", "1"):
-        return os.environ["TLKIT_CPU_BF16"] == "1"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
@@ -98,7 +85,7 @@ def inference_batch_size(device: torch.device) -> int:
     On CPUs small batches keep activations in cache: efficientnet_lite0, resnet50 and
     convnext_tiny (bf16, 224 px, 2 cores) all ran fastest at 8, 1.3-1.5x faster than at 32.
     """
-    return 64 if device.type == "cuda" else 8
+    return 64 if device.type == "cuda" else CPU_INFERENCE_BATCH
 
 
 def default_workers() -> int:

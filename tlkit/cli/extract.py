@@ -42,7 +42,7 @@ def extract_cmd(
     first one merges them; --shard i/N and --merge do the same from independent jobs.
     """
     from tlkit.data import scan_images
-    from tlkit.train.distributed import env_dist_info
+    from tlkit.dist_env import env_dist_info
 
     setup_logging(verbose)
     with user_errors():

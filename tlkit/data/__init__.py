@@ -3,7 +3,8 @@
 Data flows one way: :func:`scan_images` turns a folder or a CSV manifest into an
 :class:`ImageSource` (a tuple of :class:`ImageRecord`); :class:`ImageDataset` decodes records with
 :func:`load_image` and a transform from :func:`build_transform`; :func:`make_loader` batches them
-with :func:`collate_skipping`, which drops files that failed to decode and reports why.
+with :func:`collate_skipping`, which drops files that failed to decode and reports why. The loader's
+names (torch) are imported on first use, so ``import tlkit.data`` imports neither torch nor timm.
 
 Sources (:mod:`tlkit.data.sources`):
     * class tree: ``root/<class>/**/<image>``; the first-level folder name is the label.
@@ -28,18 +29,28 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tlkit.data.config import DataConfig
 from tlkit.data.decode import ImageDecodeError, load_image, to_rgb
-from tlkit.data.loader import (
-    Batch,
-    ImageDataset,
-    collate_skipping,
-    make_loader,
-    summarize_failures,
-    write_skipped,
-)
+from tlkit.data.failures import summarize_failures, write_skipped
 from tlkit.data.sources import IMAGE_EXTENSIONS, Imbalance, ImageRecord, ImageSource, class_imbalance, scan_images
 from tlkit.data.transforms import build_transform, size_hint_for
+
+if TYPE_CHECKING:
+    from tlkit.data.loader import Batch, ImageDataset, collate_skipping, make_loader
+
+_LOADER = frozenset({"Batch", "ImageDataset", "collate_skipping", "make_loader"})
+
+
+def __getattr__(name: str) -> Any:
+    """The loader's names, imported on first use: importing :mod:`tlkit.data` must not import torch."""
+    if name in _LOADER:
+        from tlkit.data import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "IMAGE_EXTENSIONS",

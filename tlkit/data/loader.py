@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -15,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tlkit.data.decode import ImageDecodeError, load_image
 from tlkit.data.sources import ImageRecord
+from tlkit.data.failures import summarize_failures, write_skipped
 from tlkit.errors import TlkitError
-from tlkit.io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -139,34 +138,4 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int,
     )
 
 
-def _unique_failures(failures: Iterable[tuple[int, str]]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for index, reason in failures:
-        out.setdefault(int(index), reason)
-    return dict(sorted(out.items()))
-
-
-def write_skipped(path: str | os.PathLike, records: Sequence[ImageRecord],
-                  failures: Iterable[tuple[int, str]]) -> None:
-    """Write the skipped files as CSV ``path,reason`` (``rel`` paths, dataset order), atomically.
-
-    ``failures`` are ``(dataset index, reason)`` pairs, e.g. gathered from :attr:`Batch.failures`;
-    an index reported twice (several epochs) is written once.
-    """
-    rows = [(records[i].rel, reason) for i, reason in _unique_failures(failures).items()]
-    write_csv(path, ("path", "reason"), rows)
-
-
-def summarize_failures(failures: Iterable[tuple[int, str]]) -> str:
-    """One line for a warning: ``"3 files skipped (2 truncated, 1 empty file)"``.
-
-    Reasons are grouped by their text before the first ``:`` ("corrupt: ..." -> "corrupt").
-    """
-    unique = _unique_failures(failures)
-    if not unique:
-        return "no files skipped"
-    kinds = collections.Counter(reason.split(":", 1)[0] for reason in unique.values())
-    ranked = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
-    detail = ", ".join(f"{n} {kind}" for kind, n in ranked)
-    noun = "file" if len(unique) == 1 else "files"
-    return f"{len(unique)} {noun} skipped ({detail})"
+__all__ = ["Batch", "ImageDataset", "collate_skipping", "make_loader", "summarize_failures", "write_skipped"]

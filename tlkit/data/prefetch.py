@@ -15,9 +15,10 @@ from __future__ import annotations
 import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-from tlkit.data.loader import Batch, collate_skipping, make_loader
+if TYPE_CHECKING:
+    from tlkit.data.loader import Batch
 
 DECODE_THREADS = int(os.environ.get("TLKIT_DECODE_THREADS", "1"))
 
@@ -27,10 +28,13 @@ def inference_batches(dataset: Sequence, *, batch_size: int, workers: int, devic
     :func:`threaded_batches` (``TLKIT_DECODE_THREADS``, default 1; 0 decodes between batches)."""
     if workers == 0 and str(device).startswith("cpu") and DECODE_THREADS > 0:
         return threaded_batches(dataset, batch_size=batch_size, threads=DECODE_THREADS)
+    from tlkit.data.loader import make_loader
+
     return make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
 
 
-def threaded_batches(dataset: Sequence, *, batch_size: int, threads: int = 1, ahead: int | None = None) -> Iterator[Batch]:
+def threaded_batches(dataset: Sequence, *, batch_size: int, threads: int = 1, ahead: int | None = None,
+                     collate: Callable[[list], Any] | None = None) -> Iterator[Batch]:
     """The dataset's items in order as :class:`Batch` es, each batch decoded by one of ``threads`` threads.
 
     Args:
@@ -38,16 +42,20 @@ def threaded_batches(dataset: Sequence, *, batch_size: int, threads: int = 1, ah
         batch_size: items per batch (before failed files are dropped).
         threads: decoding threads (>= 1).
         ahead: batches decoded ahead of the consumer (default ``threads + 1``); bounds memory.
+        collate: items -> batch (default :func:`~tlkit.data.collate_skipping`; torch-free:
+            :func:`~tlkit.data.numpy_transform.collate_arrays`).
 
     Example:
         >>> for batch in threaded_batches(ds, batch_size=8):          # doctest: +SKIP
         ...     feats = engine(batch.images)
     """
+    if collate is None:
+        from tlkit.data.loader import collate_skipping as collate
     ahead = max(1, ahead or threads + 1)
     n = len(dataset)
 
     def load(start: int) -> Batch:
-        return collate_skipping([dataset[i] for i in range(start, min(start + batch_size, n))])
+        return collate([dataset[i] for i in range(start, min(start + batch_size, n))])
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="tlkit-decode") as pool:
         starts = iter(range(0, n, batch_size))

@@ -45,14 +45,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from tlkit.cpuinfo import cpu_has_fast_bf16
 from tlkit.engines import EngineUnavailable, ModelSpec
 from tlkit.engines.sigstack import ensure_signal_stack
 from tlkit.errors import TlkitError
 from tlkit.io import fsync_dir, read_json, sha256_file, write_json
-from tlkit.runtime import cpu_has_fast_bf16
+
+if TYPE_CHECKING:  # torch is imported where a model is converted, not to load a cached one (tlkit.extract_warm)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +121,25 @@ class OpenVINOEngine:
 
     name = "openvino"
     channels_last = False
-    device = torch.device("cpu")
 
     def __init__(self, compiled: Any, precision: str, entry: Path, built: bool):
         self.compiled, self.precision, self.entry, self.built = compiled, precision, entry, built
         self._request = compiled.create_infer_request()
 
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device("cpu")
+
     def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+        x = np.ascontiguousarray(x if isinstance(x, np.ndarray) else x.detach().cpu().numpy(), dtype=np.float32)
         self._request.infer({0: x})
         return np.array(self._request.get_output_tensor(0).data, dtype=np.float32).reshape(len(x), -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(self(x))
 
 
@@ -184,6 +195,8 @@ def _load(ov, entry: Path, spec: ModelSpec, precision: str):
 
 def _convert(ov, spec: ModelSpec, precision: str, tmp: Path):
     """Convert ``spec.model`` into ``tmp`` (model.xml/.bin, reference.npy, entry.json last)."""
+    import torch
+
     model = spec.model.float().eval()
     with torch.inference_mode():
         reference = model(torch.from_numpy(reference_input(spec.input_size))).float().numpy()
@@ -227,6 +240,16 @@ def _build_entry(ov, spec: ModelSpec, precision: str, entry: Path) -> None:
             log.info("another process built %s first; using its entry", entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_cached(entry: Path, input_size: tuple[int, int, int], precision: str) -> OpenVINOEngine | None:
+    """The engine of an existing cache entry, checked as :func:`build_openvino` checks it, without torch;
+    None when the entry is missing or does not check out (then it is deleted, with one log line).
+
+    The extract warm start (:mod:`tlkit.extract_warm`) calls it with the entry its index record names.
+    """
+    compiled = _load(import_openvino(), entry, ModelSpec(None, tuple(input_size)), precision)
+    return None if compiled is None else OpenVINOEngine(compiled, precision, entry, built=False)
 
 
 def build_openvino(spec: ModelSpec, device: torch.device, precision: str = "auto") -> OpenVINOEngine:

@@ -8,40 +8,14 @@
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 
+from tlkit.dist_env import DistInfo, env_dist_info
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits: ``rank`` of ``world_size``; ``local_rank`` picks the GPU."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def env_dist_info() -> DistInfo:
-    """Rank info from the torchrun environment (a single process when it is absent)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
