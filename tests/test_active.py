@@ -52,6 +52,14 @@ def _label(project: Project, rows, truth, path: Path) -> None:
     import_labels(project, path)
 
 
+def _pool_accuracy(project: Project, n: int, truth: dict[str, str]) -> float:
+    """Accuracy of round n's model on every pool image, against the hidden truth."""
+    from tlkit.active.round import SCORES, load_scores
+
+    paths, probs, classes = load_scores(project.round_dir(n) / SCORES)
+    return float(np.mean([classes[int(p.argmax())] == truth[path] for path, p in zip(paths, probs)]))
+
+
 def test_five_rounds_with_a_scripted_labeler(tmp_path, pool, monkeypatch):
     from tlkit.active.strategies import auto
 
@@ -62,9 +70,7 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool, monkeypatch):
     vals = []
     cache_mtime = None
     for n in range(1, 7):
-        # the 0.6 below was set on this trajectory's PyTorch-bf16 embeddings; selections (and the CV accuracy
-        # after 90 labels) move with feature rounding: OpenVINO's embeddings (closer to fp32) end at 0.587
-        res = run_round(project.root, batch=15, engine="torch")
+        res = run_round(project.root, batch=15)
         caches = list(project.cache_dir.glob("*/features.npy"))
         assert len(caches) == 1  # one embedding cache per backbone + weights + size
         if cache_mtime is None:
@@ -80,8 +86,11 @@ def test_five_rounds_with_a_scripted_labeler(tmp_path, pool, monkeypatch):
         _label(project, res.query, truth, tmp_path / f"labels{n}.csv")
     assert len(Project.open(project.root).labels()) == 90
     measured = [v for v in vals if v is not None]
-    assert len(measured) >= 4
-    assert measured[-1] > measured[0] and measured[-1] >= 0.6, vals
+    assert len(measured) >= 4 and all(0.0 <= v <= 1.0 for v in measured), vals
+    # learning, measured on the hidden truth of the whole pool: the round models' predictions (scores.npz).
+    # (Cross-validated accuracy on actively chosen labels is biased low: the labels are the hard images.)
+    pool_acc = [_pool_accuracy(project, n, truth) for n in (2, 6)]
+    assert pool_acc[1] > pool_acc[0] + 0.2 and pool_acc[1] >= 0.7, (pool_acc, vals)  # measured: 0.47-0.5 -> 0.85-0.87
     # files of a round
     r6 = project.round_dir(6)
     for name in ("query.csv", "labelstudio.json", "metrics.json", "config.yaml", "model/best.safetensors"):
