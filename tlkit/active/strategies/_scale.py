@@ -7,8 +7,9 @@ convert them to float32, which at that size would not fit next to the pool. So a
 
 * onto the top :attr:`Approx.dim` right singular vectors of the embeddings, **uncentred** (the
   first one is close to the mean direction), fitted on a seeded sample of :attr:`Approx.fit_rows`
-  rows. An uncentred projection keeps inner products, norms and distances up to the energy it drops
-  (reported in the log), so both the euclidean strategies and the cosine ones (MaxHerding
+  rows, plus one column holding the norm of what they drop (:func:`project`). Every row keeps its
+  norm exactly; inner products and distances are kept up to the energy dropped (reported in the
+  log), and no distance grows. So both the euclidean strategies and the cosine ones (MaxHerding
   normalises rows) work on it;
 * computed block by block from the stored rows (float16 or float32, memmap or not): memory is the
   ``[n, dim]`` float32 result plus one block.
