@@ -53,10 +53,12 @@ def numpy_eval_transform(cfg: DataConfig) -> Callable[[Image.Image], np.ndarray]
 
     def transform(img: Image.Image) -> np.ndarray:
         arr = _center_crop(np.asarray(_resize_short(img, scale, resample)), h, w)
-        x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-        for c in range(3):  # per channel with a scalar: the same float32 results as broadcasting
-            x[c] -= mean[c, 0, 0]  # [3, 1, 1], at a tenth of its cost (numpy's broadcast over
-            x[c] /= std[c, 0, 0]  # two length-1 axes runs an inner loop of one element)
+        # C order: astype would keep the transposed (HWC) memory layout, and every later step
+        # would stride through it (0.36 ms instead of 0.07 per 224 px image)
+        x = arr.transpose(2, 0, 1).astype(np.float32, order="C")
+        x /= np.float32(255)
+        x -= mean
+        x /= std
         return x
 
     return transform
