@@ -156,7 +156,10 @@ def test_settings_key_of_features_made_before_data_config_is_unchanged(tmp_path,
     old = dict(bb.data_config, input_size=(3, 48, 48))  # the dict (tuples) the settings key was made from
     assert json.dumps(old, sort_keys=True) == json.dumps(bb.data_config.at_size(48).to_dict(), sort_keys=True)
     hints = []
-    real = ex.tdata.ImageDataset
-    monkeypatch.setattr(ex.tdata, "ImageDataset", lambda *a, **k: hints.append(k["size_hint"]) or real(*a, **k))
+    from tlkit.data import numpy_transform as nt
+
+    for owner, name in ((ex.tdata, "ImageDataset"), (nt, "ArrayImages")):  # torch / OpenVINO decoding
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _real=real, **k: hints.append(k["size_hint"]) or _real(*a, **k))
     res = extract_features(digits_dir, tmp_path / "f", backbone=bb, image_size=48, workers=0, precision="fp32")
     assert hints == [size_hint_for(old)] and res.meta["data_config"] == json.loads(json.dumps(old))
