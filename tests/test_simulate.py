@@ -66,9 +66,11 @@ def test_cli_end_to_end_on_image_folders(tmp_path):
     test = make_digits_folder(tmp_path / "test", per_class=5, seed=99)
     out = tmp_path / "sim"
     res = run_cli("al-simulate", "--pool", str(pool), "--test", str(test), "--out", str(out), "--strategies",
-                  "random,auto", "--seeds", "2", "--start", "10", "--batch", "10", "--rounds", "2", "--image-size", "64")
+                  "random,auto", "--seeds", "2", "--start", "10", "--batch", "10", "--rounds", "2", "--image-size", "64",
+                  "--engine", "torch")
     assert res.returncode == 0, res.stderr
     assert "AUBC" in res.stdout
+    assert json.loads((out / "features" / "pool" / "meta.json").read_text())["engine"] == "torch"
     with open(out / "curves.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["strategy", "seed", "labels", "accuracy"]

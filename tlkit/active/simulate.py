@@ -224,7 +224,7 @@ def _plot(result: SimulationResult, path: Path, title: str) -> None:
 
 def labeled_features(
     source: str | Path, cache: Path, *, backbone: str, weights: str | None, image_size: int | None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, engine: str = "auto",
 ) -> tuple[np.ndarray, list[str]]:
     """Features ``[n, d]`` and label names of a labeled set.
 
@@ -235,7 +235,8 @@ def labeled_features(
 
     source = Path(source)
     if not (source / "features.npy").is_file():
-        extract_features(source, cache, backbone=backbone, weights=weights, image_size=image_size, progress=progress)
+        extract_features(source, cache, backbone=backbone, weights=weights, image_size=image_size, progress=progress,
+                         engine=engine)
         source = cache
     feats, index, _ = load_features(source, mmap=False)
     if not index or "label" not in index[0] or any(not r.get("label") for r in index):
@@ -259,14 +260,16 @@ def simulate_folders(
     seeds: int = 3,
     epochs: int = 3,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
 ) -> tuple[SimulationResult, dict[str, Path]]:
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
     check_train_mode(train)
     _check_strategies(strategies)
     out = check_output_dir(out)
-    x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights, image_size=image_size)
+    x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights,
+                                image_size=image_size, engine=engine)
     xt, names_t = labeled_features(test, out / "features" / "test", backbone=backbone, weights=weights,
-                                   image_size=image_size)
+                                   image_size=image_size, engine=engine)
     classes = sorted(set(names))
     unknown = sorted(set(names_t) - set(classes))
     if unknown:

@@ -13,6 +13,7 @@ from tlkit.cli._app import (
     PANEL_ACTIVE, app, console, progress_bar, setup_logging, training_process, user_errors,
 )
 from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.engines import ENGINE_HELP
 
 
 @app.command("al-simulate", rich_help_panel=PANEL_ACTIVE)
@@ -30,6 +31,7 @@ def al_simulate_cmd(
     batch: int = typer.Option(10, "--batch", min=1, help="Images labeled per round."),
     rounds: int = typer.Option(10, "--rounds", min=0, help="Rounds after the random start."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Repeats with different random starts (mean ± std)."),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Simulate labeling rounds with each strategy; print the area under the budget curve."""
@@ -43,7 +45,7 @@ def al_simulate_cmd(
         result, files = simulate_folders(
             pool, test, out, strategies=names, backbone=backbone, weights=str(weights) if weights else None,
             image_size=image_size, train=train, start=start, batch=batch, rounds=rounds, seeds=seeds, epochs=epochs,
-            progress=lambda k: bar.advance(task, k),
+            progress=lambda k: bar.advance(task, k), engine=engine,
         )
     shown = [b for b in result.budgets if b in {result.budgets[0], result.budgets[-1]}
              or b in {start + batch, 50, 100, 200}]
