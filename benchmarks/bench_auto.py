@@ -53,7 +53,7 @@ def worst_gap(res, strategy: str = "auto") -> tuple[float, int]:
 def print_table(title: str, res) -> None:
     budgets = [b for b in BUDGETS if b in res.budgets]
     print(f"\n{title}")
-    print(f"| strategy | " + " | ".join(str(b) for b in budgets) + " | AUBC |")
+    print("| strategy | " + " | ".join(str(b) for b in budgets) + " | AUBC |")
     print("|---|" + "---|" * (len(budgets) + 1))
     for s, v in sorted(res.summary.items(), key=lambda kv: -kv[1]["aubc"]):
         ma = v["mean_accuracy"]
@@ -75,7 +75,7 @@ def stopping_report(res, strategy: str = "auto") -> None:
     for s, seed, b, k in res.kappa:
         if s == strategy:
             kap.setdefault(seed, []).append((b, None if np.isnan(k) else k))
-    fired, at_stop, final, later_gain = [], [], [], []
+    fired, at_stop, final = [], [], []
     for seed, pts in kap.items():
         pts.sort()
         b_last = pts[-1][0]

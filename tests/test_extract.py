@@ -11,7 +11,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from tests.conftest import REPO, run_cli
 from tlkit.extract import extract_features, load_features
@@ -127,7 +126,7 @@ def test_changed_settings_start_over(tmp_path, digits_dir):
 
 
 def test_bf16_features_close_to_fp32(tmp_path, photos_dir):
-    f32 = extract_features(photos_dir, tmp_path / "a", precision="fp32", image_size=128, workers=0)
+    extract_features(photos_dir, tmp_path / "a", precision="fp32", image_size=128, workers=0)
     b16 = extract_features(photos_dir, tmp_path / "b", precision="bf16", image_size=128, workers=0)
     assert b16.meta["precision"] == "bf16"
     a, b = np.load(tmp_path / "a" / "features.npy"), np.load(tmp_path / "b" / "features.npy")

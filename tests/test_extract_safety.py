@@ -210,7 +210,7 @@ def test_disk_full_while_streaming_keeps_previous_result_and_resumes(tmp_path, d
     assert json.loads((out / "progress.json").read_text())["done"] > 0
     res = extract_features(digits_dir, out, **FAST)
     assert res.resumed_from > 0 and res.count == 60
-    ref = extract_features(digits_dir, tmp_path / "ref", **FAST)
+    extract_features(digits_dir, tmp_path / "ref", **FAST)
     np.testing.assert_allclose(np.load(out / "features.npy"), np.load(tmp_path / "ref" / "features.npy"),
                                rtol=1e-4, atol=1e-4)
 
