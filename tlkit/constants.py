@@ -9,3 +9,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 #: Embedding cosine at or above which `tlkit audit` pairs two images as near-duplicates (with the
 #: thumbnail check; see tlkit.audit.duplicates).
 AUDIT_DUPLICATE_COSINE = 0.70
+
+#: Dimension of the projection active-learning strategies see of pools over 1 GiB of float32
+#: embeddings (tlkit.active.strategies._scale.Approx; project.yaml's projection_dim).
+PROJECTION_DIM = 128

@@ -42,7 +42,7 @@ from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
-    recover, run_digest, storage_dtype,
+    recover, run_digest, set_bytes, storage_dtype,
 )
 from tlkit.extract_warm import WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, warm_request
 from tlkit.fingerprint import UNREADABLE, fingerprints
@@ -269,8 +269,7 @@ def _start(job: _Job, plan: _Plan) -> _Writer:
     n, dim = len(plan.fps), job.dim
     for name in (PARTIAL, PROGRESS):
         (job.out / name).unlink(missing_ok=True)
-    itemsize = storage_dtype(job.opts.dtype).itemsize
-    ensure_free(job.out, n * dim * itemsize + n * 256 + 4096, f"{n:,} x {dim} {job.opts.dtype} features")  # + index.csv
+    ensure_free(job.out, set_bytes(n, dim, job.opts.dtype), f"{n:,} x {dim} {job.opts.dtype} features")
     part = RowFile.create(job.out / PARTIAL, n, dim, job.opts.dtype)
     if plan.reuse:
         new_rows = np.fromiter(plan.reuse, dtype=np.int64)

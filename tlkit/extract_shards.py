@@ -36,7 +36,7 @@ import numpy as np
 from tlkit import data as tdata
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
-    LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest, storage_dtype,
+    LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest, set_bytes,
 )
 from tlkit.fingerprint import fingerprints
 from tlkit.io import read_csv, write_csv
@@ -155,7 +155,7 @@ def merge_shards(source: tdata.ImageSource, out: str | os.PathLike, *, count: in
         shards = shard_folders(out, count)
         parts = _read_shards(source, shards)
         n, dim, dtype = sum(len(f) for f in parts.feats), int(parts.meta["dim"]), parts.meta.get("dtype", "float32")
-        ensure_free(out, n * dim * storage_dtype(dtype).itemsize + n * 256 + 4096, f"{n:,} x {dim} merged {dtype} features")
+        ensure_free(out, set_bytes(n, dim, dtype), f"{n:,} x {dim} merged {dtype} features")
         part = RowFile.create(out / PARTIAL, n, dim, dtype)
         row = 0
         for feats in parts.feats:

@@ -63,6 +63,11 @@ def ensure_free(folder: Path, need: int, what: str) -> None:
                          f"{_mib(free)} free; free space (or choose another --out) and re-run")
 
 
+def set_bytes(n: int, dim: int, dtype: str) -> int:
+    """Disk space a new set of ``n`` rows needs: ``features.npy`` in ``dtype`` plus its index.csv (estimated)."""
+    return n * dim * storage_dtype(dtype).itemsize + n * 256 + 4096
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -94,13 +99,13 @@ class RowFile:
         import io
 
         buf = io.BytesIO()
-        descr = storage_dtype(dtype).str
-        np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": (n, dim)})
+        want = storage_dtype(dtype)
+        np.lib.format.write_array_header_1_0(buf, {"descr": want.str, "fortran_order": False, "shape": (n, dim)})
         header = buf.getvalue()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _pwrite_all(fd, header, 0, path)
-            _preallocate(fd, len(header) + n * dim * storage_dtype(dtype).itemsize, path)
+            _preallocate(fd, len(header) + n * dim * want.itemsize, path)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)

@@ -76,11 +76,7 @@ class LinearHead:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``[n, k]``."""
-        z = self.decision(x)
-        z -= z.max(1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(1, keepdims=True)
-        return z
+        return _softmax_(self.decision(x), axis=1)
 
     def folded(self) -> tuple[np.ndarray, np.ndarray]:
         """(weight [k, d], bias [k]) acting on raw features: the scaler folded into the linear layer."""
@@ -171,11 +167,16 @@ def stacked_proba(heads: list[LinearHead], x: np.ndarray, chunk: int = 16384) ->
     out = np.empty((len(x), k, t), np.float32)
     for i in range(0, len(x), chunk):
         z = (np.asarray(x[i : i + chunk], dtype=np.float32) @ w.T + b).reshape(-1, t, k)
-        z -= z.max(2, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(2, keepdims=True)
-        out[i : i + chunk] = z.transpose(0, 2, 1)
+        out[i : i + chunk] = _softmax_(z, axis=2).transpose(0, 2, 1)
     return out
+
+
+def _softmax_(z: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax of the logits ``z`` over ``axis``, in place; returns ``z``."""
+    z -= z.max(axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis, keepdims=True)
+    return z
 
 
 def _stratified_bootstrap(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -34,10 +34,9 @@ import yaml
 
 import tlkit
 from tlkit.active import labelstudio as ls
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.constants import DEFAULT_BACKBONE, PROJECTION_DIM
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
-from tlkit.active.strategies._scale import PROJECTION_DIM
 from tlkit.extract_store import DTYPES, storage_dtype
 from tlkit.io import read_csv, write_csv, write_text
 from tlkit.locks import hold_lock

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tlkit.constants import PROJECTION_DIM
+
 log = logging.getLogger(__name__)
 
-PROJECTION_DIM = 128
-"""Default dimension of the projection (:attr:`Approx.dim`; ``projection_dim`` in project.yaml)."""
 BLOCK_ROWS = 16384
 """Rows converted (and projected) at a time."""
 
@@ -58,16 +58,6 @@ class Approx:
 
 
 DEFAULT_APPROX = Approx()
-
-
-def as_float32(x: np.ndarray) -> np.ndarray:
-    """``x`` as a C-contiguous float32 array (no copy when it already is one), converted by blocks."""
-    if x.dtype == np.float32 and x.flags.c_contiguous:
-        return x  # a float32 memmap too: its pages come from the page cache
-    out = np.empty(x.shape, dtype=np.float32)
-    for s in range(0, x.shape[0], BLOCK_ROWS):
-        out[s : s + BLOCK_ROWS] = x[s : s + BLOCK_ROWS]
-    return out
 
 
 def projection(x: np.ndarray, dim: int, fit_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -109,7 +99,7 @@ def geometry(x: np.ndarray, approx: Approx, seed: int) -> np.ndarray:
     (d' = ``approx.dim + 1``, :func:`project`) when :meth:`Approx.applies`."""
     n, d = x.shape
     if not approx.applies(n, d):
-        return as_float32(x)
+        return np.ascontiguousarray(x, dtype=np.float32)  # no copy of a float32 array (a memmap's pages stay shared)
     basis, kept = projection(x, approx.dim, approx.fit_rows, np.random.default_rng([seed, 17]))
     log.info("strategies see a %d-d projection of the %s x %d embeddings (%.1f %% of the energy kept)",
              approx.dim, f"{n:,}", d, 100 * kept)
