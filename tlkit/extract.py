@@ -44,7 +44,9 @@ from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
     recover, run_digest, set_bytes, storage_dtype,
 )
-from tlkit.extract_warm import WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, warm_request
+from tlkit.extract_warm import (
+    WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, same_preprocessing, warm_request,
+)
 from tlkit.fingerprint import UNREADABLE, fingerprints
 from tlkit.io import read_json, write_json
 from tlkit.locks import hold_lock
@@ -299,10 +301,11 @@ def _engine(job: _Job) -> Engine:
 def _batches(job: _Job, records: list[tdata.ImageRecord], engine: Engine):
     """Batches of ``records`` decoded while the engine runs (:func:`tlkit.data.prefetch.inference_batches`).
     For OpenVINO (the warm start, or any run whose preprocessing :mod:`tlkit.data.numpy_transform`
-    covers), NumPy batches decoded in threads: the same tensors as timm's transform, at a third of
-    its CPU time, which on a small CPU is taken from the model's cores."""
+    reproduces bit for bit with the installed timm, :func:`~tlkit.extract_warm.same_preprocessing`),
+    NumPy batches decoded in threads: the same tensors as timm's transform, at a third of its CPU
+    time, which on a small CPU is taken from the model's cores."""
     transform = job.warm.transform if job.warm is not None else None
-    if transform is None and engine.name == "openvino":
+    if transform is None and engine.name == "openvino" and same_preprocessing(job.data_config):
         from tlkit.data.numpy_transform import numpy_eval_transform
 
         transform = numpy_eval_transform(job.data_config)

@@ -24,6 +24,7 @@ path, with one debug log line. Images are then decoded in threads and preprocess
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -149,7 +150,7 @@ def record(request: WarmRequest, bb: Any, data_config: DataConfig, engine: Any) 
     Only weights read from a file or a package are recorded (their file can be checked later).
     """
     file = _weights_file(bb)
-    if file is None or engine.name != "openvino" or not _same_preprocessing(data_config):
+    if file is None or engine.name != "openvino" or not same_preprocessing(data_config):
         return
     rec = {"index": INDEX_VERSION, "request": asdict(request), "versions": _versions(),
            "backbone": bb.name, "weights": bb.weights.to_dict(), "weights_file": file,
@@ -163,9 +164,11 @@ def record(request: WarmRequest, bb: Any, data_config: DataConfig, engine: Any) 
         log.debug("warm-start record not written (%s)", e)
 
 
-def _same_preprocessing(cfg: DataConfig) -> bool:
+@functools.lru_cache(maxsize=8)
+def same_preprocessing(cfg: DataConfig) -> bool:
     """Whether :func:`numpy_eval_transform` gives timm's tensor bit for bit for ``cfg`` with the installed timm,
-    on noise images of several shapes (checked whenever a record is written: a timm upgrade cannot slip by)."""
+    on noise images of several shapes (checked whenever a record is written, and before the normal path
+    decodes with it: a timm upgrade cannot slip by). Once per config and process."""
     import numpy as np
     from PIL import Image
 
@@ -179,7 +182,8 @@ def _same_preprocessing(cfg: DataConfig) -> bool:
     for h, w in ((37, 53), (301, 97), (cfg.input_size[1], cfg.input_size[2] + 3)):
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         if not np.array_equal(fast(img), slow(img).numpy()):
-            log.info("warm start not recorded: NumPy preprocessing differs from timm's for %s", cfg.to_dict())
+            log.info("NumPy preprocessing differs from timm's for %s: timm's is used and no warm start is recorded",
+                     cfg.to_dict())
             return False
     return True
 
