@@ -160,3 +160,59 @@ def test_an_ensemble_scores_the_pool_in_one_pass_as_its_members_would():
     assert stacked.shape == (3000, 4, 3)
     np.testing.assert_allclose(stacked, each, atol=2e-6)
     assert stacked[:, 3].max() == 0.0
+
+
+def test_kmeans_rows_streams_a_float16_memmap_at_full_dimension(tmp_path, monkeypatch):
+    """The large path trains on a sample and assigns every row block by block: it finds the blobs,
+    each representative is its cluster's member nearest the centre, and no float32 copy of the rows
+    is made (blocks of 1 MB here, so that the pool is many blocks)."""
+    monkeypatch.setattr(_geometry, "CHUNK_BYTES", 2**20)
+    x, y = _blobs(60_000, 64, 6, seed=4)
+    np.save(tmp_path / "x.npy", x.astype(np.float16))
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = np.arange(1, 60_000, 2)
+    with _geometry.large_pool_kmeans():
+        _geometry.kmeans_rows(mm, rows[:5000], 6, np.random.default_rng(0))  # imports (sklearn, faiss) before tracing
+        tracemalloc.start()
+        labels, rep = _geometry.kmeans_rows(mm, rows, 6, np.random.default_rng(0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.5 * rows.size * 64 * 4, peak
+    assert len(set(zip(y[rows].tolist(), labels.tolist()))) == 6  # one cluster per blob
+    xr = mm[rows].astype(np.float32)
+    for c in range(6):  # the representative is central (the centre was trained on a sample)
+        members = np.flatnonzero(labels == c)
+        d = ((xr[members] - xr[members].mean(0)) ** 2).sum(1)
+        assert rep[c] in members and d[members == rep[c]][0] <= 1.05 * d.min()
+    centers = xr[[0, 5, 9, 77]] + 0.5  # the streamed pass, against brute force
+    lab2, rep2 = _geometry.assign_rows(mm, rows, centers)
+    D = ((xr[:, None, :] - centers[None]) ** 2).sum(-1)
+    assert np.array_equal(lab2, D.argmin(1))
+    for c in range(4):
+        members = np.flatnonzero(lab2 == c)
+        assert rep2[c] == members[np.argmin(D[members, c])]
+
+
+def test_the_small_path_of_kmeans_rows_is_kmeans_on_the_copied_rows():
+    x, y = _blobs(800, 16, 4)
+    rows = np.arange(0, 800, 3)
+    labels, rep = _geometry.kmeans_rows(x.astype(np.float16), rows, 5, np.random.default_rng(7))
+    xr = x.astype(np.float16)[rows].astype(np.float32)
+    l2, centers = _geometry.kmeans(xr, 5, np.random.default_rng(7))
+    assert np.array_equal(labels, l2) and np.array_equal(rep, _geometry.nearest_to_centers(xr, l2, centers))
+
+
+def test_sampling_strategies_read_full_dimension_rows_instead_of_the_projection():
+    """MaxHerding (and auto's phases) read a bounded sample of rows: with the approximations forced on
+    they still see every dimension, so they pick what the exact path picks, on data the projection
+    would distort (rank 40 > 8 dimensions)."""
+    x, y = _blobs(1500, 64, 5, rank=40)
+    pool = _pool(x, y, 12)
+    infos = {s.name: s for s in list_strategies()}
+    assert all(infos[s].full_dim for s in ("auto", "maxherding", "maxherding-entropy", "kmeans", "clue", "probcover"))
+    assert not infos["coreset"].full_dim
+    for name in ("maxherding", "maxherding-entropy", "auto"):
+        exact = select(name, pool, 30, seed=2).indices
+        assert np.array_equal(select(name, pool, 30, seed=2, approx=Approx.forced(dim=8)).indices, exact), name
+    assert not np.array_equal(select("coreset", pool, 30, seed=2).indices,
+                              select("coreset", pool, 30, seed=2, approx=Approx.forced(dim=8)).indices)

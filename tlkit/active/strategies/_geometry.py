@@ -23,8 +23,14 @@ KMEANS_FULL_WORK = 5e8
 """Above ``n * k * d`` of this, k-means takes its large-pool path (one Lloyd pass would cost >~10 ms):
 faiss (``faiss-cpu``) when it is installed, else sklearn's MiniBatchKMeans."""
 FAISS_POINTS_PER_CENTROID = 256
-"""faiss k-means trains on a seeded sample of this many rows per cluster (faiss's default), then
-assigns every row to its nearest centre."""
+"""Large-pool k-means trains on a seeded sample of this many rows per cluster (faiss's default), then
+assigns every row to its nearest centre (:func:`kmeans_rows` streams that pass)."""
+KMEANS_MAX_ITER = 100
+"""Most Lloyd passes of any k-means here (sklearn's and faiss's)."""
+KMEANS_TOL = 1e-4
+"""Convergence: the centres' squared shifts sum to at most this times the rows' mean variance (sklearn's ``tol``)."""
+FAISS_ROUND_ITERS = 10
+"""faiss k-means checks convergence after every this many passes (faiss itself has no tolerance)."""
 _LARGE = contextvars.ContextVar("tlkit_kmeans_large", default=False)
 
 
@@ -130,9 +136,10 @@ def kmeans(
     ``sample_weight [n]`` (optional, non-negative) weights the rows in seeding and in the updates.
 
     k-means++ seeding (:func:`kmeans_pp_seeds`) on a sample of :data:`KMEANS_INIT_SAMPLE` rows, then
-    Lloyd (sklearn KMeans, ≤100 passes) when ``n·k·d <= KMEANS_FULL_WORK``; above it (or inside
-    :func:`large_pool_kmeans`) faiss k-means (20 passes over a sample of
-    :data:`FAISS_POINTS_PER_CENTROID` rows per cluster, then every row assigned) when faiss is
+    Lloyd to convergence (sklearn KMeans, ≤ :data:`KMEANS_MAX_ITER` passes) when ``n·k·d <=
+    KMEANS_FULL_WORK``; above it (or inside :func:`large_pool_kmeans`) faiss k-means (Lloyd to the
+    same convergence criterion over a sample of :data:`FAISS_POINTS_PER_CENTROID` rows per cluster,
+    then every row assigned, :func:`_faiss_kmeans`) when faiss is
     installed, else sklearn MiniBatchKMeans (batches of 2048, early stop after 3 batches without
     improvement).
 
@@ -154,7 +161,7 @@ def kmeans(
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: fewer distinct clusters
         large = n * k * d > KMEANS_FULL_WORK or _LARGE.get()
         if not large or n < 2 * k:
-            km = KMeans(k, init=centers, n_init=1, max_iter=100, random_state=seed).fit(X, sample_weight=sample_weight)
+            km = KMeans(k, init=centers, n_init=1, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=seed).fit(X, sample_weight=sample_weight)
         elif faiss_available():
             return _faiss_kmeans(X, centers, seed, sample_weight)
         else:
@@ -166,17 +173,92 @@ def kmeans(
 
 def _faiss_kmeans(X: np.ndarray, centers: np.ndarray, seed: int, sample_weight: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """faiss k-means from the given initial ``centers``: ``([n] labels, [k, d] centers)``."""
+    """faiss k-means from the given initial ``centers``: ``([n] labels, [k, d] centers)``.
+
+    Trains on a seeded sample of :data:`FAISS_POINTS_PER_CENTROID` rows per cluster, by rounds of
+    :data:`FAISS_ROUND_ITERS` Lloyd passes until the centres move less than sklearn's criterion
+    (``sum of squared shifts <= KMEANS_TOL · mean variance``) or :data:`KMEANS_MAX_ITER` passes;
+    then every row is assigned to its nearest centre.
+    """
     import faiss
 
     k, d = centers.shape
-    km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1,
-                      max_points_per_centroid=FAISS_POINTS_PER_CENTROID)
-    w = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float32)
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    km.train(X, weights=w, init_centroids=np.ascontiguousarray(centers, dtype=np.float32))
-    _, labels = km.index.search(X, 1)
-    return labels[:, 0].astype(np.int64), np.asarray(km.centroids, dtype=np.float32)
+    n = X.shape[0]
+    m = min(n, FAISS_POINTS_PER_CENTROID * k)
+    train = np.arange(n) if m == n else np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+    Xt = np.ascontiguousarray(X[train], dtype=np.float32)
+    w = None if sample_weight is None else np.ascontiguousarray(np.asarray(sample_weight)[train], dtype=np.float32)
+    tol = KMEANS_TOL * float(Xt.var(axis=0, dtype=np.float64).mean())
+    km = faiss.Kmeans(d, k, niter=FAISS_ROUND_ITERS, seed=seed, verbose=False, min_points_per_centroid=1,
+                      max_points_per_centroid=max(1, -(-m // k)))  # no second sampling
+    c = np.ascontiguousarray(centers, dtype=np.float32)
+    for _ in range(0, KMEANS_MAX_ITER, FAISS_ROUND_ITERS):
+        km.train(Xt, weights=w, init_centroids=c)
+        shift = float(((km.centroids - c) ** 2).sum(dtype=np.float64))
+        c = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        if shift <= tol:
+            break
+    _, labels = km.index.search(Xt if m == n else np.ascontiguousarray(X, dtype=np.float32), 1)
+    return labels[:, 0].astype(np.int64), c
+
+
+def take_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[len(rows), d]`` float32 copy of ``X[rows]`` (``X`` any float array, a float16 memmap included;
+    ``rows`` ascending reads a memmap in order)."""
+    return np.ascontiguousarray(X[rows], dtype=np.float32)
+
+
+def kmeans_rows(
+    X: np.ndarray, rows: np.ndarray, k: int, rng: np.random.Generator, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of the rows ``X[rows]`` at full dimension, and the member nearest each centre.
+
+    ``X`` may be any float ``[N, d]`` array, a float16 memmap included. On the small path the rows
+    are copied as float32 and clustered by :func:`kmeans`. On the large path (``len(rows)·k·d >``
+    :data:`KMEANS_FULL_WORK`, or inside :func:`large_pool_kmeans`) :func:`kmeans` trains on a seeded
+    sample of :data:`FAISS_POINTS_PER_CENTROID` rows per cluster, then every row is assigned to its
+    nearest centre block by block: no float32 copy of all the rows, and no projection.
+
+    Returns:
+        ``([len(rows)] int labels, [k'] position in ``rows`` of the member nearest each centre, -1
+        for an empty cluster)``. Cost: k-means on at most ``256·k`` rows plus one O(c·k·d) pass;
+        memory O(256·k·d + CHUNK_BYTES) on the large path.
+    """
+    c, d = rows.shape[0], X.shape[1]
+    k = max(1, min(int(k), c))
+    if not (c * k * d > KMEANS_FULL_WORK or _LARGE.get()):
+        Xc = take_rows(X, rows)
+        labels, centers = kmeans(Xc, k, rng, sample_weight)
+        return labels, nearest_to_centers(Xc, labels, centers)
+    m = min(c, FAISS_POINTS_PER_CENTROID * k)
+    train = np.arange(c) if m == c else np.sort(rng.choice(c, m, replace=False))
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float64)[train]
+    with large_pool_kmeans():
+        _, centers = kmeans(take_rows(X, rows[train]), k, rng, w)
+    return assign_rows(X, rows, centers)
+
+
+def assign_rows(X: np.ndarray, rows: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each of ``X[rows]`` to its nearest of ``centers [k, d]``, read block by block:
+    ``([len(rows)] labels, [k] position of the member nearest each centre, -1 if none)``.
+    Cost: O(c·k·d) time, O(CHUNK_BYTES) memory beyond the ``[c]`` labels."""
+    k = centers.shape[0]
+    labels = np.empty(rows.shape[0], dtype=np.int64)
+    best_d2 = np.full(k, np.inf)
+    best = np.full(k, -1, dtype=np.int64)
+    c2 = sq_norms(centers)
+    for blk in row_blocks(rows.shape[0], max(k, X.shape[1])):
+        Xb = take_rows(X, rows[blk])
+        lab = sq_dists(Xb, centers, None, c2).argmin(axis=1)
+        Xb -= centers[lab]
+        d2 = np.einsum("ij,ij->i", Xb, Xb).astype(np.float64)  # as nearest_to_centers computes it
+        labels[blk] = lab
+        order = np.lexsort((d2, lab))
+        first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
+        better = d2[first] < best_d2[lab[first]]
+        best_d2[lab[first][better]] = d2[first][better]
+        best[lab[first][better]] = blk.start + first[better]
+    return labels, best
 
 
 def nearest_to_centers(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -109,12 +109,19 @@ Strategy = Callable[[PoolView, int, np.random.Generator], Selection]
 
 @dataclass(frozen=True)
 class StrategyInfo:
-    """A registered strategy: its name, one-line description and the arrays it needs."""
+    """A registered strategy: its name, one-line description and the arrays it needs.
+
+    ``full_dim``: the strategy reads only a bounded sample of the embeddings' rows (or streams them,
+    as :func:`~tlkit.active.strategies._geometry.kmeans_rows`), so on big pools it gets the stored
+    rows (any float dtype, a memmap) at full dimension instead of a projection, and must convert the
+    rows it takes (:func:`~tlkit.active.strategies._geometry.take_rows`).
+    """
 
     name: str
     fn: Strategy
     description: str
     needs: tuple[str, ...]
+    full_dim: bool = False
 
     @property
     def cold_start(self) -> bool:
@@ -125,7 +132,8 @@ class StrategyInfo:
 _REGISTRY: dict[str, StrategyInfo] = {}
 
 
-def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = ("probs",)) -> Callable[[Strategy], Strategy]:
+def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = ("probs",),
+                      full_dim: bool = False) -> Callable[[Strategy], Strategy]:
     """Register ``fn(pool, n, rng) -> Selection`` under ``name``.
 
     Args:
@@ -133,6 +141,7 @@ def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = (
         description: one line for ``--help`` and listings.
         needs: the PoolView arrays the strategy reads, a subset of
             ``{"probs", "embeddings", "mc_probs"}``; :func:`select` checks they are present.
+        full_dim: see :class:`StrategyInfo`.
 
     Example:
         >>> @register_strategy("my-random", description="uniform", needs=())
@@ -147,7 +156,7 @@ def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = (
     def decorator(fn: Strategy) -> Strategy:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"strategy {name!r} is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = StrategyInfo(name, fn, description, needs)
+        _REGISTRY[name] = StrategyInfo(name, fn, description, needs, full_dim)
         return fn
 
     return decorator
@@ -192,7 +201,7 @@ def select(name: str, pool: PoolView, n: int, *, seed: int = 0, approx: "Approx 
         return Selection.empty(info.name)
     approx = DEFAULT_APPROX if approx is None else approx
     if "embeddings" in info.needs:
-        pool = dataclasses.replace(pool, embeddings=geometry(pool.embeddings, approx, seed))
+        pool = dataclasses.replace(pool, embeddings=geometry(pool.embeddings, approx, seed, projected=not info.full_dim))
     with large_pool_kmeans(approx.above_bytes == 0):
         sel = info.fn(pool, m, np.random.default_rng(seed))
     sel = _checked_result(info.name, sel, pool, m)

@@ -1,7 +1,7 @@
 """What strategies see of a big pool: the embeddings as float32, or a projection when they are too big.
 
 A pool of a million 1,280-d rows is 4.9 GB in float32 (2.4 GB stored as float16, memory-mapped).
-The geometric strategies (k-means, coreset, TypiClust, BADGE, ...) copy their candidate rows and
+The geometric strategies that touch every candidate (coreset, TypiClust, BADGE, ...) copy them and
 convert them to float32, which at that size would not fit next to the pool. So above
 :attr:`Approx.above_bytes` of float32 embeddings they see a projection instead:
 
@@ -13,6 +13,10 @@ convert them to float32, which at that size would not fit next to the pool. So a
   normalises rows) work on it;
 * computed block by block from the stored rows (float16 or float32, memmap or not): memory is the
   ``[n, dim]`` float32 result plus one block.
+
+Strategies that read only a bounded sample of rows (MaxHerding, ProbCover, ``auto``) or stream them
+(k-means, CLUE: trained on a sample, every row assigned block by block) never need the projection:
+they get the stored rows at full dimension (``StrategyInfo.full_dim``).
 
 Below the threshold nothing changes: strategies see the exact embeddings (as float32). The head
 (the classifier) always trains and scores on the full embeddings. Selection quality with the
@@ -94,12 +98,16 @@ def project(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return out
 
 
-def geometry(x: np.ndarray, approx: Approx, seed: int) -> np.ndarray:
-    """The float32 ``[n, d']`` rows strategies work on: ``x`` itself (d' = d) or its projection
-    (d' = ``approx.dim + 1``, :func:`project`) when :meth:`Approx.applies`."""
+def geometry(x: np.ndarray, approx: Approx, seed: int, projected: bool = True) -> np.ndarray:
+    """The ``[n, d']`` rows strategies work on: ``x`` itself as float32 (d' = d), or when
+    :meth:`Approx.applies` its projection (d' = ``approx.dim + 1``, :func:`project`), or with
+    ``projected=False`` (strategies that read a bounded sample of rows, ``StrategyInfo.full_dim``) ``x``
+    as stored, not copied."""
     n, d = x.shape
     if not approx.applies(n, d):
         return np.ascontiguousarray(x, dtype=np.float32)  # no copy of a float32 array (a memmap's pages stay shared)
+    if not projected:
+        return x
     basis, kept = projection(x, approx.dim, approx.fit_rows, np.random.default_rng([seed, 17]))
     log.info("strategies see a %d-d projection of the %s x %d embeddings (%.1f %% of the energy kept)",
              approx.dim, f"{n:,}", d, 100 * kept)

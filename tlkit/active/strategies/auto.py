@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from tlkit.active.strategies._common import rank_top
-from tlkit.active.strategies._geometry import kmeans
+from tlkit.active.strategies._geometry import kmeans, take_rows
 from tlkit.active.strategies._registry import PoolView, Selection, get_strategy, register_strategy
 from tlkit.active.strategies.uncertainty import margin_scores
 
@@ -110,7 +110,7 @@ def margin_kmeans(pool: PoolView, n: int, rng: np.random.Generator) -> Selection
     top, s = rank_top(cand, margin_scores(pool.probs[cand]), m, rng)  # best first
     if m == n:
         return Selection(top, s)
-    labels, _ = kmeans(pool.embeddings[top], n, rng)
+    labels, _ = kmeans(take_rows(pool.embeddings, top), n, rng)
     by_cluster = np.lexsort((np.arange(m), labels))  # cluster, then position (= most uncertain first)
     first = np.r_[True, labels[by_cluster][1:] != labels[by_cluster][:-1]]
     chosen = np.zeros(m, dtype=bool)
@@ -123,6 +123,7 @@ def margin_kmeans(pool: PoolView, n: int, rng: np.random.Generator) -> Selection
     "auto",
     description="default: maxherding while labels are few, then margin uncertainty + k-means diversity",
     needs=("embeddings",),
+    full_dim=True,
 )
 def auto(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """Dispatch on :func:`auto_plan`; ``Selection.strategy`` says which ran, e.g. ``auto(maxherding)``."""

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from tlkit.active.strategies._common import fill_up
-from tlkit.active.strategies._geometry import kmeans, knn_mean_dist, row_blocks, sq_dists, sq_norms
+from tlkit.active.strategies._geometry import kmeans, knn_mean_dist, row_blocks, sq_dists, sq_norms, take_rows
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def _probcover_sample(pool: PoolView, rng: np.random.Generator) -> tuple[np.ndar
     "probcover",
     description="greedy max coverage of δ-balls, δ from k-means purity (ProbCover; cold start)",
     needs=("embeddings",),
+    full_dim=True,
 )
 def probcover(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """ProbCover: k-means pseudo-labels (k = number of classes when known, else labeled + n), δ from
@@ -172,7 +173,7 @@ def probcover(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     Cost: O(S²·d) time, O(S·d + edges + CHUNK) memory with S ≤ PROBCOVER_MAX_POINTS.
     """
     pts, is_cand = _probcover_sample(pool, rng)
-    X = pool.embeddings[pts]
+    X = take_rows(pool.embeddings, pts)
     k = min(max(2, pool.n_classes or int(pool.labeled.sum()) + n), pts.size)
     pseudo, _ = kmeans(X, k, rng)
     indptr, indices = ball_graph(X, purity_radius(X, pseudo, rng))

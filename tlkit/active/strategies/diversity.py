@@ -14,10 +14,9 @@ import numpy as np
 from tlkit.active.strategies._common import fill_up, rank_top
 from tlkit.active.strategies._geometry import (
     d2_sample,
-    kmeans,
+    kmeans_rows,
     min_sq_dists,
     nearest_center,
-    nearest_to_centers,
     row_blocks,
     sq_norms,
 )
@@ -84,18 +83,18 @@ def coreset(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
 # ---------------------------------------------------------------- kmeans (cold start)
 
 
-@register_strategy("kmeans", description="k-means into n clusters, the point nearest each centroid (cold start)", needs=("embeddings",))
+@register_strategy("kmeans", description="k-means into n clusters, the point nearest each centroid (cold start)",
+                   needs=("embeddings",), full_dim=True)
 def kmeans_centers(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """k-means on the candidates with ``n`` clusters; per cluster the member nearest its centroid.
 
     Rank order: largest cluster first; score = cluster size / candidates.
-    Cost: see :func:`_geometry.kmeans`, O(c·n·d) per pass; O(c·d) memory (one copy of the candidates).
+    Cost and memory: :func:`_geometry.kmeans_rows` (full dimension; on big pools k-means trains on a
+    sample and one streamed pass assigns every candidate).
     """
     cand = pool.candidate_indices
-    Xc = pool.embeddings[cand]
-    labels, centers = kmeans(Xc, n, rng)
-    rep = nearest_to_centers(Xc, labels, centers)
-    sizes = np.bincount(labels, minlength=centers.shape[0]).astype(np.float64)
+    labels, rep = kmeans_rows(pool.embeddings, cand, n, rng)
+    sizes = np.bincount(labels, minlength=rep.shape[0]).astype(np.float64)
     ok = np.flatnonzero(rep >= 0)
     order, _ = rank_top(ok, sizes[ok], ok.size, rng)
     return fill_up(cand[rep[order]], sizes[order] / cand.size, pool, n, rng, why="kmeans: fewer distinct clusters than picks")
@@ -108,6 +107,7 @@ def kmeans_centers(pool: PoolView, n: int, rng: np.random.Generator) -> Selectio
     "clue",
     description="k-means with k = n, rows weighted by predictive entropy; the point nearest each centre (CLUE)",
     needs=("probs", "embeddings"),
+    full_dim=True,
 )
 def clue(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """CLUE (Prabhu et al. 2021): uncertainty-weighted k-means over the candidates, ``n`` clusters;
@@ -115,17 +115,14 @@ def clue(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     every candidate has entropy 0, e.g. one class). Rank: heaviest cluster first; score = the
     cluster's share of the total weight.
 
-    Cost: O(c·n·d) per k-means pass (MiniBatchKMeans on big pools, see :func:`_geometry.kmeans`),
-    O(c·d) memory (one copy of the candidates).
+    Cost and memory: :func:`_geometry.kmeans_rows`, as ``kmeans``.
     """
     cand = pool.candidate_indices
     w = entropy_scores(pool.probs[cand]).astype(np.float64)
     if not w.sum() > 0:
         w = np.ones_like(w)
-    Xc = pool.embeddings[cand]
-    labels, centers = kmeans(Xc, n, rng, sample_weight=w)
-    rep = nearest_to_centers(Xc, labels, centers)
-    mass = np.bincount(labels, weights=w, minlength=centers.shape[0])
+    labels, rep = kmeans_rows(pool.embeddings, cand, n, rng, sample_weight=w)
+    mass = np.bincount(labels, weights=w, minlength=rep.shape[0])
     ok = np.flatnonzero(rep >= 0)
     order, _ = rank_top(ok, mass[ok], ok.size, rng)
     return fill_up(cand[rep[order]], mass[order] / w.sum(), pool, n, rng, why="clue: fewer distinct clusters than picks")

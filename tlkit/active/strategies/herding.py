@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from tlkit.active.strategies._common import fill_up
-from tlkit.active.strategies._geometry import row_blocks, sq_dists, sq_norms
+from tlkit.active.strategies._geometry import row_blocks, sq_dists, sq_norms, take_rows
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def _sample(rows: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
     "maxherding",
     description="greedy soft (RBF kernel) coverage of the pool given the labeled rows (MaxHerding; cold start)",
     needs=("embeddings",),
+    full_dim=True,
 )
 def maxherding(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """MaxHerding (see the module docstring). Score = mean coverage gained by the pick.
@@ -150,9 +151,9 @@ def _herd(pool: PoolView, n: int, rng: np.random.Generator, why: str,
     cand = _sample(cand_all, max(MAXHERDING_MAX_POINTS, n), rng)
     if cand.size < cand_all.size:
         log.info("%s: a sample of %d of %d candidates", why, cand.size, cand_all.size)
-    Z = normalized(pool.embeddings[cand])
+    Z = normalized(take_rows(pool.embeddings, cand))
     gamma = herding_gamma(Z, rng)
-    kmax = initial_coverage(Z, normalized(pool.embeddings[pool.labeled_indices]), gamma)
+    kmax = initial_coverage(Z, normalized(take_rows(pool.embeddings, pool.labeled_indices)), gamma)
     w = weights(cand) if weights is not None else None
     picked, scores = herding_greedy(rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
     return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=why)
@@ -183,6 +184,7 @@ scikit-activeml Clue                  0.882   0.822  0.902
     "maxherding-entropy",
     description="MaxHerding coverage of the uncertain part of the pool: each row weighted by its predictive entropy",
     needs=("embeddings",),
+    full_dim=True,
 )
 def maxherding_entropy(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """:func:`maxherding` whose gains weight each candidate row's coverage by its normalised predictive
