@@ -58,30 +58,12 @@ def make_pool(path: Path, n: int, d: int, dtype: str, k: int = 10, seed: int = 0
 
 
 def one_round(path: Path, strategy: str, labeled: int, batch: int) -> dict:
-    """A head-mode round on the memmapped pool: the figures of one strategy."""
-    from tlkit.active.learner import HeadLearner
-    from tlkit.active.strategies import PoolView, get_strategy, select
+    """A head-mode round on the memmapped pool (``bench_al.head_round``): the figures of one strategy."""
+    from bench_al import head_round
 
-    t0 = time.perf_counter()
     x = np.load(path, mmap_mode="r")
-    y_true = np.load(path.with_suffix(".labels.npy"))
-    rng = np.random.default_rng(1)
-    y = np.full(len(x), -1)
-    lab = rng.choice(len(x), labeled, replace=False)
-    y[lab] = y_true[lab]
-    classes = tuple(str(c) for c in range(int(y_true.max()) + 1))
-    info = get_strategy(strategy)
-    fitted = HeadLearner(x, classes).fit(y >= 0, y, seed=0, needs=info.needs)
-    t_train = time.perf_counter() - t0
-    pool = PoolView(embeddings=x, labeled=y != -1, candidates=y == -1, probs=fitted.probs, mc_probs=fitted.mc_probs,
-                    labels=np.where(y >= 0, y, -1))
-    t = time.perf_counter()
-    sel = select(strategy, pool, batch, seed=0)
-    t_sel = time.perf_counter() - t
-    assert len(set(sel.indices.tolist())) == batch and not (y[sel.indices] >= 0).any()
-    return {"strategy": strategy, "train_score_s": round(t_train, 2), "select_s": round(t_sel, 2),
-            "total_s": round(t_train + t_sel, 2), "accuracy": float((fitted.probs.argmax(1) == y_true).mean()),
-            "cv": fitted.validation.accuracy, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    row = head_round(x, np.load(path.with_suffix(".labels.npy")), strategy, labeled, batch)
+    return {**row, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def run_pool(args) -> None:

@@ -202,7 +202,7 @@ def select(name: str, pool: PoolView, n: int, *, seed: int = 0, approx: "Approx 
     approx = DEFAULT_APPROX if approx is None else approx
     if "embeddings" in info.needs:
         pool = dataclasses.replace(pool, embeddings=geometry(pool.embeddings, approx, seed, projected=not info.full_dim))
-    with large_pool_kmeans(approx.above_bytes == 0):
+    with large_pool_kmeans(approx.is_forced):
         sel = info.fn(pool, m, np.random.default_rng(seed))
     sel = _checked_result(info.name, sel, pool, m)
     log.debug("strategy %s picked %d of %d candidates", sel.strategy, m, int(pool.candidates.sum()))

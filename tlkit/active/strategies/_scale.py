@@ -56,6 +56,11 @@ class Approx:
     def applies(self, n: int, d: int) -> bool:
         return self.above_bytes is not None and d > self.dim and n * d * 4 > self.above_bytes
 
+    @property
+    def is_forced(self) -> bool:
+        """Made by :meth:`forced`: every approximation on at any size, the large-pool k-means included."""
+        return self.above_bytes == 0
+
     @classmethod
     def forced(cls, dim: int = PROJECTION_DIM) -> "Approx":
         return cls(dim=dim, above_bytes=0)
