@@ -9,8 +9,7 @@ convert them to float32, which at that size would not fit next to the pool. So a
   first one is close to the mean direction), fitted on a seeded sample of :attr:`Approx.fit_rows`
   rows, plus one column holding the norm of what they drop (:func:`project`). Every row keeps its
   norm exactly; inner products and distances are kept up to the energy dropped (reported in the
-  log), and no distance grows. So both the euclidean strategies and the cosine ones (MaxHerding
-  normalises rows) work on it;
+  log), and no distance grows, so euclidean and cosine geometry both survive it;
 * computed block by block from the stored rows (float16 or float32, memmap or not): memory is the
   ``[n, dim]`` float32 result plus one block.
 
