@@ -44,6 +44,16 @@ def large_pool_kmeans(on: bool = True) -> Iterator[None]:
         _LARGE.reset(token)
 
 
+def _large(n: int, k: int, d: int) -> bool:
+    """Whether k-means of ``n`` rows of ``d`` into ``k`` clusters takes the large-pool path."""
+    return n * k * d > KMEANS_FULL_WORK or _LARGE.get()
+
+
+def sample_rows(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Ascending positions of a seeded uniform sample of ``m`` of ``n`` rows (all ``n`` when ``m >= n``)."""
+    return np.arange(n) if m >= n else np.sort(rng.choice(n, m, replace=False))
+
+
 def faiss_available() -> bool:
     """faiss is importable and not turned off with ``TLKIT_FAISS=0``."""
     return os.environ.get("TLKIT_FAISS", "1") != "0" and importlib.util.find_spec("faiss") is not None
@@ -154,13 +164,12 @@ def kmeans(
     k = max(1, min(int(k), n))
     seed = int(rng.integers(2**31 - 1))
     n_init_rows = min(n, max(KMEANS_INIT_SAMPLE, 2 * k))
-    rows = np.arange(n) if n_init_rows == n else np.sort(rng.choice(n, n_init_rows, replace=False))
+    rows = sample_rows(n, n_init_rows, rng)
     w = None if sample_weight is None else np.asarray(sample_weight, np.float64)[rows]
     centers = kmeans_pp_seeds(X if n_init_rows == n else X[rows], k, rng, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points: fewer distinct clusters
-        large = n * k * d > KMEANS_FULL_WORK or _LARGE.get()
-        if not large or n < 2 * k:
+        if not _large(n, k, d) or n < 2 * k:
             km = KMeans(k, init=centers, n_init=1, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, random_state=seed).fit(X, sample_weight=sample_weight)
         elif faiss_available():
             return _faiss_kmeans(X, centers, seed, sample_weight)
@@ -185,7 +194,7 @@ def _faiss_kmeans(X: np.ndarray, centers: np.ndarray, seed: int, sample_weight: 
     k, d = centers.shape
     n = X.shape[0]
     m = min(n, FAISS_POINTS_PER_CENTROID * k)
-    train = np.arange(n) if m == n else np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+    train = sample_rows(n, m, np.random.default_rng(seed))
     Xt = np.ascontiguousarray(X[train], dtype=np.float32)
     w = None if sample_weight is None else np.ascontiguousarray(np.asarray(sample_weight)[train], dtype=np.float32)
     tol = KMEANS_TOL * float(Xt.var(axis=0, dtype=np.float64).mean())
@@ -226,12 +235,11 @@ def kmeans_rows(
     """
     c, d = rows.shape[0], X.shape[1]
     k = max(1, min(int(k), c))
-    if not (c * k * d > KMEANS_FULL_WORK or _LARGE.get()):
+    if not _large(c, k, d):
         Xc = take_rows(X, rows)
         labels, centers = kmeans(Xc, k, rng, sample_weight)
         return labels, nearest_to_centers(Xc, labels, centers)
-    m = min(c, FAISS_POINTS_PER_CENTROID * k)
-    train = np.arange(c) if m == c else np.sort(rng.choice(c, m, replace=False))
+    train = sample_rows(c, FAISS_POINTS_PER_CENTROID * k, rng)
     w = None if sample_weight is None else np.asarray(sample_weight, np.float64)[train]
     with large_pool_kmeans():
         _, centers = kmeans(take_rows(X, rows[train]), k, rng, w)
@@ -241,24 +249,16 @@ def kmeans_rows(
 def assign_rows(X: np.ndarray, rows: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each of ``X[rows]`` to its nearest of ``centers [k, d]``, read block by block:
     ``([len(rows)] labels, [k] position of the member nearest each centre, -1 if none)``.
-    Cost: O(c·k·d) time, O(CHUNK_BYTES) memory beyond the ``[c]`` labels."""
-    k = centers.shape[0]
+    Cost: O(c·k·d) time, O(CHUNK_BYTES) memory beyond the ``[c]`` labels and distances."""
     labels = np.empty(rows.shape[0], dtype=np.int64)
-    best_d2 = np.full(k, np.inf)
-    best = np.full(k, -1, dtype=np.int64)
+    d2 = np.empty(rows.shape[0], dtype=np.float32)
     c2 = sq_norms(centers)
-    for blk in row_blocks(rows.shape[0], max(k, X.shape[1])):
+    for blk in row_blocks(rows.shape[0], max(centers.shape[0], X.shape[1])):
         Xb = take_rows(X, rows[blk])
-        lab = sq_dists(Xb, centers, None, c2).argmin(axis=1)
-        Xb -= centers[lab]
-        d2 = np.einsum("ij,ij->i", Xb, Xb).astype(np.float64)  # as nearest_to_centers computes it
-        labels[blk] = lab
-        order = np.lexsort((d2, lab))
-        first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
-        better = d2[first] < best_d2[lab[first]]
-        best_d2[lab[first][better]] = d2[first][better]
-        best[lab[first][better]] = blk.start + first[better]
-    return labels, best
+        labels[blk] = sq_dists(Xb, centers, None, c2).argmin(axis=1)
+        Xb -= centers[labels[blk]]
+        d2[blk] = np.einsum("ij,ij->i", Xb, Xb)  # as nearest_to_centers computes it
+    return labels, _nearest_members(labels, d2, centers.shape[0])
 
 
 def nearest_to_centers(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -270,10 +270,15 @@ def nearest_to_centers(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -
     for blk in row_blocks(X.shape[0], X.shape[1]):
         diff = X[blk] - centers[labels[blk]]
         d2[blk] = np.einsum("ij,ij->i", diff, diff)
+    return _nearest_members(labels, d2, centers.shape[0])
+
+
+def _nearest_members(labels: np.ndarray, d2: np.ndarray, k: int) -> np.ndarray:
+    """``[k]`` position of the member with the smallest ``d2`` in each cluster (the first on ties; -1 if empty)."""
     order = np.lexsort((d2, labels))  # by cluster, then distance
     first = np.ones(order.shape[0], dtype=bool)
     first[1:] = labels[order[1:]] != labels[order[:-1]]
-    out = np.full(centers.shape[0], -1, dtype=np.int64)
+    out = np.full(k, -1, dtype=np.int64)
     out[labels[order[first]]] = order[first]
     return out
 

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from tlkit.active.strategies._common import fill_up
-from tlkit.active.strategies._geometry import row_blocks, sq_dists, sq_norms, take_rows
+from tlkit.active.strategies._geometry import row_blocks, sample_rows, sq_dists, sq_norms, take_rows
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,6 @@ def herding_greedy(K: np.ndarray, kmax: np.ndarray, n: int, tie: np.ndarray,
     return picked, scores
 
 
-def _sample(rows: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
-    return rows if rows.size <= cap else np.sort(rng.choice(rows, cap, replace=False))
-
-
 @register_strategy(
     "maxherding",
     description="greedy soft (RBF kernel) coverage of the pool given the labeled rows (MaxHerding; cold start)",
@@ -148,7 +144,7 @@ def _herd(pool: PoolView, n: int, rng: np.random.Generator, why: str,
     """Greedy coverage of the (sampled) candidates; ``weights(cand)`` gives each candidate row's
     coverage weight ``[m]`` (None: 1 each)."""
     cand_all = pool.candidate_indices
-    cand = _sample(cand_all, max(MAXHERDING_MAX_POINTS, n), rng)
+    cand = cand_all[sample_rows(cand_all.size, max(MAXHERDING_MAX_POINTS, n), rng)]
     if cand.size < cand_all.size:
         log.info("%s: a sample of %d of %d candidates", why, cand.size, cand_all.size)
     Z = normalized(take_rows(pool.embeddings, cand))
