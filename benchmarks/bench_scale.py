@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def run_aubc(args) -> None:
     from al_data import load
 
     from tlkit.active.simulate import simulate
-    from tlkit.active.strategies import Approx
+    from tlkit.active.strategies import Approx, _geometry
 
     split = {"photos": 3}
     strategies = args.strategies.split(",") if args.strategies else GEOMETRIC.split(",")
@@ -121,7 +122,8 @@ def run_aubc(args) -> None:
             if v not in args.variants.split(","):
                 continue
             t = time.perf_counter()
-            with _points_per_centroid(SAMPLED_POINTS_PER_CENTROID if v == "sampled" else None):
+            fewer = mock.patch.object(_geometry, "FAISS_POINTS_PER_CENTROID", SAMPLED_POINTS_PER_CENTROID)
+            with fewer if v == "sampled" else contextlib.nullcontext():
                 sim = simulate(a, ytr, b, yte, strategies=strategies, start=10, batch=10, rounds=19,
                                seeds=args.seeds, approx=approx)
             res[v] = {s: per_seed_aubc(sim, s) for s in strategies}
@@ -144,18 +146,6 @@ SAMPLED_POINTS_PER_CENTROID = 32
 """``sampled``: the approximations forced on, and the large-pool k-means trained on this many rows per
 cluster instead of 256, so that training on a sample is measured on pools this small (at a batch of
 10, 320 of ~1,250 rows)."""
-
-
-@contextlib.contextmanager
-def _points_per_centroid(n: int | None):
-    from tlkit.active.strategies import _geometry
-
-    old = _geometry.FAISS_POINTS_PER_CENTROID
-    _geometry.FAISS_POINTS_PER_CENTROID = old if n is None else n
-    try:
-        yield
-    finally:
-        _geometry.FAISS_POINTS_PER_CENTROID = old
 
 
 def per_seed_aubc(sim, strategy: str) -> list[float]:
