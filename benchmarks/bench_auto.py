@@ -50,6 +50,20 @@ def worst_gap(res, strategy: str = "auto") -> tuple[float, int]:
     return gaps[b], b
 
 
+def paired_aubc(res, a: str, b: str) -> tuple[float, float, int]:
+    """AUBC of ``a`` minus ``b``, paired by seed: (mean, standard error, seeds), in points."""
+    from tlkit.active.simulate import aubc
+
+    curves: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for s, seed, labels, acc in res.rows:
+        if s in (a, b):
+            curves.setdefault((s, seed), []).append((labels, acc))
+    seeds = sorted({seed for s, seed in curves if s == a} & {seed for s, seed in curves if s == b})
+    d = np.array([aubc(*zip(*sorted(curves[(a, x)]))) - aubc(*zip(*sorted(curves[(b, x)]))) for x in seeds]) * 100
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    return float(d.mean()) if d.size else float("nan"), se, int(d.size)
+
+
 def print_table(title: str, res) -> None:
     budgets = [b for b in BUDGETS if b in res.budgets]
     print(f"\n{title}")
@@ -62,8 +76,13 @@ def print_table(title: str, res) -> None:
         gap, at = worst_gap(res)
         top = max(res.summary, key=lambda s: res.summary[s]["aubc"])
         best_at = max(res.summary, key=lambda s: res.summary[s]["mean_accuracy"][at])
+        runner_up = max((s for s in res.summary if s != "auto"), key=lambda s: res.summary[s]["aubc"], default=None)
+        vs = ""
+        if runner_up is not None:
+            d, se, n = paired_aubc(res, "auto", runner_up)
+            vs = f" (auto - {runner_up}: {d:+.2f} ± {se:.2f} AUBC points, paired over {n} seeds)"
         print(f"auto: worst gap to the best strategy {100 * gap:.1f} points at {at} labels ({best_at}); "
-              f"highest AUBC: {top}", flush=True)
+              f"highest AUBC: {top}{vs}", flush=True)
 
 
 def stopping_report(res, strategy: str = "auto") -> None:
