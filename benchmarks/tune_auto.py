@@ -7,6 +7,10 @@ constants overridden for the call, e.g. ``maxherding@herding.MAXHERDING_BANDWIDT
 
 Usage:
     python benchmarks/tune_auto.py --variants "maxherding@herding.MAXHERDING_BANDWIDTH=2;..." [--rounds 19] [--wide]
+        [--datasets digits-pixels,...] [--save PREFIX]
+
+The strategies of ``tune_experiments.py`` (designs tried and not adopted) are registered too. Each
+variant's AUBC is also printed minus the first variant's, paired by split and seed (mean ± SE).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import importlib
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_auto import print_table, run_set  # noqa: E402
+from bench_auto import paired_aubc, print_table, run_set  # noqa: E402
+from tune_experiments import register_experiments  # noqa: E402
 
 TUNE = {"digits-pixels": [(s, [0]) for s in range(100, 105)], "digits-lite0": [(s, [0]) for s in range(100, 105)],
         "photos": [(13, list(range(5)))]}
@@ -59,6 +66,22 @@ def variant(spec: str) -> str:
     return name
 
 
+def by_split(rows, a: str, b: str) -> str:
+    """``a`` minus ``b`` averaged within each split (run ids are ``seed + 1000 * split``): the
+    split-level mean ± SE and the range, in AUBC points ('' with one split)."""
+    from tlkit.active.simulate import SimulationResult
+
+    per: dict[int, list[float]] = {}
+    for split in sorted({r[1] // 1000 for r in rows}):
+        part = SimulationResult([r for r in rows if r[1] // 1000 == split])
+        per[split] = [paired_aubc(part, a, b)[0]]
+    m = np.array([v[0] for v in per.values()])
+    if m.size < 2:
+        return ""
+    return (f"; by split: {m.mean():+.2f} ± {m.std(ddof=1) / np.sqrt(m.size):.2f} over {m.size} splits, "
+            f"from {m.min():+.2f} to {m.max():+.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", required=True, help="';'-separated specs")
@@ -66,7 +89,9 @@ def main() -> None:
     ap.add_argument("--datasets", default="")
     ap.add_argument("--rounds", type=int, default=19)
     ap.add_argument("--peers", default="", help="comma-separated peer names to include, e.g. skactiveml-maxherding")
+    ap.add_argument("--save", type=Path, default=None, help="write the curves as JSON (<save>.<set>.json)")
     args = ap.parse_args()
+    register_experiments()
     names = [variant(s) for s in args.variants.split(";")]
     if args.peers:
         from peers import register_peers
@@ -85,6 +110,13 @@ def main() -> None:
         if "auto" not in names:
             merged.summary["auto"] = merged.summary[names[0]]  # gaps relative to the first variant
         print_table(f"TUNE {ds}: " + "; ".join(f"{n} = {s}" for n, s in zip(names, args.variants.split(";"))), merged)
+        for n in names[1:]:
+            d, se, k = paired_aubc(merged, n, names[0])
+            print(f"{n} - {names[0]}: {d:+.2f} ± {se:.2f} AUBC points (paired over {k} runs){by_split(rows, n, names[0])}")
+        if args.save:
+            import json
+
+            Path(f"{args.save}.{ds}.json").write_text(json.dumps({"rows": rows}))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,14 @@ Checked on wider tuning data (``tune_auto.py --wide``: splits 100-109 x 2 seeds,
 too, photo crops 13 x 10 seeds), AUBC pixels / lite0 / lite0-96 / photos: 10 per class 0.900 /
 0.844 / 0.800 / 0.930; 15 per class 0.900 / 0.844 / 0.801 / 0.929; ``maxherding-entropy`` to 200
 labels 0.899 / 0.844 / 0.800 / 0.929. Within noise of each other; 10 is kept.
+
+Over a longer horizon (10-500 labels, ``tune_auto.py --wide --rounds 49``;
+``benchmarks/results/tune_auto_horizon500.txt``), AUBC minus this rule's, in points, pixels / lite0 /
+lite0-96 / photos: 20 per class -0.08 / -0.01 / +0.03 / +0.05; 30 per class -0.09 / -0.01 / +0.06 /
++0.15; never switching (``maxherding-entropy``) -0.10 / -0.01 / +0.07 / +0.17. The switch gains on
+pixels at 210-300 labels and costs photos 0.2-0.4 points at 210-500; no value is ahead everywhere,
+so 10 is kept. Which phase wins after the switch varies from split to split (-0.8 to +0.7 points of
+AUBC on splits 100-109), so the README's report split can land on either side.
 """
 AUTO_MIN_LABELS = 20
 """...and never below this many labels in total."""
@@ -88,7 +96,13 @@ At 20-30 labels on pixels it matches scikit-activeml's Clue (75.4 / 82.2 % again
 where plain MaxHerding trailed by 2-3 points; on the two embedding sets it leads both.
 """
 AUTO_WARM = MARGIN_KMEANS
-""":data:`MARGIN_KMEANS` or a registered strategy: what ``auto`` runs from the threshold on."""
+""":data:`MARGIN_KMEANS` or a registered strategy: what ``auto`` runs from the threshold on.
+
+Alternatives measured on the tuning data (``benchmarks/results/tune_auto_late.txt``; the designs are
+in ``benchmarks/tune_experiments.py``), AUBC minus ``auto``'s, pixels / lite0 / lite0-96 / photos: a
+soft hand-over from ``maxherding-entropy`` between 10 and 20 labels per class +0.02 / +0.01 / +0.05
+/ -0.00; coverage weighted by margin instead of entropy +0.07 / -0.05 / -0.00 / +0.00. Within noise
+(standard errors 0.01-0.14), so the simpler hard switch is kept."""
 
 
 def auto_threshold(n_classes: int) -> int:

@@ -1,0 +1,92 @@
+"""The statistics the active-learning benchmarks make claims with, and the rejected `auto` designs
+they can re-run (``benchmarks/tune_experiments.py``) on a real pool: digits pixels, a real model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_auto import paired_aubc  # noqa: E402
+from tune_auto import by_split  # noqa: E402
+from tune_experiments import register_experiments  # noqa: E402
+
+from tlkit.active.simulate import SimulationResult  # noqa: E402
+from tlkit.active.strategies import PoolView, _registry, get_strategy  # noqa: E402
+from tlkit.active.strategies.auto import margin_kmeans  # noqa: E402
+
+# (strategy, run id, labels, accuracy): AUBC over two budgets is the mean of the two accuracies.
+CURVES = {("a", 0): (0.5, 0.7), ("b", 0): (0.5, 0.6), ("a", 1): (0.5, 0.9), ("b", 1): (0.5, 0.6),
+          ("a", 2): (0.5, 0.5), ("b", 2): (0.5, 0.6), ("a", 3): (0.5, 0.5)}
+
+
+def _rows(curves=CURVES, offset=0):
+    return [(s, seed + offset, b, acc) for (s, seed), accs in curves.items() for b, acc in zip((10, 20), accs)]
+
+
+def test_paired_aubc_pairs_by_seed_and_skips_unpaired_runs():
+    d, se, n = paired_aubc(SimulationResult(_rows()), "a", "b")
+    diffs = np.array([5.0, 15.0, -5.0])  # points; seed 3 has no "b" run
+    assert n == 3
+    assert d == pytest.approx(diffs.mean())
+    assert se == pytest.approx(diffs.std(ddof=1) / np.sqrt(3))
+
+
+def test_by_split_averages_within_each_split_first():
+    rows = _rows(offset=100_000) + [(s, 101_000 + seed, b, acc) for s, seed, b, acc in _rows()
+                                    if seed == 1]  # split 100: seeds 0-2; split 101: seed 1 only
+    text = by_split(rows, "a", "b")
+    means = np.array([5.0, 15.0])  # split 100: mean(5, 15, -5); split 101: 15
+    assert f"{means.mean():+.2f} ± {means.std(ddof=1) / np.sqrt(2):.2f} over 2 splits" in text
+    assert "from +5.00 to +15.00" in text
+    assert by_split(_rows(), "a", "b") == ""  # one split: nothing to add
+
+
+@pytest.fixture(scope="module")
+def warm_pool() -> PoolView:
+    """Digits with 15 labels per class (150 labels: half-way through the soft hand-over)."""
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), 15, replace=False) for c in range(10)])
+    labeled = np.isin(np.arange(y.size), idx)
+    clf = LogisticRegression(max_iter=300).fit(X[idx], y[idx])
+    return PoolView(X, labeled, ~labeled, clf.predict_proba(X).astype(np.float32), None, np.where(labeled, y, -1))
+
+
+@pytest.fixture()
+def experiments():
+    """The experimental strategies, registered for one test only (other tests list the registry)."""
+    saved = dict(_registry._REGISTRY)
+    register_experiments()
+    register_experiments()  # idempotent
+    yield
+    _registry._REGISTRY.clear()
+    _registry._REGISTRY.update(saved)
+
+
+def test_experimental_strategies_pick_distinct_candidates(warm_pool, experiments):
+    assert "soft" in {s.name for s in _registry.list_strategies()}
+    for name in ("soft", "soft-margin", "maxherding-margin", "maxherding-balance-half", "maxherding-balance-two"):
+        sel = get_strategy(name).fn(warm_pool, 10, np.random.default_rng(0))
+        assert len(set(sel.indices.tolist())) == 10, name
+        assert warm_pool.candidates[sel.indices].all(), name
+
+
+def test_soft_switch_hands_over_part_of_the_batch(warm_pool, experiments):
+    """At 150 labels (threshold 100 for 10 classes) the first round(0.6 * 10) picks are the late
+    phase's own picks; the rest is coverage that treats them as covered."""
+    sel = get_strategy("soft").fn(warm_pool, 10, np.random.default_rng(3))
+    late = margin_kmeans(warm_pool, 6, np.random.default_rng(3))
+    assert sel.indices[:6].tolist() == late.indices.tolist()
+    assert not set(sel.indices[6:].tolist()) & set(late.indices.tolist())
+
+
+def test_experiments_leave_the_registry_as_it_was():
+    assert "soft" not in {s.name for s in _registry.list_strategies()}
