@@ -52,14 +52,10 @@ def worst_gap(res, strategy: str = "auto") -> tuple[float, int]:
 
 def paired_aubc(res, a: str, b: str) -> tuple[float, float, int]:
     """AUBC of ``a`` minus ``b``, paired by seed: (mean, standard error, seeds), in points."""
-    from tlkit.active.simulate import aubc
+    from tlkit.active.simulate import aubc_by_seed
 
-    curves: dict[tuple[str, int], list[tuple[int, float]]] = {}
-    for s, seed, labels, acc in res.rows:
-        if s in (a, b):
-            curves.setdefault((s, seed), []).append((labels, acc))
-    seeds = sorted({seed for s, seed in curves if s == a} & {seed for s, seed in curves if s == b})
-    d = np.array([aubc(*zip(*sorted(curves[(a, x)]))) - aubc(*zip(*sorted(curves[(b, x)]))) for x in seeds]) * 100
+    area_a, area_b = aubc_by_seed(res.rows, a), aubc_by_seed(res.rows, b)
+    d = np.array([area_a[x] - area_b[x] for x in sorted(area_a.keys() & area_b.keys())]) * 100
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
     return float(d.mean()) if d.size else float("nan"), se, int(d.size)
 

@@ -16,9 +16,11 @@ variant's AUBC is also printed minus the first variant's, paired by split and se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -53,16 +55,12 @@ def variant(spec: str) -> str:
     name = "-".join(p for p in name.split("-") if p)
 
     def run(pool, n, rng, _sets=tuple(sets), _fn=info.fn):
-        old = [(m, c, getattr(m, c)) for m, c, _ in _sets]
-        try:
+        with contextlib.ExitStack() as stack:
             for m, c, v in _sets:
-                setattr(m, c, v)
+                stack.enter_context(mock.patch.object(m, c, v))
             return _fn(pool, n, rng)
-        finally:
-            for m, c, v in old:
-                setattr(m, c, v)
 
-    register_strategy(name, description=spec, needs=info.needs)(run)
+    register_strategy(name, description=spec, needs=info.needs, full_dim=info.full_dim)(run)
     return name
 
 
@@ -71,11 +69,8 @@ def by_split(rows, a: str, b: str) -> str:
     split-level mean ± SE and the range, in AUBC points ('' with one split)."""
     from tlkit.active.simulate import SimulationResult
 
-    per: dict[int, list[float]] = {}
-    for split in sorted({r[1] // 1000 for r in rows}):
-        part = SimulationResult([r for r in rows if r[1] // 1000 == split])
-        per[split] = [paired_aubc(part, a, b)[0]]
-    m = np.array([v[0] for v in per.values()])
+    m = np.array([paired_aubc(SimulationResult([r for r in rows if r[1] // 1000 == split]), a, b)[0]
+                  for split in sorted({r[1] // 1000 for r in rows})])
     if m.size < 2:
         return ""
     return (f"; by split: {m.mean():+.2f} ± {m.std(ddof=1) / np.sqrt(m.size):.2f} over {m.size} splits, "

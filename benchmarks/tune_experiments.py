@@ -29,8 +29,10 @@ def _soft(pool: PoolView, n: int, rng: np.random.Generator, late) -> Selection:
     t = auto_mod.auto_threshold(pool.probs.shape[1])
     f = 0.0 if pool.n_labels < t else min(1.0, (pool.n_labels - t + n) / t)
     k = int(round(f * n))
-    if k == 0 or k >= n:
-        return get_strategy("auto").fn(pool, n, rng) if k == 0 else late(pool, n, rng)
+    if k == 0:
+        return get_strategy("auto").fn(pool, n, rng)
+    if k >= n:
+        return late(pool, n, rng)
     first = late(pool, k, rng)
     labeled, candidates = pool.labeled.copy(), pool.candidates.copy()
     labeled[first.indices], candidates[first.indices] = True, False

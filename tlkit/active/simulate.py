@@ -165,15 +165,26 @@ def simulate(
     return result
 
 
+def curves_by_seed(rows: list[tuple[str, int, int, float]], strategy: str) -> dict[int, list[tuple[int, float]]]:
+    """``{seed: [(labels, accuracy), ...]}`` of one strategy, budgets ascending."""
+    per_seed: dict[int, list[tuple[int, float]]] = {}
+    for strat, seed, labels, acc in rows:
+        if strat == strategy:
+            per_seed.setdefault(seed, []).append((labels, acc))
+    return {seed: sorted(pts) for seed, pts in per_seed.items()}
+
+
+def aubc_by_seed(rows: list[tuple[str, int, int, float]], strategy: str) -> dict[int, float]:
+    """``{seed: AUBC}`` of one strategy."""
+    return {seed: aubc(*zip(*pts)) for seed, pts in curves_by_seed(rows, strategy).items()}
+
+
 def summarise(rows: list[tuple[str, int, int, float]], strategies: Sequence[str]) -> dict[str, dict]:
     """Per strategy: AUBC mean/std over seeds, mean accuracy per budget, final accuracy."""
     out = {}
     for s in strategies:
-        per_seed: dict[int, list[tuple[int, float]]] = {}
-        for strat, seed, labels, acc in rows:
-            if strat == s:
-                per_seed.setdefault(seed, []).append((labels, acc))
-        areas = [aubc(*zip(*sorted(pts))) for pts in per_seed.values()]
+        per_seed = curves_by_seed(rows, s)
+        areas = [aubc(*zip(*pts)) for pts in per_seed.values()]
         by_budget: dict[int, list[float]] = {}
         for pts in per_seed.values():
             for labels, acc in pts:
