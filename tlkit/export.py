@@ -125,14 +125,15 @@ def run_exported(out: str | os.PathLike, x: np.ndarray) -> np.ndarray:
 
 
 def _parity(out: Path, reference: np.ndarray, x: np.ndarray) -> float | None:
+    """The OpenVINO engine's parity check (:func:`~tlkit.engines.openvino_engine.parity_cosine`) of the export."""
+    from tlkit.engines.openvino_engine import parity_cosine
+
     try:
         got = run_exported(out, x)
     except TlkitError as e:
         log.warning("export not checked: %s", e)
         return None
-    a, b = got.reshape(len(got), -1).astype(np.float64), reference.reshape(len(reference), -1).astype(np.float64)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return float(cos.min())
+    return parity_cosine(got.reshape(len(got), -1), reference.reshape(len(reference), -1))
 
 
 def export_model(source: str | os.PathLike, *, format: str, out: str | os.PathLike, which: str = "best",
@@ -148,20 +149,26 @@ def export_model(source: str | os.PathLike, *, format: str, out: str | os.PathLi
         weights: a backbone's local weights file.
 
     Raises:
-        TlkitError: unknown format or source, or the exported model disagrees with PyTorch.
+        TlkitError: unknown format or source, the model outputs NaN or inf, or the exported model
+            disagrees with PyTorch (NaN or inf outputs included); files already in ``out`` stay as they were.
     """
     import torch
 
     if format not in FORMATS:
         raise TlkitError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     out = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
     model, data_config, classes, kind, origin = _load(str(source), which, image_size, weights)
     model = model.float().eval()
     x_np = np.random.default_rng(0).standard_normal((2, *data_config["input_size"]), dtype=np.float32)
     x = torch.from_numpy(x_np)
     with torch.inference_mode():
         reference = model(x).float().numpy()
+    if not np.isfinite(reference).all():
+        fix = (f"the run's {which} checkpoint" if kind == "logits" else f"--weights {weights}" if weights
+               else "the backbone's weights")
+        raise TlkitError(f"{source} outputs NaN or inf on a test input: its weights are broken; check {fix} "
+                         "(nothing exported)")
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -164,12 +164,18 @@ def _compile(ov, entry: Path, precision: str, *, cache: bool = True):
     return compiled
 
 
-def _check(compiled, reference: np.ndarray, input_size: tuple[int, int, int]) -> float:
-    out = compiled(reference_input(input_size))[0]
-    out = np.asarray(out, dtype=np.float32).reshape(len(reference), -1)
-    if out.shape != reference.reshape(len(reference), -1).shape or not np.isfinite(out).all():
+def parity_cosine(out: np.ndarray, reference: np.ndarray) -> float:
+    """The least per-row cosine of ``out [B, ...]`` to ``reference [B, ...]``; -1 when the shapes differ or
+    either holds NaN or inf (a NaN cosine would pass every ``cos < threshold`` test)."""
+    out, reference = np.asarray(out, dtype=np.float32), np.asarray(reference, dtype=np.float32)
+    if out.shape != reference.shape or not (np.isfinite(out).all() and np.isfinite(reference).all()):
         return -1.0
     return float(_cosines(out, reference).min())
+
+
+def _check(compiled, reference: np.ndarray, input_size: tuple[int, int, int]) -> float:
+    out = compiled(reference_input(input_size))[0]
+    return parity_cosine(np.asarray(out).reshape(len(reference), -1), reference.reshape(len(reference), -1))
 
 
 def _load(ov, entry: Path, spec: ModelSpec, precision: str):
