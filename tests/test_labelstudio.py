@@ -156,6 +156,10 @@ def test_round_trip_with_a_real_label_studio(label_studio, pool, tmp_path):
         assert "skipped 1 images that are not in the pool" in out and "stray.png" in out
         assert "annotators disagree" in out and path[4] in out
         assert _labels(copy) == expected[fmt], fmt
+        # images of the query still unlabeled are named, with the export format's reason and the fix
+        assert "queried images are still unlabeled" in out, out
+        if fmt != "JSON":  # the skipped task is missing from these formats
+            assert f"{fmt} export leaves out skipped" in out and path[0] in out and "export as JSON" in out, out
     # --resolve latest takes the most recent of disagreeing annotations
     _ok(run_cli("al-import", str(tmp_path / "proj-CSV"), str(tmp_path / "export-CSV.csv"), "--skip-unknown",
                 "--resolve", "latest"))

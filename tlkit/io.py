@@ -95,13 +95,25 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Write a CSV file (header + rows) atomically."""
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document (header + rows) as text, as :func:`write_csv` writes it.
+
+    Lines end in ``\\n``. A row with a carriage return in a field (a legal file-name character) is
+    written with every field quoted: the minimal quoting quotes only ``\\n``, and a bare ``\\r``
+    would end the record when read back.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    quote_all = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    for row in rows:
+        (quote_all if any("\r" in str(v) for v in row) else writer).writerow(row)
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV file (header + rows) atomically."""
+    write_text(path, csv_text(header, rows))
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:

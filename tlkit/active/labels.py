@@ -28,17 +28,20 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from datetime import datetime, timezone
+from pathlib import Path
 
 from tlkit.active import labelstudio as ls
 from tlkit.active.labelstudio import Vote
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.poolpath import pool_relpath
+from tlkit.active.project import SKIP_LABEL, SKIP_WORDS, Project, check_class_names
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
-SKIP_WORDS = {SKIP_LABEL, "skip", "unlabelable"}
 RESOLVE_RULES = ("agree", "majority", "latest")
+#: Label Studio export formats that leave cancelled (skipped) annotations out.
+EXPORTS_WITHOUT_SKIPS = ("JSON_MIN", "CSV")
 
 
 @dataclass
@@ -52,6 +55,8 @@ class ImportReport:
         per_class: newly added or changed labels per class.
         unknown: images of the file that are not in the pool (only with ``skip_unknown``).
         disagreements: images whose annotations disagree, not imported: "path: a (where), b (where)".
+        exports: the Label Studio export formats the votes came from (empty for a plain CSV).
+        still_pending: images of the latest round's query that are still unlabeled afterwards.
     """
 
     added: int = 0
@@ -62,6 +67,22 @@ class ImportReport:
     per_class: dict[str, int] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
+    exports: list[str] = field(default_factory=list)
+    still_pending: list[str] = field(default_factory=list)
+
+    @property
+    def pending_note(self) -> str | None:
+        """One line on queried images still unlabeled after this import and what to do, or None."""
+        if not self.still_pending:
+            return None
+        n = len(self.still_pending)
+        note = f"{n} queried images are still unlabeled after this import: {_first(self.still_pending)}"
+        lossy = [f for f in self.exports if f in EXPORTS_WITHOUT_SKIPS]
+        if lossy:
+            return (note + f". Label Studio's {'/'.join(lossy)} export leaves out skipped (cancelled) annotations: "
+                    "if they were skipped, export as JSON and import that file (skips mark them unlabelable); "
+                    "otherwise label them, or start a new round with `tlkit al-round --new`")
+        return note + "; label them in Label Studio and import again, or start a new round with `tlkit al-round --new`"
 
 
 def _first(items: list[str], n: int = 3) -> str:
@@ -97,8 +118,13 @@ def import_labels(
     if not votes:
         raise TlkitError(f"{file} holds no labels (no annotated task or row); export the annotated tasks "
                          "from Label Studio (JSON, JSON_MIN or CSV) or write a CSV path,label")
-    return merge_votes(project, votes, file.name, add_classes=add_classes, overwrite=overwrite,
-                       skip_unknown=skip_unknown, resolve=resolve, what="al-import")
+    report = merge_votes(project, votes, file.name, add_classes=add_classes, overwrite=overwrite,
+                         skip_unknown=skip_unknown, resolve=resolve, what="al-import")
+    report.exports = sorted({v.export for v in votes if v.export})
+    report.still_pending = [row["path"] for row in project.pending()]
+    if report.pending_note:
+        log.info(report.pending_note)
+    return report
 
 
 def import_seed_labels(project: Project, file: str | os.PathLike) -> ImportReport:
@@ -139,7 +165,7 @@ def _merge_locked(project: Project, votes: list[Vote], source: str, add_classes:
                   skip_unknown: bool, resolve: str) -> ImportReport:
     pool = set(project.pool_paths())
     pool_root = project.pool_root.resolve()
-    votes = [_normalise(v, pool_root) for v in votes]
+    votes = [_normalise(v, pool_root, pool) for v in votes]
     unknown = list(dict.fromkeys(f"{v.image or v.path} ({v.where})" for v in votes if v.path not in pool))
     if unknown and not skip_unknown:
         raise TlkitError(f"{len(unknown)} images are not in the pool: {_first(unknown)}; paths are relative to "
@@ -164,18 +190,18 @@ def _merge_locked(project: Project, votes: list[Vote], source: str, add_classes:
     return report
 
 
-def _normalise(v: Vote, pool_root: Path) -> Vote:
-    """The vote with its path relative to the pool root (POSIX) and skip words as SKIP_LABEL."""
+def _normalise(v: Vote, pool_root: Path, pool: set[str]) -> Vote:
+    """The vote with its pool path (:func:`~tlkit.active.poolpath.pool_relpath`; None outside the pool)
+    and skip words as SKIP_LABEL.
+
+    A path that is not a pool file's exact name is tried without surrounding spaces, without a
+    leading ``./`` and with Windows separators as ``/`` (label files written by hand or by Excel).
+    """
     path = v.path
-    if path is not None:
-        p = Path(path)
-        if p.is_absolute():
-            try:
-                path = p.resolve().relative_to(pool_root).as_posix()
-            except ValueError:
-                pass
-        else:
-            path = PurePosixPath(path.replace("\\", "/")).as_posix().removeprefix("./")
+    if path is not None and path not in pool:
+        tidy = path.strip().replace("\\", "/")
+        tidy = tidy[2:] if tidy.startswith("./") else tidy
+        path = pool_relpath(pool_root, tidy)
     return replace(v, path=path, label=SKIP_LABEL if v.label.lower() in SKIP_WORDS else v.label)
 
 
@@ -214,8 +240,17 @@ def _resolve(votes: list[Vote], rule: str) -> str | None:
         (top, n), (_, n2) = counts.most_common(2)
         return top if n > n2 else None
     if rule == "latest":
-        return max(enumerate(labeled), key=lambda iv: (iv[1].time, iv[0]))[1].label
+        return max(enumerate(labeled), key=lambda iv: (_when(iv[1].time), iv[0]))[1].label
     return None
+
+
+def _when(stamp: str) -> datetime:
+    """An annotation's ISO 8601 time as an aware datetime (no zone: UTC); unknown or unreadable: the earliest."""
+    try:
+        t = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 def _check_classes(project: Project, incoming: dict[str, str], add_classes: bool, report: ImportReport) -> None:
@@ -224,6 +259,7 @@ def _check_classes(project: Project, incoming: dict[str, str], add_classes: bool
     if new and not add_classes:
         raise TlkitError(f"unknown classes {new}; project classes are {list(project.config.classes)}; "
                          "pass --add-classes to add them")
+    check_class_names(new, "--add-classes")
     report.new_classes = new
 
 

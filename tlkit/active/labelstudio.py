@@ -148,6 +148,7 @@ class Vote:
         time: ISO time of the annotation's last update ("" when unknown).
         source: "labelstudio" (several votes per image are normal) or "csv" (one row per image).
         image: the task's image URL or raw path, for messages about unknown images.
+        export: the Label Studio export format it came from (``JSON``, ``JSON_MIN``, ``CSV``), or "".
     """
 
     path: str | None
@@ -158,6 +159,7 @@ class Vote:
     time: str = ""
     source: str = "labelstudio"
     image: str = ""
+    export: str = ""
 
 
 def read_votes(file: Path, urls: ImageUrls) -> list[Vote]:
@@ -183,6 +185,8 @@ def _json_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
         items = json.loads(text)
     except ValueError as e:
         raise TlkitError(f"{file} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise TlkitError(f"{file} is nested too deeply to be a Label Studio export; export the tasks again") from None
     if not isinstance(items, list):
         raise TlkitError(f"{file} is not a Label Studio export (expected a JSON list of tasks, got {type(items).__name__})")
     votes: list[Vote] = []
@@ -191,18 +195,18 @@ def _json_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
             raise TlkitError(f"{file.name} item {i} is a {type(item).__name__}, not a task object; "
                              "export from Label Studio as JSON, JSON_MIN or CSV")
         if "data" in item or "annotations" in item or "completions" in item:
-            votes.extend(task_votes(item, urls, f"{file.name} task {item.get('id', i)}"))
+            votes.extend(task_votes(item, urls, f"{file.name} task {item.get('id', i)}", export="JSON"))
         else:
-            votes.extend(_min_votes(file, f"{file.name} item {i}", item, urls))
+            votes.extend(_min_votes(file, f"{file.name} item {i}", item, urls, export="JSON_MIN"))
     return votes
 
 
-def task_votes(task: dict[str, Any], urls: ImageUrls, where: str) -> list[Vote]:
+def task_votes(task: dict[str, Any], urls: ImageUrls, where: str, export: str = "") -> list[Vote]:
     """The votes of one Label Studio task (as exported as JSON, or served by its API) with its annotations."""
     data, meta = task.get("data") or {}, task.get("meta") or {}
     if not isinstance(data, dict) or not isinstance(meta, dict):
         raise TlkitError(f"{where}: 'data' and 'meta' must be objects; export from Label Studio as JSON")
-    path, image = _task_path(data.get("tlkit_path") or meta.get("tlkit_path"), data.get(DATA_KEY), urls)
+    path, image = task_path(data.get("tlkit_path") or meta.get("tlkit_path"), data.get(DATA_KEY), urls)
     anns = task.get("annotations") or task.get("completions") or []
     if not isinstance(anns, list):
         raise TlkitError(f"{where}: 'annotations' must be a list")
@@ -213,11 +217,12 @@ def task_votes(task: dict[str, Any], urls: ImageUrls, where: str) -> list[Vote]:
         w = f"{where} annotation {ann.get('id', j)}"
         time = str(ann.get("updated_at") or ann.get("created_at") or "")
         if ann.get("was_cancelled"):
-            out.append(Vote(path, "", w, cancelled=True, time=time, image=image))
+            out.append(Vote(path, "", w, cancelled=True, time=time, image=image, export=export))
             continue
         label = _choice(ann.get("result") or [], w)
         if label is not None:
-            out.append(Vote(path, label, w, ground_truth=bool(ann.get("ground_truth")), time=time, image=image))
+            out.append(Vote(path, label, w, ground_truth=bool(ann.get("ground_truth")), time=time, image=image,
+                            export=export))
     return out
 
 
@@ -234,9 +239,9 @@ def _choice(results: Any, where: str) -> str | None:
     return None
 
 
-def _min_votes(file: Path, where: str, row: dict[str, Any], urls: ImageUrls) -> list[Vote]:
+def _min_votes(file: Path, where: str, row: dict[str, Any], urls: ImageUrls, export: str) -> list[Vote]:
     """A JSON_MIN item or a Label Studio CSV row: data fields + the choice under the control's name."""
-    path, image = _task_path(row.get("tlkit_path"), row.get(DATA_KEY), urls)
+    path, image = task_path(row.get("tlkit_path"), row.get(DATA_KEY), urls)
     label_cols = [k for k in row if k not in EXPORT_META]
     col = FROM_NAME if FROM_NAME in row else (label_cols[0] if len(label_cols) == 1 else None)
     if col is None and not label_cols:
@@ -253,13 +258,16 @@ def _min_votes(file: Path, where: str, row: dict[str, Any], urls: ImageUrls) -> 
         value = value[0] if value else ""
     w = f"{where} (annotation {row.get('annotation_id', '?')})"
     label = "" if value is None else str(value).strip()
-    return [Vote(path, label, w, time=str(row.get("updated_at") or row.get("created_at") or ""), image=image)]
+    return [Vote(path, label, w, time=str(row.get("updated_at") or row.get("created_at") or ""), image=image,
+                 export=export)]
 
 
-def _task_path(tlkit_path: Any, image: Any, urls: ImageUrls) -> tuple[str | None, str]:
+def task_path(tlkit_path: Any, image: Any, urls: ImageUrls) -> tuple[str | None, str]:
+    """(pool path as the task names it, or None; the image as named, for messages)."""
     image = "" if image is None else str(image)
     if tlkit_path:
-        return str(tlkit_path), image or str(tlkit_path)
+        named = tlkit_path if isinstance(tlkit_path, str) else None  # a number or an object names no file
+        return named, image or str(tlkit_path)
     return urls.path(image), image
 
 
@@ -267,11 +275,11 @@ def _csv_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = reader.fieldnames or []
     if "path" in cols and "label" in cols:
-        return [Vote((r.get("path") or "").strip(), (r.get("label") or "").strip(), f"{file.name} line {i + 2}",
+        return [Vote(r.get("path") or "", (r.get("label") or "").strip(), f"{file.name} line {i + 2}",
                      source="csv", image=(r.get("path") or "").strip())
                 for i, r in enumerate(reader)]
     if DATA_KEY in cols or "tlkit_path" in cols:
-        return [v for i, r in enumerate(reader) for v in _min_votes(file, f"{file.name} line {i + 2}", r, urls)]
+        return [v for i, r in enumerate(reader) for v in _min_votes(file, f"{file.name} line {i + 2}", r, urls, "CSV")]
     raise TlkitError(f"{file} needs the columns path,label, or must be a Label Studio CSV export "
                      f"(columns image, choice, ...); found {cols or 'no header'}")
 

@@ -6,6 +6,10 @@ sorted order, so two entries can never receive contradictory labels. Labeling te
 between rounds: :func:`add_images` appends the new ones (ids continue), and the next round embeds
 only them (the embedding cache reuses every unchanged row). Images deleted from disk stay in
 ``pool.csv`` (their labels stay valid) and are left out of rounds with a warning.
+
+Only files inside the pool folder join the pool (:func:`tlkit.active.poolpath.pool_relpath`): a
+symlink in the pool folder whose target lies outside it is left out and reported, at ``al-init``,
+``al-add`` and ``tlkit serve --add-new`` alike.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tlkit.active.poolpath import pool_file, real_file_inside
 from tlkit.active.project import Project
 from tlkit.data import ImageRecord, scan_images
 from tlkit.errors import TlkitError
@@ -35,6 +40,7 @@ class PoolUpdate:
         duplicates: files left out because they are another pool file (symlinks).
         missing: pool entries whose file is gone from disk (kept in pool.csv).
         total: pool size afterwards.
+        outside: files left out because they are links to files outside the pool folder.
     """
 
     added: list[str]
@@ -42,18 +48,31 @@ class PoolUpdate:
     duplicates: list[str]
     missing: list[str]
     total: int
+    outside: list[str]
 
 
-def unique_files(records: Sequence[ImageRecord], prefix: str = "", seen: dict[str, str] | None = None
-                 ) -> tuple[list[str], list[str]]:
-    """Pool paths (``prefix`` + ``rel``) of ``records``, one per real file; and the left-out duplicates.
+@dataclass(frozen=True)
+class UniqueFiles:
+    """Pool paths of scanned records, one per real file inside the pool folder, and what was left out."""
+
+    paths: list[str]
+    duplicates: list[str]  # "rel (same file as other)"
+    outside: list[str]  # links whose target lies outside the pool folder
+
+
+def unique_files(records: Sequence[ImageRecord], pool_root: Path, prefix: str = "",
+                 seen: dict[str, str] | None = None) -> UniqueFiles:
+    """Pool paths (``prefix`` + ``rel``) of ``records``, one per real file inside ``pool_root``.
 
     ``seen`` maps real paths already in the pool to their pool path (updated in place).
     """
     seen = {} if seen is None else seen
-    paths, duplicates = [], []
+    paths, duplicates, outside = [], [], []
     for r in sorted(records, key=lambda r: r.rel):
         rel = posixpath.normpath(posixpath.join(prefix, r.rel))
+        if not real_file_inside(pool_root, r.path):
+            outside.append(rel)
+            continue
         real = os.path.realpath(r.path)
         if real in seen:
             if seen[real] != rel:
@@ -61,7 +80,10 @@ def unique_files(records: Sequence[ImageRecord], prefix: str = "", seen: dict[st
             continue
         seen[real] = rel
         paths.append(rel)
-    return paths, duplicates
+    if outside:
+        log.warning("%d files are links to files outside the pool folder and were left out: %s", len(outside),
+                    ", ".join(outside[:3]))
+    return UniqueFiles(paths, duplicates, outside)
 
 
 def _prefix(folder: Path, pool_root: Path) -> str:
@@ -83,37 +105,41 @@ def add_images(project_dir: str | os.PathLike, source: str | os.PathLike | None 
         if not pool_root.is_dir():
             raise TlkitError(f"pool folder {pool_root} is gone; restore it (project.yaml: pool_root)")
         scanned = scan_images(source if source is not None else pool_root, labeled=False)
-        existing, added, duplicates = _append(project, scanned.records, _prefix(scanned.root, pool_root))
+        existing, found = _append(project, scanned.records, _prefix(scanned.root, pool_root))
         missing = [p for p in existing if not (pool_root / p).exists()]
         if missing:
             log.warning("%d pool images are gone from disk (e.g. %s); rounds leave them out", len(missing), missing[0])
-        known = len(scanned.records) - len(added) - len(duplicates)
-        log.info("added %d images to the pool (%d already there)", len(added), known)
-        return PoolUpdate(added, known, duplicates, missing, len(existing) + len(added))
+        known = len(scanned.records) - len(found.paths) - len(found.duplicates) - len(found.outside)
+        log.info("added %d images to the pool (%d already there)", len(found.paths), known)
+        return PoolUpdate(found.paths, known, found.duplicates, missing, len(existing) + len(found.paths),
+                          found.outside)
 
 
 def add_paths(project: Project, paths: Sequence[str], *, what: str = "tlkit serve") -> list[str]:
-    """Add these images (paths relative to the pool folder, files that exist) to the pool; returns the new ones."""
+    """Add these images (files inside the pool folder, named relative to it) to the pool; returns the new ones.
+
+    Paths that name nothing inside the pool folder (:func:`~tlkit.active.poolpath.pool_file`) are ignored.
+    """
     with project.lock(what):
-        records = [ImageRecord(project.pool_root / p, p, None) for p in dict.fromkeys(paths)
-                   if (project.pool_root / p).is_file()]
-        return _append(project, records, "")[1]
+        rels = (pool_file(project.pool_root, p) for p in paths)
+        records = [ImageRecord(project.pool_root / p, p, None) for p in dict.fromkeys(rels) if p is not None]
+        return _append(project, records, "")[1].paths
 
 
-def _append(project: Project, records: Sequence[ImageRecord], prefix: str) -> tuple[list[str], list[str], list[str]]:
+def _append(project: Project, records: Sequence[ImageRecord], prefix: str) -> tuple[list[str], UniqueFiles]:
     """Append the records that are new to pool.csv (ids continue; one entry per real file); hold the lock.
 
     Returns:
-        (pool paths before, paths added, duplicates left out).
+        (pool paths before, what was added and left out).
     """
     rows = read_csv(project.pool_csv)
     existing = [r["path"] for r in rows]
     known = set(existing)
     seen = {os.path.realpath(project.pool_root / p): p for p in existing}
     fresh = [r for r in records if posixpath.normpath(posixpath.join(prefix, r.rel)) not in known]
-    added, duplicates = unique_files(fresh, prefix, seen)
-    if added:
+    found = unique_files(fresh, project.pool_root, prefix, seen)
+    if found.paths:
         next_id = max((int(r["id"]) for r in rows), default=-1) + 1
         write_csv(project.pool_csv, ["id", "path"],
-                  [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(added)])
-    return existing, added, duplicates
+                  [(r["id"], r["path"]) for r in rows] + [(next_id + i, p) for i, p in enumerate(found.paths)])
+    return existing, found

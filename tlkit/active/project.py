@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import io
 import logging
 import os
 import shutil
+import unicodedata
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import yaml
 
@@ -38,13 +41,65 @@ from tlkit.constants import DEFAULT_BACKBONE, PROJECTION_DIM
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
 from tlkit.extract_store import DTYPES, storage_dtype
-from tlkit.io import read_csv, write_csv, write_text
+from tlkit.io import csv_text, read_csv, write_csv, write_text
 from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
 SKIP_LABEL = "__skip__"
+#: Label words that mean "unlabelable" in label files (any case); no class may be named one of them.
+SKIP_WORDS = frozenset({SKIP_LABEL, "skip", "unlabelable"})
 ROUND_DIGITS = 4
+
+
+def _label_rows(text: str, file: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each data row of labels.csv's ``text``, read by the csv module.
+
+    Quoted fields may hold any character, newlines and U+2028 included; only the csv module's own
+    line ends split records (``str.splitlines`` would also split at U+2028, ``\\x1c`` and others).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None or [c.strip() for c in header] != ["path", "label"]:
+            raise TlkitError(f"{file} line 1 must be the header path,label; restore it")
+        rows = []
+        start = reader.line_num + 1
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+        return rows
+    except csv.Error as e:
+        raise TlkitError(f"{file} line {reader.line_num} is not valid CSV ({e}); fix or delete the line") from None
+
+
+def check_class_names(names: Iterable[str], where: str) -> None:
+    """Refuse class names that labels.csv, Label Studio or a terminal could not carry unchanged.
+
+    A class name may not be empty, hold control or line-separator characters (newline, tab, U+2028,
+    ...), or be a word that means "unlabelable" (:data:`SKIP_WORDS`, any case).
+
+    Raises:
+        TlkitError: naming the first bad name and the fix.
+    """
+    for name in names:
+        if not name.strip():
+            raise TlkitError(f"{where}: a class name is empty; remove it")
+        bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            raise TlkitError(f"{where}: class name {name!r} holds the control character U+{ord(bad):04X}; "
+                             "rename the class without it")
+        if name.strip().lower() in SKIP_WORDS:
+            raise TlkitError(f"{where}: {name.strip()!r} is reserved (a label meaning 'unlabelable'); "
+                             "name the class something else")
+
+
+def labels_digest(labels: dict[str, str]) -> str:
+    """SHA-256 of a label set, independent of row order (what a round was trained on)."""
+    h = hashlib.sha256()
+    for path, label in sorted(labels.items()):
+        h.update(f"{len(path)}:{path}{len(label)}:{label}".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -196,13 +251,15 @@ class Project:
         (half the disk and memory; :data:`tlkit.extract_store.DTYPES`).
         """
         storage_dtype(embedding_dtype)
+        classes = tuple(dict.fromkeys(c.strip() for c in classes if c.strip()))
+        check_class_names(classes, "--classes")
         root = _new_project_folder(root)
         source = scan_images(pool, labeled=False)
         pool_root = Path(source.root).resolve()
         ls_root = Path(label_studio_root).resolve() if label_studio_root else pool_root.parent
         ls.check_root(ls_root, pool_root)
         config = ProjectConfig(
-            pool_root=str(pool_root), classes=tuple(dict.fromkeys(c.strip() for c in classes if c.strip())),
+            pool_root=str(pool_root), classes=classes,
             backbone=backbone, weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
             label_studio_prefix=label_studio_prefix, label_studio_root=str(ls_root), recipe=recipe, seed=seed,
             embedding_dtype=embedding_dtype,
@@ -219,7 +276,8 @@ class Project:
         """Write pool.csv (links to other pool files left out), an empty labels.csv, project.yaml, label_config.xml."""
         from tlkit.active.pool import unique_files
 
-        paths, duplicates = unique_files(source.records)
+        found = unique_files(source.records, Path(config.pool_root))
+        paths, duplicates = found.paths, found.duplicates
         if duplicates:
             log.warning("%d pool files are links to other pool files and were left out: %s", len(duplicates),
                         ", ".join(duplicates[:3]))
@@ -300,25 +358,24 @@ class Project:
         if not self.labels_csv.exists():
             return {}
         try:
-            text = self.labels_csv.read_text(encoding="utf-8-sig")
+            with open(self.labels_csv, encoding="utf-8-sig", newline="") as f:  # keep a \r inside a quoted name
+                text = f.read()
         except UnicodeDecodeError:
             raise TlkitError(f"{self.labels_csv} is not UTF-8 text; save it as UTF-8 (columns path,label)") from None
-        rows = list(csv.reader(text.splitlines()))
-        if not rows or [c.strip() for c in rows[0]] != ["path", "label"]:
-            raise TlkitError(f"{self.labels_csv} line 1 must be the header path,label; restore it")
-        return self._check_labels(rows[1:])
+        return self._check_labels(_label_rows(text, self.labels_csv))
 
-    def _check_labels(self, rows: list[list[str]]) -> dict[str, str]:
+    def _check_labels(self, rows: list[tuple[int, list[str]]]) -> dict[str, str]:
         allowed, pool = set(self.config.classes) | {SKIP_LABEL}, set(self.pool_paths())
         out: dict[str, str] = {}
-        for n, row in enumerate(rows, start=2):
+        for n, row in rows:
             if not row or not "".join(row).strip():
                 continue
             where = f"{self.labels_csv} line {n}"
             fix = "fix or delete the line (or re-import the labels with `tlkit al-import`)"
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
                 raise TlkitError(f"{where} must be path,label (found {','.join(row)!r}); {fix}")
-            path, label = row[0].strip(), row[1].strip()
+            path = row[0] if row[0] in pool else row[0].strip()  # a pool file's exact name; hand edits may pad
+            label = row[1].strip()
             if label not in allowed:
                 raise TlkitError(f"{where}: {label!r} is not a project class {list(self.config.classes)}; {fix}, "
                                  "or add the class with `tlkit al-import --add-classes`")
@@ -331,9 +388,15 @@ class Project:
         return out
 
     def write_labels(self, labels: dict[str, str]) -> None:
+        """Write labels.csv atomically; the text is read back with :meth:`labels`' reader before it replaces the file."""
         order = {p: i for i, p in enumerate(self.pool_paths())}
         rows = sorted(labels.items(), key=lambda kv: order.get(kv[0], len(order)))
-        write_csv(self.labels_csv, ["path", "label"], rows)
+        text = csv_text(["path", "label"], rows)
+        back = {row[0]: row[1] for _, row in _label_rows(text, self.labels_csv)}
+        if back != labels:
+            bad = next(p for p in labels if back.get(p) != labels[p])
+            raise TlkitError(f"labels.csv would not read back for {bad!r} (a bug in tlkit); labels.csv is unchanged")
+        write_text(self.labels_csv, text)
 
     # ------------------------------------------------------------------ rounds
     def rounds(self) -> list[int]:

@@ -22,7 +22,7 @@ import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.project import SKIP_LABEL, Project, labels_digest
 from tlkit.active.strategies import Approx, PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
@@ -62,6 +62,7 @@ class PoolData:
     embeddings: np.ndarray  # [n, d]
     y: np.ndarray  # [n] class index, -1 unlabeled, -2 unlabelable
     classes: tuple[str, ...]
+    labels_sha256: str  # project.labels_digest of every label the round saw (gone images' included)
 
 
 def embeddings_for(project: Project, *, device: str = "auto", engine: str | None = None,
@@ -100,7 +101,7 @@ def pool_data(project: Project, paths: list[str], embeddings: np.ndarray) -> Poo
         lab = labels.get(p)
         if lab is not None:
             y[i] = -2 if lab == SKIP_LABEL else idx[lab]
-    return PoolData(paths, embeddings, y, classes)
+    return PoolData(paths, embeddings, y, classes, labels_digest(labels))
 
 
 def _candidates(y: np.ndarray, max_pool: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -151,6 +152,7 @@ def _metrics(data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
         "unlabelable": int((data.y == -2).sum()),
         "labeled_per_class": per_class,
         "pool": len(data.paths),
+        "labels_sha256": data.labels_sha256,
         **extra,
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from tlkit.active.learner import Validation
 from tlkit.active.stopping import stopping_hint
 from tlkit.data import class_imbalance
 from tlkit.io import read_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,7 +61,10 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
     status.imbalance = imbalance_hint(per_class)
     status.stopping = stopping_hint(rounds)
     if plot and any(r["val_accuracy"] is not None for r in rounds):
-        status.curve_png = _plot(project.root / "learning_curve.png", rounds)
+        try:
+            status.curve_png = _plot(project.root / "learning_curve.png", rounds)
+        except OSError as e:  # a read-only project still has a status
+            log.warning("learning_curve.png not written (%s); the status is complete without it", e.strerror or e)
     return status
 
 

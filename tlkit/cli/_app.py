@@ -89,9 +89,31 @@ def training_process() -> None:
     keep_freed_memory()
 
 
+#: What to do about a file-system error, by errno (any other: the system's own words).
+_OS_FIXES = {
+    errno.EROFS: "work on a writable copy, or remount it read-write",
+    errno.EACCES: "check the owner and mode of the file and its folder, or use another folder",
+    errno.EPERM: "check the owner and mode of the file and its folder, or use another folder",
+    errno.EFBIG: "a file-size limit (ulimit -f, or the file system's largest file) stopped the write; raise it "
+                 "or use another file system",
+    errno.EDQUOT: "free space within your quota and re-run",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error: what failed, on which file, and what to do."""
+    if e.errno == errno.ENOSPC:
+        name = os.path.basename(str(e.filename)) if e.filename else "a file"
+        return f"disk full while writing {name}: free space and re-run; files already written are unchanged"
+    what = (e.strerror or str(e)) + (f": {e.filename}" if e.filename else "")
+    fix = _OS_FIXES.get(e.errno)
+    return what + (f"; {fix}" if fix else "") + "; files already written are unchanged"
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a :class:`TlkitError`, a full disk (ENOSPC) or an out-of-memory error as one line; exit non-zero."""
+    """Print a :class:`TlkitError`, a file-system error (full disk, read-only, permissions, size limits)
+    or an out-of-memory error as one line; exit non-zero."""
     try:
         yield
     except TlkitError as e:
@@ -101,11 +123,9 @@ def user_errors() -> Iterator[None]:
         err_console.print("[bold red]interrupted[/]: finished work is kept; re-run the same command to resume")
         raise typer.Exit(130) from None
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        if e.errno is None:  # not a file-system error (e.g. a socket library's own OSError subclass)
             raise
-        name = os.path.basename(str(e.filename)) if e.filename else "a file"
-        err_console.print(f"[bold red]error:[/] disk full while writing {escape(name)}: free space and re-run; "
-                          "files already written are unchanged", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(os_error_line(e))}", soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except Exception as e:  # noqa: BLE001 - only out-of-memory gets a friendly line
         if _is_oom(e):

@@ -158,6 +158,8 @@ def al_import_cmd(
                       soft_wrap=True)
         for d in rep.disagreements[:10]:
             console.print(f"  {escape(d)}", soft_wrap=True)
+    if rep.pending_note:
+        console.print(f"[yellow]note:[/] {escape(rep.pending_note)}", soft_wrap=True)
 
 
 @app.command("al-status", rich_help_panel=PANEL_ACTIVE)

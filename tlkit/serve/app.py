@@ -2,16 +2,19 @@
 
 Routes, as Label Studio 1.23 calls them: ``GET /health``, ``POST /setup``, ``POST /predict``,
 ``POST /webhook``, ``POST /train`` (older Label Studio versions' training trigger). Bad requests
-get a 4xx with ``{"error": "<one line>"}`` and change nothing. Optional HTTP basic auth.
+get a 4xx with ``{"error": "<one line>"}`` and change nothing: bodies that are not JSON, nested
+too deeply or larger than :data:`MAX_BODY_BYTES` (413), paths outside the pool (400), a project
+that cannot be written (409). Optional HTTP basic auth (user and password compared as UTF-8 bytes
+in constant time; any malformed ``Authorization`` header is a 401).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,28 +26,55 @@ from tlkit.serve.backend import Backend, BadRequest
 
 log = logging.getLogger(__name__)
 
+#: The largest request body accepted (``TLKIT_SERVE_MAX_BODY`` bytes; default 64 MiB: a /predict
+#: of 100,000 tasks is about 20 MB).
+MAX_BODY_BYTES = int(os.environ.get("TLKIT_SERVE_MAX_BODY", 64 << 20))
+
+
+class TooLarge(BadRequest):
+    """A request body over :data:`MAX_BODY_BYTES` (HTTP 413)."""
+
 
 def create_app(backend: Backend, auth: tuple[str, str] | None = None):
     """A FastAPI app serving ``backend`` (with HTTP basic auth when ``auth`` is ``(user, password)``)."""
     app = FastAPI(title="tlkit ML backend", docs_url=None, redoc_url=None, openapi_url=None)
 
+    secret = None if auth is None else (auth[0].encode("utf-8", "surrogateescape"), auth[1].encode("utf-8", "surrogateescape"))
+
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if auth is not None and not _authorized(request.headers.get("authorization"), auth):
+        if secret is not None and not _authorized(request.headers.get("authorization"), secret):
             return JSONResponse({"error": "authentication required"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Basic realm="tlkit"'})
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"the request body is over {MAX_BODY_BYTES:,} bytes (or its length is "
+                                 "unreadable); send fewer tasks per request"}, status_code=413)
         return await call_next(request)
 
     async def body(request: Request) -> Any:
-        raw = await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():  # also bounds bodies sent without a Content-Length
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise TooLarge(f"the request body is over {MAX_BODY_BYTES:,} bytes; send fewer tasks per request")
+            chunks.append(chunk)
         try:
-            return json.loads(raw or b"{}")
+            return json.loads(b"".join(chunks) or b"{}")
         except ValueError as e:
             raise BadRequest(f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply") from None
 
     @app.exception_handler(BadRequest)
     async def _bad(request: Request, e: BadRequest):
-        return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"error": str(e)}, status_code=413 if isinstance(e, TooLarge) else 400)
+
+    @app.exception_handler(OSError)
+    async def _unwritable(request: Request, e: OSError):
+        log.error("%s %s: %s", request.method, request.url.path, e)
+        return JSONResponse({"error": f"the project cannot be written ({e.strerror or e}); nothing was changed; "
+                             "make the project folder writable"}, status_code=409)
 
     @app.exception_handler(TlkitError)
     async def _refused(request: Request, e: TlkitError):
@@ -96,11 +126,17 @@ def _learn_project(backend: Backend, project: Any) -> None:
         pass
 
 
-def _authorized(header: str | None, auth: tuple[str, str]) -> bool:
-    if not header or not header.lower().startswith("basic "):
+def _authorized(header: str | None, secret: tuple[bytes, bytes]) -> bool:
+    """Whether a Basic ``Authorization`` header carries ``secret`` (user, password as UTF-8 bytes).
+
+    Compares bytes, so any character works in a password; a header that is not ASCII, not base64 or
+    has no colon is simply not authorized.
+    """
+    if not header or not header[:6].lower() == "basic ":
         return False
     try:
-        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        user, sep, password = base64.b64decode(header[6:].strip().encode("ascii"), validate=True).partition(b":")
+    except ValueError:  # not ASCII, or not base64 (binascii.Error is a ValueError)
         return False
-    return hmac.compare_digest(user, auth[0]) and hmac.compare_digest(password, auth[1])
+    user_ok = hmac.compare_digest(user, secret[0])
+    return bool(sep) and hmac.compare_digest(password, secret[1]) and user_ok

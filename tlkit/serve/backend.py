@@ -34,7 +34,8 @@ import numpy as np
 from tlkit.active import labelstudio as ls
 from tlkit.active.labels import forget_labels, merge_votes
 from tlkit.active.pool import add_paths
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.poolpath import pool_file
+from tlkit.active.project import SKIP_LABEL, Project, labels_digest
 from tlkit.errors import TlkitError
 from tlkit.io import read_csv, read_json
 
@@ -95,6 +96,23 @@ def _ranking(paths: list[str], probs: np.ndarray, query: list[str], labels: dict
     by_margin = np.argsort(-margin_scores(probs), kind="stable")  # least certain first
     order += [paths[i] for i in by_margin if paths[i] not in labels and paths[i] not in seen]
     return {p: r for r, p in enumerate(order, start=1)}
+
+
+def _event_id(obj: dict[str, Any], what: str) -> int | None:
+    """The ``id`` of a webhook's task or annotation: a whole number (or its digits), or None when absent."""
+    value = obj.get("id")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise BadRequest(f"the {what} id must be a whole number, not {str(value)[:50]!r}")
+
+
+def _id_text(value: Any, index: int) -> str:
+    """A task's id for a message: short, whatever a client sent."""
+    return str(value)[:50] if isinstance(value, (int, str)) else str(index)
 
 
 def choices_names(label_config: str | None) -> tuple[str, str]:
@@ -183,11 +201,19 @@ class Backend:
             m = read_json(metrics)
         except (OSError, ValueError):
             return True
-        return len(self.project.labels()) != m.get("labeled", 0) + m.get("unlabelable", 0)
+        labels = self.project.labels()
+        if isinstance(m, dict) and "labels_sha256" in m:  # the labels themselves: a relabel changes them
+            return labels_digest(labels) != m["labels_sha256"]
+        return not isinstance(m, dict) or len(labels) != m.get("labeled", 0) + m.get("unlabelable", 0)
 
     # ------------------------------------------------------------------ predictions
     def predict(self, tasks: list[dict[str, Any]], label_config: str | None = None) -> list[dict[str, Any]]:
-        """One Label Studio prediction per task; BadRequest names the first task that is not a pool image."""
+        """One Label Studio prediction per task; BadRequest names the first task that is not a pool image.
+
+        A task names its image by ``data.tlkit_path`` or ``data.image`` (a Label Studio URL). Only a
+        pool image (:func:`~tlkit.active.poolpath.pool_file`: inside the pool folder, links followed)
+        is ever opened; anything else, outside or missing alike, is the same 400.
+        """
         from_name, to_name = choices_names(label_config)
         urls, pool = self.project.image_urls(), set(self.project.pool_paths())
         served = self.served
@@ -195,14 +221,15 @@ class Backend:
         for i, task in enumerate(tasks):
             if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
                 raise BadRequest(f"task {i} has no 'data' object")
-            data = task["data"]
-            path = data.get("tlkit_path") or urls.path(str(data.get(ls.DATA_KEY, "")))
+            named, image = ls.task_path(task["data"].get("tlkit_path"), task["data"].get(ls.DATA_KEY), urls)
+            path = named if named in pool else pool_file(self.project.pool_root, named)
+            if path is None:
+                raise BadRequest(f"task {_id_text(task.get('id'), i)}: image {image[:200]!r} is not a pool image; "
+                                 "put it in the pool folder (tlkit al-add) or fix the task's URL")
             if path not in pool:
-                if path is None or not (self.project.pool_root / path).is_file():
-                    raise BadRequest(f"task {task.get('id', i)}: image {data.get(ls.DATA_KEY)!r} is not in the pool "
-                                     "folder; add it there (tlkit al-add) or fix the task's URL")
                 new.append(path)  # a new image in the pool folder: embedded now
             paths.append(path)
+        new = list(dict.fromkeys(new))
         fresh = self._predict_new(new, served, from_name, to_name) if new else {}
         if new and self.add_new:
             added = add_paths(self.project, new)
@@ -271,7 +298,7 @@ class Backend:
         return {"status": "ok", "imported": imported, "model_version": self.version}
 
     def _import_task(self, task: dict[str, Any], ann: dict[str, Any]) -> int:
-        task_id = task.get("id")
+        task_id, ann_id = _event_id(task, "task"), _event_id(ann, "annotation")
         if self.client is not None and task_id is not None:
             task = self.client.task(task_id)  # every annotation of the task: the annotator rule applies
         else:
@@ -281,19 +308,21 @@ class Backend:
             return 0
         path = votes[0].path
         if path is None or path not in set(self.project.pool_paths()):
-            raise BadRequest(f"Label Studio task {task_id}: image {votes[0].image!r} is not in the pool; "
+            raise BadRequest(f"Label Studio task {task_id}: image {votes[0].image[:200]!r} is not in the pool; "
                              "add it to the pool folder and run `tlkit al-add`")
-        if ann.get("id") is not None:
-            self._annotations[int(ann["id"])] = (task_id, path)
+        if ann_id is not None:
+            self._annotations[ann_id] = (task_id, path)
         rep = self._retry_busy(lambda: merge_votes(self.project, votes, f"Label Studio task {task_id}", overwrite=True,
                                                    resolve=self.resolve, what="tlkit serve"))
         return rep.added + rep.relabeled
 
     def _deleted(self, payload: dict[str, Any]) -> dict[str, Any]:
-        ids = [a.get("id") for a in payload.get("annotations") or [] if isinstance(a, dict)]
+        anns = payload.get("annotations") or []
+        if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+            raise BadRequest("'annotations' of ANNOTATIONS_DELETED must be a list of objects")
         changed = 0
-        for ann_id in ids:
-            task_id, path = self._annotations.pop(int(ann_id), (None, None)) if ann_id is not None else (None, None)
+        for ann_id in [_event_id(a, "annotation") for a in anns]:
+            task_id, path = self._annotations.pop(ann_id, (None, None)) if ann_id is not None else (None, None)
             if path is None:
                 log.warning("annotation %s was deleted, but this server did not import it; its label is kept", ann_id)
                 continue

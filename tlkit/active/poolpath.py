@@ -1,0 +1,73 @@
+"""The one answer to "is this a file of the pool?", for every path someone else named.
+
+A project's pool is the set of files inside its pool folder. Paths reach tlkit from people and
+programs it does not control: ``tlkit_path`` and image URLs in Label Studio tasks, webhooks and
+exports, rows of label files, new images found by ``al-add`` or ``tlkit serve --add-new``. Every
+one of them goes through :func:`pool_relpath` before it is used, so that no entry point can be
+talked into opening, embedding or recording a file outside the pool folder:
+
+- a relative path may not climb (``..`` as a component is refused, not normalised away);
+- an absolute path must lie inside the pool folder (it is then made relative);
+- the real location, with every symlink followed, must lie inside the pool folder too, so a link
+  in the pool that points elsewhere is not a pool file;
+- a non-string, an empty string, a NUL byte or the pool folder itself names nothing.
+
+Any other character is allowed: file names with spaces at either end, newlines, U+2028 or control
+characters are real pool files and keep their exact names.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+
+def pool_relpath(pool_root: str | os.PathLike, path: object) -> str | None:
+    """The pool path (POSIX, relative to ``pool_root``) that ``path`` names, or None when it names
+    nothing inside the pool folder (see the module docstring). The file need not exist.
+
+    Example:
+        >>> pool_relpath("/data/pool", "cats/1.jpg")      # doctest: +SKIP
+        'cats/1.jpg'
+        >>> pool_relpath("/data/pool", "../etc/passwd") is None
+        True
+    """
+    if not isinstance(path, str) or not path or "\x00" in path:
+        return None
+    if os.path.isabs(path):
+        lexical = os.path.normpath(path)
+        rel = _inside(lexical, os.path.normpath(os.path.abspath(pool_root)))
+        if rel is None:
+            rel = _inside(os.path.realpath(lexical), os.path.realpath(pool_root))
+        if rel is None:
+            return None
+    else:
+        if ".." in path.split("/"):
+            return None
+        rel = posixpath.normpath(path)
+    if rel in (".", "") or rel.startswith("/"):
+        return None
+    real_root = os.path.realpath(pool_root)
+    inside = _inside(os.path.realpath(os.path.join(real_root, rel)), real_root)
+    return rel if inside not in (None, ".") else None
+
+
+def pool_file(pool_root: str | os.PathLike, path: object) -> str | None:
+    """Like :func:`pool_relpath`, and the file exists (a regular file, links followed)."""
+    rel = pool_relpath(pool_root, path)
+    return rel if rel is not None and os.path.isfile(os.path.join(pool_root, rel)) else None
+
+
+def real_file_inside(pool_root: str | os.PathLike, file: str | os.PathLike) -> bool:
+    """Whether ``file``'s real location (symlinks followed) lies inside ``pool_root``."""
+    return _inside(os.path.realpath(file), os.path.realpath(pool_root)) not in (None, ".")
+
+
+def _inside(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` (POSIX), or None when it is not under it; both absolute, normalised."""
+    try:
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        return None
+    return rel.as_posix()
