@@ -203,7 +203,6 @@ def test_al_round_never_queries_two_copies(tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("unlabeled", "has no labels"),
-    ("one_class", "one class only"),
     ("missing", "does not exist"),
     ("no_out", "--out DIR is required"),
 ])
@@ -214,11 +213,6 @@ def test_bad_inputs_one_line(tmp_path, digits_dir, case, message):
         for f in sorted(digits_dir.rglob("*.png"))[:6]:
             shutil.copy(f, flat / f"{f.parent.name}_{f.name}")
         args = ["--data", str(flat), "--out", str(tmp_path / "o")]
-    elif case == "one_class":
-        args = ["--data", str(digits_dir / "3"), "--out", str(tmp_path / "o")]
-        one = tmp_path / "one"
-        shutil.copytree(digits_dir / "3", one / "3")
-        args = ["--data", str(one), "--out", str(tmp_path / "o")]
     elif case == "missing":
         args = ["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
     else:

@@ -79,3 +79,76 @@ def test_export_refuses_a_model_that_outputs_nan(tmp_path):
                       "--out", str(out), "--image-size", "32")
         one_error_line(res, "NaN", "--weights")
         assert not out.exists(), f"{fmt}: nothing exported, no folder left"
+
+
+# --------------------------------------------------------------------------- 2. audit --pred-probs values
+
+
+def _probs_rows(feats: Path) -> tuple[list[str], list[list]]:
+    rows = read_csv(feats / "index.csv")
+    classes = sorted({r["label"] for r in rows})
+    probs = [[r["path"], *(0.91 if c == r["label"] else 0.01 for c in classes)] for r in rows]
+    return classes, probs
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-0.5", "zeros"])
+def test_audit_refuses_pred_probs_that_are_not_probabilities(feats, tmp_path, bad):
+    from tlkit.audit import run_audit
+
+    classes, probs = _probs_rows(feats)
+    row = probs[7]
+    if bad == "zeros":
+        row[1:] = [0.0] * len(classes)
+    else:
+        row[2] = bad
+    write_csv(tmp_path / "probs.csv", ["path", *classes], probs)
+    with pytest.raises(TlkitError) as e:
+        run_audit(feats, out=tmp_path / "out", pred_probs=tmp_path / "probs.csv", sheets=False)
+    msg = str(e.value)
+    assert "\n" not in msg and repr(row[0]) in msg and "probs.csv" in msg, msg
+    assert not (tmp_path / "out" / "issues.csv").exists() and not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_audit_with_nan_pred_probs_is_one_line(feats, tmp_path):
+    classes, probs = _probs_rows(feats)
+    probs[3][1] = "nan"
+    write_csv(tmp_path / "probs.csv", ["path", *classes], probs)
+    res = run_cli("audit", "--data", str(feats), "--out", str(tmp_path / "out"), "--pred-probs",
+                  str(tmp_path / "probs.csv"), "--no-sheets")
+    one_error_line(res, probs[3][0], "finite")
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- 5. audit --test of another dimension
+
+
+@pytest.mark.slow
+def test_audit_test_features_of_another_dimension_is_one_line(feats, tmp_path, digits_dir):
+    from tlkit.extract import extract_features
+
+    other = tmp_path / "resnet-feats"
+    extract_features(digits_dir, other, backbone="test_resnet", pretrained=False, image_size=32, workers=0)
+    res = run_cli("audit", "--data", str(feats), "--test", str(other), "--out", str(tmp_path / "out"), "--no-sheets")
+    one_error_line(res, "96", "1280", "same backbone")
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- 10. audit of one class
+
+
+@pytest.mark.slow
+def test_audit_of_one_class_runs_the_label_free_checks(tmp_path, digits_dir):
+    one = tmp_path / "one"
+    shutil.copytree(digits_dir / "3", one / "3")
+    shutil.copy(one / "3" / sorted(p.name for p in (one / "3").iterdir())[0], one / "3" / "copy.png")
+    res = run_cli("audit", "--data", str(one), "--out", str(tmp_path / "out"), "--image-size", "32", "--no-sheets",
+                  env={"COLUMNS": "300"})
+    assert res.returncode == 0, res.stderr
+    assert "two or more classes" in res.stdout, res.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["images"] == 7 and summary["label_issues"] == 0 and summary["duplicate_groups"] == 1
+    assert any("two or more classes" in n for n in summary["notes"])
+    assert read_csv(tmp_path / "out" / "issues.csv") == []
+    assert {r["match"] for r in read_csv(tmp_path / "out" / "duplicates.csv")} == {"", "exact"}
+    assert (tmp_path / "out" / "outliers.csv").is_file()

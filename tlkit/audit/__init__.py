@@ -108,7 +108,9 @@ def run_audit(
         progress: called with images embedded.
 
     Raises:
-        TlkitError: bad inputs (no labels, one class, a missing folder), as one line.
+        TlkitError: bad inputs (--data without labels, a missing folder, --pred-probs that are not
+            probabilities, --test features of another backbone), as one line. With fewer than two classes the
+            label issues are skipped (a note says so) and the other checks run.
     """
     if (data is None) == (project is None):
         raise TlkitError("give a project folder or --data LABELED_DIR (one of the two)")
@@ -139,6 +141,8 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
            project, propagate: bool) -> AuditResult:
     out.mkdir(parents=True, exist_ok=True)
     res = AuditResult(out, len(aset.paths))
+    tset = _test_set(aset, test, out, emb) if test is not None else None
+    _label_issues(res, aset, folds, pred_probs, project)  # bad --pred-probs fail before the searches
     xn = normalise(aset.embeddings)
     files = [aset.file(i) for i in range(len(aset.paths))] if aset.root else None
     hashes = dups.file_hashes(files) if files else None
@@ -152,7 +156,6 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
         nb = search(xn, k=outl.K + 5)
         near, _, _ = dups.near_pairs(xn, thumbs, threshold=threshold)
     groups = dups.build_groups(xn, near, dups.hash_pairs(hashes or []))
-    _label_issues(res, aset, folds, pred_probs, project)
     res.groups = _group_rows(aset, groups)
     group_of = np.full(len(aset.paths), -1, np.int64)
     for g, grp in enumerate(groups):
@@ -161,9 +164,8 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
     z = outl.robust_z(scores)
     res.outliers = [{"path": aset.paths[i], "label": aset.labels[i] or "", "score": round(float(scores[i]), 4),
                      "z": round(float(z[i]), 2)} for i in outl.flag(scores)]
-    tset = None
-    if test is not None:
-        res.leaks, tset = _leaks(aset, xn, hashes, thumbs, test, out, emb, threshold)
+    if tset is not None:
+        res.leaks = _leaks(aset, xn, hashes, thumbs, tset, threshold)
     _write(res, aset, project, groups, threshold, propagate, tset is not None)
     if sheets:
         _sheets(res, aset, tset)
@@ -175,8 +177,9 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
 def _label_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs, project) -> None:
     rows = np.flatnonzero([lbl is not None for lbl in aset.labels])
     names = [aset.labels[i] for i in rows]
-    if project is not None and len({*names}) < 2:
-        res.notes.append("label issues: skipped (the project needs labels of at least two classes)")
+    skipped = lab.too_few_classes(names, aset.name)
+    if skipped:  # duplicates, leaks and outliers need no labels
+        res.notes.append(skipped)
         return
     classes = lab.check_labels(names, aset.name)
     idx = {c: i for i, c in enumerate(classes)}
@@ -199,10 +202,19 @@ def _group_rows(aset: AuditSet, groups: list[dups.DuplicateGroup]) -> list[list[
               "cosine": round(grp.cosine[j], 4)} for j, m in enumerate(grp.members)] for g, grp in enumerate(groups)]
 
 
-def _leaks(aset: AuditSet, xn: np.ndarray, hashes, thumbs, test, out: Path, emb: Embedder,
-           threshold: float) -> tuple[list[dict], AuditSet]:
-    """Test images whose embedding (cosine ≥ threshold) or bytes match an audited image."""
+def _test_set(aset: AuditSet, test, out: Path, emb: Embedder) -> AuditSet:
+    """The ``--test`` images (embedded into ``out/features/test``), refused when their features cannot be
+    compared with the audited ones."""
     tset = from_folder(test, out / "features" / "test", emb, option="--test")
+    d, dt = aset.embeddings.shape[1], tset.embeddings.shape[1]
+    if d != dt:
+        raise TlkitError(f"--test {test} has {dt}-d features but {aset.name} has {d}-d: embed both with the same "
+                         "backbone (an image folder is embedded with --backbone; re-extract an extract folder)")
+    return tset
+
+
+def _leaks(aset: AuditSet, xn: np.ndarray, hashes, thumbs, tset: AuditSet, threshold: float) -> list[dict]:
+    """Test images whose embedding (cosine ≥ threshold) or bytes match an audited image."""
     tn = normalise(tset.embeddings)
     tfiles = [tset.file(i) for i in range(len(tset.paths))] if tset.root else None
     tthumbs = pixels.thumbnails(tfiles)[:2] if tfiles else None
@@ -225,7 +237,7 @@ def _leaks(aset: AuditSet, xn: np.ndarray, hashes, thumbs, test, out: Path, emb:
                      "matches": len({t[0] for t in matches}), "test_label": tset.labels[i] or "",
                      "train_label": aset.labels[j] or ""})
     rows.sort(key=lambda r: (r["match"] != "exact", -r["cosine"], r["test_path"]))
-    return rows, tset
+    return rows
 
 
 ISSUE_COLUMNS = ("rank", "path", "given", "suggested", "score", "confidence")

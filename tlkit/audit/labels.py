@@ -44,14 +44,21 @@ class LabelIssues:
 
 
 def check_labels(labels: list[str | None], where: str) -> tuple[str, ...]:
-    """The classes of ``labels`` (sorted); one line when there are none or only one."""
+    """The classes of ``labels`` (sorted); one line when there are none."""
     classes = sorted({lab for lab in labels if lab})
     if not classes:
         raise TlkitError(f"{where} has no labels; label issues need labeled images (class folders, a path,label "
                          "manifest, or a project with labels)")
-    if len(classes) < 2:
-        raise TlkitError(f"{where} has one class only ({classes[0]!r}); label issues need at least two classes")
     return tuple(classes)
+
+
+def too_few_classes(labels: list[str | None], where: str) -> str | None:
+    """Why label issues cannot be looked for in ``labels`` (fewer than two classes), or None when they can."""
+    classes = sorted({lab for lab in labels if lab})
+    if len(classes) >= 2:
+        return None
+    has = f"one class only ({classes[0]!r})" if classes else "no labels"
+    return f"label issues: skipped ({where} has {has}; they need labels of two or more classes)"
 
 
 def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int = 5, seed: int = 0,
@@ -82,7 +89,12 @@ def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: in
 def read_pred_probs(file: Path, paths: list[str], classes: tuple[str, ...]) -> np.ndarray:
     """``[m, k]`` probabilities from a CSV with a ``path`` column and one column per class.
 
-    For cross-validated predictions of a fine-tuned model; rows are matched to ``paths`` by path.
+    For cross-validated predictions of a fine-tuned model; rows are matched to ``paths`` by path, and
+    each is scaled to sum to 1.
+
+    Raises:
+        TlkitError: a column or a row missing, or a row that is not a probability vector (a NaN, inf or
+            negative value, or only zeros): one line naming the first such row.
     """
     rows = read_csv(file)
     missing_cols = [c for c in ("path", *classes) if not rows or c not in rows[0]]
@@ -96,7 +108,15 @@ def read_pred_probs(file: Path, paths: list[str], classes: tuple[str, ...]) -> n
         probs = np.array([[float(by_path[p][c]) for c in classes] for p in paths], np.float32)
     except ValueError as e:
         raise TlkitError(f"{file}: a probability is not a number ({e})") from None
-    return probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+    sums = probs.sum(1, dtype=np.float64)  # float32 values never overflow it
+    bad = ~np.isfinite(probs).all(1) | (probs < 0).any(1) | ~(sums > 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = ("NaN or inf" if not np.isfinite(probs[i]).all() else "a negative value" if (probs[i] < 0).any()
+                else "only zeros")
+        raise TlkitError(f"{file}: the row of {paths[i]!r} has {what} (bad rows: {bad.sum()}); give finite, "
+                         "non-negative probabilities with a positive sum on every row")
+    return (probs / sums[:, None]).astype(np.float32)
 
 
 def find_issues(y: np.ndarray, probs: np.ndarray) -> LabelIssues:
