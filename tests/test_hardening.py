@@ -120,6 +120,15 @@ def test_cli_audit_with_nan_pred_probs_is_one_line(feats, tmp_path):
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+# --------------------------------------------------------------------------- 3. extract --merge into nowhere
+
+
+def test_merge_into_a_missing_folder_is_one_line(tmp_path, digits_dir):
+    res = run_cli("extract", str(digits_dir), "--out", str(tmp_path / "nowhere"), "--merge")
+    one_error_line(res, "nowhere", "does not exist", "--shard")
+    assert not (tmp_path / "nowhere").exists()
+
+
 # --------------------------------------------------------------------------- 5. audit --test of another dimension
 
 
@@ -132,6 +141,45 @@ def test_audit_test_features_of_another_dimension_is_one_line(feats, tmp_path, d
     res = run_cli("audit", "--data", str(feats), "--test", str(other), "--out", str(tmp_path / "out"), "--no-sheets")
     one_error_line(res, "96", "1280", "same backbone")
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- 7. --merge with other settings
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, digits_dir) -> Path:
+    """Two finished shards of the digits (default backbone, 32 px, float32), not merged."""
+    from tlkit.extract import extract_features
+    from tlkit.extract_shards import Shard
+
+    out = tmp_path_factory.mktemp("merge") / "out"
+    for i in range(2):
+        extract_features(digits_dir, out, image_size=32, workers=0, precision="fp32", shard=Shard(i, 2))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option, value, named", [
+    ("--image-size", "64", "--image-size 32"),
+    ("--dtype", "float16", "--dtype float32"),
+    ("--backbone", "test_resnet", "--backbone efficientnet_lite0"),
+])
+def test_merge_refuses_options_the_shards_were_not_made_with(shards, digits_dir, tmp_path, option, value, named):
+    out = tmp_path / "out"
+    shutil.copytree(shards, out)
+    before = snapshot(out)
+    res = run_cli("extract", str(digits_dir), "--out", str(out), "--merge", option, value)
+    one_error_line(res, f"{option} {value}", named)
+    assert snapshot(out) == before and not (out / "features.npy").exists()
+
+
+@pytest.mark.slow
+def test_merge_accepts_the_options_the_shards_were_made_with(shards, digits_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(shards, out)
+    res = run_cli("extract", str(digits_dir), "--out", str(out), "--merge", "--image-size", "32", "--dtype",
+                  "float32", "--backbone", "efficientnet_lite0")
+    assert res.returncode == 0 and "merged 2 shards" in res.stdout, res.stderr
 
 
 # --------------------------------------------------------------------------- 10. audit of one class

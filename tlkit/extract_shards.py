@@ -133,27 +133,63 @@ def _read_shards(source: tdata.ImageSource, shards: list[tuple[Shard, Path]]) ->
     return parts
 
 
+@dataclass(frozen=True)
+class MadeWith:
+    """Settings a merge was asked for (``None``: whatever the shards were made with); a merge embeds
+    nothing, so it refuses any that differ from the shards' instead of ignoring them."""
+
+    backbone: str | None = None
+    image_size: int | None = None
+    dtype: str | None = None
+    weights: str | os.PathLike | None = None
+
+    def check(self, meta: dict[str, Any], out: Path) -> None:
+        """One line naming the first setting that differs from the shards' ``meta``."""
+        from tlkit.io import sha256_file
+
+        size, dtype = list(meta["data_config"]["input_size"][1:]), meta.get("dtype", "float32")
+        weights = meta["weights"]
+        differs = [
+            ("--backbone", self.backbone, meta["backbone"],
+             self.backbone is not None and self.backbone.strip() != meta["backbone"]),
+            ("--image-size", self.image_size, size[-1], self.image_size is not None and [self.image_size] * 2 != size),
+            ("--dtype", self.dtype, dtype, self.dtype is not None and self.dtype != dtype),
+            ("--weights", self.weights, weights.get("location"), self.weights is not None and not (
+                Path(self.weights).is_file() and sha256_file(self.weights) == weights.get("sha256"))),
+        ]
+        for option, asked, theirs, bad in differs:
+            if bad:
+                raise TlkitError(f"--merge {option} {asked}: the shards in {out / SHARDS} were made with {option} "
+                                 f"{theirs}; a merge embeds nothing: drop {option} or extract the shards again with it")
+
+
 def merge_shards(source: tdata.ImageSource, out: str | os.PathLike, *, count: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                 made_with: MadeWith = MadeWith(), progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Join the finished shards of ``out`` into ``out/features.npy``, ``index.csv``, ``meta.json``.
 
     Args:
         source: the images the shards were extracted from (the whole set, as scanned).
         out: the output folder holding ``shards/``.
         count: the ``N`` of the shards to merge (None: the one ``N`` present).
+        made_with: settings the caller expects the shards to have (refused when they differ).
         progress: called with the number of rows copied.
 
     Returns:
         The merged ``meta.json``.
 
     Raises:
-        TlkitError: a shard missing, unfinished, or made from other images or settings.
+        TlkitError: ``out`` missing, a shard missing, unfinished, made from other images or settings, or
+            with other settings than ``made_with``.
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if not out.is_dir():
+        raise TlkitError(f"--out {out} does not exist; give the --out of the `tlkit extract --shard i/N` runs "
+                         "(the folder that holds shards/)")
     with hold_lock(out / LOCK, "tlkit extract --merge"):
         shards = shard_folders(out, count)
         parts = _read_shards(source, shards)
+        made_with.check(parts.meta, out)
         n, dim, dtype = sum(len(f) for f in parts.feats), int(parts.meta["dim"]), parts.meta.get("dtype", "float32")
         ensure_free(out, set_bytes(n, dim, dtype), f"{n:,} x {dim} merged {dtype} features")
         part = RowFile.create(out / PARTIAL, n, dim, dtype)
@@ -204,4 +240,4 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     return res, merged
 
 
-__all__ = ["SHARDS", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]
+__all__ = ["SHARDS", "MadeWith", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]

@@ -17,6 +17,7 @@ from tlkit.errors import TlkitError
 
 @app.command("extract", rich_help_panel=PANEL_START)
 def extract_cmd(
+    ctx: typer.Context,
     images: Path = typer.Argument(..., help="Class-folder tree, flat folder, or CSV manifest (path[,label])."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: features.npy, index.csv, meta.json."),
     backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", "-b", help="timm name or tv:<torchvision name>."),
@@ -47,8 +48,10 @@ def extract_cmd(
     setup_logging(verbose)
     with user_errors():
         source = scan_images(images)
-        if merge:
-            return _merge(source, out, shard)
+        if merge:  # the settings given on the command line must be the shards' own
+            options = dict(backbone=backbone, image_size=image_size, dtype=dtype, weights=weights)
+            given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+            return _merge(source, out, shard, given)
         kwargs = dict(backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
                       image_size=image_size, precision=precision, workers=workers, strict=strict, compile=compile,
                       fuse=fuse, dtype=dtype, engine=engine)
@@ -64,14 +67,14 @@ def extract_cmd(
     _print_result(res)
 
 
-def _merge(source, out: Path, shard: Optional[str]) -> None:
-    from tlkit.extract_shards import merge_shards
+def _merge(source, out: Path, shard: Optional[str], given: dict) -> None:
+    from tlkit.extract_shards import MadeWith, merge_shards
 
     if shard:
         raise TlkitError("--merge joins every shard; drop --shard")
     with progress_bar() as bar:
         task = bar.add_task("merge", total=len(source.records), rate="")
-        meta = merge_shards(source, out, progress=rate_callback(bar, task))
+        meta = merge_shards(source, out, made_with=MadeWith(**given), progress=rate_callback(bar, task))
     console.print(escape(f"merged {meta['shards']} shards into {out}: {meta['count']:,} x {meta['dim']} features"))
 
 
