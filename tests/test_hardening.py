@@ -129,6 +129,28 @@ def test_merge_into_a_missing_folder_is_one_line(tmp_path, digits_dir):
     assert not (tmp_path / "nowhere").exists()
 
 
+# --------------------------------------------------------------------------- 4. non-finite settings
+
+
+@pytest.mark.parametrize("setting", ["lr=nan", "lr=.inf", "lr=inf", "weight_decay=inf", "warmup_epochs=.nan",
+                                     "color_jitter=inf", "clip_grad=nan", "class_weights=[1, .inf]"])
+def test_non_finite_settings_are_refused(setting):
+    from tlkit.train import make_config
+
+    with pytest.raises(TlkitError) as e:
+        make_config(overrides=[setting])
+    msg = str(e.value)
+    assert msg.startswith(setting.split("=")[0] + "=") and "finite" in msg and "\n" not in msg, msg
+
+
+def test_finetune_with_lr_nan_is_one_line_and_writes_nothing(tmp_path, digits_dir):
+    for value in ("nan", "inf"):
+        res = run_cli("finetune", "--data", str(digits_dir), "--out", str(tmp_path / "run"), "--set", f"lr={value}",
+                      "--epochs", "1", *SMALL)
+        one_error_line(res, f"lr={value}", "finite")
+        assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- 5. audit --test of another dimension
 
 

@@ -131,6 +131,12 @@ def _validate(cfg: TrainConfig) -> None:
     def bad(key: str, fix: str) -> TlkitError:
         return TlkitError(f"{key}={getattr(cfg, key)!r}: {fix}")
 
+    for f in dataclasses.fields(cfg):  # NaN passes every range check below; inf passes the open-ended ones
+        value = getattr(cfg, f.name)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            default = getattr(TrainConfig, f.name, None)
+            raise bad(f.name, "give finite numbers" if isinstance(value, list) else "give a finite number "
+                      + ("(or null to switch it off)" if default is None else f"(the default is {default!r})"))
     if cfg.mode not in MODES:
         raise bad("mode", f"choose one of: {', '.join(MODES)}")
     if cfg.monitor not in MONITOR_METRICS:
