@@ -165,6 +165,37 @@ def test_audit_test_features_of_another_dimension_is_one_line(feats, tmp_path, d
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+# --------------------------------------------------------------------------- 6. bf16 asked, fp32 ran
+
+
+@pytest.mark.slow
+def test_openvino_bf16_on_a_cpu_without_native_bf16_reports_fp32(tmp_path, digits_dir):
+    pytest.importorskip("openvino")
+    out = tmp_path / "feats"
+    res = run_cli("extract", str(digits_dir), "--out", str(out), "--engine", "openvino", "--precision", "bf16",
+                  *SMALL, env={"TLKIT_CPU_BF16": "0", "COLUMNS": "200"})  # tlkit's switch: this CPU has no bf16
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["engine"], meta["precision"]) == ("openvino", "fp32")
+    assert "openvino, fp32 on cpu" in res.stdout, res.stdout
+    assert "bf16" in res.stderr and "fp32" in res.stderr, "the switch to fp32 is said once"
+    assert len([ln for ln in res.stderr.splitlines() if "bf16" in ln]) == 1, res.stderr
+
+
+def test_openvino_precision_follows_the_cpu_facts(monkeypatch):
+    from tlkit.cpuinfo import cpu_has_fast_bf16
+    from tlkit.engines.openvino_engine import ov_precision
+
+    for native, expected in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv("TLKIT_CPU_BF16", native)
+        cpu_has_fast_bf16.cache_clear()
+        try:
+            assert ov_precision("bf16") == expected and ov_precision("auto") == expected
+            assert ov_precision("fp32") == "fp32"
+        finally:
+            cpu_has_fast_bf16.cache_clear()
+
+
 # --------------------------------------------------------------------------- 7. --merge with other settings
 
 

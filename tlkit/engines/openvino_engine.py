@@ -33,6 +33,7 @@ see :mod:`tlkit.engines.sigstack`, which also repairs a stack left dangling by s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -97,12 +98,22 @@ def cache_root() -> Path:
 
 
 def ov_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` on CPUs with native bf16, else ``fp32``; ``fp32``/``bf16`` kept; ``fp16`` refused."""
-    if precision == "auto":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision not in _OV_PRECISION:
+    """The precision OpenVINO runs at: ``auto`` and ``bf16`` -> ``bf16`` on CPUs with native bf16
+    (:func:`~tlkit.cpuinfo.cpu_has_fast_bf16`), else ``fp32`` (OpenVINO's CPU plugin runs fp32 there, so
+    that is what is reported; asking for ``bf16`` logs one warning); ``fp32`` kept; ``fp16`` refused."""
+    if precision not in ("auto", *_OV_PRECISION):
         raise TlkitError(f"--precision {precision} is not available with --engine openvino; use auto, bf16 or fp32")
-    return precision
+    if precision == "fp32" or not cpu_has_fast_bf16():
+        if precision == "bf16":
+            _warn_no_bf16()
+        return "fp32"
+    return "bf16"
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_bf16() -> None:
+    log.warning("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); OpenVINO runs fp32, "
+                "and fp32 is what is recorded")
 
 
 def reference_input(input_size: tuple[int, int, int]) -> np.ndarray:
