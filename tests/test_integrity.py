@@ -235,8 +235,10 @@ def test_file_size_limit_is_one_line(tmp_path, digits):
     pool, truth = _odd_pool(tmp_path, digits)
     out = tmp_path / "feats"
     # the features of 30 images are far over 8 KiB; Python ignores SIGXFSZ, so the write fails with EFBIG
-    res = subprocess.run(["bash", "-c", 'ulimit -f 8 && exec "$0" -m tlkit extract "$1" --out "$2" --image-size 32',
+    res = subprocess.run(["bash", "-c", 'ulimit -f 8 && exec "$0" -m tlkit extract "$1" --out "$2" --image-size 32 '
+                          "--engine torch",
                           sys.executable, str(pool), str(out)], capture_output=True, text=True, cwd=REPO,
                          env={**os.environ, "TLKIT_OFFLINE": "1"}, timeout=600)
-    _one_line_error(res, "File too large")
+    _one_line_error(res, "File too large: ")
+    assert "features.partial.npy" in res.stderr
     assert not (out / "features.npy").exists()

@@ -141,8 +141,8 @@ def test_predict_annotate_and_bad_requests(tmp_path):
         before = project.labels_csv.read_bytes()
         bad = [
             (server.url + "/predict", {"raw": b"{not json"}, 400, "not valid JSON"),
-            (server.url + "/predict", {"body": {"tasks": [_task(project, "nope.png")]}}, 400, "not in the pool"),
-            (server.url + "/predict", {"body": {"tasks": [{"data": {"image": "/data/local-files/?d=serve%20pool/../../etc/passwd"}}]}}, 400, "not in the pool"),
+            (server.url + "/predict", {"body": {"tasks": [_task(project, "nope.png")]}}, 400, "not a pool image"),
+            (server.url + "/predict", {"body": {"tasks": [{"data": {"image": "/data/local-files/?d=serve%20pool/../../etc/passwd"}}]}}, 400, "not a pool image"),
             (server.url + "/predict", {"body": {"tasks": "all"}}, 400, "tasks"),
             (server.url + "/webhook", {"body": [1, 2]}, 400, "JSON object"),
             (server.url + "/webhook", {"body": _annotation_event(project, names[1], "cat", 5, 5)}, 422, "unknown classes"),

@@ -160,12 +160,17 @@ def _pwrite_all(fd: int, data: bytes, offset: int, path: Path) -> None:
 
 
 def _preallocate(fd: int, size: int, path: Path) -> None:
+    """Reserve ``size`` bytes; a failure (no space, a file-size limit) names ``path``."""
     try:
         os.posix_fallocate(fd, 0, size)
+        return
     except OSError as e:
-        if e.errno == errno.ENOSPC:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise OSError(e.errno, e.strerror, str(path)) from None
+    try:
         os.ftruncate(fd, size)  # filesystem without fallocate: pwrite still reports ENOSPC
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 # --------------------------------------------------------------------------- final swap

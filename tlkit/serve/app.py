@@ -88,7 +88,10 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
 
     @app.post("/setup")
     async def setup(request: Request) -> dict[str, Any]:
-        _learn_project(backend, (await body(request)).get("project"))
+        req = await body(request)
+        if not isinstance(req, dict):
+            raise BadRequest("/setup needs a JSON object")
+        _learn_project(backend, req.get("project"))
         return {"model_version": backend.version}
 
     @app.post("/predict")
@@ -104,8 +107,10 @@ def create_app(backend: Backend, auth: tuple[str, str] | None = None):
     @app.post("/webhook")
     async def webhook(request: Request) -> dict[str, Any]:
         payload = await body(request)
-        if isinstance(payload, dict):
-            _learn_project(backend, (payload.get("project") or {}).get("id") if isinstance(payload.get("project"), dict) else None)
+        if not isinstance(payload, dict):
+            raise BadRequest("the webhook body must be a JSON object")
+        project = payload.get("project")
+        _learn_project(backend, project.get("id") if isinstance(project, dict) else None)
         return await run_in_threadpool(backend.handle_event, payload)
 
     @app.post("/train")

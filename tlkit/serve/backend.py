@@ -117,6 +117,8 @@ def _id_text(value: Any, index: int) -> str:
 
 def choices_names(label_config: str | None) -> tuple[str, str]:
     """(from_name, to_name) of the first Choices control of a Label Studio config (tlkit's by default)."""
+    if label_config is not None and not isinstance(label_config, str):
+        raise BadRequest("label_config must be the labeling config's XML text")
     if label_config:
         try:
             for el in ET.fromstring(label_config).iter("Choices"):
