@@ -218,7 +218,7 @@ def _ro_project(mount: Path, digits) -> tuple[Project, dict[str, str]]:
 
 def test_read_only_project_is_one_line_and_status_still_works(tmp_path, digits):
     with tmpfs(tmp_path / "ro", "64m") as mount:
-        project, _ = _ro_project(mount, digits)
+        project, truth = _ro_project(mount, digits)
         files = {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file()}
         res = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True)
         if res.returncode != 0:
@@ -226,8 +226,23 @@ def test_read_only_project_is_one_line_and_status_still_works(tmp_path, digits):
         for args in (["al-import", str(project.root), str(mount / "more.csv")], ["al-add", str(project.root)],
                      ["al-round", str(project.root), "--batch", "2", "--new"]):
             _one_line_error(run_cli(*args), "Read-only file system")
+        _one_line_error(run_cli("extract", str(project.pool_root), "--out", str(mount / "feats")),
+                        "Read-only file system")
         res = run_cli("al-status", str(project.root))
         assert res.returncode == 0 and "labeled 10" in res.stdout, res.stdout + res.stderr
+        # tlkit serve on it: predictions work, a webhook that would write is a 409, not a 500
+        from tests.test_serve import Server, _annotation_event, http
+
+        server = Server(project.root, "--retrain-every", "0", log_dir=tmp_path)
+        try:
+            free = next(p for p in project.pool_paths() if p not in project.labels())
+            status, body = http("POST", server.url + "/predict", {"tasks": [{"data": {"tlkit_path": free}}]})
+            assert status == 200 and body["results"][0]["model_version"] == "tlkit-0001", body
+            status, body = http("POST", server.url + "/webhook", _annotation_event(project, free, truth[free], 1, 1))
+            assert status == 409 and "cannot be written" in body["error"], (status, body)
+            assert "Traceback" not in server.log.read_text()
+        finally:
+            server.stop()
         assert {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file()} == files
 
 

@@ -39,10 +39,10 @@ def http(method: str, url: str, body=None, *, raw: bytes | None = None, headers:
 
 
 class Server:
-    def __init__(self, project: Path, *args: str, env: dict | None = None):
+    def __init__(self, project: Path, *args: str, env: dict | None = None, log_dir: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = project.parent / f"serve-{self.port}.log"
+        self.log = (log_dir or project.parent) / f"serve-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "tlkit", "serve", str(project), "--port", str(self.port),
                                           *args], env={**os.environ, "TLKIT_OFFLINE": "1", **(env or {})}, cwd=REPO,
