@@ -235,6 +235,29 @@ def test_merge_accepts_the_options_the_shards_were_made_with(shards, digits_dir,
     assert res.returncode == 0 and "merged 2 shards" in res.stdout, res.stderr
 
 
+# --------------------------------------------------------------------------- 8. tune --resume checks first
+
+
+@pytest.mark.slow
+def test_tune_resume_with_other_settings_is_refused_before_any_training(digits_dir, tmp_path):
+    pytest.importorskip("optuna")
+    from tlkit.train import make_config
+    from tlkit.train.tune import tune
+
+    base = make_config(backbone="test_resnet", pretrained=False, image_size=32, batch_size=8, workers=0,
+                       precision="fp32", hflip=0.0)
+    out = tmp_path / "tune"
+    kw = dict(data=digits_dir, out=out, budget_s=120, trial_epochs=1, lr_find_steps=20, confirm=False)
+    tune(base, max_trials=1, **kw)
+    (out / "lr_find.json").unlink()  # the stored range test is gone: a resume would run a new one
+    before = snapshot(out)
+    steps: list[int] = []
+    with pytest.raises(TlkitError, match=r"other settings \(lr\)"):
+        tune(base.replace(lr=0.5), max_trials=1, resume=True, progress=steps.append, **kw)
+    assert steps == [], "refused before any training step (range test or trial)"
+    assert snapshot(out) == before
+
+
 # --------------------------------------------------------------------------- 10. audit of one class
 
 

@@ -499,7 +499,7 @@ def tune(
     from tlkit.train.tune_store import check_tune_dir
 
     out = check_output_dir(out)
-    check_tune_dir(out, resume)
+    check_tune_dir(out, resume, base, trial_epochs)  # before the range test and any trial
     # bad data fails before any work; the validation size sets the confirm stage's margin
     n_val = len(prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed).val)
     job = _Job(base, data, val, out, trial_epochs, budget_s, time.monotonic(), progress)

@@ -29,10 +29,18 @@ STUDY_NAME = "tlkit-tune"
 RECORD = "tlkit_record"
 
 
-def check_tune_dir(out: Path, resume: bool) -> None:
-    """Refuse to start over a stored study without ``resume`` (as ``finetune`` refuses a trained run)."""
-    if (out / STUDY_DB).is_file() and not resume:
+def check_tune_dir(out: Path, resume: bool, base: TrainConfig, trial_epochs: int) -> None:
+    """Refuse, before any work, to start over a stored study without ``resume`` (as ``finetune`` refuses a
+    trained run), or to resume one with another base config or trial length."""
+    if not (out / STUDY_DB).is_file():
+        return
+    if not resume:
         raise TlkitError(f"{out} already holds a tune study; add --resume to continue it, or choose a new --out")
+    from tlkit.train.tune import import_optuna
+
+    study = import_optuna().load_study(study_name=STUDY_NAME, storage=storage_url(out))
+    if study.user_attrs:
+        _check_same(study, base, trial_epochs, out)
 
 
 def storage_url(out: Path) -> str:
