@@ -258,6 +258,30 @@ def test_tune_resume_with_other_settings_is_refused_before_any_training(digits_d
     assert snapshot(out) == before
 
 
+# --------------------------------------------------------------------------- 9. lr-find on a short or flat curve
+
+
+def test_lr_find_with_too_few_steps_is_one_line(tmp_path, digits_dir):
+    res = run_cli("lr-find", str(digits_dir), "--out", str(tmp_path / "lr"), "--steps", "5", "--image-size", "32",
+                  "--set", "workers=0")
+    one_error_line(res, "--steps 5", "--steps 20")
+    assert not (tmp_path / "lr").exists()
+
+
+@pytest.mark.slow
+def test_a_flat_range_test_keeps_the_configured_lr_and_says_so(digits_dir, caplog):
+    from tlkit.train import make_config
+    from tlkit.train.lr_find import lr_find
+
+    cfg = make_config(backbone="test_resnet", pretrained=False, image_size=32, batch_size=8, workers=0,
+                      precision="fp32", lr=2e-3)
+    with caplog.at_level(logging.WARNING, logger="tlkit"):
+        res = lr_find(cfg, data=digits_dir, steps=20, start_lr=1e-9, end_lr=1e-8)  # too small to move the loss
+    assert res.method.startswith("flat") and res.suggestion == 2e-3 and not res.candidates
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "--steps" in warnings[0] and "0.002" in warnings[0], warnings
+
+
 # --------------------------------------------------------------------------- 10. audit of one class
 
 

@@ -40,7 +40,9 @@ def lr_find_cmd(
             task = bar.add_task("lr range test", total=None, rate="")
             res = lr_find(cfg, data=data, steps=steps, progress=rate_callback(bar, task))
         files = save_lr_find(res, out)
+    rules = (f"; valley {res.candidates['valley']:.3g}, min/10 {res.candidates['min/10']:.3g}" if res.candidates
+             else "")  # none when the curve said nothing and the configured lr was kept
     console.print(escape(f"lr range test: {len(res.lrs)} steps{' (stopped at divergence)' if res.diverged else ''}, "
-                         f"suggestion {res.suggestion:.3g} ({res.method}; valley {res.candidates['valley']:.3g}, "
-                         f"min/10 {res.candidates['min/10']:.3g})"))
-    console.print(escape(f"plot: {files['lr_find_plot']}; train with: tlkit finetune ... --lr {res.suggestion:.3g}"))
+                         f"suggestion {res.suggestion:.3g} ({res.method}{rules})"))
+    train = f"; train with: tlkit finetune ... --lr {res.suggestion:.3g}" if res.candidates else ""
+    console.print(escape(f"plot: {files['lr_find_plot']}{train}"))

@@ -18,7 +18,9 @@ The suggestion (:func:`suggest_lr`) combines two rules that each fail differentl
 
 The "steepest slope" rule is not used: on a noisy mini-batch curve the steepest point jumps
 between runs by orders of magnitude. When the curve barely falls (less than 5% below its first
-smoothed value) the method says ``flat`` and the suggestion is only a weak hint.
+smoothed value) it says nothing about the lr: :func:`lr_find` then keeps the configured lr (method
+``flat: configured lr kept``) and logs one warning that asks for more steps. Fewer than
+:data:`MIN_STEPS` steps are refused: a handful of points across seven decades of lr suggests noise.
 
 As in ``fit``, ``cfg.lr`` is the head's peak learning rate; layer-wise decay keeps scaling the
 body's groups below it during the sweep, so the suggestion can be used as ``lr`` directly.
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this x its minimum
 FLAT_DROP = 0.05  # a curve whose minimum is less than 5% below its start says little
-MIN_STEPS = 20  # a time limit never shortens the sweep below this many steps...
+MIN_STEPS = 20  # fewer steps are refused, and a time limit never shortens the sweep below this many...
 HARD_LIMIT = 2.0  # ...but a sweep still running at this many times its time limit is cut
 
 
@@ -63,7 +65,8 @@ class LRFindResult:
         losses: ``[n]`` smoothed (debiased EMA) training loss of each step.
         raw_losses: ``[n]`` the mini-batch losses as measured.
         suggestion: the suggested ``lr`` (see the module docstring for the rule).
-        method: ``valley+min/10``, or ``flat`` when the curve barely fell.
+        method: ``valley+min/10``; ``flat: configured lr kept`` when the curve barely fell, or
+            ``cut (time limit): configured lr kept`` (then ``suggestion`` is ``cfg.lr``).
         candidates: each rule's value, e.g. ``{"valley": 3e-3, "min/10": 5e-3, "min": 5e-2}``.
         diverged: the sweep stopped early because the loss blew up.
         seconds: wall time of the sweep.
@@ -256,15 +259,19 @@ def lr_find(
         progress: called with the number of images of each step.
 
     Raises:
-        TlkitError: bad data (as for ``fit``), or ``start_lr``/``end_lr``/``steps`` out of order.
+        TlkitError: bad data (as for ``fit``), ``start_lr``/``end_lr`` out of order, or fewer than
+            :data:`MIN_STEPS` steps.
     """
     from tlkit.train.engine import build_state, make_pipeline, prepare_model, set_phase
     from tlkit.train.loaders import setup_runtime
     from tlkit.train.losses import build_loss
     from tlkit.train.splits import prepare_splits
 
-    if not 0 < start_lr < end_lr or steps < 2:
-        raise TlkitError(f"lr range test: need 0 < start_lr < end_lr and steps >= 2 (got {start_lr}, {end_lr}, {steps})")
+    if not 0 < start_lr < end_lr:
+        raise TlkitError(f"lr range test: need 0 < start_lr < end_lr (got {start_lr}, {end_lr})")
+    if steps < MIN_STEPS:
+        raise TlkitError(f"lr range test: --steps {steps} is too few to suggest an lr between {start_lr:g} and "
+                         f"{end_lr:g}; use --steps {MIN_STEPS} or more (the default is 100)")
     cfg = cfg.replace(ema=False)
     splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     rt = setup_runtime(cfg)
@@ -285,6 +292,11 @@ def lr_find(
     else:  # the last point of a diverged sweep is the blow-up itself: suggest from the curve before it
         keep = len(lrs) - 1 if diverged and len(lrs) > 2 else len(lrs)
         lr, method, candidates = suggest_lr(lrs[:keep], smoothed[:keep])
+        if method == "flat":  # the loss never fell: any lr read off this curve is noise
+            log.warning("lr range test: the loss did not fall over %d steps from lr %.3g to %.3g, so there is no "
+                        "suggestion; keeping lr %.3g: run it with more steps (--steps %d)", len(lrs), lrs[0], lrs[-1],
+                        cfg.lr, max(100, 2 * steps))
+            lr, method, candidates = cfg.lr, "flat: configured lr kept", {}
     result = LRFindResult(tuple(lrs), tuple(float(x) for x in smoothed), tuple(raw), lr, method, candidates,
                           diverged, time.perf_counter() - t0)
     log.info("lr range test: %d steps%s, suggestion %.3g (%s)", len(lrs), ", diverged" if diverged else "", lr, method)
