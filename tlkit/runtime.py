@@ -98,6 +98,27 @@ def default_workers() -> int:
     return min(8, n // 2) if n >= 4 else 0
 
 
+def oom_errors() -> tuple[type[BaseException], ...]:
+    """torch's out-of-memory exception classes on this torch: ``torch.OutOfMemoryError`` exists from
+    torch 2.5, ``torch.cuda.OutOfMemoryError`` (the same class from 2.5 on) before."""
+    found = (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    return tuple(dict.fromkeys(c for c in found if c is not None))
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether ``e`` is an out-of-memory error (torch's, or a RuntimeError that says so)."""
+    return isinstance(e, oom_errors()) or "out of memory" in str(e).lower()
+
+
+def grad_scaler(device: torch.device):
+    """A loss scaler for fp16 training on ``device``: ``torch.amp.GradScaler`` (torch >= 2.3), else
+    ``torch.cuda.amp.GradScaler`` (torch 2.2; fp16 is refused on the CPU, see :func:`resolve_precision`)."""
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler(device.type)
+    return torch.cuda.amp.GradScaler()
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt() parameters (malloc.h)
 
 

@@ -139,9 +139,9 @@ def user_errors() -> Iterator[None]:
 
 
 def _is_oom(e: BaseException) -> bool:
-    import torch
+    from tlkit.runtime import is_oom  # imports torch: only once something has failed
 
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+    return is_oom(e)
 
 
 def progress_bar(unit: str = "img") -> Progress:

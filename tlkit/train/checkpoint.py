@@ -208,8 +208,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state:
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for device, cuda_state in cuda_states_to_restore(state["cuda"], visible):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def cuda_states_to_restore(saved: list, visible: int) -> list[tuple[int, Any]]:
+    """``[(device index, RNG state)]`` of the saved per-GPU states that fit the ``visible`` GPUs.
+
+    A run saved on 8 GPUs and resumed on 1 (or another ``CUDA_VISIBLE_DEVICES``, or the CPU) restores
+    the first ``min(8, visible)`` states; one warning says the GPU's random draws then differ from an
+    uninterrupted run's (each epoch reseeds from the seed, so later epochs do not).
+
+    Example:
+        >>> [i for i, _ in cuda_states_to_restore([torch.zeros(16, dtype=torch.uint8)] * 8, 1)]
+        [0]
+    """
+    saved = list(saved)
+    if len(saved) != visible:
+        log.warning("--resume: the training state holds the CUDA RNG state of %d GPU(s) and %d %s visible here; "
+                    "restoring %d: this epoch's random draws on the GPU differ from an uninterrupted run's",
+                    len(saved), visible, "is" if visible == 1 else "are", min(len(saved), visible))
+    return list(enumerate(saved[:visible]))
 
 
 # --------------------------------------------------------------------------- training state
@@ -248,5 +269,6 @@ __all__ = [
     "save_weights",
     "scheduler_state",
     "set_rng_state",
+    "cuda_states_to_restore",
     "weights_path",
 ]

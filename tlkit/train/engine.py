@@ -26,7 +26,7 @@ from torch import nn
 
 from tlkit.data.config import DataConfig
 from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, seed_everything
+from tlkit.runtime import autocast, grad_scaler, seed_everything
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
@@ -112,7 +112,7 @@ def build_state(cfg: TrainConfig, model: nn.Module, trained: nn.Module, forward,
                         steps_per_epoch=steps_per_epoch, min_ratio=cfg.min_lr_ratio,
                         step_epochs=cfg.step_epochs, gamma=cfg.gamma)
     sched = build_scheduler(opt, cfg.schedule, schedule_phases(cfg, steps_per_epoch), spec)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    scaler = grad_scaler(rt.device) if rt.amp_dtype == torch.float16 else None
     ema = None
     if cfg.ema:
         from timm.utils import ModelEmaV3

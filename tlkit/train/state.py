@@ -33,7 +33,7 @@ class TrainState:
     trained: nn.Module  # the module whose weights the optimizer and EMA track
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None
+    scaler: Any  # tlkit.runtime.grad_scaler()'s GradScaler (fp16), else None
     ema: nn.Module | None
     epoch: int = 0  # epochs finished
     step: int = 0  # optimizer steps taken
