@@ -28,6 +28,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -214,10 +215,21 @@ def merge_shards(source: tdata.ImageSource, out: str | os.PathLike, *, count: in
     return read_checked(out)[2]
 
 
+RANKS_TIMEOUT = timedelta(hours=24)
+"""How long a rank waits at the barrier for the others (the gloo group's timeout). Ranks finish their
+shards far apart (a slower disk, more large images); a rank that fails ends the run through torchrun,
+which stops the others, not through this timeout."""
+
+
 def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *, device: str = "auto",
                            progress: Callable[[int], None] | None = None, **kwargs: Any):
     """One rank of ``torchrun ... -m tlkit extract``: extract shard ``RANK/WORLD_SIZE``, wait for every
-    rank, merge on rank 0. Returns ``(this rank's ExtractResult, merged meta or None)``."""
+    rank, merge on rank 0. Returns ``(this rank's ExtractResult, merged meta or None)``.
+
+    Each rank works on ``cuda:LOCAL_RANK`` (made its current device, so no rank puts a context on GPU 0)
+    where there are GPUs. The gloo group (a barrier only: no tensors cross it) is made before the
+    extraction, with :data:`RANKS_TIMEOUT`, so a rank that finishes hours before the last one waits.
+    """
     import torch
     import torch.distributed as dist
 
@@ -227,11 +239,13 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     info = env_dist_info()
     if device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{info.local_rank}"
-    shard = Shard(info.rank, info.world_size)
-    res = extract_features(source, out, device=device, shard=shard, progress=progress, **kwargs)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")  # a barrier only: no tensors cross it
+        dist.init_process_group(backend="gloo", timeout=RANKS_TIMEOUT)
     try:
+        shard = Shard(info.rank, info.world_size)
+        res = extract_features(source, out, device=device, shard=shard, progress=progress, **kwargs)
         dist.barrier()
         merged = merge_shards(source, out, count=info.world_size) if info.rank == 0 else None
         dist.barrier()
@@ -240,4 +254,4 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     return res, merged
 
 
-__all__ = ["SHARDS", "MadeWith", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]
+__all__ = ["RANKS_TIMEOUT", "SHARDS", "MadeWith", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]

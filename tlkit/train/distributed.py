@@ -35,8 +35,37 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
 
 def shutdown() -> None:
     """Destroy the process group if one was started."""
+    global _HOST_GROUP
+    _HOST_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_HOST_GROUP: Any = None  # a gloo group beside an nccl one, for agreeing on host-side facts
+
+
+def _host_group():
+    """The default group under gloo; under nccl a gloo group over the same ranks, made on first use
+    (every rank reaches the first use at the same step, so its creation is collective)."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
+def all_ranks(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` holds on every rank (``flag`` itself for a single process).
+
+    A host-side all-reduce over gloo: it waits for the other ranks' loops, never for the GPU, so the
+    training loop can ask it every step without a device sync.
+    """
+    if not info.enabled:
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_host_group())
+    return bool(t[0])
 
 
 def barrier(info: DistInfo) -> None:
@@ -67,6 +96,7 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 __all__ = [
     "DistInfo",
     "all_gather_objects",
+    "all_ranks",
     "all_reduce_sum",
     "barrier",
     "env_dist_info",

@@ -30,7 +30,7 @@ from tlkit.runtime import autocast, grad_scaler, seed_everything
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
-from tlkit.train.distributed import all_gather_objects, all_reduce_sum, barrier, shutdown
+from tlkit.train.distributed import all_gather_objects, all_ranks, all_reduce_sum, barrier, shutdown
 from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
 from tlkit.train.loaders import Runtime, feature_loaders, image_loaders, setup_runtime, to_device
 from tlkit.train.losses import build_loss, build_mixup
@@ -157,7 +157,9 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
     st.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(loader):
         st.failures.update({int(j): r for j, r in batch.failures})
-        if batch.images is None or len(batch.targets) < 2:
+        # a batch needs 2 decoded images (BatchNorm); under DDP every rank skips it or none does, else
+        # the ranks that train would wait forever in the gradient all-reduce for the one that skipped
+        if not all_ranks(batch.images is not None and len(batch.targets) >= 2, rt.dist):
             continue
         x, y = to_device(batch.images, rt), batch.targets.to(rt.device, non_blocking=True)
         target = y
