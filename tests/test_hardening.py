@@ -91,6 +91,7 @@ def _probs_rows(feats: Path) -> tuple[list[str], list[list]]:
     return classes, probs
 
 
+@pytest.mark.slow  # the fixture embeds the digits
 @pytest.mark.parametrize("bad", ["nan", "inf", "-0.5", "zeros"])
 def test_audit_refuses_pred_probs_that_are_not_probabilities(feats, tmp_path, bad):
     from tlkit.audit import run_audit
@@ -144,11 +145,10 @@ def test_non_finite_settings_are_refused(setting):
 
 
 def test_finetune_with_lr_nan_is_one_line_and_writes_nothing(tmp_path, digits_dir):
-    for value in ("nan", "inf"):
-        res = run_cli("finetune", "--data", str(digits_dir), "--out", str(tmp_path / "run"), "--set", f"lr={value}",
-                      "--epochs", "1", *SMALL)
-        one_error_line(res, f"lr={value}", "finite")
-        assert not (tmp_path / "run").exists()
+    res = run_cli("finetune", "--data", str(digits_dir), "--out", str(tmp_path / "run"), "--set", "lr=nan",
+                  "--epochs", "1", *SMALL)
+    one_error_line(res, "lr=nan", "finite")
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- 5. audit --test of another dimension
