@@ -216,3 +216,92 @@ def test_extract_under_torchrun_makes_its_long_timeout_group_before_extracting(d
     for rank in ranks:
         assert rank["group"] and rank["timeout_s"] == pytest.approx(RANKS_TIMEOUT.total_seconds(), abs=1), rank
     assert RANKS_TIMEOUT.total_seconds() >= 6 * 3600
+
+
+# --------------------------------------------------------------------------- 7. speed habits
+
+
+class _ScalarReads:
+    """Records every read of a tensor's value on the host (``.item()``, ``float(t)``, ...: the op
+    ``aten._local_scalar_dense``, a GPU sync on CUDA) with the first tlkit frame that asked for it."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        reads = self.reads = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    import traceback
+
+                    frames = [f for f in traceback.extract_stack() if "/tlkit/" in f.filename]
+                    reads.append(f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?")
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_a_training_epoch_reads_loss_and_accuracy_off_the_device_once(tmp_path):
+    """Per-step float(loss) / float(correct) made every step wait for the GPU; now the epoch reads once.
+    TensorBoard's per-step losses are kept as tensors and written with the epoch."""
+    from tlkit.data import Batch
+    from tlkit.train import make_config
+    from tlkit.train.engine import build_state, train_one_epoch
+    from tlkit.train.loaders import Runtime
+    from tlkit.train.losses import build_loss
+    from tlkit.train.model import create_classifier
+    from tlkit.train.outputs import TensorBoardLog
+
+    torch.manual_seed(0)
+    cfg = make_config(backbone="test_resnet", pretrained=False, image_size=32, batch_size=4, epochs=1, ema=False)
+    model = create_classifier(cfg, 2)[0].model
+    rt = Runtime(torch.device("cpu"), None, False, DistInfo(), 0)
+    st = build_state(cfg, model, model, model, 6, rt)
+    batches = [Batch(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]), torch.arange(4), []) for _ in range(6)]
+    tb = TensorBoardLog(tmp_path, enabled=True)
+    with _ScalarReads() as seen:
+        out = train_one_epoch(st, cfg, batches, build_loss(cfg, 2), None, rt, None, tb.log_step)
+    by_engine = [r for r in seen.reads if r.startswith("engine.py")]
+    assert len(by_engine) <= 2, by_engine  # once per epoch, not per step (18 reads for 6 steps before)
+    assert out["train_images"] == 24 and 0 <= out["train_accuracy"] <= 1 and out["train_loss"] > 0
+    assert len(tb._steps) == 6 and not [r for r in seen.reads if r.startswith("outputs.py")]
+    tb.log({"epoch": 1, "train_loss": out["train_loss"]})
+    tb.close()
+    assert not tb._steps
+
+
+def test_fast_cuda_math_on_cuda_unless_deterministic():
+    """cudnn.benchmark and TF32 matmuls on CUDA; left alone on the CPU and under --deterministic
+    (process-wide settings: flipping them needs no GPU, so this runs on a CPU)."""
+    from tlkit.runtime import allow_fast_cuda_math
+
+    before = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
+        assert not allow_fast_cuda_math(torch.device("cpu"))
+        assert not allow_fast_cuda_math(torch.device("cuda"), deterministic=True)
+        assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == (False, "highest")
+        assert allow_fast_cuda_math(torch.device("cuda", 0))
+        assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == (True, "high")
+    finally:
+        torch.backends.cudnn.benchmark = before[0]
+        torch.set_float32_matmul_precision(before[1])
+
+
+def test_default_workers_share_the_cores_among_the_ranks_of_the_node(monkeypatch):
+    """8 ranks on a 32-core node: 2 decoding workers each (32 cores / 8 ranks, half of them), not 8 each."""
+    from tlkit.runtime import default_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers(cores=32) == 8 and default_workers(cores=2) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # set by torchrun
+    assert default_workers(cores=32) == 2
+    assert default_workers(cores=16) == 0  # 2 cores a rank: decode in the rank's own process
+    assert default_workers(cores=32, ranks_on_node=2) == 8

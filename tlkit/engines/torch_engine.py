@@ -7,7 +7,7 @@ import torch
 
 from tlkit.engines import ModelSpec
 from tlkit.inference import prepare_for_inference
-from tlkit.runtime import autocast, precision_name, resolve_precision
+from tlkit.runtime import allow_fast_cuda_math, autocast, precision_name, resolve_precision
 
 
 class TorchEngine:
@@ -34,5 +34,6 @@ def build_torch(spec: ModelSpec, device: torch.device, precision: str = "auto", 
                 compile: bool = False) -> TorchEngine:
     """A :class:`TorchEngine` for ``spec`` on ``device`` (``precision`` as :func:`resolve_precision`)."""
     dtype = resolve_precision(precision, device)
+    allow_fast_cuda_math(device)  # fixed input shape: cuDNN's fastest kernels; TF32 matmuls
     model = prepare_for_inference(spec.model, device, dtype, input_size=tuple(spec.input_size), fuse=fuse)
     return TorchEngine(torch.compile(model) if compile else model, device, dtype)

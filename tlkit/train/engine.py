@@ -145,13 +145,17 @@ def optimizer_step(st: TrainState, cfg: TrainConfig) -> None:
 
 def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn: nn.Module,
                     mixup: Callable | None, rt: Runtime, progress: Progress | None,
-                    on_step: Callable[[int, float, float], None] | None = None) -> dict[str, float]:
+                    on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> dict[str, float]:
     """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds.
 
-    ``on_step(step, batch loss, lr)`` is called after each optimizer step (this process's batch).
+    ``on_step(step, batch loss, lr)`` is called after each optimizer step (this process's batch; the
+    loss a detached 0-d tensor on the device). Loss and accuracy add up on the device and are read once,
+    at the end: no step waits for the GPU to report a number.
     """
     t0 = time.perf_counter()
-    loss_sum = correct = seen = 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    seen = 0
     lr = max(g["lr"] for g in st.optimizer.param_groups)
     n_batches = len(loader)
     st.optimizer.zero_grad(set_to_none=True)
@@ -174,16 +178,17 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
             lr = max(g["lr"] for g in st.optimizer.param_groups)  # the lr this step used
             optimizer_step(st, cfg)
             if on_step:
-                on_step(st.step, float(loss.detach()), lr)
-        loss_sum += float(loss.detach()) * len(y)
-        correct += float((logits.detach().argmax(-1) == y).sum())
+                on_step(st.step, loss.detach(), lr)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(-1) == y).sum()
         seen += len(y)
         if progress:
             progress(len(y) + len(batch.failures))
-    loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], rt.dist)
+    loss_total, n_correct = torch.stack([loss_sum, correct.double()]).tolist()  # the epoch's one read
+    loss_total, n_correct, seen = all_reduce_sum([loss_total, n_correct, seen], rt.dist)
     if not seen:
         raise TlkitError("no training image could be decoded; see skipped.csv in the run folder")
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "train_images": int(seen),
+    return {"train_loss": loss_total / seen, "train_accuracy": n_correct / seen, "train_images": int(seen),
             "train_time_s": time.perf_counter() - t0, "lr": lr}
 
 
@@ -395,7 +400,7 @@ def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_confi
 
 def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss_fn: nn.Module, mixup,
               rt: Runtime, progress: Progress | None, classes,
-              on_step: Callable[[int, float, float], None] | None = None) -> tuple[dict, bool, Predictions]:
+              on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> tuple[dict, bool, Predictions]:
     """Train, validate (model and EMA), update best/patience; returns (row, improved, val predictions)."""
     set_phase(st, cfg, epoch)
     pipe.sampler.set_epoch(epoch)

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, default_workers, precision_name, resolve_device, resolve_precision, seed_everything
+from tlkit.runtime import (
+    allow_fast_cuda_math, autocast, default_workers, precision_name, resolve_device, resolve_precision, seed_everything,
+)
 from tlkit.train.config import TrainConfig
 from tlkit.train.distributed import DistInfo, init_distributed
 from tlkit.train.splits import Splits
@@ -43,6 +45,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     seed_everything(cfg.seed + info.rank)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if allow_fast_cuda_math(device, deterministic=cfg.deterministic):
+        log.info("CUDA: cudnn.benchmark on, TF32 matmuls allowed (--deterministic turns both off)")
     workers = default_workers() if cfg.workers is None else cfg.workers
     log.info("device %s, precision %s, rank %d/%d", device, precision_name(amp), info.rank, info.world_size)
     return Runtime(device, amp, cfg.channels_last, info, workers)

@@ -86,6 +86,7 @@ class TensorBoardLog:
 
     def __init__(self, out: Path, enabled: bool = True):
         self.writer = None
+        self._steps: list[tuple[int, Any, float]] = []  # (step, loss, lr) since the last epoch was logged
         if not enabled:
             return
         try:
@@ -96,16 +97,24 @@ class TensorBoardLog:
             return
         self.writer = SummaryWriter(str(out / TB))
 
-    def log_step(self, step: int, loss: float, lr: float) -> None:
-        """The batch loss (this process's) and the learning rate of optimizer step ``step``."""
+    def log_step(self, step: int, loss, lr: float) -> None:
+        """The batch loss (this process's: a number or a 0-d tensor) and the learning rate of optimizer
+        step ``step``. Kept until the epoch is logged (:meth:`log`), so a step never waits to read a loss
+        off the GPU."""
         if self.writer is not None:
-            self.writer.add_scalar("step/train_loss", loss, step)
+            self._steps.append((step, loss, lr))
+
+    def _write_steps(self) -> None:
+        for step, loss, lr in self._steps:
+            self.writer.add_scalar("step/train_loss", float(loss), step)
             self.writer.add_scalar("step/lr", lr, step)
+        self._steps.clear()
 
     def log(self, row: dict[str, Any]) -> None:
-        """Every number of an epoch's history row, at step ``row["epoch"]``."""
+        """The epoch's steps, then every number of its history row, at step ``row["epoch"]``."""
         if self.writer is None:
             return
+        self._write_steps()
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(_tag(key), value, row["epoch"])
@@ -135,6 +144,7 @@ class TensorBoardLog:
 
     def close(self) -> None:
         if self.writer is not None:
+            self._write_steps()
             self.writer.close()
 
 
