@@ -1,0 +1,491 @@
+"""Helper of benchmarks/gpu_check.sh: synthetic data, plain-PyTorch bounds, and the final report.
+
+Subcommands (all write JSON into the work folder; `report` prints the table):
+    info          versions, GPU, CPU count, tlkit's device/precision/engine/worker choices
+    make-data     N synthetic JPEGs (class tree, 10 classes) at SIZE px, in parallel
+    make-project  a flat pool (copies) + seed labels for `tlkit al-init`
+    bounds        decode-only loader rates (tlkit's own dataset/transforms) and model-only
+                  GPU rates (bf16, channels_last) on the same images, decoded once to the GPU
+    report        the compact table of img/s and ratios
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+CLASSES = 10
+
+
+# --------------------------------------------------------------------------- info
+
+
+def cmd_info(a) -> None:
+    import torch
+
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cuda_available": torch.cuda.is_available(), "cpus": len(os.sched_getaffinity(0))}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        out.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), gpus=torch.cuda.device_count(),
+                   bf16=torch.cuda.is_bf16_supported())
+    out["cudnn_benchmark_default"] = torch.backends.cudnn.benchmark
+    out["matmul_tf32_default"] = torch.backends.cuda.matmul.allow_tf32
+    # API that tlkit uses but its torch>=2.2 floor does not guarantee
+    out["torch.OutOfMemoryError"] = hasattr(torch, "OutOfMemoryError")
+    out["torch.amp.GradScaler"] = hasattr(torch.amp, "GradScaler")
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+        from tlkit.engines import planned_engine
+        from tlkit.runtime import default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
+
+        dev = resolve_device("auto")
+        out.update(tlkit_device=str(dev), tlkit_precision=precision_name(resolve_precision("auto", dev)),
+                   tlkit_extract_engine="/".join(planned_engine("auto", dev)),
+                   tlkit_workers=default_workers(), tlkit_infer_batch=inference_batch_size(dev))
+    except Exception as e:  # noqa: BLE001
+        out["tlkit_error"] = f"{type(e).__name__}: {e}"
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _one_image(job) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path, cls, seed, size = job
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    hue = np.array([(cls * 37) % 256, (cls * 91 + 60) % 256, (cls * 151 + 120) % 256], np.float32)
+    f1, f2, ph = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.3)
+    wave = 0.55 + 0.45 * np.sin(2 * np.pi * (xx * f1 * (1 + cls % 3) + yy * f2) + ph)
+    img = hue[None, None, :] * wave[..., None]
+    for _ in range(rng.integers(2, 6)):  # a few blobs: edges and texture like a photo, not a flat field
+        x0, y0 = rng.integers(0, size - 16, 2)
+        w, h = rng.integers(16, size // 2, 2)
+        img[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 12, img.shape)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def cmd_make_data(a) -> None:
+    from multiprocessing import Pool
+
+    out = Path(a.out)
+    jobs = []
+    for i in range(a.n):
+        cls = i % CLASSES
+        d = out / f"class{cls:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(d / f"img{i:06d}.jpg"), cls, i, a.size))
+    t = time.perf_counter()
+    with Pool(max(1, min(16, len(os.sched_getaffinity(0))))) as pool:
+        pool.map(_one_image, jobs, chunksize=64)
+    sizes = [os.path.getsize(j[0]) for j in jobs[:200]]
+    print(f"{a.n} JPEGs at {a.size} px in {out} ({time.perf_counter() - t:.1f} s, "
+          f"~{statistics.mean(sizes) / 1024:.0f} KiB each)")
+
+
+def cmd_make_project(a) -> None:
+    data, work = Path(a.data), Path(a.work)
+    pool, seed_csv = work / "al_pool", work / "al_seed.csv"
+    pool.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in sorted(p for p in data.iterdir() if p.is_dir()):
+        files = sorted(c.glob("*.jpg"))[: a.per_class]
+        for k, f in enumerate(files):
+            dst = pool / f"{c.name}_{f.name}"
+            shutil.copyfile(f, dst)
+            if k < a.labeled_per_class:
+                rows.append(f"{dst.name},{c.name}")
+    seed_csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    print(f"pool {sum(1 for _ in pool.iterdir())} images in {pool}, {len(rows)} seed labels in {seed_csv}")
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _decoded(records, n: int):
+    """The first ``n`` images as one uint8 [n, 3, H, W] tensor on the GPU (decoded once, on the CPU)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    arrs = [np.asarray(Image.open(r.path).convert("RGB")) for r in records[:n]]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous().cuda()
+
+
+def _batch(X, mean, std, i: int, bs: int):
+    import torch
+
+    idx = (torch.arange(bs, device=X.device) + i * bs) % X.shape[0]
+    x = X[idx].float().div_(255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last), idx
+
+
+def _loader_rate(ds, bs: int, workers: int, passes: int = 2) -> float:
+    """img/s of tlkit's own loader (make_loader: pin_memory, persistent workers) plus the H2D copy; last pass."""
+    import torch
+    from tlkit.data import make_loader
+
+    dl = make_loader(ds, batch_size=bs, workers=workers, device="cuda")
+    rate = 0.0
+    for _ in range(passes):
+        t, n = time.perf_counter(), 0
+        for b in dl:
+            if b.images is not None:
+                b.images.to("cuda", non_blocking=True)
+                n += len(b.images)
+        torch.cuda.synchronize()
+        rate = n / (time.perf_counter() - t)
+    del dl
+    return rate
+
+
+def _infer_rate(model, X, mean, std, bs: int, warm: int = 8, iters: int = 30) -> float:
+    import torch
+
+    model = model.cuda().eval().to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for i in range(warm + iters):
+            if i == warm:
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+            model(_batch(X, mean, std, i, bs)[0])
+        torch.cuda.synchronize()
+    return iters * bs / (time.perf_counter() - t)
+
+
+def _train_rate(X, Y, mean, std, bs: int, *, sync: bool = False, benchmark: bool = False,
+                warm: int = 12, steps: int = 40) -> float:
+    """Plain AMP loop: timm resnet50 (random init, 10 classes), bf16 autocast, channels_last, fused AdamW.
+    ``sync``: two host syncs per step as tlkit's loop does (float(loss), float(correct))."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cudnn.benchmark = benchmark
+    model = timm.create_model("resnet50", pretrained=False, num_classes=CLASSES).cuda()
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+    for s in range(warm + steps):
+        if s == warm:
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+        x, idx = _batch(X, mean, std, s, bs)
+        y = Y[idx]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sync:
+            float(loss.detach())
+            float((logits.detach().argmax(-1) == y).sum())
+    torch.cuda.synchronize()
+    rate = steps * bs / (time.perf_counter() - t)
+    del model, opt
+    torch.cuda.empty_cache()
+    return rate
+
+
+def cmd_bounds(a) -> None:
+    import torch
+    from tlkit.backbones import create_backbone
+    from tlkit.constants import DEFAULT_BACKBONE
+    from tlkit.data import ImageDataset, build_transform, scan_images, size_hint_for
+    from tlkit.runtime import default_workers
+
+    assert torch.cuda.is_available(), "no CUDA GPU visible"
+    res: dict = {}
+    src = scan_images(a.data)
+    c2i = {c: i for i, c in enumerate(src.classes)}
+    cpus = len(os.sched_getaffinity(0))
+    w_default, w_all = default_workers(), max(1, cpus - 2)
+    res["workers_default"], res["workers_all"] = w_default, w_all
+
+    def save() -> None:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+
+    # CPU side: tlkit's datasets and transforms, no model (what the GPU could be fed at most)
+    r50 = create_backbone("resnet50", pretrained=False)
+    dcfg = r50.data_config
+    eval_ds = ImageDataset(src.records, build_transform(dcfg), c2i, size_hint=size_hint_for(dcfg))
+    train_tf = build_transform(dcfg, training=True, scale=(0.7, 1.0), hflip=0.0, vflip=0.0, color_jitter=0.0,
+                               auto_augment=None, re_prob=0.0)  # tlkit's default augmentation
+    train_ds = ImageDataset(src.records, train_tf, c2i)
+
+    def measure(key: str, fn, *args, **kw) -> None:
+        """One figure; a failure (OOM on a small GPU, ...) leaves it None and the rest still runs."""
+        try:
+            res[key] = fn(*args, **kw)
+        except Exception as e:  # noqa: BLE001
+            res[key] = None
+            res.setdefault("errors", {})[key] = f"{type(e).__name__}: {str(e)[:200]}"
+        finally:
+            torch.backends.cudnn.benchmark = False
+        if res[key] is None:
+            gc.collect()
+            torch.cuda.empty_cache()
+        save()
+        print(key, None if res[key] is None else round(res[key]), flush=True)
+
+    measure("decode_eval_b64_wdef", _loader_rate, eval_ds, 64, w_default)
+    measure("decode_eval_b64_wall", _loader_rate, eval_ds, 64, w_all)
+    measure("decode_train_b32_wdef", _loader_rate, train_ds, 32, w_default)
+    measure("decode_train_b32_wall", _loader_rate, train_ds, 32, w_all)
+
+    # GPU side: the same images decoded once into GPU memory, normalized on the GPU per batch
+    X = _decoded(src.records, min(1024, len(src.records)))
+    Y = torch.tensor([c2i[r.label] for r in src.records[: len(X)]], device="cuda")
+    mean = torch.tensor(dcfg.mean, device="cuda").view(1, 3, 1, 1)
+    std = torch.tensor(dcfg.std, device="cuda").view(1, 3, 1, 1)
+    for name, bb in (("resnet50", r50), (DEFAULT_BACKBONE, create_backbone(DEFAULT_BACKBONE, pretrained=False))):
+        for bs in (64, 256):
+            measure(f"infer_{name}_b{bs}", _infer_rate, bb.model, X, mean, std, bs)
+        bb.model.cpu()
+    for key, bs, kw in (("train_b32", 32, {}), ("train_b32_sync", 32, {"sync": True}),
+                        ("train_b32_cudnnbench", 32, {"benchmark": True}), ("train_b128", 128, {}),
+                        ("train_b256", 256, {})):
+        measure(key, _train_rate, X, Y, mean, std, bs, **kw)
+    res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    save()
+    print(json.dumps({k: round(v) if isinstance(v, float) else v for k, v in res.items()}))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _json(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _phases(work: Path) -> dict[str, dict]:
+    out = {}
+    for line in (work / "phases.tsv").read_text().splitlines() if (work / "phases.tsv").exists() else []:
+        name, s, e, rc, cap = line.split("\t")
+        out[name] = {"start": float(s), "end": float(e), "rc": rc, "wall": float(e) - float(s)}
+    return out
+
+
+def _gpu_util(work: Path, start: float, end: float) -> tuple[float | None, float | None]:
+    """Mean GPU utilisation (%) and peak memory (GiB) seen by nvidia-smi between start and end."""
+    util, mem = [], []
+    try:
+        lines = (work / "smi.log").read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3:
+            continue
+        try:
+            ts = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            if start <= ts <= end:
+                util.append(float(parts[1]))
+                mem.append(float(parts[2]) / 1024)
+        except ValueError:
+            continue
+    return (statistics.mean(util) if util else None), (max(mem) if mem else None)
+
+
+def _gpu_idle(work: Path, start: float, end: float) -> float | None:
+    """Share (0-1) of nvidia-smi's samples between start and end with the GPU at 0 % utilisation."""
+    try:
+        lines = (work / "smi.log").read_text().splitlines()
+    except OSError:
+        return None
+    util = []
+    for line in lines:
+        parts = [p.strip() for p in line.split(",")]
+        try:
+            if len(parts) >= 3 and start <= datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp() <= end:
+                util.append(float(parts[1]))
+        except ValueError:
+            continue
+    return sum(u == 0 for u in util) / len(util) if util else None
+
+
+def _log(work: Path, name: str) -> str:
+    try:
+        return (work / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _fmt(v, nd=0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:,.{nd}f}"
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def cmd_report(a) -> None:
+    work = Path(a.work)
+    ph, info, b = _phases(work), _json(work / "info.json"), _json(work / "bounds.json")
+    checks: list[tuple[str, bool, str]] = []
+    print(f"\n=== tlkit GPU check: {info.get('gpu', '?')} ({info.get('gpu_mem_gib', '?')} GiB), torch {info.get('torch')}"
+          f" cuda {info.get('cuda')}, timm {info.get('timm')}, {info.get('cpus')} CPUs ===")
+    print(f"tlkit auto choices: device {info.get('tlkit_device')}, precision {info.get('tlkit_precision')}, "
+          f"extract engine {info.get('tlkit_extract_engine')}, workers {info.get('tlkit_workers')}, "
+          f"inference batch {info.get('tlkit_infer_batch')}; cudnn.benchmark default {info.get('cudnn_benchmark_default')}, "
+          f"torch.OutOfMemoryError {'present' if info.get('torch.OutOfMemoryError') else 'MISSING'}")
+    checks.append(("auto device is cuda", str(info.get("tlkit_device", "")).startswith("cuda"), str(info.get("tlkit_device"))))
+    checks.append(("extract --engine auto -> torch", str(info.get("tlkit_extract_engine", "")).startswith("torch"),
+                   str(info.get("tlkit_extract_engine"))))
+
+    print("\n-- bounds (plain PyTorch / tlkit loader alone; same images) --------------------------------")
+    print(f"{'what':44s} {'img/s':>9s}")
+    for key, label in (("decode_eval_b64_wdef", f"decode-only eval tf, {b.get('workers_default')} workers (default)"),
+                       ("decode_eval_b64_wall", f"decode-only eval tf, {b.get('workers_all')} workers"),
+                       ("decode_train_b32_wdef", f"decode-only train tf, {b.get('workers_default')} workers (default)"),
+                       ("decode_train_b32_wall", f"decode-only train tf, {b.get('workers_all')} workers"),
+                       ("infer_efficientnet_lite0_b64", "model-only infer lite0 bf16 b64"),
+                       ("infer_efficientnet_lite0_b256", "model-only infer lite0 bf16 b256"),
+                       ("infer_resnet50_b64", "model-only infer resnet50 bf16 b64"),
+                       ("infer_resnet50_b256", "model-only infer resnet50 bf16 b256"),
+                       ("train_b32", "plain AMP train resnet50 b32"),
+                       ("train_b32_sync", "  same + 2 host syncs/step (as tlkit)"),
+                       ("train_b32_cudnnbench", "  same + cudnn.benchmark"),
+                       ("train_b128", "plain AMP train resnet50 b128"),
+                       ("train_b256", "plain AMP train resnet50 b256")):
+        print(f"{label:44s} {_fmt(b.get(key)):>9s}")
+
+    print("\n-- (1) tlkit extract (synthetic 224 px JPEGs) ----------------------------------------------")
+    print(f"{'run':22s} {'engine':16s} {'loop':>7s} {'call':>7s} {'proc':>7s} {'GPU%':>5s} "
+          f"{'loop/model':>10s} {'loop/decode':>11s}")
+    for name, model_key, label in (("extract_default", "infer_efficientnet_lite0_b64", "default (lite0)"),
+                                   ("extract_r50", "infer_resnet50_b64", "resnet50 b64"),
+                                   ("extract_r50_tuned", "infer_resnet50_b256", "resnet50 b256 +wkrs")):
+        meta, p = _json(work / name.replace("extract", "ext") / "meta.json"), ph.get(name, {})
+        if not meta:
+            print(f"{label:22s} FAILED or skipped (rc {p.get('rc', '-')}); see {work / (name + '.log')}")
+            checks.append((f"{name} ran", False, f"rc {p.get('rc')}"))
+            continue
+        n = meta.get("count", 0)
+        loop = n / meta["embed_s"] if meta.get("embed_s") else None
+        call = n / meta["elapsed_s"] if meta.get("elapsed_s") else None
+        proc = n / p["wall"] if p.get("wall") else None
+        util, _ = _gpu_util(work, p.get("start", 0), p.get("end", 0))
+        eng = f"{meta.get('engine')}/{meta.get('precision')}/{meta.get('device')}"
+        decode = b.get("decode_eval_b64_wall" if "tuned" in name else "decode_eval_b64_wdef")
+        print(f"{label:22s} {eng:16s} {_fmt(loop):>7s} {_fmt(call):>7s} {_fmt(proc):>7s} {_fmt(util):>5s} "
+              f"{_ratio(loop, b.get(model_key)):>10s} {_ratio(loop, decode):>11s}")
+        checks.append((f"{name} on cuda with torch", meta.get("engine") == "torch" and str(meta.get("device")).startswith("cuda"), eng))
+        if name != "extract_default":  # #29: extract resnet50 >= 0.7x the model-only bound
+            bound = b.get(model_key)
+            checks.append((f"#29 {name} loop >= 0.7x model-only bound", bool(loop and bound and loop >= 0.7 * bound),
+                           f"{_ratio(loop, bound)}x: {_fmt(loop)} vs {_fmt(bound)} img/s"))
+    print("  loop = images / embed loop s; call = / extract_features() s; proc = / whole command s (imports incl.)")
+
+    print("\n-- (2) tlkit finetune resnet50 --no-pretrained, 2 epochs (80 % of the images train) -------------")
+    best_ft = None
+    print(f"{'run':20s} {'dev':10s} {'ep1':>7s} {'ep2':>7s} {'wall s':>7s} {'GPU%':>5s} {'plain':>7s} "
+          f"{'ep2/plain':>9s} {'ep2/decode':>10s}")
+    for name, plain_key, dec_key, label in (("finetune_b32", "train_b32", "decode_train_b32_wdef", "default (b32)"),
+                                            ("finetune_b128", "train_b128", "decode_train_b32_wall", "b128 +workers")):
+        m, p, log = _json(work / name.replace("finetune", "ft") / "metrics.json"), ph.get(name, {}), _log(work, name)
+        dev = re.search(r"device (\S+), precision (\w+)", log)
+        devs = f"{dev[1].rstrip(',')}/{dev[2]}" if dev else "?"
+        hist = m.get("history", [])
+        if not hist:
+            print(f"{label:20s} FAILED or skipped (rc {p.get('rc', '-')}); see {work / (name + '.log')}")
+            checks.append((f"{name} ran", False, f"rc {p.get('rc')}"))
+            continue
+        rates = [h.get("images_per_s") for h in hist]
+        util, mem = _gpu_util(work, p.get("start", 0), p.get("end", 0))
+        last = rates[-1]
+        print(f"{label:20s} {devs:10s} {_fmt(rates[0]):>7s} {_fmt(rates[-1] if len(rates) > 1 else None):>7s} "
+              f"{_fmt(p.get('wall')):>7s} {_fmt(util):>5s} {_fmt(b.get(plain_key)):>7s} "
+              f"{_ratio(last, b.get(plain_key)):>9s} {_ratio(last, b.get(dec_key)):>10s}")
+        checks.append((f"{name} on cuda", bool(dev) and dev[1].startswith("cuda"), devs))
+        plain = b.get(plain_key)  # #29: >= 0.85x the plain AMP loop at the same batch
+        checks.append((f"#29 {name} >= 0.85x plain AMP loop", bool(last and plain and last >= 0.85 * plain),
+                       f"{_ratio(last, plain)}x: {_fmt(last)} vs {_fmt(plain)} img/s"))
+        best_ft = max(best_ft or 0, last or 0)
+    checks.append(("#29 finetune resnet50 >= 2,500 img/s (largest batch tried)", bool(best_ft and best_ft >= 2500),
+                   f"{_fmt(best_ft)} img/s"))
+    print("  ep = images_per_s of tlkit's metrics.json; plain = model-only AMP loop, same batch, same images on GPU")
+
+    print("\n-- (3) tlkit al-round --train finetune (AL_POOL pool images, 10 seed labels a class, 2 epochs) --")
+    p, log = ph.get("al_round", {}), _log(work, "al_round")
+    dev = re.search(r"device (\S+), precision (\w+)", log)
+    cache = [_json(f) for f in glob.glob(str(work / "al_project" / "cache" / "*" / "meta.json"))]
+    rounds = sorted(glob.glob(str(work / "al_project" / "rounds" / "*" / "metrics.json")))
+    rm = _json(rounds[-1]) if rounds else {}
+    mm = _json(Path(rounds[-1]).parent / "model" / "metrics.json") if rounds else {}
+    util, mem = _gpu_util(work, p.get("start", 0), p.get("end", 0))
+    emb = ", ".join(f"{c.get('engine')}/{c.get('device')}" for c in cache) or "?"
+    train_rates = [round(h.get("images_per_s", 0)) for h in mm.get("history", [])]
+    print(f"rc {p.get('rc', '-')}, wall {_fmt(p.get('wall'), 1)} s, finetune on {dev[1].rstrip(',') if dev else '?'}, "
+          f"pool embeddings {emb}, round train+score {rm.get('train_s', '-')} s, train img/s per epoch {train_rates}, "
+          f"val acc {rm.get('val_accuracy', '-')}, GPU mean {_fmt(util)} %, peak {_fmt(mem, 1)} GiB")
+    idle = _gpu_idle(work, p.get("start", 0), p.get("end", 0))
+    pool_n = sum(1 for _ in (work / "al_pool").iterdir()) if (work / "al_pool").is_dir() else 0
+    print(f"GPU idle (0 % utilisation) {_fmt(idle * 100 if idle is not None else None)} % of the round's wall time, "
+          f"pool {pool_n:,} images")
+    checks.append(("al-round exit 0", p.get("rc") == "0", f"rc {p.get('rc')}"))
+    checks.append(("#29 al-round GPU idle < 30 % of wall time", idle is not None and idle < 0.3,
+                   f"{_fmt(idle * 100 if idle is not None else None)} % idle, pool {pool_n:,}"))
+    checks.append(("al-round finetune on cuda", bool(dev) and dev[1].startswith("cuda"), dev[1] if dev else "no device log line"))
+    checks.append(("al-round pool embedded on cuda", bool(cache) and all(str(c.get("device", "")).startswith("cuda") for c in cache), emb))
+
+    print("\n-- checks --------------------------------------------------------------------------------------")
+    for what, ok, detail in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {what}  ({detail})")
+    failed = [n for n, q in ph.items() if q["rc"] not in ("0", "skipped")]
+    skipped = [n for n, q in ph.items() if q["rc"] == "skipped"]
+    if failed or skipped:
+        print(f"steps failed: {failed or '-'}; skipped (time budget): {skipped or '-'}; logs in {work}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("info")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("make-data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--size", type=int, default=224)
+    p = sub.add_parser("make-project")
+    p.add_argument("--data", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--labeled-per-class", type=int, default=10)
+    p = sub.add_parser("bounds")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("report")
+    p.add_argument("--work", required=True)
+    a = ap.parse_args()
+    {"info": cmd_info, "make-data": cmd_make_data, "make-project": cmd_make_project, "bounds": cmd_bounds,
+     "report": cmd_report}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
