@@ -370,8 +370,8 @@ def image_folders(name: str, split: int, cache: Path = DEFAULT_CACHE) -> tuple[P
 # -- command line ---------------------------------------------------------------------------------
 
 def describe(name: str, split: int = 0, cache: Path = DEFAULT_CACHE) -> str:
-    recs = exported(name, cache)
-    counts = np.bincount([classes(name, cache).index(r.label) for r in recs])
+    recs, names = exported(name, cache), classes(name, cache)
+    counts = np.bincount([names.index(r.label) for r in recs])
     pool, test = split_indices(name, split, cache)
     return (f"{name}: {len(recs)} images, {len(counts)} classes ({counts.min()}-{counts.max()} per class), "
             f"split {split}: pool {len(pool)}, test {len(test)}")
