@@ -425,7 +425,10 @@ class BackboneListing:
 def feature_dim(name: str) -> tuple[int, int]:
     """(feature dimension, default input size) of a backbone, built on the meta device (no memory)."""
     family = parse(name)
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = family.build(0, {})
+    except NotImplementedError:  # torch < 2.3: some weight inits (convnext, vit) need data; build it for real
         model = family.build(0, {})
     return int(model.num_features), int(family.data_config(model)["input_size"][-1])
 

@@ -87,8 +87,19 @@ def _export_onnx(model, x, path: Path, output: str) -> None:
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=[output], dynamo=False,
-                          dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}}, opset_version=17)
+        torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=[output],
+                          dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}}, opset_version=17,
+                          **_torchscript_exporter())
+
+
+def _torchscript_exporter() -> dict:
+    """``dynamo=False`` where ``torch.onnx.export`` has that switch (torch >= 2.5; the dynamo exporter is
+    the default from 2.9); older torch has only the TorchScript exporter."""
+    import inspect
+
+    import torch
+
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 def _export_openvino(model, x, path: Path, output: str) -> None:

@@ -103,6 +103,16 @@ def param_groups(model: nn.Module, cfg: TrainConfig, *, layer_decay: float | Non
     return list(groups.values())
 
 
+def fused_kernels_for(model: nn.Module) -> bool:
+    """Whether torch has fused optimizer kernels for the devices of ``model``'s parameters: on CUDA, and
+    on the CPU from torch 2.4 (torch 2.2-2.3 refuse ``fused=True`` for CPU tensors)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without this helper: leave the choice to torch
+        return False
+    return {p.device.type for p in model.parameters()} <= set(_get_fused_kernels_supported_devices())
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer for ``cfg.mode`` over the currently trainable parameters of ``model``.
 
@@ -119,7 +129,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     name = cfg.optimizer.lower()
     if name == "sgd":
         kwargs["nesterov"] = cfg.nesterov
-    if name in FUSED_OPTIMIZERS:
+    if name in FUSED_OPTIMIZERS and fused_kernels_for(model):
         kwargs["fused"] = True  # one kernel for all parameters: ~4x faster steps than foreach on CPU
     if name not in list_optimizers():
         raise TlkitError(f"unknown optimizer {cfg.optimizer!r}{did_you_mean(name, list_optimizers())}; "

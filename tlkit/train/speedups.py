@@ -53,7 +53,18 @@ class _Fp32Conv2d(nn.Conv2d):
         kind = x.device.type
         with torch.autocast(kind, enabled=False):
             y = super().forward(x.float())
-        return y.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else y
+        dtype = _autocast_dtype(kind)
+        return y if dtype is None else y.to(dtype)
+
+
+def _autocast_dtype(kind: str) -> torch.dtype | None:
+    """The autocast dtype on device type ``kind`` where autocast is on there, else None; torch 2.2-2.3 have
+    no per-device ``is_autocast_enabled(kind)`` / ``get_autocast_dtype(kind)``, only CPU and GPU calls."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    if kind == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 def _slow_in_bf16(m: nn.Module) -> bool:
