@@ -369,7 +369,7 @@ def cmd_report(a) -> None:
                        ("infer_resnet50_b64", "model-only infer resnet50 bf16 b64"),
                        ("infer_resnet50_b256", "model-only infer resnet50 bf16 b256"),
                        ("train_b32", "plain AMP train resnet50 b32"),
-                       ("train_b32_sync", "  same + 2 host syncs/step (as tlkit)"),
+                       ("train_b32_sync", "  same + 2 host syncs/step (tlkit before #29)"),
                        ("train_b32_cudnnbench", "  same + cudnn.benchmark"),
                        ("train_b128", "plain AMP train resnet50 b128"),
                        ("train_b256", "plain AMP train resnet50 b256")):
