@@ -221,9 +221,13 @@ def test_extract_under_torchrun_makes_its_long_timeout_group_before_extracting(d
 # --------------------------------------------------------------------------- 7. speed habits
 
 
+_DISPATCH_FILES = ("torch/_tensor.py", "torch/_ops.py", "torch/utils/_python_dispatch.py", "torch/overrides.py")
+
+
 class _ScalarReads:
     """Records every read of a tensor's value on the host (``.item()``, ``float(t)``, ...: the op
-    ``aten._local_scalar_dense``, a GPU sync on CUDA) with the first tlkit frame that asked for it."""
+    ``aten._local_scalar_dense``, a GPU sync on CUDA) as ``file:function`` of the code that asked for it
+    (torch's own reads, e.g. an optimizer's CPU step counter on torch 2.2, name torch's file)."""
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -235,7 +239,8 @@ class _ScalarReads:
                 if func is torch.ops.aten._local_scalar_dense.default:
                     import traceback
 
-                    frames = [f for f in traceback.extract_stack() if "/tlkit/" in f.filename]
+                    frames = [f for f in traceback.extract_stack() if f.filename != __file__
+                              and not f.filename.endswith(_DISPATCH_FILES)]
                     reads.append(f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?")
                 return func(*args, **(kwargs or {}))
 
