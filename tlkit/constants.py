@@ -13,3 +13,8 @@ AUDIT_DUPLICATE_COSINE = 0.70
 #: Dimension of the projection active-learning strategies see of pools over 1 GiB of float32
 #: embeddings (tlkit.active.strategies._scale.Approx; project.yaml's projection_dim).
 PROJECTION_DIM = 128
+
+#: where JPEGs are decoded and resized (``--decode``; :mod:`tlkit.data.device_decode`)
+DECODE_MODES = ("auto", "cpu", "device")
+DECODE_HELP = ("auto | cpu | device. auto: on CUDA, JPEGs are decoded, resized and normalised on the GPU (other files "
+               "and CPU runs: PIL on the CPU, as before)")

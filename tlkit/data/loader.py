@@ -108,7 +108,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int,
                 device: torch.device | str, shuffle: bool = False, sampler: Sampler | None = None,
                 drop_last: bool = False, seed: int = 0,
                 multiprocessing_context: str | None = None,
-                prefetch_factor: int | None = None) -> DataLoader:
+                prefetch_factor: int | None = None, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader yielding :class:`Batch` es, bad files skipped.
 
     Args:
@@ -122,6 +122,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int,
         seed: seeds the shuffle order and the workers' base seed.
         multiprocessing_context: ``None`` = the platform default (fork on Linux).
         prefetch_factor: batches loaded ahead per worker (default 2 when ``workers > 0``).
+        collate_fn: items -> batch (default :func:`collate_skipping`).
     """
     if batch_size < 1 or workers < 0:
         raise TlkitError(f"batch size must be >= 1 and workers >= 0 (got {batch_size}, {workers})")
@@ -130,7 +131,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int,
     device = torch.device(device)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
-        num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
+        num_workers=workers, collate_fn=collate_fn or collate_skipping, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=(prefetch_factor or 2) if workers > 0 else None,
         multiprocessing_context=multiprocessing_context if workers > 0 else None,

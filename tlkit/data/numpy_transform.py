@@ -64,15 +64,18 @@ def numpy_eval_transform(cfg: DataConfig) -> Callable[[Image.Image], np.ndarray]
     return transform
 
 
-def _resize_short(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """torchvision ``Resize(size)`` on a PIL image: short side to ``size``, long side truncated."""
-    w, h = img.size
+def resized_short(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)``'s output ``(width, height)`` for a ``w`` x ``h`` image: short side to
+    ``size``, long side truncated."""
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
-        return img
-    return img.resize((new_w, new_h), resample)
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+def _resize_short(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """torchvision ``Resize(size)`` on a PIL image (:func:`resized_short`)."""
+    new = resized_short(*img.size, size)
+    return img if new == img.size else img.resize(new, resample)
 
 
 def _center_crop(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
