@@ -34,10 +34,11 @@ import numpy as np
 
 import tlkit
 from tlkit import data as tdata
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.batch_size import BatchChoice, parse_batch_size
+from tlkit.constants import DECODE_MODES, DEFAULT_BACKBONE
 from tlkit.cpuinfo import CPU_INFERENCE_BATCH
 from tlkit.data.config import DataConfig
-from tlkit.data.prefetch import DECODE_THREADS, inference_batches, threaded_batches
+from tlkit.data.prefetch import DECODE_THREADS, threaded_batches
 from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
@@ -100,8 +101,9 @@ class ExtractOptions:
     """How :func:`extract_features` embeds; its keyword arguments of the same names.
 
     Attributes:
-        batch_size: images per forward pass (default: :func:`tlkit.runtime.inference_batch_size`,
-            8 on a CPU and 64 on a GPU).
+        batch_size: images per forward pass, or ``auto`` (``None``): 8 on a CPU
+            (:func:`tlkit.runtime.inference_batch_size`), the largest power of two that fits on CUDA
+            (probed, :func:`tlkit.batch_size.inference_batch`); meta.json says which and how.
         image_size: resize to this square size instead of the backbone's default
             (:meth:`tlkit.data.DataConfig.at_size`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
@@ -113,12 +115,15 @@ class ExtractOptions:
         fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.inference`).
         dtype: storage type of ``features.npy``, ``float32`` or ``float16`` (half the disk and
             memory; see :data:`tlkit.extract_store.DTYPES` for the rounding it costs).
+        decode: ``auto`` (``device`` on CUDA with the torch engine, else ``cpu``) | ``cpu`` | ``device``: where
+            JPEGs are decoded and resized (:mod:`tlkit.data.device_decode`; other files always on the CPU).
+            meta.json's ``decode`` says which ran; ``device`` rows are part of the settings (never mixed).
         engine: ``auto`` (OpenVINO on a CPU when installed and the model converts, else PyTorch) |
             ``torch`` | ``openvino`` (:mod:`tlkit.engines`). The engine and precision are part of the
             settings: rows made with one are never reused by the other.
     """
 
-    batch_size: int | None = None
+    batch_size: int | str | None = None
     image_size: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -128,6 +133,7 @@ class ExtractOptions:
     fuse: bool = True
     dtype: str = "float32"
     engine: str = "auto"
+    decode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,8 @@ def _settings_key(job: _Job, engine: tuple[str, str]) -> str:
         settings["engine"] = engine[0]
     if job.opts.dtype != "float32":  # float32 keys stay as they were before the option existed
         settings["storage"] = job.opts.dtype
+    if _decode_path(job, engine[0]) == "device":  # device-decoded rows differ slightly from PIL's
+        settings["decode"] = "device"
     return run_digest(json.dumps(settings, sort_keys=True, default=str))
 
 
@@ -234,6 +242,7 @@ class _Writer:
         self.out, self.part, self.plan, self.done, self.failures = out, part, plan, done, failures
         self.resumed = done  # rows of plan.todo finished by an interrupted earlier run
         self.embed_s = 0.0   # seconds in the embedding loop (decode + engine + writes)
+        self.batch: BatchChoice | None = None  # the batch size this call embedded with, and how it was chosen
         self._last_commit = time.monotonic()
 
     def write(self, rows: np.ndarray, feats: np.ndarray | None, failures: list, upto: int) -> None:
@@ -298,7 +307,29 @@ def _engine(job: _Job) -> Engine:
     return engine
 
 
-def _batches(job: _Job, records: list[tdata.ImageRecord], engine: Engine):
+def _decode_path(job: _Job, engine: str) -> str:
+    """``"device"`` when JPEGs are decoded on the device (the torch engine, ``--decode`` resolved to
+    device, a config the device path covers: :mod:`tlkit.data.device_decode`), else ``"cpu"``."""
+    if engine != "torch" or job.warm is not None or (job.opts.decode == "auto" and str(job.device) == "cpu"):
+        return "cpu"
+    from tlkit.data.device_decode import DeviceEvalTransform, resolve_decode
+
+    if resolve_decode(job.opts.decode, job.device) == "device" and DeviceEvalTransform.of(job.data_config):
+        return "device"
+    return "cpu"
+
+
+def _batch_choice(job: _Job, engine: Engine, n: int) -> BatchChoice:
+    """The batch size (``auto``: 8 on a CPU, probed with the engine's forward on CUDA) and how it was chosen."""
+    if engine.name != "torch":  # OpenVINO and the warm start run on the CPU, without torch
+        size = parse_batch_size(job.opts.batch_size)
+        return BatchChoice(size, "given") if size else BatchChoice(CPU_INFERENCE_BATCH, "cpu default")
+    from tlkit.batch_size import inference_batch
+
+    return inference_batch(job.opts.batch_size, engine.device, engine.forward, job.data_config.input_size, n)
+
+
+def _batches(job: _Job, records: list[tdata.ImageRecord], engine: Engine, batch_size: int):
     """Batches of ``records`` decoded while the engine runs (:func:`tlkit.data.prefetch.inference_batches`).
     For OpenVINO (the warm start, or any run whose preprocessing :mod:`tlkit.data.numpy_transform`
     reproduces bit for bit with the installed timm, :func:`~tlkit.extract_warm.same_preprocessing`),
@@ -313,15 +344,14 @@ def _batches(job: _Job, records: list[tdata.ImageRecord], engine: Engine):
         from tlkit.data.numpy_transform import ArrayImages, collate_arrays
 
         dataset = ArrayImages(records, transform, size_hint=job.data_config.size_hint())
-        return threaded_batches(dataset, batch_size=job.opts.batch_size or CPU_INFERENCE_BATCH, collate=collate_arrays,
+        return threaded_batches(dataset, batch_size=batch_size, collate=collate_arrays,
                                 threads=job.opts.workers or max(1, DECODE_THREADS))
-    from tlkit.runtime import default_workers, inference_batch_size
+    from tlkit.data.device_decode import eval_loader
+    from tlkit.runtime import default_workers
 
-    transform = tdata.build_transform(job.data_config)
-    dataset = tdata.ImageDataset(records, transform, size_hint=job.data_config.size_hint())
     nw = default_workers() if job.opts.workers is None else job.opts.workers
-    return inference_batches(dataset, batch_size=job.opts.batch_size or inference_batch_size(job.device), workers=nw,
-                             device=job.device)
+    return eval_loader(records, job.data_config, batch_size=batch_size, workers=nw, device=job.device,
+                       decode=_decode_path(job, engine.name))[0]
 
 
 def _embed(job: _Job, writer: _Writer, engine: Engine | None) -> None:
@@ -335,8 +365,9 @@ def _embed(job: _Job, writer: _Writer, engine: Engine | None) -> None:
     if not records:
         return
     t = time.perf_counter()
+    writer.batch = _batch_choice(job, engine, len(records))
     try:
-        for batch in _batches(job, records, engine):
+        for batch in _batches(job, records, engine, writer.batch.size):
             _embed_batch(job, engine, writer, batch, start)
         writer.embed_s = time.perf_counter() - t
     except BaseException:
@@ -366,8 +397,10 @@ def _strict_error(job: _Job, index: int, reason: str) -> TlkitError:
                       "re-run (finished rows are kept), or drop --strict to skip such files")
 
 
-def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0) -> dict[str, Any]:
+def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0,
+          batch: BatchChoice | None = None) -> dict[str, Any]:
     source = job.source
+    extra = {"batch_size": batch.to_dict()} if batch is not None else {}  # none when this call embedded nothing
     return {
         "tlkit_version": tlkit.__version__,
         "backbone": job.bb.name,
@@ -377,6 +410,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0) -> dict[
         "dtype": job.opts.dtype,
         "engine": plan.engine[0],
         "precision": plan.engine[1],
+        "decode": _decode_path(job, plan.engine[0]),
         "device": str(job.device),
         "source": {"root": str(source.root), "kind": source.kind, "classes": list(source.classes)},
         "settings_key": plan.settings_key,
@@ -384,6 +418,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0) -> dict[
         "reused": len(plan.reuse),
         "elapsed_s": round(elapsed, 3),
         "embed_s": round(embed_s, 3),
+        **extra,
     }
 
 
@@ -448,7 +483,7 @@ def _finalize(job: _Job, writer: _Writer, t0: float) -> ExtractResult:
     """Write the final files (:func:`_finish`) and describe the run."""
     plan = writer.plan
     elapsed = time.perf_counter() - t0
-    count, skipped = _finish(job, writer, _meta(job, plan, elapsed, writer.embed_s))
+    count, skipped = _finish(job, writer, _meta(job, plan, elapsed, writer.embed_s, writer.batch))
     if skipped:
         log.warning("%s; listed in %s", tdata.summarize_failures(writer.failures), job.out / "skipped.csv")
     embedded = len(plan.todo) - writer.resumed
@@ -481,7 +516,7 @@ def extract_features(
     backbone: str | Backbone = DEFAULT_BACKBONE,
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     image_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -491,6 +526,7 @@ def extract_features(
     fuse: bool = True,
     dtype: str = "float32",
     engine: str = "auto",
+    decode: str = "auto",
     shard: "Shard | None" = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
@@ -503,7 +539,7 @@ def extract_features(
             Another extract writing to ``out`` makes this call fail at once (TlkitError).
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
         weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
-        batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype, engine: see
+        batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype, engine, decode: see
             :class:`ExtractOptions`.
         shard: embed only this :class:`~tlkit.extract_shards.Shard` of the records, into its folder
             ``out/shards/...`` (join the shards with :func:`~tlkit.extract_shards.merge_shards`).
@@ -522,8 +558,12 @@ def extract_features(
     """
     t0 = time.perf_counter()
     opts = ExtractOptions(batch_size=batch_size, image_size=image_size, device=device, precision=precision,
-                          workers=workers, strict=strict, compile=compile, fuse=fuse, dtype=dtype, engine=engine)
+                          workers=workers, strict=strict, compile=compile, fuse=fuse, dtype=dtype, engine=engine,
+                          decode=decode)
     storage_dtype(dtype)  # a bad name fails before any work
+    parse_batch_size(batch_size)
+    if decode not in DECODE_MODES:
+        raise TlkitError(f"unknown --decode {decode!r}; choose one of: {', '.join(DECODE_MODES)}")
     source = images if isinstance(images, tdata.ImageSource) else tdata.scan_images(images)
     if shard is not None:
         source, out = shard.source(source), shard.folder(_output_folder(out))

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.constants import DECODE_HELP
 from tlkit.engines import ENGINE_HELP
 
 
@@ -26,10 +27,11 @@ def evaluate_cmd(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Metrics file (default RUN/evaluation.json)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto | N. auto (default): on CUDA the largest power of two that fits (probed), 8 on a CPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
+    decode: str = typer.Option("auto", "--decode", help=DECODE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
@@ -42,7 +44,8 @@ def evaluate_cmd(
         with progress_bar() as bar:
             task = bar.add_task("evaluate", total=None, rate="")
             m = evaluate_run(run, data, which=checkpoint, batch_size=batch_size, device=device, precision=precision,
-                             workers=workers, tta=tta, out=out, engine=engine, progress=rate_callback(bar, task))
+                             workers=workers, tta=tta, out=out, engine=engine, decode=decode,
+                             progress=rate_callback(bar, task))
     if as_json:
         typer.echo(json.dumps(m))
         return

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tlkit.cli._app import PANEL_START, app, console, progress_bar, rate_callback, setup_logging, user_errors
 from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.constants import DECODE_HELP
 from tlkit.engines import ENGINE_HELP
 from tlkit.errors import TlkitError
 
@@ -23,11 +24,12 @@ def extract_cmd(
     backbone: str = typer.Option(DEFAULT_BACKBONE, "--backbone", "-b", help="timm name or tv:<torchvision name>."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local weights file (.safetensors/.pth)."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto | N. auto (default): on CUDA the largest power of two that fits (probed), 8 on a CPU."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
+    decode: str = typer.Option("auto", "--decode", help=DECODE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores from 4 up, else 0)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an undecodable file instead of skipping it."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model first."),
@@ -54,7 +56,7 @@ def extract_cmd(
             return _merge(source, out, shard, given)
         kwargs = dict(backbone=backbone, weights=weights, pretrained=pretrained, batch_size=batch_size,
                       image_size=image_size, precision=precision, workers=workers, strict=strict, compile=compile,
-                      fuse=fuse, dtype=dtype, engine=engine)
+                      fuse=fuse, dtype=dtype, engine=engine, decode=decode)
         if env_dist_info().enabled:
             return _torchrun(source, out, shard, device, kwargs)
         with progress_bar() as bar:

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tlkit.constants import DECODE_HELP
 from tlkit.cli._app import (
     PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, training_process,
     user_errors,
@@ -41,11 +42,12 @@ def finetune_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Bundled recipe name (see `tlkit recipes`) or a YAML file."),
     mode: Optional[str] = typer.Option(None, "--mode", help=MODES_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (default 10, or the recipe's)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step (default 32, or the recipe's)."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto | N images per step. auto (default, unless the recipe sets one): on CUDA the largest power of two whose step fits (probed), 32 on a CPU; the recipe's lr_scale says how lr follows it."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = typer.Option(None, "--precision", help=PRECISIONS_HELP),
+    decode: Optional[str] = typer.Option(None, "--decode", help=DECODE_HELP + " (validation images; training augmentation stays on the CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the initialisation and the augmentation (default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
@@ -62,7 +64,7 @@ def finetune_cmd(
         cfg = make_config(
             recipe, overrides=overrides, backbone=backbone, weights=str(weights) if weights else None,
             pretrained=pretrained, mode=mode, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-            device=device, precision=precision, workers=workers, seed=seed, val_fraction=val_fraction,
+            device=device, precision=precision, decode=decode, workers=workers, seed=seed, val_fraction=val_fraction,
             tensorboard=tensorboard,
         )
         with progress_bar() as bar:

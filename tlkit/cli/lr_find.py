@@ -20,7 +20,7 @@ def lr_find_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for lr_find.png (loss vs lr) and lr_find.json."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="timm name or tv:<torchvision name> (default efficientnet_lite0)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: the backbone's)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step (default 32, or the recipe's)."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto | N images per step (default auto: probed on CUDA, 32 on a CPU; or the recipe's)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Bundled recipe name or a YAML file (its mode, optimizer, ...)."),
     steps: int = typer.Option(100, "--steps", min=2, help="Mini-batches of the sweep, at most (it stops when the loss diverges)."),
     overrides: List[str] = typer.Option([], "--set", help="Any config key: --set mode=linear-probe (repeatable)."),

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
+from tlkit.constants import DECODE_HELP
 from tlkit.engines import ENGINE_HELP
 
 
@@ -20,10 +21,11 @@ def predict_cmd(
     topk: int = typer.Option(5, "--topk", "-k", min=1, help="How many most likely classes per row."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: 8 on a CPU, 64 on a GPU."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto | N. auto (default): on CUDA the largest power of two that fits (probed), 8 on a CPU."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16"),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
+    decode: str = typer.Option("auto", "--decode", help=DECODE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
@@ -35,7 +37,8 @@ def predict_cmd(
         with progress_bar() as bar:
             task = bar.add_task("predict", total=None, rate="")
             res = predict(run, images, out=out, topk=topk, tta=tta, which=checkpoint, batch_size=batch_size,
-                          device=device, precision=precision, workers=workers, engine=engine, progress=rate_callback(bar, task))
+                          device=device, precision=precision, workers=workers, engine=engine, decode=decode,
+                          progress=rate_callback(bar, task))
     console.print(f"{res.count} predictions -> {escape(str(res.out))}")
     if res.skipped:
         console.print(f"[yellow]{res.skipped} files skipped[/] -> {escape(str(res.skipped_csv))}")

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.constants import DECODE_MODES, DEFAULT_BACKBONE
 from tlkit.errors import TlkitError, did_you_mean
 from tlkit.io import not_utf8_message, write_text, yaml_problem
 
@@ -34,6 +34,12 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
 MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro")
 SAMPLERS = ("uniform", "balanced")
+LR_SCALES = ("none", "linear", "sqrt")
+DECODES = DECODE_MODES
+#: ``batch_size: auto`` on a CPU (and the reference batch of ``lr`` unless ``lr_base_batch`` says otherwise)
+DEFAULT_BATCH = 32
+#: config.yaml's key for what a run chose at run time (:func:`save_config`); not a setting
+CHOSEN = "chosen"
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class TrainConfig:
     # data
     image_size: int | None = None  # None: the backbone's own input size
     val_fraction: float = 0.2  # stratified split of the training folder when no --val is given
-    batch_size: int = 32
+    batch_size: int | str = "auto"  # auto: 32 on a CPU, the largest power of two that fits on CUDA (tlkit.train.autobatch)
     workers: int | None = None  # DataLoader workers; None: tlkit.runtime.default_workers()
     # augmentation (timm create_transform, training only). Defaults keep labels and colours: no flips
     # (a mirrored digit, arrow or text is another class), crops of at least 70% of the image, no
@@ -73,7 +79,9 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     optimizer: str = "adamw"  # any timm optimizer: adamw, sgd, rmsprop, adagrad, adam, ...
-    lr: float = 1e-3  # peak learning rate of the head (batch_size as given, not scaled)
+    lr: float = 1e-3  # peak learning rate of the head (at lr_base_batch images per step when lr_scale is set)
+    lr_scale: str = "none"  # none | linear | sqrt: scale lr by the global batch / lr_base_batch (timm's rule)
+    lr_base_batch: int = DEFAULT_BATCH  # the global batch (batch_size x ranks x grad_accum) lr is given for
     weight_decay: float = 0.01
     momentum: float = 0.9  # sgd / rmsprop
     nesterov: bool = False  # sgd
@@ -96,6 +104,7 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    decode: str = "auto"  # auto (device on CUDA, else cpu) | cpu | device: where JPEGs are decoded and resized
     channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False  # DDP only
@@ -143,8 +152,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise bad("monitor", f"choose one of: {', '.join(MONITOR_METRICS)}")
     if cfg.epochs < 1:
         raise bad("epochs", "must be at least 1")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise bad("batch_size" if cfg.batch_size < 1 else "grad_accum", "must be at least 1")
+    if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
+        raise bad("batch_size", "must be a whole number >= 1 or auto")
+    if cfg.grad_accum < 1 or cfg.lr_base_batch < 1:
+        raise bad("grad_accum" if cfg.grad_accum < 1 else "lr_base_batch", "must be at least 1")
+    if cfg.lr_scale not in LR_SCALES:
+        raise bad("lr_scale", f"choose one of: {', '.join(LR_SCALES)}")
+    if cfg.decode not in DECODES:
+        raise bad("decode", f"choose one of: {', '.join(DECODES)}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise bad("val_fraction", "must be between 0 and 1, e.g. 0.2")
     if cfg.lr <= 0:
@@ -209,6 +224,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
                          "(see `tlkit recipes NAME` for a valid recipe)") from None
     if not isinstance(data, dict):
         raise TlkitError(f"recipe {str(path)!r} must be a mapping of key: value")
+    data.pop(CHOSEN, None)  # a run's config.yaml: what tlkit chose at run time, not a setting
     for key in data:
         _check_key(key, where=f"recipe {path.name}")
     return data
@@ -312,12 +328,19 @@ def make_config(
     return TrainConfig(**values)
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: TrainConfig, path: str | Path, chosen: Mapping[str, Any] | None = None) -> None:
+    """Write the resolved config as YAML (atomically); ``chosen`` (what tlkit chose at run time: the batch
+    size and how, the lr rule, the decoding path) goes under the key ``chosen``, which recipes ignore."""
+    data = cfg.to_dict()
+    if chosen:
+        data[CHOSEN] = dict(chosen)
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 __all__ = [
+    "DECODES",
+    "DEFAULT_BATCH",
+    "LR_SCALES",
     "MODES",
     "RECIPES_DIR",
     "TrainConfig",

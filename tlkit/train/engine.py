@@ -25,8 +25,11 @@ import torch
 from torch import nn
 
 from tlkit.data.config import DataConfig
+from tlkit.data.device_decode import decode_path_of
 from tlkit.errors import TlkitError
 from tlkit.runtime import autocast, grad_scaler, seed_everything
+from tlkit.dist_env import env_dist_info
+from tlkit.train import autobatch
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
@@ -324,12 +327,14 @@ def fit(
     splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     warn_if_imbalanced(splits, cfg)
     saved = ckpt.load_train_state(state_file) if state_file else None
-    if saved is not None:
+    chosen = None
+    if saved is not None:  # batch_size auto: the batch the run started with
+        cfg, chosen = autobatch.resumed(cfg, saved["config"], env_dist_info().world_size)
         check_resumable(saved, cfg, splits.classes, out)
     rt = setup_runtime(cfg)
     try:
         with flush_denormals(rt.device):
-            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0)
+            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen)
     finally:
         shutdown()
 
@@ -424,10 +429,13 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
 
 
 def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
-         t0: float) -> FitResult:
+         t0: float, chosen: dict | None = None) -> FitResult:
     k = len(splits.classes)
     bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
+    if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
+        cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
     pipe = make_pipeline(cfg, model, splits, data_config, rt)
+    chosen["decode"] = {"train": "cpu", "val": decode_path_of(pipe.val)}  # training augmentation: timm's, on the CPU
     steps_per_epoch = max(1, math.ceil(len(pipe.train) / cfg.grad_accum))
     st = build_state(cfg, model, pipe.trained, pipe.forward, steps_per_epoch, rt)
     st.failures.update({int(i): r for i, r in pipe.failures})
@@ -438,7 +446,7 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
     meta = ckpt.RunMeta(bb.name, tuple(splits.classes), data_config, model_kwargs,
                         weights_origin=bb.weights.to_dict(), train="finetune", config=cfg.to_dict())
     if rt.dist.is_main:
-        outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin)
+        outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin, chosen)
     else:  # one progress bar and one log, from rank 0
         progress = on_epoch = None
     tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard)

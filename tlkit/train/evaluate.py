@@ -267,7 +267,7 @@ def evaluate_run(
     data: str | os.PathLike,
     *,
     which: str = "best",
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     device: str = "auto",
     precision: str = "auto",
     workers: int | None = None,
@@ -275,11 +275,13 @@ def evaluate_run(
     out: str | os.PathLike | None = None,
     engine: str = "auto",
     progress: Callable[[int], None] | None = None,
+    decode: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json`` (or ``out``)
     and, beside it, the per-image predictions and plots (see :func:`write_evaluation_files`).
 
-    ``engine``: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`).
+    ``engine``: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`); ``batch_size``
+    and ``decode``: see :meth:`tlkit.train.predictor.Predictor.loader`.
 
     Raises:
         TlkitError: the data has labels the model does not know, or no labels at all.
@@ -298,7 +300,7 @@ def evaluate_run(
     source = scan_images(data, labeled=True)
     _check_labels(source.records, classes, data, run)
     loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
-                              batch_size=batch_size, workers=workers)
+                              batch_size=batch_size, workers=workers, decode=decode)
     preds = predictor.predict(loader, tta=tta, progress=progress)
     metrics = compute_metrics(preds.targets, preds.probs, classes)
     metrics.update(loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,

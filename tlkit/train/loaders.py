@@ -53,20 +53,21 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
 
 
 def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, Any], rt: Runtime):
-    """Training loader (timm augmentation, this rank's shard, reshuffled per epoch) and validation loader.
+    """Training loader (timm augmentation, this rank's shard, reshuffled per epoch) and validation loader
+    (JPEGs decoded on the device where ``cfg.decode`` resolves to it: :func:`tlkit.data.device_decode.eval_loader`).
 
     Returns:
         ``(train, val, sampler)``; call ``sampler.set_epoch(e)`` before each epoch.
     """
     from torch.utils.data.distributed import DistributedSampler
 
-    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
+    from tlkit.data import ImageDataset, make_loader
+    from tlkit.data.device_decode import eval_loader
 
     aug = {"scale": (cfg.scale_min, 1.0), "hflip": cfg.hflip, "vflip": cfg.vflip,
            "color_jitter": cfg.color_jitter or 0.0, "auto_augment": cfg.auto_augment, "re_prob": cfg.reprob}
     c2i = splits.class_to_idx
     train_ds = ImageDataset(splits.train, _training_transform(data_config, aug), c2i)
-    val_ds = ImageDataset(splits.val, build_transform(data_config), c2i, size_hint=size_hint_for(data_config))
     d = rt.dist
     if cfg.sampler == "balanced":
         sampler = BalancedSampler([c2i[r.label] for r in splits.train], num_replicas=d.world_size, rank=d.rank,
@@ -76,9 +77,9 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, An
     drop_last = len(sampler) > cfg.batch_size
     train = make_loader(train_ds, batch_size=cfg.batch_size, workers=rt.workers, device=rt.device,
                         sampler=sampler, drop_last=drop_last, seed=cfg.seed)
-    val_idx = list(range(d.rank, len(val_ds), d.world_size))
-    val = make_loader(val_ds, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device,
-                      sampler=val_idx, seed=cfg.seed)
+    val_idx = list(range(d.rank, len(splits.val), d.world_size))
+    val, _ = eval_loader(splits.val, data_config, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device,
+                         decode=cfg.decode, class_to_idx=c2i, sampler=val_idx, seed=cfg.seed)
     return train, val, sampler
 
 

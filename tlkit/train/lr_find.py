@@ -262,6 +262,7 @@ def lr_find(
         TlkitError: bad data (as for ``fit``), ``start_lr``/``end_lr`` out of order, or fewer than
             :data:`MIN_STEPS` steps.
     """
+    from tlkit.train import autobatch
     from tlkit.train.engine import build_state, make_pipeline, prepare_model, set_phase
     from tlkit.train.loaders import setup_runtime
     from tlkit.train.losses import build_loss
@@ -278,6 +279,7 @@ def lr_find(
     t0 = time.perf_counter()
     with flush_denormals(rt.device):
         _, _, data_config, model = prepare_model(cfg, len(splits.classes), rt)
+        cfg, _ = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, len(splits.classes))
         pipe = make_pipeline(cfg, model, splits, data_config, rt)
         st = build_state(cfg, model, pipe.trained, pipe.forward, 1, rt)
         set_phase(st, cfg, 0)

@@ -24,9 +24,10 @@ PLOTS = "plots"
 
 
 def write_run_header(out: Path, cfg: TrainConfig, classes: Sequence[str], train: Sequence, val: Sequence,
-                     val_origin: str) -> None:
-    """``config.yaml`` (resolved), ``classes.json``, ``split.csv`` (path, label, split)."""
-    save_config(cfg, out / CONFIG)
+                     val_origin: str, chosen: dict[str, Any] | None = None) -> None:
+    """``config.yaml`` (resolved; ``chosen``: batch size, lr rule, decoding path), ``classes.json``,
+    ``split.csv`` (path, label, split)."""
+    save_config(cfg, out / CONFIG, chosen)
     write_json(out / CLASSES, list(classes))
     rows = [(r.rel, r.label, "train") for r in train]
     rows += [(str(r.path) if val_origin == "folder" else r.rel, r.label, "val") for r in val]

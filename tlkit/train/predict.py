@@ -76,6 +76,7 @@ def predict(
     workers: int | None = None,
     engine: str = "auto",
     progress: Callable[[int], None] | None = None,
+    decode: str = "auto",
 ) -> PredictResult:
     """Classify every image of a folder (any layout, recursive), a CSV manifest, or one file.
 
@@ -87,6 +88,7 @@ def predict(
         tta: average with the horizontally flipped image.
         which: ``best`` or ``last`` checkpoint.
         engine: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`).
+        batch_size, decode: see :meth:`tlkit.train.predictor.Predictor.loader`.
     """
     from tlkit.data import write_skipped
     from tlkit.train.predictor import Predictor
@@ -97,7 +99,7 @@ def predict(
     predictor = Predictor.load(run, which=which, device=device, precision=precision, engine=engine)
     classes = predictor.classes
     records = _records(images)
-    preds = predictor.predict(predictor.loader(records, batch_size=batch_size, workers=workers), tta=tta,
+    preds = predictor.predict(predictor.loader(records, batch_size=batch_size, workers=workers, decode=decode), tta=tta,
                               progress=progress)
     k = min(topk, len(classes))
     header = ["path", "label", "probability"]

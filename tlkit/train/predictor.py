@@ -76,20 +76,25 @@ class Predictor:
         return self.meta.data_config
 
     def loader(self, records: Sequence, *, class_to_idx: dict[str, int] | None = None,
-               batch_size: int | None = None, workers: int | None = None):
+               batch_size: int | str | None = None, workers: int | None = None, decode: str = "auto"):
         """A loader of :class:`tlkit.data.ImageRecord` s with the run's eval preprocessing.
 
-        ``class_to_idx`` maps record labels to targets (``None``: targets -1); ``batch_size`` and
-        ``workers`` default to the device's inference batch and :func:`tlkit.runtime.default_workers`.
+        ``class_to_idx`` maps record labels to targets (``None``: targets -1); ``batch_size`` (``auto``
+        or ``None``: :func:`tlkit.batch_size.inference_batch`, 8 on a CPU, probed on CUDA) and ``workers``
+        (default :func:`tlkit.runtime.default_workers`); ``decode``: ``auto`` (JPEGs decoded on the device
+        on CUDA) | ``cpu`` | ``device`` (:func:`tlkit.data.device_decode.eval_loader`).
         """
-        from tlkit.data import ImageDataset, build_transform, size_hint_for
-        from tlkit.data.prefetch import inference_batches
-        from tlkit.runtime import default_workers, inference_batch_size
+        from tlkit.batch_size import inference_batch
+        from tlkit.data.device_decode import eval_loader
+        from tlkit.runtime import default_workers
 
-        ds = ImageDataset(records, build_transform(self.data_config), class_to_idx,
-                          size_hint=size_hint_for(self.data_config))
-        return inference_batches(ds, batch_size=batch_size or inference_batch_size(self.device),
-                                 workers=default_workers() if workers is None else workers, device=self.device)
+        batch = inference_batch(batch_size, self.device, self.engine.forward, self.data_config.input_size,
+                                len(records))
+        loader, path = eval_loader(records, self.data_config, batch_size=batch.size, device=self.device,
+                                   workers=default_workers() if workers is None else workers,
+                                   decode=decode if self.engine.name == "torch" else "cpu", class_to_idx=class_to_idx)
+        log.info("batch size %d (%s), decoding on the %s", batch.size, batch.how, path)
+        return loader
 
     def predict(self, loader, *, tta: bool = False, progress: Callable[[int], None] | None = None) -> Predictions:
         """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`."""

@@ -51,7 +51,7 @@ import yaml
 
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, write_csv, write_json, write_text
-from tlkit.train.config import MODES, TrainConfig, make_config
+from tlkit.train.config import DEFAULT_BATCH, MODES, TrainConfig, make_config
 from tlkit.train.lr_find import LRFindResult, lr_find, save_lr_find
 
 log = logging.getLogger(__name__)
@@ -195,9 +195,14 @@ def search_space(base: TrainConfig, lr_suggestion: float, *, fixed: Iterable[str
     modes = tuple(m for m in MODES if m != "freeze-unfreeze" or trial_epochs > base.freeze_epochs)
     wd = _widen(s.weight_decay, base.weight_decay) if base.weight_decay > 0 else (0.0, s.weight_decay[1])
     return SearchSpace(
-        lr=_widen(s.lr, base.lr), batch_size=tuple(sorted({*s.batch_size, base.batch_size})), weight_decay=wd,
+        lr=_widen(s.lr, base.lr), batch_size=tuple(sorted({*s.batch_size, _batch(base)})), weight_decay=wd,
         scale_min=_widen(s.scale_min, base.scale_min), hflip=tuple(sorted({*s.hflip, base.hflip})),
         mode=tuple(dict.fromkeys((*modes, base.mode))), fixed=frozenset(fixed))
+
+
+def _batch(cfg: TrainConfig) -> int:
+    """The base config's batch as a point of the space (``auto``: the CPU default, 32)."""
+    return cfg.batch_size if isinstance(cfg.batch_size, int) else DEFAULT_BATCH
 
 
 def _round(key: str, value: Any) -> Any:
