@@ -34,12 +34,17 @@ REPORT_SPLIT = {"photos": 3}
 """The split each set is reported on when --split is not given (digits: 11, as in the issue)."""
 
 
-def run_set(name: str, split: int, strategies: list[str], seeds, cache: Path = DEFAULT_CACHE, rounds: int = 19):
-    """Simulate ``strategies`` on one feature set and split; returns the :class:`SimulationResult`."""
+def run_set(name: str, split: int, strategies: list[str], seeds, cache: Path = DEFAULT_CACHE, rounds: int = 19,
+            ssl: str = "off"):
+    """Simulate ``strategies`` on one feature set and split; returns the :class:`SimulationResult`.
+
+    ``ssl="off"``: the plain head, the learner every figure of this benchmark (and ``auto``'s tuning
+    by tune_auto.py) was measured with; ``benchmarks/bench_ssl.py`` measures self-training.
+    """
     from tlkit.active.simulate import simulate
 
     xtr, xte, ytr, yte = load(name, split, cache)
-    return simulate(xtr, ytr, xte, yte, strategies=strategies, start=10, batch=10, rounds=rounds, seeds=seeds)
+    return simulate(xtr, ytr, xte, yte, strategies=strategies, start=10, batch=10, rounds=rounds, seeds=seeds, ssl=ssl)
 
 
 def worst_gap(res, strategy: str = "auto") -> tuple[float, int]:

@@ -217,7 +217,7 @@ def test_coreset_picks_are_farther_from_labeled_than_random(warm):
     assert far(select("coreset", warm, N_PICK * 2).indices) > 1.2 * _random_mean(warm, far)
 
 
-@pytest.mark.parametrize("name", ["typiclust", "kmeans"])
+@pytest.mark.parametrize("name", ["typiclust", "kmeans", "probcover"])
 def test_cold_start_covers_more_classes_than_random(name, digits):
     X, y = digits
     none = np.zeros(y.size, bool)
@@ -235,7 +235,8 @@ def test_probcover_covers_more_of_the_pool_than_random(digits, monkeypatch):
     radius = coldstart.purity_radius
     monkeypatch.setattr(coldstart, "purity_radius", lambda *a: deltas.append(radius(*a)) or deltas[-1])
     sel = select("probcover", pool, 10)
-    covered = lambda idx: (cdist(X, X[idx]).min(axis=1) <= deltas[0]).mean()  # noqa: E731
+    Z = coldstart.centred_unit_rows(X)  # the space ProbCover covers (its delta is measured there)
+    covered = lambda idx: (cdist(Z, Z[idx]).min(axis=1) <= deltas[0]).mean()  # noqa: E731
     assert deltas[0] > 0
     np.testing.assert_allclose(sel.scores.sum(), covered(sel.indices), rtol=1e-3)  # scores = coverage gains
     assert covered(sel.indices) > 1.5 * _random_mean(pool, covered, n=10, seeds=range(20))

@@ -27,5 +27,19 @@ def did_you_mean(name: object, choices: Iterable[str], n: int = 1) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
+def check_choice(value: str, choices: Iterable[str], option: str) -> str:
+    """``value`` when it is one of ``choices``, else a :class:`TlkitError` naming the option and the choices.
+
+    Example:
+        >>> check_choice("head", ("head", "finetune"), "--train")
+        'head'
+    """
+    choices = tuple(choices)
+    if value not in choices:
+        raise TlkitError(f"unknown {option} {value!r}{did_you_mean(value, choices)}; choose "
+                         + (" or ".join(choices) if len(choices) == 2 else "one of: " + ", ".join(choices)))
+    return value
+
+
 class WeightsNotFoundError(TlkitError):
     """No source could provide pretrained weights for a backbone."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -185,9 +186,14 @@ def _stratified_bootstrap(y: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def cross_val_accuracy(
-    x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], *, scaler: Scaler, folds: int = 5, seed: int = 0
+    x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], *, scaler: Scaler, folds: int = 5, seed: int = 0,
+    fit: "Callable[[np.ndarray], LinearHead | None] | None" = None,
 ) -> float | None:
-    """Stratified k-fold accuracy of the head on the labeled rows (None when too few labels)."""
+    """Stratified k-fold accuracy of the head on the labeled rows (None when too few labels).
+
+    ``fit(train_positions)`` fits a fold's head (default: :func:`fit_head` on those rows), so a
+    learner that does more than :func:`fit_head` (self-training) is validated as it is used.
+    """
     counts = np.bincount(y)
     counts = counts[counts > 0]
     k = min(folds, len(y) // 2)
@@ -197,7 +203,7 @@ def cross_val_accuracy(
     splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if counts.min() >= k else KFold(k, shuffle=True, random_state=seed)
     correct = 0
     for tr, te in splitter.split(x, y):
-        head = fit_head(x[tr], y[tr], classes, scaler=scaler, seed=seed)
+        head = fit(tr) if fit is not None else fit_head(x[tr], y[tr], classes, scaler=scaler, seed=seed)
         if head is None:
             continue
         correct += int((head.predict_proba(x[te]).argmax(1) == y[te]).sum())

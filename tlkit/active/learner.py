@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tlkit.errors import TlkitError
+from tlkit.errors import check_choice
 
 if TYPE_CHECKING:
     from tlkit.active.head import LinearHead, Scaler
+    from tlkit.active.semi import PoolGraph
 
 TRAIN_MODES = ("head", "finetune")
 """The ``--train`` choices of ``al-round`` and ``al-simulate``."""
@@ -47,9 +48,7 @@ VAL_METHODS = {
 
 def check_train_mode(train: str) -> str:
     """``train`` when it is one of :data:`TRAIN_MODES`, else a :class:`TlkitError` naming the choices."""
-    if train not in TRAIN_MODES:
-        raise TlkitError(f"unknown --train {train!r}; choose {' or '.join(TRAIN_MODES)}")
-    return train
+    return check_choice(train, TRAIN_MODES, "--train")
 
 
 @dataclass(frozen=True)
@@ -131,41 +130,95 @@ class Learner(Protocol):
 
 @dataclass(eq=False)
 class HeadLearner:
-    """Head mode: a linear head on frozen embeddings (:mod:`tlkit.active.head`).
+    """Head mode: a linear head on frozen embeddings (:mod:`tlkit.active.head`), by default
+    self-trained on the unlabeled pool too (:mod:`tlkit.active.semi`).
 
     Args:
         x: ``[n, d]`` pool embeddings; the feature scaler is fitted on all of them, once.
         classes: the ``k`` class names.
         x_test: ``[m, d]`` test embeddings, scored into ``test_probs`` when given.
         validate: estimate the accuracy by 5-fold cross-validation on the labeled rows (five more
-            fits; the simulator, which measures on its test set, turns it off).
+            fits, each with its own self-training; the simulator, which measures on its test set,
+            turns it off).
+        ssl: ``self-training`` (pseudo-labels from the pool) or ``off`` (the labeled rows alone).
     """
 
     x: np.ndarray
     classes: tuple[str, ...]
     x_test: np.ndarray | None = None
     validate: bool = True
+    ssl: str = "self-training"
     scaler_: "Scaler | None" = field(default=None, init=False, repr=False)
+    graph_: "PoolGraph | None" = field(default=None, init=False, repr=False)
 
     def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
-        """See :meth:`Learner.fit`; ``mc_probs`` come from a bootstrap ensemble of 8 heads."""
+        """See :meth:`Learner.fit`; ``mc_probs`` come from a bootstrap ensemble of 8 plain heads."""
         from tlkit.active import head as heads
+        from tlkit.active.semi import check_ssl
 
+        check_ssl(self.ssl)
         t = time.perf_counter()
         if self.scaler_ is None:
             self.scaler_ = heads.Scaler.fit(self.x)
         xl, yl, classes = self.x[labeled], y[labeled], tuple(self.classes)
         method = "cv" if self.validate else None
-        head = heads.fit_head(xl, yl, classes, scaler=self.scaler_, seed=seed)
+        notes: dict[str, Any] = {"learner": "head" if self.ssl == "off" else f"head+{self.ssl}"}
+        head = self._fit(labeled, y, seed, notes)
         if head is None:
-            return LearnerResult(None, Validation(None, method), time.perf_counter() - t)
+            return LearnerResult(None, Validation(None, method), time.perf_counter() - t, notes=notes)
         mc = None
         if "mc_probs" in needs:
             mc = heads.ensemble_probs(xl, yl, self.x, classes, scaler=self.scaler_, seed=seed)
         test = head.predict_proba(self.x_test) if self.x_test is not None else None
-        cv = heads.cross_val_accuracy(xl, yl, classes, scaler=self.scaler_, seed=seed) if self.validate else None
+        cv = self._cross_val(labeled, y, seed) if self.validate else None
         return LearnerResult(head.predict_proba(self.x), Validation(cv, method), time.perf_counter() - t,
-                             mc_probs=mc, test_probs=test, head=head)
+                             mc_probs=mc, test_probs=test, head=head, notes=notes)
+
+    def _fit(self, labeled: np.ndarray, y: np.ndarray, seed: int, notes: dict[str, Any] | None = None
+             ) -> "LinearHead | None":
+        """The head on the rows where ``labeled`` is set, self-trained on the pool unless ``ssl`` is off."""
+        from tlkit.active import head as heads
+        from tlkit.active import semi
+
+        head = heads.fit_head(self.x[labeled], y[labeled], tuple(self.classes), scaler=self.scaler_, seed=seed)
+        if head is None or self.ssl == "off":
+            return head
+        cfg = semi.SelfTraining()
+        graph = self._graph(labeled, cfg, seed)
+        rows, pseudo, weight = semi.pseudo_labels(graph, head.predict_proba(self.x[graph.rows]), labeled, y, cfg)
+        if notes is not None:
+            notes["pseudo_labels"] = int(rows.size)
+        if rows.size == 0:
+            return head
+        x = np.concatenate([np.asarray(self.x[labeled], np.float32), np.asarray(self.x[rows], np.float32)])
+        w = np.concatenate([np.ones(int(labeled.sum()), np.float32), weight])
+        return heads.fit_head(x, np.concatenate([y[labeled], pseudo]), tuple(self.classes), scaler=self.scaler_,
+                              seed=seed, sample_weight=w)
+
+    def _graph(self, labeled: np.ndarray, cfg, seed: int) -> "PoolGraph":
+        """The pool graph, rebuilt only when a labeled row is not in it (never when it covers the whole
+        pool; on a big pool once per round, since cross-validation folds label a subset)."""
+        from tlkit.active import semi
+
+        if self.graph_ is not None and np.isin(np.flatnonzero(labeled), self.graph_.rows).all():
+            return self.graph_
+        rows = semi.graph_rows(len(self.x), labeled, cfg.max_points, np.random.default_rng(seed))
+        self.graph_ = semi.PoolGraph.build(self.x, rows, cfg.neighbours)
+        return self.graph_
+
+    def _cross_val(self, labeled: np.ndarray, y: np.ndarray, seed: int) -> float | None:
+        """Stratified k-fold accuracy on the labeled rows, each fold's model fitted as :meth:`_fit` fits."""
+        from tlkit.active import head as heads
+
+        lab = np.flatnonzero(labeled)
+
+        def fit_fold(train: np.ndarray):
+            mask = np.zeros(len(self.x), bool)
+            mask[lab[train]] = True
+            return self._fit(mask, y, seed)
+
+        return heads.cross_val_accuracy(self.x[labeled], y[labeled], tuple(self.classes), scaler=self.scaler_,
+                                        seed=seed, fit=fit_fold)
 
 
 __all__ = ["TRAIN_MODES", "VAL_METHODS", "HeadLearner", "Learner", "LearnerResult", "Validation", "check_train_mode"]

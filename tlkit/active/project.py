@@ -118,6 +118,7 @@ class ProjectConfig:
     embedding_dtype: str = "float32"
     projection_dim: int = PROJECTION_DIM  # what strategies see of pools over 1 GiB of float32 embeddings
     engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
+    ssl: str = "self-training"  # head rounds learn from the unlabeled pool too (tlkit.active.semi) | off
     tlkit_version: str = tlkit.__version__
 
     def to_yaml(self) -> str:
@@ -160,6 +161,9 @@ class ProjectConfig:
                 ok = value >= 0
             if ok and key == "projection_dim":
                 ok = value >= 8
+            if ok and key == "ssl" and value not in ("self-training", "off"):
+                raise TlkitError(f"project.yaml: ssl is {value!r}; write `ssl: self-training` (pseudo-labels from "
+                                 "the pool) or `ssl: off` (the labeled images alone)")
             if ok and key == "embedding_dtype" and value not in DTYPES:
                 raise TlkitError(f"project.yaml: embedding_dtype is {value!r}; write `embedding_dtype: float32` "
                                  "or `embedding_dtype: float16` (half the memory for big pools)")

@@ -23,6 +23,7 @@ from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode
 from tlkit.active.project import SKIP_LABEL, Project, labels_digest
+from tlkit.active.semi import check_ssl
 from tlkit.active.strategies import Approx, PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
@@ -168,6 +169,7 @@ def run_round(
     device: str = "auto",
     epochs: int | None = None,
     engine: str | None = None,
+    ssl: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RoundResult:
     """Run one round in ``project_dir`` (see the module docstring).
@@ -181,6 +183,8 @@ def run_round(
         new: start a new round even if the last query still awaits labels.
         epochs: epochs for ``train="finetune"``.
         engine: inference engine for the pool (``auto`` | ``torch`` | ``openvino``; ``None``: project.yaml's).
+        ssl: head rounds: ``self-training`` (pseudo-labels from the unlabeled pool, :mod:`tlkit.active.semi`)
+            or ``off``; ``None``: project.yaml's.
         progress: called with images embedded (first round of a backbone only).
     """
     check_train_mode(train)
@@ -195,17 +199,17 @@ def run_round(
             return RoundResult(rounds[-1], True, pending, dir=project.round_dir(rounds[-1]))
         n = (rounds[-1] if rounds else 0) + 1
         return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress,
-                          engine or project.config.engine)
+                          engine or project.config.engine, check_ssl(ssl or project.config.ssl))
 
 
 def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tuple[str, ...], seed: int,
-                 model_dir: Path, device: str, epochs: int | None, engine: str) -> LearnerResult:
+                 model_dir: Path, device: str, epochs: int | None, engine: str, ssl: str) -> LearnerResult:
     """The round's learner fitted on the labeled pool rows (the finetune run is kept in ``model_dir``)."""
     from tlkit.active.finetune import DEFAULT_EPOCHS, FinetuneLearner
 
     cfg = project.config
     if train == "head":
-        learner: Learner = HeadLearner(data.embeddings, data.classes)
+        learner: Learner = HeadLearner(data.embeddings, data.classes, ssl=ssl)
     else:
         learner = FinetuneLearner(
             [project.pool_root / p for p in data.paths], data.classes, recipe=cfg.recipe, device=device,
@@ -216,7 +220,7 @@ def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tu
 
 
 def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress,
-               engine: str) -> RoundResult:
+               engine: str, ssl: str) -> RoundResult:
     t0 = time.perf_counter()
     final = project.round_dir(n)
     tmp = final.with_name(final.name + ".tmp")
@@ -225,7 +229,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     data = pool_data(project, paths, emb)
     seed = project.config.seed * 1000 + n
     rng = np.random.default_rng(seed)
-    fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs, engine)
+    fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs, engine, ssl)
     probs, extra = fitted.probs, fitted.metrics()
     pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1,
                     candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),
@@ -248,7 +252,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         save_scores(tmp / SCORES, data.paths, probs, data.classes)
     write_text(tmp / "config.yaml", yaml.safe_dump({
         "round": n, "batch": batch, "strategy": info.name, "train": train, "max_pool": max_pool, "seed": seed,
-        "epochs": epochs, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
+        "epochs": epochs, "ssl": ssl if train == "head" else None, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
     }, sort_keys=False))
     os.replace(tmp, final)
     return RoundResult(n, False, rows, metrics, final, fitted.validation)

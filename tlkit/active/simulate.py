@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, check_train_mode
+from tlkit.active.semi import check_ssl
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import Approx, PoolView, get_strategy, list_strategies, select
 from tlkit.constants import DEFAULT_BACKBONE
@@ -123,6 +124,7 @@ def simulate(
     progress: Callable[[int], None] | None = None,
     learner: Learner | None = None,
     approx: Approx | None = None,
+    ssl: str = "self-training",
 ) -> SimulationResult:
     """Simulate active learning with each strategy and seed.
 
@@ -137,6 +139,7 @@ def simulate(
         learner: fits on the labeled rows and scores pool and test (``test_probs``); default: a
             :class:`~tlkit.active.learner.HeadLearner` on ``x`` and ``x_test`` (no cross-validation);
             :class:`~tlkit.active.finetune.FinetuneLearner` fine-tunes.
+        ssl: the default learner's ``ssl`` (``self-training`` or ``off``; :mod:`tlkit.active.semi`).
         approx: what strategies see of big pools (:class:`~tlkit.active.strategies.Approx`;
             ``Approx.forced()`` measures the large-pool approximations on small data).
     """
@@ -149,7 +152,7 @@ def simulate(
     k = int(max(y.max(), y_test.max())) + 1
     classes = tuple(classes) if classes else tuple(str(i) for i in range(k))
     x, x_test = np.asarray(x, np.float32), np.asarray(x_test, np.float32)
-    learner = learner or HeadLearner(x, classes, x_test=x_test, validate=False)
+    learner = learner or HeadLearner(x, classes, x_test=x_test, validate=False, ssl=check_ssl(ssl))
     result = SimulationResult()
     tick = (lambda: progress(1)) if progress else (lambda: None)
     for seed in seeds:
@@ -272,6 +275,7 @@ def simulate_folders(
     epochs: int = 3,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
+    ssl: str = "self-training",
 ) -> tuple[SimulationResult, dict[str, Path]]:
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
     check_train_mode(train)
@@ -292,7 +296,7 @@ def simulate_folders(
     if train == "finetune":
         learner = _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs)
     result = simulate(x, y, xt, yt, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds,
-                      classes=classes, progress=progress, learner=learner)
+                      classes=classes, progress=progress, learner=learner, ssl=ssl)
     files = write_outputs(result, out, title=f"{Path(pool).name}: start {start}, batch {batch}, {len(result.summary)} strategies")
     return result, files
 

@@ -94,6 +94,9 @@ def al_round_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs for --train finetune."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP + " Default: project.yaml's engine."),
+    ssl: Optional[str] = typer.Option(None, "--ssl", help="Head rounds: self-training (the unlabeled pool teaches "
+                                      "the head too; pseudo-labels never enter labels.csv) | off. Default: "
+                                      "project.yaml's ssl (self-training)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
 ) -> None:
     """Train on the labels, score the pool, and write the next images to label."""
@@ -104,7 +107,7 @@ def al_round_cmd(
     with user_errors(), progress_bar() as bar:
         task = bar.add_task("embed pool", total=None, rate="")
         res = run_round(project, batch=batch, strategy=strategy, train=train, max_pool=max_pool, new=new,
-                        device=device, epochs=epochs, engine=engine, progress=rate_callback(bar, task))
+                        device=device, epochs=epochs, engine=engine, ssl=ssl, progress=rate_callback(bar, task))
         bar.remove_task(task)
     if res.pending:
         console.print(f"[yellow]round {res.round} still awaits {len(res.query)} labels[/] "

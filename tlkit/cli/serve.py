@@ -28,6 +28,7 @@ def serve_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of --train finetune retrains."),
     resolve: str = typer.Option("agree", "--resolve", help="Disagreeing annotators: agree | majority | latest "
                                 "(needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to see every annotation)."),
+    ssl: Optional[str] = typer.Option(None, "--ssl", help="Head retrains: self-training | off. Default: project.yaml's ssl."),
     add_new: bool = typer.Option(False, "--add-new", help="Add task images that are in the pool folder but not in "
                                  "the pool to the pool (like al-add); without it they are predicted but not added."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request and retrain."),
@@ -48,7 +49,7 @@ def serve_cmd(
         auth = _auth_from_env()
         backend = Backend(project, train=train, strategy=strategy, batch=batch, epochs=epochs,
                           retrain_every=retrain_every, client=LabelStudioClient.from_env(), resolve=resolve,
-                          add_new=add_new)
+                          add_new=add_new, ssl=ssl)
         backend.start()
     console.print(f"serving {escape(str(project))} ({backend.version}) on http://{host}:{port}"
                   + (" with basic auth" if auth else "") + ("; Label Studio API: on" if backend.client else ""))

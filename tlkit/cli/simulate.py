@@ -32,6 +32,8 @@ def al_simulate_cmd(
     rounds: int = typer.Option(10, "--rounds", min=0, help="Rounds after the random start."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Repeats with different random starts (mean ± std)."),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
+    ssl: str = typer.Option("self-training", "--ssl", help="Head rounds: self-training (pseudo-labels from the "
+                            "unlabeled pool) | off (the labeled images alone)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Simulate labeling rounds with each strategy; print the area under the budget curve."""
@@ -45,7 +47,7 @@ def al_simulate_cmd(
         result, files = simulate_folders(
             pool, test, out, strategies=names, backbone=backbone, weights=str(weights) if weights else None,
             image_size=image_size, train=train, start=start, batch=batch, rounds=rounds, seeds=seeds, epochs=epochs,
-            progress=lambda k: bar.advance(task, k), engine=engine,
+            progress=lambda k: bar.advance(task, k), engine=engine, ssl=ssl,
         )
     shown = [b for b in result.budgets if b in {result.budgets[0], result.budgets[-1]}
              or b in {start + batch, 50, 100, 200}]

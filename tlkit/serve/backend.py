@@ -149,7 +149,7 @@ class Backend:
 
     Args:
         project_dir: the tlkit project.
-        train, strategy, batch, epochs: how each retrain runs (as ``al-round``).
+        train, strategy, batch, epochs, ssl: how each retrain runs (as ``al-round``; ``ssl`` None: project.yaml's).
         retrain_every: retrain after this many new annotations (0: only on START_TRAINING).
         client: a Label Studio API client (:class:`tlkit.serve.lsclient.LabelStudioClient`), or None.
         resolve: the annotator rule for several annotations of one image (see al-import).
@@ -157,10 +157,11 @@ class Backend:
 
     def __init__(self, project_dir: str | Path, *, train: str = "head", strategy: str = "auto", batch: int = 20,
                  epochs: int | None = None, retrain_every: int = 10, client=None, resolve: str = "agree",
-                 add_new: bool = False):
+                 add_new: bool = False, ssl: str | None = None):
         self.project = Project.open(project_dir)
         self.train, self.strategy, self.batch, self.epochs = train, strategy, batch, epochs
         self.retrain_every, self.client, self.resolve, self.add_new = retrain_every, client, resolve, add_new
+        self.ssl = ssl
         self._model: tuple[str, Any] | None = None  # (version, Predictor) of the served round, for new images
         self.served: Served | None = None
         self.pending = 0  # annotations since the last retrain started
@@ -381,7 +382,8 @@ class Backend:
             t = time.perf_counter()
             with _small_fits(self.train):
                 res = self._retry_busy(lambda: run_round(self.project.root, batch=self.batch, strategy=self.strategy,
-                                                         train=self.train, new=True, epochs=self.epochs), timeout=3600)
+                                                         train=self.train, new=True, epochs=self.epochs,
+                                                         ssl=self.ssl), timeout=3600)
             self.project = Project.open(self.project.root)  # classes may have grown
             self.served = load_served(self.project)
             self.retrains += 1

@@ -59,6 +59,18 @@ def faiss_available() -> bool:
     return os.environ.get("TLKIT_FAISS", "1") != "0" and importlib.util.find_spec("faiss") is not None
 
 
+def centred_unit_rows(X: np.ndarray) -> np.ndarray:
+    """``X`` [n, d] minus its mean row, each row then scaled to unit length: float32, a new array.
+
+    Raw CNN features have "hubs" (rows near many others, often of a few classes); centring before
+    normalising removes most of them, so distances and neighbourhoods follow the content.
+    """
+    Z = np.asarray(X, dtype=np.float32)
+    Z = Z - Z.mean(0)
+    Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    return Z
+
+
 def sq_norms(X: np.ndarray) -> np.ndarray:
     """``[n]`` float32 squared row norms of ``X [n, d]``; O(n·d) time, O(n) memory."""
     return np.einsum("ij,ij->i", X, X)

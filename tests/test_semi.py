@@ -1,0 +1,83 @@
+"""Self-trained head rounds (tlkit.active.semi) on real data: scikit-learn's handwritten digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from tlkit.active import head as heads
+from tlkit.active import semi
+from tlkit.active.learner import HeadLearner
+from tlkit.errors import TlkitError
+
+CLASSES = tuple(str(i) for i in range(10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return d.data.astype(np.float32), d.target
+
+
+def _labeled(n: int, b: int, seed: int) -> np.ndarray:
+    lab = np.zeros(n, bool)
+    lab[np.random.default_rng(seed).choice(n, b, replace=False)] = True
+    return lab
+
+
+@pytest.mark.parametrize("split", [0, 1, 2])
+def test_self_training_beats_the_plain_head_on_held_out_digits(digits, split):
+    x, y = digits
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, stratify=y, random_state=split)
+    lab = _labeled(len(xtr), 50, split)
+    acc = {}
+    for ssl in semi.SSL_MODES:
+        res = HeadLearner(xtr, CLASSES, x_test=xte, validate=False, ssl=ssl).fit(lab, ytr, seed=0)
+        acc[ssl] = float((res.test_probs.argmax(1) == yte).mean())
+        assert res.notes["learner"] == ("head" if ssl == "off" else "head+self-training")
+    assert acc["self-training"] >= acc["off"] + 0.02, acc
+
+
+def test_pseudo_labels_are_balanced_right_more_often_than_the_head_and_never_labeled_rows(digits):
+    x, y = digits
+    lab = _labeled(len(x), 30, 4)
+    cfg = semi.SelfTraining()
+    scaler = heads.Scaler.fit(x)
+    head = heads.fit_head(x[lab], y[lab], CLASSES, scaler=scaler)
+    graph = semi.PoolGraph.build(x, semi.graph_rows(len(x), lab, cfg.max_points, np.random.default_rng(0)),
+                                 cfg.neighbours)
+    rows, pseudo, weight = semi.pseudo_labels(graph, head.predict_proba(x[graph.rows]), lab, y, cfg)
+    assert rows.size and not lab[rows].any() and len(set(rows.tolist())) == rows.size
+    quota = round(cfg.per_class * 30 / len(np.unique(y[lab])))
+    assert np.bincount(pseudo, minlength=10).max() <= quota  # no class swallows the others
+    assert np.all((weight > 0) & (weight <= cfg.weight))
+    head_acc = (head.predict_proba(x[~lab]).argmax(1) == y[~lab]).mean()
+    assert (pseudo == y[rows]).mean() > head_acc + 0.1  # the few chosen are far better than the head's average
+
+
+def test_big_pools_graph_a_sample_that_holds_every_labeled_row():
+    rng = np.random.default_rng(0)
+    labeled = np.zeros(50_000, bool)
+    labeled[rng.choice(50_000, 300, replace=False)] = True
+    rows = semi.graph_rows(50_000, labeled, 2_000, np.random.default_rng(1))
+    assert rows.size == 2_000 and np.all(np.diff(rows) > 0) and labeled[rows].sum() == 300
+    assert np.array_equal(semi.graph_rows(1_500, labeled[:1_500], 2_000, rng), np.arange(1_500))
+
+
+def test_ssl_off_is_the_plain_head_and_cross_validation_validates_what_is_used(digits):
+    x, y = digits
+    lab = _labeled(len(x), 40, 7)
+    off = HeadLearner(x, CLASSES, ssl="off").fit(lab, y, seed=0)
+    plain = heads.fit_head(x[lab], y[lab], CLASSES, scaler=heads.Scaler.fit(x), seed=0)
+    assert np.allclose(off.probs, plain.predict_proba(x), atol=1e-6)
+    on = HeadLearner(x, CLASSES).fit(lab, y, seed=0)
+    assert on.validation.method == "cv" and on.notes["pseudo_labels"] > 0
+    assert on.validation.accuracy != off.validation.accuracy  # each fold self-trains, as the round's model does
+
+
+def test_unknown_ssl_mode_is_one_line(digits):
+    x, y = digits
+    with pytest.raises(TlkitError, match="unknown --ssl 'on'.*self-training or off"):
+        HeadLearner(x, CLASSES, ssl="on").fit(_labeled(len(x), 20, 0), y, seed=0)
