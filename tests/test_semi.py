@@ -81,3 +81,29 @@ def test_unknown_ssl_mode_is_one_line(digits):
     x, y = digits
     with pytest.raises(TlkitError, match="unknown --ssl 'on'.*self-training or off"):
         HeadLearner(x, CLASSES, ssl="on").fit(_labeled(len(x), 20, 0), y, seed=0)
+
+
+@pytest.mark.slow
+def test_rounds_record_their_learner_and_ssl_off_keeps_the_plain_head(tmp_path, digits_dir):
+    import json
+
+    from tests.conftest import run_cli
+    from tlkit.active.project import Project
+    from tlkit.io import write_csv
+
+    names = sorted(p.relative_to(digits_dir).as_posix() for p in digits_dir.rglob("*.png"))
+    seed = [n for n in names if n.endswith(("0.png", "1.png", "2.png"))][:20]
+    write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, n.split("/")[0]) for n in seed])
+    project = Project.create(tmp_path / "proj", pool=digits_dir, image_size=32, labels=tmp_path / "seed.csv")
+    labels_before = project.labels_csv.read_bytes()
+    assert run_cli("al-round", str(project.root), "--batch", "5").returncode == 0
+    m1 = json.loads((project.round_dir(1) / "metrics.json").read_text())
+    assert m1["learner"] == "head+self-training" and m1["pseudo_labels"] > 0
+    assert project.labels_csv.read_bytes() == labels_before  # pseudo-labels never reach labels.csv
+    assert run_cli("al-round", str(project.root), "--batch", "5", "--new", "--ssl", "off").returncode == 0
+    m2 = json.loads((project.round_dir(2) / "metrics.json").read_text())
+    assert m2["learner"] == "head" and "pseudo_labels" not in m2
+    status = json.loads(run_cli("al-status", str(project.root), "--json").stdout)
+    assert [r["learner"] for r in status["rounds"]] == ["head+self-training", "head"]
+    res = run_cli("al-round", str(project.root), "--ssl", "yes")
+    assert res.returncode == 2 and "unknown --ssl 'yes'" in res.stderr

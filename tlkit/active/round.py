@@ -192,6 +192,7 @@ def run_round(
     if batch < 1:
         raise TlkitError(f"--batch must be at least 1 (got {batch})")
     project = Project.open(project_dir)
+    ssl = check_ssl(ssl or project.config.ssl)
     with project.lock("al-round"):
         pending = project.pending()
         rounds = project.rounds()
@@ -199,7 +200,7 @@ def run_round(
             return RoundResult(rounds[-1], True, pending, dir=project.round_dir(rounds[-1]))
         n = (rounds[-1] if rounds else 0) + 1
         return _new_round(project, n, batch, info, train, max_pool, device, epochs, progress,
-                          engine or project.config.engine, check_ssl(ssl or project.config.ssl))
+                          engine or project.config.engine, ssl)
 
 
 def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tuple[str, ...], seed: int,

@@ -188,12 +188,13 @@ def al_status_cmd(
         classes.add_row(escape(c), str(k))
     console.print(classes)
     rounds = Table(title="rounds")
-    for col in ("round", "labeled", "selected", "strategy", "train", "validation", "kappa", "seconds"):
+    for col in ("round", "labeled", "selected", "strategy", "learner", "validation", "kappa", "seconds"):
         rounds.add_column(col)
     for r in st.rounds:
         val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
         kappa = (r.get("stopping") or {}).get("kappa")
-        rounds.add_row(str(r["round"]), str(r["labeled"]), str(r["selected"]), str(r["strategy"]), str(r["train"]),
+        learner = str(r["learner"]) + (f" ({r['pseudo_labels']} pseudo)" if r.get("pseudo_labels") else "")
+        rounds.add_row(str(r["round"]), str(r["labeled"]), str(r["selected"]), str(r["strategy"]), learner,
                        val, "" if kappa is None else f"{kappa:.3f}", f"{r['seconds']:.1f}" if r["seconds"] is not None else "")
     console.print(rounds)
     if st.stopping:
