@@ -296,8 +296,8 @@ def lr_find(
         lr, method, candidates = suggest_lr(lrs[:keep], smoothed[:keep])
         if method == "flat":  # the loss never fell: any lr read off this curve is noise
             log.warning("lr range test: the loss did not fall over %d steps from lr %.3g to %.3g, so there is no "
-                        "suggestion; keeping lr %.3g: run it with more steps (--steps %d)", len(lrs), lrs[0], lrs[-1],
-                        cfg.lr, max(100, 2 * steps))
+                        "suggestion; keeping lr %.3g: a longer range test may find one (tlkit lr-find --steps %d)",
+                        len(lrs), lrs[0], lrs[-1], cfg.lr, max(100, 2 * steps))
             lr, method, candidates = cfg.lr, "flat: configured lr kept", {}
     result = LRFindResult(tuple(lrs), tuple(float(x) for x in smoothed), tuple(raw), lr, method, candidates,
                           diverged, time.perf_counter() - t0)
