@@ -115,6 +115,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def batch(self) -> int:
+        """The batch size as a number: as given, or :data:`DEFAULT_BATCH` for an ``auto`` not yet
+        resolved. The engine resolves ``auto`` (probed on CUDA; :func:`tlkit.train.autobatch.resolve`)
+        before it builds loaders; code that builds loaders from a config directly gets the CPU default."""
+        return self.batch_size if isinstance(self.batch_size, int) else DEFAULT_BATCH
+
     def to_dict(self) -> dict[str, Any]:
         """A plain ``dict`` of every field (YAML/JSON ready)."""
         return dataclasses.asdict(self)

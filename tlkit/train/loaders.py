@@ -74,11 +74,11 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, An
                                   seed=cfg.seed)
     else:
         sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
-    drop_last = len(sampler) > cfg.batch_size
-    train = make_loader(train_ds, batch_size=cfg.batch_size, workers=rt.workers, device=rt.device,
+    drop_last = len(sampler) > cfg.batch
+    train = make_loader(train_ds, batch_size=cfg.batch, workers=rt.workers, device=rt.device,
                         sampler=sampler, drop_last=drop_last, seed=cfg.seed)
     val_idx = list(range(d.rank, len(splits.val), d.world_size))
-    val, _ = eval_loader(splits.val, data_config, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device,
+    val, _ = eval_loader(splits.val, data_config, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device,
                          decode=cfg.decode, class_to_idx=c2i, sampler=val_idx, seed=cfg.seed)
     return train, val, sampler
 
@@ -191,13 +191,13 @@ def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_con
     out, failures = [], []
     for records in (splits.train, splits.val):
         ds = ImageDataset(records, tf, splits.class_to_idx, size_hint=size_hint_for(data_config))
-        loader = make_loader(ds, batch_size=cfg.batch_size * 2, workers=rt.workers, device=rt.device)
+        loader = make_loader(ds, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device)
         f, t, fail = embed(model, loader, rt)
         out.append((f.to(rt.device), t))
         failures.append(fail)
     log.info("linear probe: cached %d train and %d val feature vectors", len(out[0][0]), len(out[1][0]))
-    train = FeatureBatches(*out[0], cfg.batch_size, shuffle=True, seed=cfg.seed, balanced=cfg.sampler == "balanced")
-    val = FeatureBatches(*out[1], cfg.batch_size * 2, shuffle=False)
+    train = FeatureBatches(*out[0], cfg.batch, shuffle=True, seed=cfg.seed, balanced=cfg.sampler == "balanced")
+    val = FeatureBatches(*out[1], cfg.batch * 2, shuffle=False)
     return train, val, train, failures[0]
 
 

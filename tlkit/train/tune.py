@@ -51,7 +51,7 @@ import yaml
 
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, write_csv, write_json, write_text
-from tlkit.train.config import DEFAULT_BATCH, MODES, TrainConfig, make_config
+from tlkit.train.config import MODES, TrainConfig, make_config
 from tlkit.train.lr_find import LRFindResult, lr_find, save_lr_find
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def search_space(base: TrainConfig, lr_suggestion: float, *, fixed: Iterable[str
 
 def _batch(cfg: TrainConfig) -> int:
     """The base config's batch as a point of the space (``auto``: the CPU default, 32)."""
-    return cfg.batch_size if isinstance(cfg.batch_size, int) else DEFAULT_BATCH
+    return cfg.batch
 
 
 def _round(key: str, value: Any) -> Any:
