@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tlkit.active.poolpath import pool_file, real_file_inside
+from tlkit.active.poolpath import pool_file, real_inside
 from tlkit.active.project import Project
 from tlkit.data import ImageRecord, scan_images
 from tlkit.errors import TlkitError
@@ -68,12 +68,13 @@ def unique_files(records: Sequence[ImageRecord], pool_root: Path, prefix: str = 
     """
     seen = {} if seen is None else seen
     paths, duplicates, outside = [], [], []
+    real_root = os.path.realpath(pool_root)
     for r in sorted(records, key=lambda r: r.rel):
         rel = posixpath.normpath(posixpath.join(prefix, r.rel))
-        if not real_file_inside(pool_root, r.path):
+        real = os.path.realpath(r.path)
+        if not real_inside(real, real_root):
             outside.append(rel)
             continue
-        real = os.path.realpath(r.path)
         if real in seen:
             if seen[real] != rel:
                 duplicates.append(f"{rel} (same file as {seen[real]})")

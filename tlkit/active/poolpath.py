@@ -49,8 +49,7 @@ def pool_relpath(pool_root: str | os.PathLike, path: object) -> str | None:
     if rel in (".", "") or rel.startswith("/"):
         return None
     real_root = os.path.realpath(pool_root)
-    inside = _inside(os.path.realpath(os.path.join(real_root, rel)), real_root)
-    return rel if inside not in (None, ".") else None
+    return rel if real_inside(os.path.realpath(os.path.join(real_root, rel)), real_root) else None
 
 
 def pool_file(pool_root: str | os.PathLike, path: object) -> str | None:
@@ -59,9 +58,10 @@ def pool_file(pool_root: str | os.PathLike, path: object) -> str | None:
     return rel if rel is not None and os.path.isfile(os.path.join(pool_root, rel)) else None
 
 
-def real_file_inside(pool_root: str | os.PathLike, file: str | os.PathLike) -> bool:
-    """Whether ``file``'s real location (symlinks followed) lies inside ``pool_root``."""
-    return _inside(os.path.realpath(file), os.path.realpath(pool_root)) not in (None, ".")
+def real_inside(real_path: str, real_root: str) -> bool:
+    """Whether ``real_path`` lies inside ``real_root`` (both already ``os.path.realpath``-ed, so a
+    scan of many files resolves the pool folder once)."""
+    return _inside(real_path, real_root) not in (None, ".")
 
 
 def _inside(path: str, root: str) -> str | None:
