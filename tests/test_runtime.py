@@ -56,8 +56,10 @@ def test_keep_freed_memory_serves_large_tensors_from_the_reused_heap():
     kept = probe()
     assert kept["applied"] is True
     assert kept["mapped_mb"] == 0  # not a fresh mmap that free() would unmap
-    # freed blocks are reused: the heap levels off (320 MB measured) instead of growing 64 MB a round
-    assert kept["heap_growth_mb"] <= 8 * 64
+    # freed blocks are reused: the heap levels off instead of growing 64 MB a round (1,920 MB over the
+    # 30 rounds). Measured over 8 runs each: 192-384 MB on torch 2.14, 320-640 MB on the floor torch
+    # 2.2 (CI's floor stage), so the bound is half of unbounded growth, not the first figure seen.
+    assert kept["heap_growth_mb"] <= 16 * 64
 
     default = probe(TLKIT_MALLOC="default")
     assert default["applied"] is False
