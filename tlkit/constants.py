@@ -18,3 +18,8 @@ PROJECTION_DIM = 128
 DECODE_MODES = ("auto", "cpu", "device")
 DECODE_HELP = ("auto | cpu | device. auto: on CUDA, JPEGs are decoded, resized and normalised on the GPU (other files "
                "and CPU runs: PIL on the CPU, as before)")
+
+#: ``--ssl`` choices of head rounds: self-training on the unlabeled pool (tlkit.active.semi), or the
+#: labeled rows alone; the first is the default.
+SSL_MODES = ("self-training", "off")
+DEFAULT_SSL = SSL_MODES[0]

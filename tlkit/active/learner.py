@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tlkit.constants import DEFAULT_SSL
 from tlkit.errors import check_choice
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class HeadLearner:
     classes: tuple[str, ...]
     x_test: np.ndarray | None = None
     validate: bool = True
-    ssl: str = "self-training"
+    ssl: str = DEFAULT_SSL
     scaler_: "Scaler | None" = field(default=None, init=False, repr=False)
     graph_: "PoolGraph | None" = field(default=None, init=False, repr=False)
 

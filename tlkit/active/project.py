@@ -37,7 +37,7 @@ import yaml
 
 import tlkit
 from tlkit.active import labelstudio as ls
-from tlkit.constants import DEFAULT_BACKBONE, PROJECTION_DIM
+from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL, PROJECTION_DIM, SSL_MODES
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
 from tlkit.extract_store import DTYPES, storage_dtype
@@ -118,7 +118,7 @@ class ProjectConfig:
     embedding_dtype: str = "float32"
     projection_dim: int = PROJECTION_DIM  # what strategies see of pools over 1 GiB of float32 embeddings
     engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
-    ssl: str = "self-training"  # head rounds learn from the unlabeled pool too (tlkit.active.semi) | off
+    ssl: str = DEFAULT_SSL  # head rounds learn from the unlabeled pool too (tlkit.active.semi) | off
     tlkit_version: str = tlkit.__version__
 
     def to_yaml(self) -> str:
@@ -161,7 +161,7 @@ class ProjectConfig:
                 ok = value >= 0
             if ok and key == "projection_dim":
                 ok = value >= 8
-            if ok and key == "ssl" and value not in ("self-training", "off"):
+            if ok and key == "ssl" and value not in SSL_MODES:
                 raise TlkitError(f"project.yaml: ssl is {value!r}; write `ssl: self-training` (pseudo-labels from "
                                  "the pool) or `ssl: off` (the labeled images alone)")
             if ok and key == "embedding_dtype" and value not in DTYPES:

@@ -30,13 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlkit.active.strategies._geometry import centred_unit_rows, sample_rows
+from tlkit.constants import SSL_MODES
 from tlkit.errors import check_choice
 
 log = logging.getLogger(__name__)
 
-#: ``--ssl`` choices: self-training on the pool, or the labeled rows alone.
-SSL_MODES = ("self-training", "off")
-DEFAULT_SSL = "self-training"
 _BLOCK = 2048
 
 

@@ -25,7 +25,7 @@ from tlkit.active.learner import HeadLearner, Learner, LearnerResult, check_trai
 from tlkit.active.semi import check_ssl
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import Approx, PoolView, get_strategy, list_strategies, select
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, save_png, write_csv, write_json
 
@@ -124,7 +124,7 @@ def simulate(
     progress: Callable[[int], None] | None = None,
     learner: Learner | None = None,
     approx: Approx | None = None,
-    ssl: str = "self-training",
+    ssl: str = DEFAULT_SSL,
 ) -> SimulationResult:
     """Simulate active learning with each strategy and seed.
 
@@ -275,7 +275,7 @@ def simulate_folders(
     epochs: int = 3,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
-    ssl: str = "self-training",
+    ssl: str = DEFAULT_SSL,
 ) -> tuple[SimulationResult, dict[str, Path]]:
     """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
     check_train_mode(train)
