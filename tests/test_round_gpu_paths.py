@@ -142,7 +142,7 @@ def test_finetune_rounds_score_from_the_store_and_write_no_training_state(tmp_pa
 
     pool_dir, truth = pool
     project = _project(tmp_path, pool_dir)
-    res = run_round(project.root, batch=30)
+    res = run_round(project.root, batch=30, engine="torch")  # one engine throughout: one embedding cache
     assert res.metrics["embeddings"]["device"] == "cpu"
     _label_all_queried(project, res.query, truth, tmp_path)
     res = run_round(project.root, batch=5, train="finetune", epochs=1, device="cpu", engine="torch")

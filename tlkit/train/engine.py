@@ -443,7 +443,7 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
     if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
         cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
     pipe = make_pipeline(cfg, model, splits, data_config, rt)
-    chosen["decode"] = {"train": "cpu", "val": decode_path_of(pipe.val)}  # training augmentation: timm's, on the CPU
+    chosen["decode"] = {"train": decode_path_of(pipe.train), "val": decode_path_of(pipe.val)}
     steps_per_epoch = max(1, math.ceil(len(pipe.train) / cfg.grad_accum))
     st = build_state(cfg, model, pipe.trained, pipe.forward, steps_per_epoch, rt)
     st.failures.update({int(i): r for i, r in pipe.failures})
