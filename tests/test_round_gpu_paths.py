@@ -209,7 +209,7 @@ def test_embedding_cache_is_keyed_by_device_engine_and_precision(tmp_path, pool,
     assert (meta["device"], meta["engine"]) == ("cpu", mine.engine)
 
     # the same project after a GPU machine ran it: its folder carries the CUDA key
-    base = mine.folder.name[: -len(f"-cpu-{mine.engine}-{mine.precision}")]
+    base = mine.folder.name[: -len(f"-cpu-{mine.engine}-{mine.precision}")]  # float32: no dtype part
     cuda = project.cache_dir / f"{base}-cuda-torch-bf16"
     os.replace(mine.folder, cuda)
     write_json(cuda / "meta.json", {**meta, "device": "cuda:0", "engine": "torch", "precision": "bf16"})

@@ -71,7 +71,7 @@ class EmbeddingCache:
     """Where a project's pool embeddings live for one machine (:func:`embedding_cache`).
 
     Attributes:
-        folder: ``cache/<backbone>-<weights>-<size>[-<dtype>]-<device>-<engine>-<precision>``.
+        folder: ``cache/<backbone>-<weights>-<size>-<device>-<engine>-<precision>[-<dtype>]``.
         device: the device kind that embeds (``cpu``, ``cuda``, ...).
         engine, precision: what embeds (planned: :func:`tlkit.engines.planned_engine`; the folder's
             ``meta.json`` says what ran).
@@ -91,17 +91,17 @@ class EmbeddingCache:
                 "other_caches": list(self.others)}
 
 
-def _adopt_legacy(base: Path) -> None:
-    """Rename a cache folder named before the device was part of the key (``base``) after what its
-    ``meta.json`` says made it; a folder without a readable meta.json is left as it is (never used)."""
+def _adopt_legacy(base: Path, stem: str, dtype: str) -> None:
+    """Rename a cache folder named before the device was part of the key (``base`` = stem + dtype) after
+    what its ``meta.json`` says made it; a folder without a readable meta.json is left as it is (never used)."""
     from tlkit.io import read_json
 
     try:
         meta = read_json(base / "meta.json")
-        suffix = f"-{torch_device_kind(meta['device'])}-{meta['engine']}-{meta['precision']}"
+        made = f"{torch_device_kind(meta['device'])}-{meta['engine']}-{meta['precision']}"
     except Exception:  # noqa: BLE001 - unfinished or foreign folder: extract's own recovery ignores it too
         return
-    target = base.with_name(base.name + suffix)
+    target = base.with_name(f"{stem}-{made}{dtype}")
     if not target.exists():
         os.replace(base, target)
         log.info("embedding cache %s renamed %s (made on %s with %s %s)", base.name, target.name, meta["device"],
@@ -125,16 +125,20 @@ def embedding_cache(project: Project, *, device: str = "auto", engine: str | Non
     cfg = project.config
     bb = backbone or create_backbone(cfg.backbone, weights=cfg.weights)
     size = bb.data_config.at_size(cfg.image_size).input_size[-1]
-    base = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
-    if cfg.embedding_dtype != "float32":
-        base += f"-{cfg.embedding_dtype}"
+    stem = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
+    dtype = "" if cfg.embedding_dtype == "float32" else f"-{cfg.embedding_dtype}"
     dev = resolve_device(device)
     name, precision = planned_engine(engine or cfg.engine, dev, "auto")
-    if (project.cache_dir / base / "meta.json").is_file():
-        _adopt_legacy(project.cache_dir / base)
-    folder = project.cache_dir / f"{base}-{dev.type}-{name}-{precision}"
-    others = tuple(sorted(p.name for p in project.cache_dir.glob(f"{base}-*-*-*")
-                          if p.is_dir() and p.name != folder.name and (p / "meta.json").is_file()))
+    if (project.cache_dir / (stem + dtype) / "meta.json").is_file():
+        _adopt_legacy(project.cache_dir / (stem + dtype), stem, dtype)
+    folder = project.cache_dir / f"{stem}-{dev.type}-{name}-{precision}{dtype}"
+
+    def same_set(p: Path) -> bool:  # another device/engine's cache of this backbone, weights, size and dtype
+        rest = p.name[len(stem) + 1:].split("-") if p.name.startswith(stem + "-") else []
+        return len(rest) == 3 + bool(dtype) and (not dtype or "-" + rest[3] == dtype)
+
+    others = tuple(sorted(p.name for p in project.cache_dir.glob(f"{stem}-*") if p.is_dir() and p != folder
+                          and same_set(p) and (p / "meta.json").is_file()))
     return EmbeddingCache(folder, dev.type, name, precision, others)
 
 
