@@ -231,3 +231,18 @@ def test_embedding_cache_is_keyed_by_device_engine_and_precision(tmp_path, pool,
         res = run_round(project.root, batch=5, new=True)
     assert not legacy.exists() and (mine.folder / "features.npy").stat().st_mtime_ns == mtime
     assert res.metrics["embeddings"]["other_caches"] == [] and not caplog.records
+
+
+def test_other_caches_are_those_of_the_same_backbone_size_and_dtype(tmp_path, pool):
+    from tlkit.active.project import Project
+    from tlkit.active.round import embedding_cache
+
+    pool_dir, _ = pool
+    project = Project.create(tmp_path / "p16", pool=pool_dir, classes=CLASSES, image_size=32, embedding_dtype="float16")
+    mine = embedding_cache(project, device="cpu")
+    assert mine.folder.name.endswith(f"-cpu-{mine.engine}-{mine.precision}-float16") and mine.others == ()
+    stem = mine.folder.name[: -len(f"-cpu-{mine.engine}-{mine.precision}-float16")]
+    for name in (f"{stem}-cuda-torch-bf16-float16", f"{stem}-cuda-torch-bf16", f"{stem[:-2]}64-cuda-torch-bf16-float16"):
+        (project.cache_dir / name).mkdir(parents=True)
+        (project.cache_dir / name / "meta.json").write_text("{}")
+    assert embedding_cache(project, device="cpu").others == (f"{stem}-cuda-torch-bf16-float16",)
