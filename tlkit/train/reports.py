@@ -72,6 +72,25 @@ def write_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarr
     return written
 
 
+def write_multilabel_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarray,
+                            classes: Sequence[str], thresholds: Sequence[float] | None, *,
+                            prefix: str = "") -> list[Path]:
+    """Multi-label figures in ``folder``: ``{prefix}roc.png`` and ``{prefix}pr.png`` (every class's curve, micro
+    and macro averages) and ``{prefix}pr_per_class.png`` (one precision-recall panel per class, its operating
+    point at ``thresholds`` marked). ``targets [n, K]`` multi-hot, ``probs [n, K]`` sigmoid probabilities."""
+    from tlkit.train.plots import plot_curves, plot_pr_per_class, pr_curves, roc_curves
+
+    folder = Path(folder)
+    written = []
+    for kind, curves in (("roc", roc_curves), ("pr", pr_curves)):
+        try:
+            written.append(plot_curves(*curves(targets, probs, classes), folder / f"{prefix}{kind}.png", kind=kind))
+        except ValueError as e:
+            log.warning("%s%s.png not written: %s", prefix, kind, e)
+    written.append(plot_pr_per_class(targets, probs, classes, thresholds, folder / f"{prefix}pr_per_class.png"))
+    return written
+
+
 def prediction_cells(paths: Sequence[Path], targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
                      rows: Sequence[int], *, loss: bool) -> list[GridCell]:
     """Grid cells for ``rows``: ``true / predicted``, the predicted probability and (``loss``) the loss."""
