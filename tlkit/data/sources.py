@@ -106,8 +106,9 @@ def scan_images(source: str | os.PathLike, *, labeled: bool | None = None, task:
             ``True``: the folder must be a class tree (images at its root are an error) and every
             manifest row must have a label (a multi-label row may have none: all negative).
         task: ``auto`` detects multi-label data: a manifest with a ``labels`` column, or a ``label`` cell
-            holding ``label_delim``; ``single`` refuses multi-label rows; ``multilabel`` reads every
-            label cell as a set (folders are single-label only).
+            holding ``label_delim``; ``single`` reads each ``label`` cell as one class name (as before
+            multi-label existed) and refuses a ``labels`` column; ``multilabel`` reads every label cell as a
+            set (folders are single-label only).
         label_delim: the separator between the labels of one cell.
 
     Raises:
@@ -236,13 +237,12 @@ def _scan_manifest(csv_path: Path, labeled: bool | None, task: str = "auto",
                          "with a header row path[,label]") from None
     if not rows:
         raise TlkitError(f"manifest {csv_path} lists no images; add rows below the header")
-    multi_rows = [(rel, cell, line) for rel, cell, line in rows if delim in cell]
-    if task == "single" and (header_multi or multi_rows):
-        why = (f"line {multi_rows[0][2]} lists several labels ({multi_rows[0][1]!r})" if multi_rows
-               else "its column is 'labels'")
-        raise TlkitError(f"manifest {csv_path}: {why}, but the task is single-label; use --task multilabel (or auto), "
-                         "or give one label per image in a 'label' column")
-    if task == "multilabel" or header_multi or (task == "auto" and multi_rows):
+    if task == "single" and header_multi:
+        raise TlkitError(f"manifest {csv_path}: its 'labels' column holds a set of labels per image, but the task is "
+                         "single-label; use --task multilabel (or auto), or give one label per image in a 'label' "
+                         "column")
+    multi_rows = task == "auto" and any(delim in cell for _, cell, _ in rows)
+    if task == "multilabel" or header_multi or multi_rows:
         return _multilabel_source(csv_path, rows, labeled, delim)
     records: list[ImageRecord] = []
     for rel, cell, line in rows:

@@ -293,9 +293,14 @@ def evaluate_run(
     engine: str = "auto",
     progress: Callable[[int], None] | None = None,
     decode: str = "auto",
+    label_delim: str = ";",
 ) -> dict[str, Any]:
     """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json`` (or ``out``)
     and, beside it, the per-image predictions and plots (see :func:`write_evaluation_files`).
+
+    A multi-label run reads ``data`` as a multi-label manifest (``label_delim`` between a cell's labels; an
+    empty cell is an image with no label) and reports :func:`tlkit.train.multilabel.multilabel_metrics` at the
+    run's stored thresholds (:func:`write_multilabel_evaluation_files`).
 
     ``engine``: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`); ``batch_size``
     and ``decode``: see :meth:`tlkit.train.predictor.Predictor.loader`.
@@ -314,7 +319,10 @@ def evaluate_run(
         check_output_file(out, example=EVALUATION_FILE)
     predictor = Predictor.load(run, which=which, device=device, precision=precision, engine=engine)
     classes = predictor.classes
-    source = scan_images(data, labeled=True)
+    if predictor.multilabel:
+        return _evaluate_multilabel(predictor, run, data, which=which, batch_size=batch_size, workers=workers,
+                                    tta=tta, out=out, progress=progress, decode=decode, label_delim=label_delim)
+    source = scan_images(data, labeled=True, task="single", label_delim=label_delim)
     _check_labels(source.records, classes, data, run)
     loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
                               batch_size=batch_size, workers=workers, decode=decode)
@@ -330,9 +338,47 @@ def evaluate_run(
     return metrics
 
 
+def _evaluate_multilabel(predictor, run: Path, data, *, which: str, batch_size, workers, tta: bool, out,
+                         progress, decode: str, label_delim: str) -> dict[str, Any]:
+    from tlkit.data import scan_images, write_skipped
+    from tlkit.train.multilabel import multilabel_metrics
+
+    classes = predictor.classes
+    source = scan_images(data, labeled=True, task="multilabel", label_delim=label_delim)
+    _check_labels(source.records, classes, data, run)
+    loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
+                              batch_size=batch_size, workers=workers, decode=decode)
+    preds = predictor.predict(loader, tta=tta, progress=progress)
+    if not len(preds.targets):
+        raise TlkitError(f"{data}: no image could be decoded; see the skipped list")
+    metrics = multilabel_metrics(preds.targets, preds.probs, classes, predictor.thresholds)
+    metrics.update(task="multilabel", loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,
+                   skipped=len({i for i, _ in preds.failures}))
+    target = Path(out) if out is not None else run / EVALUATION_FILE
+    write_json(target, metrics)
+    if preds.failures:
+        write_skipped(target.with_name(target.stem + "_skipped.csv"), source.records, preds.failures)
+    write_multilabel_evaluation_files(target, preds, [source.records[i] for i in preds.indices], classes,
+                                      predictor.thresholds, label_delim)
+    return metrics
+
+
+def write_multilabel_evaluation_files(target: Path, preds: Predictions, records: Sequence, classes: Sequence[str],
+                                      thresholds: Sequence[float], delim: str = ";") -> None:
+    """Multi-label twin of :func:`write_evaluation_files`: ``STEM_predictions.csv`` (true and predicted label
+    sets), ``STEM_probs.npy``, and in ``plots/``: ``STEM_roc.png``, ``STEM_pr.png``, ``STEM_pr_per_class.png``."""
+    from tlkit.train.reports import write_multilabel_curves, write_multilabel_predictions
+
+    stem, plots = target.stem, target.parent / "plots"
+    write_multilabel_predictions(target.with_name(f"{stem}_predictions.csv"), target.with_name(f"{stem}_probs.npy"),
+                                 [r.rel for r in records], preds.targets, preds.probs, classes, thresholds, delim)
+    write_multilabel_curves(plots, preds.targets, preds.probs, classes, thresholds, prefix=f"{stem}_")
+
+
 def _check_labels(records: Sequence, classes: Sequence[str], data, run: Path) -> None:
     """Refuse labels the model does not know, and an empty data set."""
-    unknown = sorted({r.label for r in records if r.label is not None} - set(classes))
+    unknown = sorted({c for r in records for c in ((r.label,) if r.label is not None else (r.labels or ()))}
+                     - set(classes))
     if unknown:
         raise TlkitError(
             f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "

@@ -129,5 +129,22 @@ def write_predictions(csv_path: str | os.PathLike, npy_path: str | os.PathLike, 
     save_npy(npy_path, np.asarray(probs, dtype=np.float32))
 
 
-__all__ = ["GRID_IMAGES", "prediction_cells", "sample_losses", "top_losses", "write_curves", "write_predictions",
-           "write_top_losses"]
+def write_multilabel_predictions(csv_path: str | os.PathLike, npy_path: str | os.PathLike, rels: Sequence[str],
+                                 targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                                 thresholds: Sequence[float], delim: str = ";") -> None:
+    """Multi-label: one CSV row per image (``path, labels, predicted, errors``: true and predicted label sets
+    joined by ``delim``, and how many of the K decisions are wrong) and the ``[n, K]`` probabilities as float32
+    ``.npy`` in the same row order."""
+    from tlkit.train.multilabel import predict_sets
+
+    y = np.asarray(targets) > 0.5
+    pred = predict_sets(probs, thresholds)
+    names = np.asarray(classes, dtype=object)
+    rows = [(rel, delim.join(names[t]), delim.join(names[p]), int((t != p).sum()))
+            for rel, t, p in zip(rels, y, pred)]
+    write_csv(csv_path, ("path", "labels", "predicted", "errors"), rows)
+    save_npy(npy_path, np.asarray(probs, dtype=np.float32))
+
+
+__all__ = ["GRID_IMAGES", "prediction_cells", "sample_losses", "top_losses", "write_curves", "write_multilabel_curves",
+           "write_multilabel_predictions", "write_predictions", "write_top_losses"]
