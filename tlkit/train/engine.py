@@ -365,6 +365,9 @@ def fit(
                             label_delim=label_delim)
     if splits.multilabel:
         cfg = multilabel_config(cfg)
+    elif cfg.monitor == "val_map":
+        raise TlkitError("monitor=val_map (mean average precision over labels) is for multi-label data; on "
+                         "single-label data monitor val_accuracy, val_f1_macro or val_loss")
     warn_if_imbalanced(splits, cfg)
     saved = ckpt.load_train_state(state_file) if state_file else None
     chosen = None
