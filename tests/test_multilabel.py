@@ -278,3 +278,20 @@ def test_cli_errors_are_one_line(run, shapes, tmp_path):
                 "--label-delim", ",")
     assert r.returncode == 2 and "--label-delim ','" in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_tune_maximises_validation_map_and_resumes(shapes, tmp_path):
+    pytest.importorskip("optuna")
+    from tlkit.train import make_config
+    from tlkit.train.tune import tune
+
+    base = make_config(backbone="test_resnet", pretrained=False, image_size=32, batch_size=8, workers=0,
+                       precision="fp32", tensorboard=False)
+    kw = dict(data=shapes, out=tmp_path / "tune", budget_s=300, trial_epochs=1, lr_find_steps=20, confirm=False)
+    res = tune(base, max_trials=1, **kw)
+    assert res.monitor == "val_map" and res.trials[0].state == "complete"
+    assert 0 < res.trials[0].value <= 1
+    assert read_json(tmp_path / "tune" / "tune.json")["monitor"] == "val_map"
+    again = tune(base, max_trials=1, resume=True, **kw)  # the stored base (monitor val_map) matches
+    assert [t.number for t in again.trials] == [0, 1]
