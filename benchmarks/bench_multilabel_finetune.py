@@ -15,9 +15,13 @@ image size, epochs and batch size; a CPU-affordable setting, stated in the outpu
   AdamW (lr 1e-3, weight decay 0.01, constant), ``BCEWithLogitsLoss``, the last epoch's weights, micro-F1 at
   sigmoid 0.5.
 
-Usage (from the repository root; ~25 min of CPU for the default on 2 shared cores):
-    python benchmarks/bench_multilabel_finetune.py [--sets clothing intel] [--seeds 0 1 2] [--epochs 3]
-        [--image-size 128] [--out benchmarks/results/multilabel_finetune.json]
+The default setting (96 px, 2 epochs, batch 32, 3 seeds, 2 sets: 12 runs) is sized for a CPU shared with other
+work (~15 min of CPU time); the results file is rewritten after every run, seed-major, so a cut run keeps
+whole seeds of every set.
+
+Usage (from the repository root):
+    python benchmarks/bench_multilabel_finetune.py [--sets clothing intel] [--seeds 0 1 2] [--epochs 2]
+        [--image-size 96] [--out benchmarks/results/multilabel_finetune.json]
 """
 
 from __future__ import annotations
@@ -122,8 +126,8 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=["clothing", "intel"], choices=list(SPLITS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/multilabel_finetune.json"))
     a = ap.parse_args(argv)
     os.environ.setdefault("TLKIT_OFFLINE", "1")
@@ -138,37 +142,46 @@ def main(argv: list[str]) -> None:
                         "evaluate_run on the test manifest"}
     results: dict = {"setting": setting, "sets": {}}
     t_all = time.perf_counter()
-    for name in a.sets:
-        split = SPLITS[name]
-        pool_csv, test_csv = multilabel_data.manifests(name, split)
-        names = multilabel_data.classes(name)
-        rows = {"tlkit": [], "plain": []}
-        with tempfile.TemporaryDirectory(prefix=f"mlft-{name}-") as tmp:
-            for seed in a.seeds:
+    data = {name: (multilabel_data.manifests(name, SPLITS[name]), multilabel_data.classes(name)) for name in a.sets}
+    rows = {name: {"tlkit": [], "plain": []} for name in a.sets}
+    with tempfile.TemporaryDirectory(prefix="mlft-") as tmp:
+        for seed in a.seeds:  # seed-major: every set has its first seeds when the run is cut short
+            for name in a.sets:
+                (pool_csv, test_csv), names = data[name]
                 for method in ("plain", "tlkit"):  # alternated: a machine-load drift hits both
-                    r = (tlkit_run(pool_csv, test_csv, Path(tmp), epochs=a.epochs, image_size=a.image_size, seed=seed)
+                    r = (tlkit_run(pool_csv, test_csv, Path(tmp) / name, epochs=a.epochs, image_size=a.image_size,
+                                   seed=seed)
                          if method == "tlkit" else
                          plain_loop(pool_csv, test_csv, names, epochs=a.epochs, image_size=a.image_size, seed=seed))
-                    rows[method].append({"seed": seed, **r})
-                    print(f"{name} split {split} seed {seed} {method:5s}: mAP {r['map_macro']:.4f} micro-F1 "
+                    rows[name][method].append({"seed": seed, **r})
+                    print(f"{name} split {SPLITS[name]} seed {seed} {method:5s}: mAP {r['map_macro']:.4f} micro-F1 "
                           f"{r['f1_micro']:.4f} ({r['seconds']:.0f} s)", flush=True)
-        summary = {}
-        for method, rs in rows.items():
-            summary[method] = {k: statistics.mean(r[k] for r in rs) for k in ("map_macro", "map_micro", "f1_micro",
-                                                                                "f1_macro", "seconds")}
-            summary[method]["map_macro_sd"] = statistics.stdev(r["map_macro"] for r in rs) if len(rs) > 1 else 0.0
-        d = [t["map_macro"] - p["map_macro"] for t, p in zip(rows["tlkit"], rows["plain"])]
-        summary["tlkit_minus_plain_map"] = statistics.mean(d)
-        summary["tlkit_wins_map"] = sum(x > 0 for x in d)
-        results["sets"][name] = {"split": split, "role": ROLES[name], "classes": names, "runs": rows,
-                                 "summary": summary}
-        print(f"{name}: tlkit mAP {summary['tlkit']['map_macro']:.4f} vs plain {summary['plain']['map_macro']:.4f} "
-              f"({summary['tlkit_minus_plain_map']:+.4f}, tlkit ahead in {summary['tlkit_wins_map']}/{len(d)} seeds); "
-              f"micro-F1 {summary['tlkit']['f1_micro']:.4f} vs {summary['plain']['f1_micro']:.4f}", flush=True)
-    results["elapsed_s"] = time.perf_counter() - t_all
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(results, indent=1))
+                results["sets"][name] = summarize(name, names, rows[name])
+                results["elapsed_s"] = time.perf_counter() - t_all
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                a.out.write_text(json.dumps(results, indent=1))  # after every pair: a cut run keeps what it measured
+    for name, res in results["sets"].items():
+        sm = res["summary"]
+        print(f"{name} ({res['role']}): tlkit mAP {sm['tlkit']['map_macro']:.4f} vs plain {sm['plain']['map_macro']:.4f} "
+              f"({sm['tlkit_minus_plain_map']:+.4f}, tlkit ahead in {sm['tlkit_wins_map']}/{sm['seeds']} seeds); "
+              f"micro-F1 {sm['tlkit']['f1_micro']:.4f} vs {sm['plain']['f1_micro']:.4f}", flush=True)
     print(f"written {a.out} ({results['elapsed_s']:.0f} s)")
+
+
+def summarize(name: str, names: list[str], rows: dict) -> dict:
+    """Means (and the sd of mAP) per method over the seeds run so far, and the paired tlkit - plain mAP."""
+    summary: dict = {}
+    for method, rs in rows.items():
+        summary[method] = {k: statistics.mean(r[k] for r in rs) for k in ("map_macro", "map_micro", "f1_micro",
+                                                                            "f1_macro", "seconds")}
+        summary[method]["map_macro_sd"] = statistics.stdev(r["map_macro"] for r in rs) if len(rs) > 1 else 0.0
+    d = [t["map_macro"] - p["map_macro"] for t, p in zip(rows["tlkit"], rows["plain"])]
+    summary["tlkit_minus_plain_map"] = statistics.mean(d)
+    summary["tlkit_minus_plain_f1_micro"] = statistics.mean(
+        t["f1_micro"] - p["f1_micro"] for t, p in zip(rows["tlkit"], rows["plain"]))
+    summary["tlkit_wins_map"] = sum(x > 0 for x in d)
+    summary["seeds"] = len(d)
+    return {"split": SPLITS[name], "role": ROLES[name], "classes": names, "runs": rows, "summary": summary}
 
 
 if __name__ == "__main__":
