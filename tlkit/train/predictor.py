@@ -96,10 +96,24 @@ class Predictor:
         log.info("batch size %d (%s), decoding on the %s", batch.size, batch.how, path)
         return loader
 
+    @property
+    def multilabel(self) -> bool:
+        """The run predicts a set of labels per image (one sigmoid per class)."""
+        return self.meta.multilabel
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label: the per-class thresholds stored with the checkpoint (chosen on validation data;
+        :data:`~tlkit.train.multilabel.DEFAULT_THRESHOLD` each when it stores none)."""
+        from tlkit.train.multilabel import DEFAULT_THRESHOLD
+
+        return list(self.meta.thresholds) if self.meta.thresholds is not None else [DEFAULT_THRESHOLD] * len(self.classes)
+
     def predict(self, loader, *, tta: bool = False, progress: Callable[[int], None] | None = None) -> Predictions:
-        """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`."""
+        """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`
+        (multi-label runs: one sigmoid per class)."""
         return predict_loader(self.model, loader, device=self.device, tta=tta, forward=self.engine.forward,
-                              progress=progress)
+                              progress=progress, multilabel=self.multilabel)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], classes: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities ``[n, k]`` for image files, one row per path.
