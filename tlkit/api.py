@@ -198,7 +198,12 @@ def evaluate(
         checkpoint: ``best`` or ``last``.
         out: the metrics file (default ``RUN/evaluation.json``).
         tta: average with horizontally flipped images.
-        batch_size, device, precision, engine, decode, workers: as in :func:`extract`.
+        batch_size: images per forward pass: ``"auto"`` / ``None`` or a number (as in :func:`extract`).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``.
+        engine: ``auto`` | ``torch`` | ``openvino``.
+        decode: ``auto`` | ``cpu`` | ``device`` (where JPEGs are decoded).
+        workers: decoding processes (default: half the cores, at most 8, from 4 cores up; else 0).
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -236,7 +241,12 @@ def predict(
         topk: how many most likely classes per row.
         tta: average with horizontally flipped images.
         checkpoint: ``best`` or ``last``.
-        batch_size, device, precision, engine, decode, workers: as in :func:`extract`.
+        batch_size: images per forward pass: ``"auto"`` / ``None`` or a number (as in :func:`extract`).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``.
+        engine: ``auto`` | ``torch`` | ``openvino``.
+        decode: ``auto`` | ``cpu`` | ``device`` (where JPEGs are decoded).
+        workers: decoding processes (default: half the cores, at most 8, from 4 cores up; else 0).
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -263,7 +273,9 @@ def load_run(
     Args:
         run: a run folder written by :func:`finetune` (or one of its ``.safetensors``).
         checkpoint: ``best`` or ``last``.
-        device, precision, engine: as in :func:`extract`.
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``.
+        engine: ``auto`` | ``torch`` | ``openvino``.
 
     Returns:
         A :class:`~tlkit.train.Predictor`: ``.model`` (logits ``[B, K]``), ``.classes``, ``.data_config``
@@ -329,10 +341,14 @@ def simulate(
         test: held-out labeled images or extract folder.
         out: output folder: ``curves.csv``, ``curves.png``, ``summary.json``.
         strategies: strategy names (``tlkit strategies`` lists them).
-        backbone, weights, image_size: what embeds image folders.
+        backbone: the backbone that embeds image folders (a timm name, or ``tv:<name>``).
+        weights: a local weights file for the backbone.
+        image_size: square input size for embedding (default: the backbone's).
         train: ``head`` (a linear head on embeddings) or ``finetune`` (slow: trains each round).
         epochs: epochs per round with ``train="finetune"``.
-        start: random labels before the first round; batch: labels per round; rounds: rounds after the start.
+        start: random labels before the first round.
+        batch: labels added per round.
+        rounds: rounds after the random start.
         seeds: repeats with different random starts.
         engine: ``auto`` | ``torch`` | ``openvino``.
         ssl: head rounds: ``self-training`` or ``off``.
@@ -628,7 +644,13 @@ class Project:
         Args:
             test: held-out labeled images (class folders or a manifest) or an extract folder.
             out: output folder: ``curves.csv``, ``curves.png``, ``summary.json``.
-            strategies, start, batch, rounds, seeds, ssl, progress: as in :func:`simulate`.
+            strategies: strategy names (``tlkit strategies`` lists them).
+            start: random labels before the first round.
+            batch: labels added per round.
+            rounds: rounds after the random start.
+            seeds: repeats with different random starts.
+            ssl: ``self-training`` or ``off``.
+            progress: called with 1 after every fitted model.
             device: where the pool is embedded if the project's cache is not filled yet.
         """
         import numpy as np
