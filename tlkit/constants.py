@@ -23,3 +23,10 @@ DECODE_HELP = ("auto | cpu | device. auto: on CUDA, JPEGs are decoded, resized a
 #: labeled rows alone; the first is the default.
 SSL_MODES = ("self-training", "off")
 DEFAULT_SSL = SSL_MODES[0]
+
+#: ``--ssl`` choices of finetune rounds: ``off`` (today's learner: the labeled images alone) or
+#: ``fixmatch`` (FixMatch consistency on the unlabeled pool images, tlkit.train.consistency).
+#: The default stays ``off``: on the CPU-sized tuning study (benchmarks/bench_finetune_ssl.py,
+#: benchmarks/results/finetune_ssl.md) fixmatch did not win by enough to pay for its cost.
+FINETUNE_SSL_MODES = ("off", "fixmatch")
+DEFAULT_FINETUNE_SSL = FINETUNE_SSL_MODES[0]

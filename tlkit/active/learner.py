@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tlkit.constants import DEFAULT_SSL
-from tlkit.errors import check_choice
+from tlkit.constants import DEFAULT_FINETUNE_SSL, DEFAULT_SSL, FINETUNE_SSL_MODES, SSL_MODES
+from tlkit.errors import TlkitError, check_choice
 
 if TYPE_CHECKING:
     from tlkit.active.head import LinearHead, Scaler
@@ -47,9 +47,45 @@ VAL_METHODS = {
 """How a validation accuracy was estimated."""
 
 
+SSL_BY_TRAIN = {"head": (SSL_MODES, DEFAULT_SSL), "finetune": (FINETUNE_SSL_MODES, DEFAULT_FINETUNE_SSL)}
+"""``--ssl`` choices and default of each ``--train`` mode (:mod:`tlkit.constants`)."""
+
+
 def check_train_mode(train: str) -> str:
     """``train`` when it is one of :data:`TRAIN_MODES`, else a :class:`TlkitError` naming the choices."""
     return check_choice(train, TRAIN_MODES, "--train")
+
+
+def all_ssl_modes() -> tuple[str, ...]:
+    """Every ``--ssl`` value of some learner, in order (``self-training``, ``off``, ``fixmatch``)."""
+    return tuple(dict.fromkeys(m for modes, _ in SSL_BY_TRAIN.values() for m in modes))
+
+
+def resolve_ssl(train: str, given: str | None, configured: str | None = None) -> str:
+    """The ``--ssl`` a ``train`` learner uses.
+
+    Args:
+        given: ``--ssl``; it must be one of ``train``'s choices (:data:`SSL_BY_TRAIN`).
+        configured: project.yaml's ``ssl``: ``off`` turns every learner's off, one of ``train``'s choices
+            is used, another learner's choice (``self-training`` for finetune rounds, ``fixmatch`` for
+            head rounds) means ``train``'s default.
+
+    Example:
+        >>> resolve_ssl("finetune", None, "self-training"), resolve_ssl("head", None, "off")
+        ('off', 'off')
+    """
+    modes, default = SSL_BY_TRAIN[check_train_mode(train)]
+    if given is not None:
+        if given in modes:
+            return given
+        check_choice(given, all_ssl_modes(), "--ssl")
+        other = next(t for t, (m, _) in SSL_BY_TRAIN.items() if given in m and t != train)
+        raise TlkitError(f"--ssl {given} is for --train {other} rounds; --train {train} takes "
+                         + " or ".join(modes))
+    if configured is not None:
+        check_choice(configured, all_ssl_modes(), "project.yaml: ssl")
+        return configured if configured in modes else default
+    return default
 
 
 @dataclass(frozen=True)
@@ -222,4 +258,4 @@ class HeadLearner:
                                         seed=seed, fit=fit_fold)
 
 
-__all__ = ["TRAIN_MODES", "VAL_METHODS", "HeadLearner", "Learner", "LearnerResult", "Validation", "check_train_mode"]
+__all__ = ["SSL_BY_TRAIN", "TRAIN_MODES", "VAL_METHODS", "HeadLearner", "all_ssl_modes", "resolve_ssl", "Learner", "LearnerResult", "Validation", "check_train_mode"]

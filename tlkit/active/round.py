@@ -21,9 +21,8 @@ import yaml
 import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
-from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode
+from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode, resolve_ssl
 from tlkit.active.project import SKIP_LABEL, Project, labels_digest
-from tlkit.active.semi import check_ssl
 from tlkit.active.strategies import Approx, PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
@@ -183,8 +182,10 @@ def run_round(
         new: start a new round even if the last query still awaits labels.
         epochs: epochs for ``train="finetune"``.
         engine: inference engine for the pool (``auto`` | ``torch`` | ``openvino``; ``None``: project.yaml's).
-        ssl: head rounds: ``self-training`` (pseudo-labels from the unlabeled pool, :mod:`tlkit.active.semi`)
-            or ``off``; ``None``: project.yaml's.
+        ssl: how the unlabeled pool teaches the learner: head rounds ``self-training`` (pseudo-labels,
+            :mod:`tlkit.active.semi`) or ``off``; finetune rounds ``fixmatch`` (consistency on the pool
+            images, :mod:`tlkit.train.consistency`) or ``off``; ``None``: project.yaml's, resolved by
+            :func:`tlkit.active.learner.resolve_ssl`.
         progress: called with images embedded (first round of a backbone only).
     """
     check_train_mode(train)
@@ -192,7 +193,7 @@ def run_round(
     if batch < 1:
         raise TlkitError(f"--batch must be at least 1 (got {batch})")
     project = Project.open(project_dir)
-    ssl = check_ssl(ssl or project.config.ssl)
+    ssl = resolve_ssl(train, ssl, project.config.ssl)
     with project.lock("al-round"):
         pending = project.pending()
         rounds = project.rounds()
@@ -216,7 +217,7 @@ def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tu
             [project.pool_root / p for p in data.paths], data.classes, recipe=cfg.recipe, device=device,
             config={"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
                     "epochs": epochs or DEFAULT_EPOCHS},
-            previous=_previous_model(project, n), run_dir=model_dir, engine=engine)
+            previous=_previous_model(project, n), run_dir=model_dir, engine=engine, ssl=ssl)
     return learner.fit(data.y >= 0, data.y, seed=seed, needs=needs)
 
 
@@ -253,7 +254,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         save_scores(tmp / SCORES, data.paths, probs, data.classes)
     write_text(tmp / "config.yaml", yaml.safe_dump({
         "round": n, "batch": batch, "strategy": info.name, "train": train, "max_pool": max_pool, "seed": seed,
-        "epochs": epochs, "ssl": ssl if train == "head" else None, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
+        "epochs": epochs, "ssl": ssl, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
     }, sort_keys=False))
     os.replace(tmp, final)
     return RoundResult(n, False, rows, metrics, final, fitted.validation)

@@ -94,9 +94,10 @@ def al_round_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs for --train finetune."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP + " Default: project.yaml's engine."),
-    ssl: Optional[str] = typer.Option(None, "--ssl", help="Head rounds: self-training (the unlabeled pool teaches "
-                                      "the head too; pseudo-labels never enter labels.csv) | off. Default: "
-                                      "project.yaml's ssl (self-training)."),
+    ssl: Optional[str] = typer.Option(None, "--ssl", help="How the unlabeled pool teaches the learner (pseudo-labels "
+                                      "never enter labels.csv). Head rounds: self-training | off; finetune rounds: "
+                                      "fixmatch (consistency on the pool images) | off. Default: project.yaml's ssl "
+                                      "(self-training; finetune rounds: off)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
 ) -> None:
     """Train on the labels, score the pool, and write the next images to label."""
