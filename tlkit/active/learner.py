@@ -38,7 +38,19 @@ if TYPE_CHECKING:
     from tlkit.active.semi import PoolGraph
 
 TRAIN_MODES = ("head", "finetune")
-"""The ``--train`` choices of ``al-round`` and ``al-simulate``."""
+"""The learners of ``--train`` (``al-round`` also takes ``auto``: :func:`choose_learner`)."""
+AUTO = "auto"
+FINETUNE_MIN_PER_CLASS = 300
+"""``--train auto`` picks a fine-tune round only on a GPU and when every class has at least this many
+labels. Chosen on the tuning sets: at 2-10 labels per class a CPU-sized fine-tune round stayed near
+chance on CIFAR-10 (``benchmarks/results/finetune_ssl.md``) while the head reached about 50 %; on the
+clothing photos at about 300 labels per class the fine-tuning defaults (128 px, 6 epochs) came level
+with a linear head on frozen features (issue #28: 0.876 against 0.884 accuracy). Below that the head is
+as good for far less time; from there fine-tuning can improve with more labels, the head cannot."""
+CV_MARGIN = 0.02
+"""``--train auto`` keeps the self-trained head unless the plain head's cross-validated accuracy beats it by
+more than this. Chosen on the tuning sets (``benchmarks/bench_learner_choice.py``,
+``benchmarks/results/learner_choice.md``): see there for the policies compared."""
 VAL_METHODS = {
     "cv": "cross-validated on the labeled images",
     "val": "on the fine-tuning run's held-out split",
@@ -51,9 +63,10 @@ SSL_BY_TRAIN = {"head": (SSL_MODES, DEFAULT_SSL), "finetune": (FINETUNE_SSL_MODE
 """``--ssl`` choices and default of each ``--train`` mode (:mod:`tlkit.constants`)."""
 
 
-def check_train_mode(train: str) -> str:
-    """``train`` when it is one of :data:`TRAIN_MODES`, else a :class:`TlkitError` naming the choices."""
-    return check_choice(train, TRAIN_MODES, "--train")
+def check_train_mode(train: str, *, auto: bool = False) -> str:
+    """``train`` when it is one of :data:`TRAIN_MODES` (or ``auto`` where ``auto`` is allowed), else a
+    :class:`TlkitError` naming the choices."""
+    return check_choice(train, TRAIN_MODES + ((AUTO,) if auto else ()), "--train")
 
 
 def all_ssl_modes() -> tuple[str, ...]:
@@ -259,3 +272,68 @@ class HeadLearner:
 
 
 __all__ = ["SSL_BY_TRAIN", "TRAIN_MODES", "VAL_METHODS", "HeadLearner", "all_ssl_modes", "resolve_ssl", "Learner", "LearnerResult", "Validation", "check_train_mode"]
+
+
+# --------------------------------------------------------------------------- the learner choice (--train auto)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One learner ``--train auto`` weighed.
+
+    Attributes:
+        learner: ``head``, ``head+self-training`` or ``finetune``.
+        cv_accuracy: cross-validated accuracy on the labeled images; ``None`` when not fitted.
+        seconds: what its fit (with the cross-validation) cost; ``None`` when not fitted.
+        note: why it was not fitted or not eligible (empty otherwise).
+    """
+
+    learner: str
+    cv_accuracy: float | None = None
+    seconds: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"learner": self.learner, "cv_accuracy": self.cv_accuracy,
+                "seconds": None if self.seconds is None else round(self.seconds, 3), "note": self.note}
+
+
+@dataclass(frozen=True)
+class LearnerChoice:
+    """What ``--train auto`` chose and why (``metrics.json``: ``learner_choice``).
+
+    Attributes:
+        train: the chosen ``--train`` mode; ssl: its ``--ssl``; chosen: the learner's name.
+        candidates: every learner weighed; reason: one line.
+    """
+
+    train: str
+    ssl: str
+    chosen: str
+    candidates: tuple[Candidate, ...]
+    reason: str
+
+    def to_metrics(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "train": self.train, "ssl": self.ssl, "reason": self.reason,
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def finetune_rule(min_per_class: int, gpu: bool) -> tuple[bool, str]:
+    """``(finetune, why)``: the :data:`FINETUNE_MIN_PER_CLASS` rule of ``--train auto``."""
+    if not gpu:
+        return False, "no GPU: a fine-tune round would cost minutes to hours per round on a CPU"
+    if min_per_class < FINETUNE_MIN_PER_CLASS:
+        return False, (f"{min_per_class} labels in the smallest class < {FINETUNE_MIN_PER_CLASS}: on the tuning sets "
+                       "the head was as good or better there")
+    return True, f"a GPU and >= {FINETUNE_MIN_PER_CLASS} labels in every class (the smallest has {min_per_class})"
+
+
+def choose_head(fits: dict[str, LearnerResult], margin: float = CV_MARGIN) -> tuple[str, str]:
+    """``(ssl, reason)`` between the fitted heads ``{"off": ..., "self-training": ...}`` by their
+    cross-validated accuracy: self-training unless the plain head beats it by more than ``margin``."""
+    off, st = fits["off"].validation.accuracy, fits["self-training"].validation.accuracy
+    if off is None or st is None:
+        return DEFAULT_SSL, "too few labels to cross-validate: the default, self-training"
+    if off > st + margin:
+        return "off", f"plain head cv {off:.3f} > self-trained {st:.3f} + {margin:g}"
+    return "self-training", f"self-trained head cv {st:.3f} vs plain {off:.3f} (kept unless beaten by > {margin:g})"
