@@ -103,8 +103,10 @@ def test_unlabeled_runs_refuse_cached_features_and_bad_settings(digits, tmp_path
         tiny_config(fixmatch_threshold=1.5)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(TlkitError, match="unlabeled set is empty"):
+    with pytest.raises(TlkitError, match="no images found"):
         UnlabeledSet.from_folder(empty)
+    with pytest.raises(TlkitError, match="unlabeled set is empty"):
+        UnlabeledSet(())
 
 
 @pytest.mark.slow

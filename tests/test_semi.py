@@ -161,9 +161,9 @@ def test_train_auto_rounds_say_which_learner_and_why(tmp_path, digits_dir):
 
     assert choice["chosen"] == ("head" if off > st + CV_MARGIN else "head+self-training")
     assert project.labels_csv.read_bytes() == before
-    status = run_cli("al-status", str(project.root))
+    status = run_cli("al-status", str(project.root), env={"COLUMNS": "200"})
     text = " ".join(status.stdout.split())
-    assert status.returncode == 0 and "why this learner" in text and "cv" in text
+    assert status.returncode == 0 and "why this learner" in text and "cv: " in text
     rounds = json.loads(run_cli("al-status", str(project.root), "--json").stdout)["rounds"]
     assert rounds[0]["learner_reason"] == choice["reason"]
     wrong = run_cli("al-round", str(project.root), "--train", "auto", "--ssl", "off", "--new")

@@ -335,5 +335,5 @@ def choose_head(fits: dict[str, LearnerResult], margin: float = CV_MARGIN) -> tu
     if off is None or st is None:
         return DEFAULT_SSL, "too few labels to cross-validate: the default, self-training"
     if off > st + margin:
-        return "off", f"plain head cv {off:.3f} > self-trained {st:.3f} + {margin:g}"
-    return "self-training", f"self-trained head cv {st:.3f} vs plain {off:.3f} (kept unless beaten by > {margin:g})"
+        return "off", f"cv: plain head {off:.3f} > self-trained {st:.3f} + {margin:g}"
+    return "self-training", f"cv: self-trained {st:.3f}, plain head {off:.3f} (not > +{margin:g})"
