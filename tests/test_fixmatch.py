@@ -116,7 +116,7 @@ def test_cli_finetune_with_unlabeled_images(digits, tmp_path):
                   "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
                   "--unlabeled", str(unl), "--set", "fixmatch_per_epoch=16", "--set", "fixmatch_threshold=0.2")
     assert res.returncode == 0, res.stderr
-    assert "pseudo-labels" in res.stdout
+    assert "pseudo-labels" in res.stderr  # the epoch lines, printed with the progress bar
     row = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][0]
     assert row["unlabeled_images"] == 16
     bad = run_cli("finetune", "--data", str(train), "--out", str(tmp_path / "run2"), "--backbone", "test_resnet",

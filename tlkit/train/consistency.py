@@ -263,11 +263,14 @@ class Cycled:
         while done < self.steps:
             if cycle:
                 self.sampler.set_epoch(self.epoch + 100_003 * cycle)
+            before = done
             for batch in self.loader:
                 yield batch
                 done += 1
                 if done == self.steps:
                     return
+            if done == before:  # an empty loader: nothing to cycle
+                return
             cycle += 1
 
 
@@ -303,10 +306,10 @@ class Consistency:
         logits = forward(torch.cat([x, strong]))
         term = consistency_loss(weak_logits, logits[len(x):], threshold=self.cfg.threshold, weight=self.cfg.weight)
         targets = u.targets.to(term.pseudo.device)
-        known = targets >= 0
-        row = torch.stack([torch.tensor(float(len(targets)), device=term.mask.device), term.mask.sum().double(),
-                           (term.mask & known).sum().double(), (term.mask & known & (term.pseudo == targets)).sum().double()])
-        self._stats = row.double() if self._stats is None else self._stats + row.double()
+        used = term.mask & (targets >= 0)
+        row = torch.stack([torch.ones_like(term.mask).sum(), term.mask.sum(), used.sum(),
+                           (used & (term.pseudo == targets)).sum()]).double()  # added up on the device
+        self._stats = row if self._stats is None else self._stats + row
         return logits[:len(x)], term.loss
 
     def epoch_stats(self, reduce: Callable[[list], list]) -> dict[str, Any]:
