@@ -51,7 +51,7 @@ CV_MARGIN = 0.05
 """``--train auto`` keeps the self-trained head unless the plain head's cross-validated accuracy beats it by
 more than this. Chosen on the tuning sets (``benchmarks/bench_learner_choice.py``, CIFAR-10 and clothing,
 splits 100-101, 20-100 labels; ``benchmarks/results/learner_choice.md``): self-training had the higher test
-accuracy in every row, and a margin of 0 lost 2.0 points on average (on clothing at 50 labels the plain
+accuracy in all 12 rows, and a margin of 0 lost 1.9 points on average (on clothing at 50 labels the plain
 head's cv was 0.02 higher and its test accuracy 22 points lower); 0.05 and 0.1 matched always
 self-training. With 20-100 labels the cross-validation is too noisy to overrule the tuned default by less."""
 VAL_METHODS = {
