@@ -42,7 +42,7 @@ DEFAULT_EPOCHS = 5
 MIN_VAL_PER_CLASS = 3
 """Below this many labels in some class, the run validates on its training images."""
 UNLABELED_PER_EPOCH = 512
-"""``ssl="fixmatch"``: unlabeled pool images drawn per epoch at most (``fixmatch_per_epoch``). 512 at the
+"""``ssl="fixmatch"``: unlabeled pool images drawn per epoch at most, unless the recipe sets ``fixmatch_per_epoch``. 512 at the
 CPU batch of 32 and mu 2 is 8 steps per epoch, each about 10x a labeled-only step's work: a round stays
 minutes on a CPU at 64-96 px, seconds on a GPU, whatever the pool's size."""
 
@@ -153,17 +153,18 @@ class FinetuneLearner:
         from tlkit.train import make_config
 
         explicit = {**self.config, "seed": seed, "device": self.device}
-        if self.ssl == "fixmatch":
-            explicit.setdefault("fixmatch_per_epoch", UNLABELED_PER_EPOCH)
         warm = self.previous is not None and _same_classes(self.previous, counts)
         if warm:
             explicit["weights"] = str(self.previous / "best.safetensors")
         try:
-            return make_config(self.recipe, **explicit), warm
+            cfg = make_config(self.recipe, **explicit)
         except TlkitError as e:
             if self.recipe is None:
                 raise
             raise TlkitError(f"recipe {self.recipe}: {e}") from None
+        if self.ssl == "fixmatch" and cfg.fixmatch_per_epoch is None:  # neither the recipe nor config sets it
+            cfg = cfg.replace(fixmatch_per_epoch=UNLABELED_PER_EPOCH)
+        return cfg, warm
 
 
 def consistency_record(history: list[dict[str, Any]], config, pool: int) -> dict[str, Any]:
