@@ -42,9 +42,10 @@ DEFAULT_EPOCHS = 5
 MIN_VAL_PER_CLASS = 3
 """Below this many labels in some class, the run validates on its training images."""
 UNLABELED_PER_EPOCH = 512
-"""``ssl="fixmatch"``: unlabeled pool images drawn per epoch at most, unless the recipe sets ``fixmatch_per_epoch``. 512 at the
-CPU batch of 32 and mu 2 is 8 steps per epoch, each about 10x a labeled-only step's work: a round stays
-minutes on a CPU at 64-96 px, seconds on a GPU, whatever the pool's size."""
+"""``ssl="fixmatch"``: unlabeled pool images drawn per epoch at most, unless the recipe sets
+``fixmatch_per_epoch``. 512 at the CPU batch of 32 and mu 2 is 8 steps per epoch, each about 10x a
+labeled-only step's work, whatever the pool's size: a GPU round; on a CPU a round took 8x as long as with
+``ssl="off"`` (``benchmarks/results/finetune_ssl.md``)."""
 
 
 def link_class_tree(folder: Path, items: Iterable[tuple[Path, str]]) -> dict[str, int]:
