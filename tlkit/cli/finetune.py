@@ -50,7 +50,7 @@ def finetune_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = typer.Option(None, "--precision", help=PRECISIONS_HELP),
-    decode: Optional[str] = typer.Option(None, "--decode", help=DECODE_HELP + " (validation images; training augmentation stays on the CPU)."),
+    decode: Optional[str] = typer.Option(None, "--decode", help=DECODE_HELP + ". Training images too: decoded, random-resized-cropped, flipped and normalised on the device (auto: on CUDA when most are JPEGs; colour jitter, auto-augment and random erasing keep them on the CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the initialisation and the augmentation (default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),

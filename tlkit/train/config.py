@@ -112,7 +112,7 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    decode: str = "auto"  # auto (device on CUDA, else cpu) | cpu | device: where JPEGs are decoded and resized
+    decode: str = "auto"  # auto (device on CUDA; training images when most are JPEGs) | cpu | device: where JPEGs are decoded, augmented and resized
     channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False  # DDP only

@@ -250,6 +250,7 @@ class Cycled:
 
     def __init__(self, loader, sampler, steps: int):
         self.loader, self.sampler, self.steps, self.epoch = loader, sampler, steps, 0
+        self.decode_path = getattr(loader, "decode_path", "cpu")  # tlkit.data.device_decode.decode_path_of
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

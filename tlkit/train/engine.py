@@ -43,7 +43,7 @@ from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
 from tlkit.train.speedups import flush_denormals, keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits
-from tlkit.train.state import TrainState, check_out_dir, check_resumable, restore, save_epoch
+from tlkit.train.state import CHECKPOINTS, TrainState, check_out_dir, check_resumable, restore, save_epoch
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,7 @@ def fit(
     resume: bool = False,
     progress: Progress | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: str = "full",
     unlabeled: UnlabeledSet | None = None,
 ) -> FitResult:
     """Fine-tune ``config.backbone`` on a class-folder tree; write checkpoints, metrics and plots to ``out``.
@@ -334,6 +335,9 @@ def fit(
         resume: continue the run in ``out`` from its last finished epoch.
         progress: called with the number of training images just processed.
         on_epoch: called with each epoch's history row.
+        checkpoints: ``full`` (best, last, ``train_state.pt``, metrics and plots after each epoch; TensorBoard
+            when configured) or ``best`` (best weights and metrics only, no TensorBoard: an active-learning
+            round, which a crash restarts whole; :data:`tlkit.train.state.CHECKPOINTS`).
         unlabeled: unlabeled images that teach the network too, by FixMatch's consistency loss
             (:mod:`tlkit.train.consistency`; the ``fixmatch_*`` config keys). The history rows then carry
             ``unlabeled_images``, ``pseudo_labels``, ``mask_rate`` and ``pseudo_accuracy``.
@@ -344,6 +348,10 @@ def fit(
     """
     t0 = time.perf_counter()
     cfg, out = config, Path(out)
+    if checkpoints not in CHECKPOINTS:
+        raise TlkitError(f"checkpoints={checkpoints!r}: choose one of {', '.join(CHECKPOINTS)}")
+    if checkpoints == "best" and resume:
+        raise TlkitError("resume needs the training state, which checkpoints='best' does not write")
     state_file = check_out_dir(out, resume)
     splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
     warn_if_imbalanced(splits, cfg)
@@ -355,7 +363,7 @@ def fit(
     rt = setup_runtime(cfg)
     try:
         with flush_denormals(rt.device):
-            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, unlabeled)
+            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints, unlabeled)
     finally:
         shutdown()
 
@@ -464,13 +472,14 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
 
 
 def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
-         t0: float, chosen: dict | None = None, unlabeled: UnlabeledSet | None = None) -> FitResult:
+         t0: float, chosen: dict | None = None, checkpoints: str = "full",
+         unlabeled: UnlabeledSet | None = None) -> FitResult:
     k = len(splits.classes)
     bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
     if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
         cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
     pipe = make_pipeline(cfg, model, splits, data_config, rt, unlabeled)
-    chosen["decode"] = {"train": "cpu", "val": decode_path_of(pipe.val)}  # training augmentation: timm's, on the CPU
+    chosen["decode"] = {"train": decode_path_of(pipe.train), "val": decode_path_of(pipe.val)}
     steps_per_epoch = max(1, math.ceil(len(pipe.train) / cfg.grad_accum))
     st = build_state(cfg, model, pipe.trained, pipe.forward, steps_per_epoch, rt)
     st.failures.update({int(i): r for i, r in pipe.failures})
@@ -484,7 +493,7 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
         outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin, chosen)
     else:  # one progress bar and one log, from rank 0
         progress = on_epoch = None
-    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard)
+    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard and checkpoints == "full")
     resumed_from, val_failures, preds = st.epoch, [], None
     stopped = bool(saved and saved.get("stopped"))
     for epoch in range(st.epoch, cfg.epochs if not stopped else st.epoch):
@@ -493,7 +502,7 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
         val_failures = preds.failures
         stopped = bool(cfg.patience) and st.bad_epochs >= cfg.patience
         if rt.dist.is_main:
-            save_epoch(out, st, meta, improved, pipe.prefix, stopped)
+            save_epoch(out, st, meta, improved, pipe.prefix, stopped, checkpoints)
             tb.log(row)
         barrier(rt.dist)
         if on_epoch:
