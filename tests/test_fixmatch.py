@@ -170,7 +170,7 @@ def test_finetune_rounds_with_fixmatch_leave_labels_alone_and_report_it(tmp_path
     assert res.returncode == 0, res.stderr
     m2 = json.loads((project.round_dir(2) / "metrics.json").read_text())
     assert m2["learner"] == "finetune" and "consistency" not in m2 and "pseudo_labels" not in m2
-    status = run_cli("al-status", str(project.root))
+    status = run_cli("al-status", str(project.root), env={"COLUMNS": "200"})
     assert status.returncode == 0 and "finetune+fixmatch" in " ".join(status.stdout.split())
     rounds = json.loads(run_cli("al-status", str(project.root), "--json").stdout)["rounds"]
     assert [r["learner"] for r in rounds] == ["finetune+fixmatch", "finetune"]
