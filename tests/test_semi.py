@@ -107,3 +107,64 @@ def test_rounds_record_their_learner_and_ssl_off_keeps_the_plain_head(tmp_path, 
     assert [r["learner"] for r in status["rounds"]] == ["head+self-training", "head"]
     res = run_cli("al-round", str(project.root), "--ssl", "yes")
     assert res.returncode == 2 and "unknown --ssl 'yes'" in res.stderr
+
+
+# --------------------------------------------------------------------------- --train auto (the learner choice)
+
+
+def test_the_learner_choice_rules():
+    from tlkit.active.learner import (
+        CV_MARGIN, FINETUNE_MIN_PER_CLASS, LearnerResult, Validation, choose_head, finetune_rule,
+    )
+
+    assert finetune_rule(FINETUNE_MIN_PER_CLASS, gpu=True)[0]
+    assert not finetune_rule(FINETUNE_MIN_PER_CLASS - 1, gpu=True)[0]
+    ok, why = finetune_rule(10_000, gpu=False)
+    assert not ok and "no GPU" in why
+
+    def fits(off, st):
+        return {"off": LearnerResult(None, Validation(off, "cv"), 0.0),
+                "self-training": LearnerResult(None, Validation(st, "cv"), 0.0)}
+
+    assert choose_head(fits(0.70, 0.60))[0] == "off"
+    assert choose_head(fits(0.60 + CV_MARGIN / 2, 0.60))[0] == "self-training"  # within the margin: kept
+    assert choose_head(fits(0.50, 0.60))[0] == "self-training"
+    assert choose_head(fits(None, None))[0] == "self-training"
+
+
+@pytest.mark.slow
+def test_train_auto_rounds_say_which_learner_and_why(tmp_path, digits_dir):
+    import json
+
+    from tests.conftest import run_cli
+    from tlkit.active.project import Project
+    from tlkit.io import write_csv
+
+    names = sorted(p.relative_to(digits_dir).as_posix() for p in digits_dir.rglob("*.png"))
+    seed = [n for n in names if n.endswith(("0.png", "1.png", "2.png"))][:20]
+    write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, n.split("/")[0]) for n in seed])
+    project = Project.create(tmp_path / "proj", pool=digits_dir, image_size=32, labels=tmp_path / "seed.csv")
+    before = project.labels_csv.read_bytes()
+    res = run_cli("al-round", str(project.root), "--batch", "5", "--train", "auto", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    m = json.loads((project.round_dir(1) / "metrics.json").read_text())
+    choice = m["learner_choice"]
+    cands = {c["learner"]: c for c in choice["candidates"]}
+    assert set(cands) == {"head", "head+self-training", "finetune"}
+    assert all(0.0 <= cands[k]["cv_accuracy"] <= 1.0 and cands[k]["seconds"] > 0 for k in ("head", "head+self-training"))
+    assert cands["finetune"]["cv_accuracy"] is None and "no GPU" in cands["finetune"]["note"]
+    # the round used what it chose, with that learner's own cross-validated accuracy
+    assert m["train"] == choice["train"] == "head" and m["learner"] == choice["chosen"]
+    assert m["val_accuracy"] == cands[choice["chosen"]]["cv_accuracy"]
+    off, st = cands["head"]["cv_accuracy"], cands["head+self-training"]["cv_accuracy"]
+    from tlkit.active.learner import CV_MARGIN
+
+    assert choice["chosen"] == ("head" if off > st + CV_MARGIN else "head+self-training")
+    assert project.labels_csv.read_bytes() == before
+    status = run_cli("al-status", str(project.root), env={"COLUMNS": "200"})
+    text = " ".join(status.stdout.split())
+    assert status.returncode == 0 and "why this learner" in text and "cv: " in text
+    rounds = json.loads(run_cli("al-status", str(project.root), "--json").stdout)["rounds"]
+    assert rounds[0]["learner_reason"] == choice["reason"]
+    wrong = run_cli("al-round", str(project.root), "--train", "auto", "--ssl", "off", "--new")
+    assert wrong.returncode == 2 and "--train auto chooses --ssl too" in wrong.stderr

@@ -23,3 +23,11 @@ DECODE_HELP = ("auto | cpu | device. auto: on CUDA, JPEGs are decoded, resized a
 #: labeled rows alone; the first is the default.
 SSL_MODES = ("self-training", "off")
 DEFAULT_SSL = SSL_MODES[0]
+
+#: ``--ssl`` choices of finetune rounds: ``off`` (today's learner: the labeled images alone) or
+#: ``fixmatch`` (FixMatch consistency on the unlabeled pool images, tlkit.train.consistency).
+#: The default stays ``off``: the CPU-sized tuning study (benchmarks/bench_finetune_ssl.py,
+#: benchmarks/results/finetune_ssl.md; CIFAR-10, 64 px, 5 epochs) showed no win that could be credited to the
+#: pseudo-labels (under 1 % of the pool passed the 0.95 threshold at 20 labels) at 7-8x the round's time.
+FINETUNE_SSL_MODES = ("off", "fixmatch")
+DEFAULT_FINETUNE_SSL = FINETUNE_SSL_MODES[0]

@@ -30,15 +30,30 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tlkit.constants import DEFAULT_SSL
-from tlkit.errors import check_choice
+from tlkit.constants import DEFAULT_FINETUNE_SSL, DEFAULT_SSL, FINETUNE_SSL_MODES, SSL_MODES
+from tlkit.errors import TlkitError, check_choice
 
 if TYPE_CHECKING:
     from tlkit.active.head import LinearHead, Scaler
     from tlkit.active.semi import PoolGraph
 
 TRAIN_MODES = ("head", "finetune")
-"""The ``--train`` choices of ``al-round`` and ``al-simulate``."""
+"""The learners of ``--train`` (``al-round`` also takes ``auto``: :func:`choose_learner`)."""
+AUTO = "auto"
+FINETUNE_MIN_PER_CLASS = 300
+"""``--train auto`` picks a fine-tune round only on a GPU and when every class has at least this many
+labels. Chosen on the tuning sets: at 2-10 labels per class a CPU-sized fine-tune round stayed near
+chance on CIFAR-10 (``benchmarks/results/finetune_ssl.md``) while the head reached about 50 %; on the
+clothing photos at about 300 labels per class the fine-tuning defaults (128 px, 6 epochs) came level
+with a linear head on frozen features (issue #28: 0.876 against 0.884 accuracy). Below that the head is
+as good for far less time; from there fine-tuning can improve with more labels, the head cannot."""
+CV_MARGIN = 0.05
+"""``--train auto`` keeps the self-trained head unless the plain head's cross-validated accuracy beats it by
+more than this. Chosen on the tuning sets (``benchmarks/bench_learner_choice.py``, CIFAR-10 and clothing,
+splits 100-101, 20-100 labels; ``benchmarks/results/learner_choice.md``): self-training had the higher test
+accuracy in all 12 rows, and a margin of 0 lost 1.9 points on average (on clothing at 50 labels the plain
+head's cv was 0.02 higher and its test accuracy 22 points lower); 0.05 and 0.1 matched always
+self-training. With 20-100 labels the cross-validation is too noisy to overrule the tuned default by less."""
 VAL_METHODS = {
     "cv": "cross-validated on the labeled images",
     "val": "on the fine-tuning run's held-out split",
@@ -47,9 +62,46 @@ VAL_METHODS = {
 """How a validation accuracy was estimated."""
 
 
-def check_train_mode(train: str) -> str:
-    """``train`` when it is one of :data:`TRAIN_MODES`, else a :class:`TlkitError` naming the choices."""
-    return check_choice(train, TRAIN_MODES, "--train")
+SSL_BY_TRAIN = {"head": (SSL_MODES, DEFAULT_SSL), "finetune": (FINETUNE_SSL_MODES, DEFAULT_FINETUNE_SSL)}
+"""``--ssl`` choices and default of each ``--train`` mode (:mod:`tlkit.constants`)."""
+
+
+def check_train_mode(train: str, *, auto: bool = False) -> str:
+    """``train`` when it is one of :data:`TRAIN_MODES` (or ``auto`` where ``auto`` is allowed), else a
+    :class:`TlkitError` naming the choices."""
+    return check_choice(train, TRAIN_MODES + ((AUTO,) if auto else ()), "--train")
+
+
+def all_ssl_modes() -> tuple[str, ...]:
+    """Every ``--ssl`` value of some learner, in order (``self-training``, ``off``, ``fixmatch``)."""
+    return tuple(dict.fromkeys(m for modes, _ in SSL_BY_TRAIN.values() for m in modes))
+
+
+def resolve_ssl(train: str, given: str | None, configured: str | None = None) -> str:
+    """The ``--ssl`` a ``train`` learner uses.
+
+    Args:
+        given: ``--ssl``; it must be one of ``train``'s choices (:data:`SSL_BY_TRAIN`).
+        configured: project.yaml's ``ssl``: ``off`` turns every learner's off, one of ``train``'s choices
+            is used, another learner's choice (``self-training`` for finetune rounds, ``fixmatch`` for
+            head rounds) means ``train``'s default.
+
+    Example:
+        >>> resolve_ssl("finetune", None, "self-training"), resolve_ssl("head", None, "off")
+        ('off', 'off')
+    """
+    modes, default = SSL_BY_TRAIN[check_train_mode(train)]
+    if given is not None:
+        if given in modes:
+            return given
+        check_choice(given, all_ssl_modes(), "--ssl")
+        other = next(t for t, (m, _) in SSL_BY_TRAIN.items() if given in m and t != train)
+        raise TlkitError(f"--ssl {given} is for --train {other} rounds; --train {train} takes "
+                         + " or ".join(modes))
+    if configured is not None:
+        check_choice(configured, all_ssl_modes(), "project.yaml: ssl")
+        return configured if configured in modes else default
+    return default
 
 
 @dataclass(frozen=True)
@@ -222,4 +274,69 @@ class HeadLearner:
                                         seed=seed, fit=fit_fold)
 
 
-__all__ = ["TRAIN_MODES", "VAL_METHODS", "HeadLearner", "Learner", "LearnerResult", "Validation", "check_train_mode"]
+__all__ = ["SSL_BY_TRAIN", "TRAIN_MODES", "VAL_METHODS", "HeadLearner", "all_ssl_modes", "resolve_ssl", "Learner", "LearnerResult", "Validation", "check_train_mode"]
+
+
+# --------------------------------------------------------------------------- the learner choice (--train auto)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One learner ``--train auto`` weighed.
+
+    Attributes:
+        learner: ``head``, ``head+self-training`` or ``finetune``.
+        cv_accuracy: cross-validated accuracy on the labeled images; ``None`` when not fitted.
+        seconds: what its fit (with the cross-validation) cost; ``None`` when not fitted.
+        note: why it was not fitted or not eligible (empty otherwise).
+    """
+
+    learner: str
+    cv_accuracy: float | None = None
+    seconds: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"learner": self.learner, "cv_accuracy": self.cv_accuracy,
+                "seconds": None if self.seconds is None else round(self.seconds, 3), "note": self.note}
+
+
+@dataclass(frozen=True)
+class LearnerChoice:
+    """What ``--train auto`` chose and why (``metrics.json``: ``learner_choice``).
+
+    Attributes:
+        train: the chosen ``--train`` mode; ssl: its ``--ssl``; chosen: the learner's name.
+        candidates: every learner weighed; reason: one line.
+    """
+
+    train: str
+    ssl: str
+    chosen: str
+    candidates: tuple[Candidate, ...]
+    reason: str
+
+    def to_metrics(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "train": self.train, "ssl": self.ssl, "reason": self.reason,
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def finetune_rule(min_per_class: int, gpu: bool) -> tuple[bool, str]:
+    """``(finetune, why)``: the :data:`FINETUNE_MIN_PER_CLASS` rule of ``--train auto``."""
+    if not gpu:
+        return False, "no GPU: a fine-tune round would cost minutes to hours per round on a CPU"
+    if min_per_class < FINETUNE_MIN_PER_CLASS:
+        return False, (f"{min_per_class} labels in the smallest class < {FINETUNE_MIN_PER_CLASS}: on the tuning sets "
+                       "the head was as good or better there")
+    return True, f"a GPU and >= {FINETUNE_MIN_PER_CLASS} labels in every class (the smallest has {min_per_class})"
+
+
+def choose_head(fits: dict[str, LearnerResult], margin: float = CV_MARGIN) -> tuple[str, str]:
+    """``(ssl, reason)`` between the fitted heads ``{"off": ..., "self-training": ...}`` by their
+    cross-validated accuracy: self-training unless the plain head beats it by more than ``margin``."""
+    off, st = fits["off"].validation.accuracy, fits["self-training"].validation.accuracy
+    if off is None or st is None:
+        return DEFAULT_SSL, "too few labels to cross-validate: the default, self-training"
+    if off > st + margin:
+        return "off", f"cv: plain head {off:.3f} > self-trained {st:.3f} + {margin:g}"
+    return "self-training", f"cv: self-trained {st:.3f}, plain head {off:.3f} (not > +{margin:g})"

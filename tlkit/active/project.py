@@ -37,7 +37,7 @@ import yaml
 
 import tlkit
 from tlkit.active import labelstudio as ls
-from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL, PROJECTION_DIM, SSL_MODES
+from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL, FINETUNE_SSL_MODES, PROJECTION_DIM, SSL_MODES
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
 from tlkit.extract_store import DTYPES, storage_dtype
@@ -118,7 +118,7 @@ class ProjectConfig:
     embedding_dtype: str = "float32"
     projection_dim: int = PROJECTION_DIM  # what strategies see of pools over 1 GiB of float32 embeddings
     engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
-    ssl: str = DEFAULT_SSL  # head rounds learn from the unlabeled pool too (tlkit.active.semi) | off
+    ssl: str = DEFAULT_SSL  # head rounds learn from the unlabeled pool too (tlkit.active.semi) | off | fixmatch (finetune rounds; tlkit.active.learner.resolve_ssl)
     tlkit_version: str = tlkit.__version__
 
     def to_yaml(self) -> str:
@@ -161,9 +161,10 @@ class ProjectConfig:
                 ok = value >= 0
             if ok and key == "projection_dim":
                 ok = value >= 8
-            if ok and key == "ssl" and value not in SSL_MODES:
+            if ok and key == "ssl" and value not in SSL_MODES + FINETUNE_SSL_MODES:
                 raise TlkitError(f"project.yaml: ssl is {value!r}; write `ssl: self-training` (pseudo-labels from "
-                                 "the pool) or `ssl: off` (the labeled images alone)")
+                                 "the pool), `ssl: fixmatch` (finetune rounds: consistency on the pool images) or "
+                                 "`ssl: off` (the labeled images alone)")
             if ok and key == "embedding_dtype" and value not in DTYPES:
                 raise TlkitError(f"project.yaml: embedding_dtype is {value!r}; write `embedding_dtype: float32` "
                                  "or `embedding_dtype: float16` (half the memory for big pools)")

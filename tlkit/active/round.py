@@ -21,9 +21,10 @@ import yaml
 import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
-from tlkit.active.learner import HeadLearner, Learner, LearnerResult, Validation, check_train_mode
+from tlkit.active.learner import (
+    AUTO, HeadLearner, Learner, LearnerChoice, LearnerResult, Validation, check_train_mode, resolve_ssl,
+)
 from tlkit.active.project import SKIP_LABEL, Project, labels_digest
-from tlkit.active.semi import check_ssl
 from tlkit.active.strategies import Approx, PoolView, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
@@ -269,22 +270,27 @@ def run_round(
     Args:
         batch: images to select.
         strategy: a registered strategy name (``tlkit strategies`` lists them).
-        train: ``head`` (frozen backbone, cached embeddings, linear head; seconds) or ``finetune``
-            (the finetune engine on the labeled images; GPU when present).
+        train: ``head`` (frozen backbone, cached embeddings, linear head; seconds), ``finetune``
+            (the finetune engine on the labeled images; GPU when present) or ``auto`` (the round chooses
+            the learner and its ``ssl``: :func:`_fit_auto`; ``metrics.json`` says why in ``learner_choice``).
         max_pool: score only a random subset of this many unlabeled images.
         new: start a new round even if the last query still awaits labels.
         epochs: epochs for ``train="finetune"``.
         engine: inference engine for the pool (``auto`` | ``torch`` | ``openvino``; ``None``: project.yaml's).
-        ssl: head rounds: ``self-training`` (pseudo-labels from the unlabeled pool, :mod:`tlkit.active.semi`)
-            or ``off``; ``None``: project.yaml's.
+        ssl: how the unlabeled pool teaches the learner: head rounds ``self-training`` (pseudo-labels,
+            :mod:`tlkit.active.semi`) or ``off``; finetune rounds ``fixmatch`` (consistency on the pool
+            images, :mod:`tlkit.train.consistency`) or ``off``; ``None``: project.yaml's, resolved by
+            :func:`tlkit.active.learner.resolve_ssl`.
         progress: called with images embedded (first round of a backbone only).
     """
-    check_train_mode(train)
+    check_train_mode(train, auto=True)
     info = get_strategy(strategy)
     if batch < 1:
         raise TlkitError(f"--batch must be at least 1 (got {batch})")
     project = Project.open(project_dir)
-    ssl = check_ssl(ssl or project.config.ssl)
+    if train == AUTO and ssl is not None:
+        raise TlkitError("--train auto chooses --ssl too; drop --ssl, or name the learner with --train head|finetune")
+    ssl = resolve_ssl(train, ssl, project.config.ssl) if train != AUTO else None
     with project.lock("al-round"):
         pending = project.pending()
         rounds = project.rounds()
@@ -309,12 +315,38 @@ def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tu
             config={"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
                     "epochs": epochs or DEFAULT_EPOCHS},
             previous=_previous_model(project, n), run_dir=model_dir, engine=engine,
-            pixel_store=project.cache_dir / "pixels")
+            pixel_store=project.cache_dir / "pixels", ssl=ssl)
     return learner.fit(data.y >= 0, data.y, seed=seed, needs=needs)
 
 
+def _fit_auto(project: Project, data: PoolData, n: int, needs: tuple[str, ...], seed: int, model_dir: Path,
+              device: str, epochs: int | None, engine: str) -> tuple[LearnerResult, LearnerChoice]:
+    """``--train auto``: a fine-tune round on a GPU once every class has
+    :data:`~tlkit.active.learner.FINETUNE_MIN_PER_CLASS` labels; otherwise both heads (plain and self-trained)
+    fitted with their cross-validation, and the one :func:`~tlkit.active.learner.choose_head` picks is used."""
+    from tlkit.active.learner import Candidate, choose_head, finetune_rule
+    from tlkit.constants import DEFAULT_FINETUNE_SSL
+    from tlkit.runtime import resolve_device
+
+    smallest = min(int((data.y == i).sum()) for i in range(len(data.classes))) if data.classes else 0
+    finetune, why = finetune_rule(smallest, resolve_device(device).type == "cuda")
+    if finetune:
+        res = _fit_learner(project, data, n, "finetune", needs, seed, model_dir, device, epochs, engine,
+                           DEFAULT_FINETUNE_SSL)
+        skipped = "not fitted: a fine-tune round was due"
+        cands = (Candidate(res.notes["learner"], res.validation.accuracy, res.train_s),
+                 Candidate("head", note=skipped), Candidate("head+self-training", note=skipped))
+        return res, LearnerChoice("finetune", DEFAULT_FINETUNE_SSL, res.notes["learner"], cands, why)
+    fits = {ssl: HeadLearner(data.embeddings, data.classes, ssl=ssl).fit(data.y >= 0, data.y, seed=seed, needs=needs)
+            for ssl in ("off", "self-training")}
+    ssl, reason = choose_head(fits)
+    cands = tuple(Candidate(f.notes["learner"], f.validation.accuracy, f.train_s) for f in fits.values())
+    cands += (Candidate("finetune", note=why),)
+    return fits[ssl], LearnerChoice("head", ssl, fits[ssl].notes["learner"], cands, f"{reason}; finetune: {why}")
+
+
 def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool, device, epochs, progress,
-               engine: str, ssl: str) -> RoundResult:
+               engine: str, ssl: str | None) -> RoundResult:
     t0 = time.perf_counter()
     final = project.round_dir(n)
     tmp = final.with_name(final.name + ".tmp")
@@ -323,8 +355,16 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     data = pool_data(project, paths, emb)
     seed = project.config.seed * 1000 + n
     rng = np.random.default_rng(seed)
-    fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs, engine, ssl)
+    requested = train
+    if train == AUTO:
+        fitted, choice = _fit_auto(project, data, n, info.needs, seed, tmp / "model", device, epochs, engine)
+        train, ssl = choice.train, choice.ssl
+        log.info("--train auto: %s (%s)", choice.chosen, choice.reason)
+    else:
+        fitted = _fit_learner(project, data, n, train, info.needs, seed, tmp / "model", device, epochs, engine, ssl)
     probs, extra = fitted.probs, fitted.metrics()
+    if requested == AUTO:
+        extra["learner_choice"] = choice.to_metrics()
     pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1,
                     candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),
                     probs=probs, mc_probs=fitted.mc_probs, labels=np.where(data.y >= 0, data.y, -1))
@@ -346,8 +386,8 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     if probs is not None:
         save_scores(tmp / SCORES, data.paths, probs, data.classes)
     write_text(tmp / "config.yaml", yaml.safe_dump({
-        "round": n, "batch": batch, "strategy": info.name, "train": train, "max_pool": max_pool, "seed": seed,
-        "epochs": epochs, "ssl": ssl if train == "head" else None, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
+        "round": n, "batch": batch, "strategy": info.name, "train": requested, "max_pool": max_pool, "seed": seed,
+        "epochs": epochs, "ssl": ssl, "project": yaml.safe_load(project.config.to_yaml()), "tlkit_version": tlkit.__version__,
     }, sort_keys=False))
     os.replace(tmp, final)
     return RoundResult(n, False, rows, metrics, final, fitted.validation)

@@ -21,11 +21,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tlkit.active.learner import HeadLearner, Learner, LearnerResult, check_train_mode
-from tlkit.active.semi import check_ssl
+from tlkit.active.learner import HeadLearner, Learner, LearnerResult, resolve_ssl
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import Approx, PoolView, get_strategy, list_strategies, select
-from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL
+from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, save_png, write_csv, write_json
 
@@ -124,7 +123,7 @@ def simulate(
     progress: Callable[[int], None] | None = None,
     learner: Learner | None = None,
     approx: Approx | None = None,
-    ssl: str = DEFAULT_SSL,
+    ssl: str | None = None,
 ) -> SimulationResult:
     """Simulate active learning with each strategy and seed.
 
@@ -139,7 +138,8 @@ def simulate(
         learner: fits on the labeled rows and scores pool and test (``test_probs``); default: a
             :class:`~tlkit.active.learner.HeadLearner` on ``x`` and ``x_test`` (no cross-validation);
             :class:`~tlkit.active.finetune.FinetuneLearner` fine-tunes.
-        ssl: the default learner's ``ssl`` (``self-training`` or ``off``; :mod:`tlkit.active.semi`).
+        ssl: the default learner's ``ssl`` (``self-training`` or ``off``; :mod:`tlkit.active.semi`);
+            ``None``: its default.
         approx: what strategies see of big pools (:class:`~tlkit.active.strategies.Approx`;
             ``Approx.forced()`` measures the large-pool approximations on small data).
     """
@@ -152,7 +152,7 @@ def simulate(
     k = int(max(y.max(), y_test.max())) + 1
     classes = tuple(classes) if classes else tuple(str(i) for i in range(k))
     x, x_test = np.asarray(x, np.float32), np.asarray(x_test, np.float32)
-    learner = learner or HeadLearner(x, classes, x_test=x_test, validate=False, ssl=check_ssl(ssl))
+    learner = learner or HeadLearner(x, classes, x_test=x_test, validate=False, ssl=resolve_ssl("head", ssl))
     result = SimulationResult()
     tick = (lambda: progress(1)) if progress else (lambda: None)
     for seed in seeds:
@@ -275,10 +275,13 @@ def simulate_folders(
     epochs: int = 3,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
-    ssl: str = DEFAULT_SSL,
+    ssl: str | None = None,
 ) -> tuple[SimulationResult, dict[str, Path]]:
-    """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``."""
-    check_train_mode(train)
+    """:func:`simulate` on labeled folders (images or extract outputs); writes the outputs to ``out``.
+
+    ``ssl``: the learner's (:func:`tlkit.active.learner.resolve_ssl`; ``None``: the ``train`` mode's default).
+    """
+    ssl = resolve_ssl(train, ssl)
     _check_strategies(strategies)
     out = check_output_dir(out)
     x, names = labeled_features(pool, out / "features" / "pool", backbone=backbone, weights=weights,
@@ -287,7 +290,7 @@ def simulate_folders(
                                    image_size=image_size, engine=engine)
     learner = None
     if train == "finetune":
-        learner = _finetune_learner(pool, test, out, sorted(set(names)), backbone, weights, image_size, epochs)
+        learner = _finetune_learner(pool, test, out, sorted(set(names)), backbone, weights, image_size, epochs, ssl)
     return simulate_labeled(x, names, xt, names_t, out, strategies=strategies, start=start, batch=batch,
                             rounds=rounds, seeds=seeds, progress=progress, learner=learner, ssl=ssl,
                             title=Path(pool).name)
@@ -325,7 +328,7 @@ def simulate_labeled(
     return result, files
 
 
-def _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs) -> Learner:
+def _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs, ssl) -> Learner:
     """Fine-tuning needs the images: the extracted index gives each row's file under the source root."""
     from tlkit.active.finetune import FinetuneLearner
     from tlkit.io import read_csv, read_json
@@ -343,4 +346,4 @@ def _finetune_learner(pool, test, out, classes, backbone, weights, image_size, e
     # throwaway runs in temporary folders: no TensorBoard logs
     config = {"backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs,
               "tensorboard": False}
-    return FinetuneLearner(pool_paths, tuple(classes), test_paths=test_paths, config=config)
+    return FinetuneLearner(pool_paths, tuple(classes), test_paths=test_paths, config=config, ssl=ssl)

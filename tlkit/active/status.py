@@ -55,6 +55,7 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
         rounds.append({"round": n, "labeled": m.get("labeled"), "selected": m.get("selected"),
                        "strategy": m.get("strategy"), "train": m.get("train"),
                        "learner": m.get("learner") or m.get("train"), "pseudo_labels": m.get("pseudo_labels"),
+                       "learner_reason": (m.get("learner_choice") or {}).get("reason"),
                        "val_accuracy": val.accuracy, "val_method": val.method,
                        "seconds": m.get("elapsed_s"), "stopping": m.get("stopping")})
     status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,

@@ -88,15 +88,18 @@ def al_round_cmd(
     project: Path = typer.Argument(..., help="Project folder."),
     batch: int = typer.Option(20, "--batch", "-n", min=1, help="Images to select for labeling."),
     strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", "-s", help=STRATEGY_HELP),
-    train: str = typer.Option("head", "--train", help="head (frozen backbone + linear head) | finetune"),
+    train: str = typer.Option("head", "--train", help="head (frozen backbone + linear head) | finetune | auto (the "
+                              "round picks the learner: the head the cross-validation prefers, or a fine-tune round "
+                              "on a GPU once every class has 300 labels; metrics.json and al-status say why)"),
     max_pool: Optional[int] = typer.Option(None, "--max-pool", min=1, help="Score a random subset of the pool."),
     new: bool = typer.Option(False, "--new", help="Start a new round even if the last query awaits labels."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs for --train finetune."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP + " Default: project.yaml's engine."),
-    ssl: Optional[str] = typer.Option(None, "--ssl", help="Head rounds: self-training (the unlabeled pool teaches "
-                                      "the head too; pseudo-labels never enter labels.csv) | off. Default: "
-                                      "project.yaml's ssl (self-training)."),
+    ssl: Optional[str] = typer.Option(None, "--ssl", help="How the unlabeled pool teaches the learner (pseudo-labels "
+                                      "never enter labels.csv). Head rounds: self-training | off; finetune rounds: "
+                                      "fixmatch (consistency on the pool images) | off. Default: project.yaml's ssl "
+                                      "(self-training; finetune rounds: off)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
 ) -> None:
     """Train on the labels, score the pool, and write the next images to label."""
@@ -188,14 +191,17 @@ def al_status_cmd(
         classes.add_row(escape(c), str(k))
     console.print(classes)
     rounds = Table(title="rounds")
-    for col in ("round", "labeled", "selected", "strategy", "learner", "validation", "kappa", "seconds"):
+    why = any(r.get("learner_reason") for r in st.rounds)  # some round ran with --train auto
+    for col in ("round", "labeled", "selected", "strategy", "learner", "validation", "kappa", "seconds") + (
+            ("why this learner",) if why else ()):
         rounds.add_column(col)
     for r in st.rounds:
         val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
         kappa = (r.get("stopping") or {}).get("kappa")
         learner = str(r["learner"]) + (f" ({r['pseudo_labels']} pseudo)" if r.get("pseudo_labels") else "")
         rounds.add_row(str(r["round"]), str(r["labeled"]), str(r["selected"]), str(r["strategy"]), learner,
-                       val, "" if kappa is None else f"{kappa:.3f}", f"{r['seconds']:.1f}" if r["seconds"] is not None else "")
+                       val, "" if kappa is None else f"{kappa:.3f}", f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
+                       *((escape(_short_reason(r.get("learner_reason"))),) if why else ()))
     console.print(rounds)
     if st.stopping:
         console.print(f"[bold]stopping:[/] {escape(st.stopping)}")
@@ -203,6 +209,11 @@ def al_status_cmd(
         console.print(f"learning curve: {escape(str(st.curve_png))}")
     if st.imbalance:
         console.print(f"[yellow]hint:[/] {escape(st.imbalance)}")
+
+
+def _short_reason(reason: str | None) -> str:
+    """The learner choice's reason without its note on fine-tuning (the full line is in metrics.json)."""
+    return (reason or "").split("; finetune:")[0]
 
 
 @app.command("strategies", rich_help_panel=PANEL_ACTIVE)

@@ -27,6 +27,8 @@ def _epoch_line(row: dict, epochs: int) -> str:
         parts.append(f"val acc {row['val_accuracy']:.4f}")
         if "ema_val_accuracy" in row:
             parts.append(f"ema acc {row['ema_val_accuracy']:.4f}")
+    if "mask_rate" in row:  # --unlabeled
+        parts.append(f"pseudo-labels {row['pseudo_labels']}/{row['unlabeled_images']}")
     parts += [f"lr {row['lr']:.2e}", f"{row['epoch_time_s']:.1f} s"]
     return "  ".join(parts)
 
@@ -42,6 +44,7 @@ def finetune_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/, tb/."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation images (class folders). Default: a split of --data."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified share of --data held out (default 0.2)."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabeled images (any folder) that teach the network too, by FixMatch consistency; --set fixmatch_threshold=, fixmatch_mu=, fixmatch_per_epoch= tune it."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="timm name or tv:<torchvision name> (default efficientnet_lite0)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Random init with --no-pretrained."),
@@ -68,6 +71,7 @@ def finetune_cmd(
     Multi-label data (a CSV path,labels) trains one sigmoid per class (binary cross-entropy; --set loss=asl
     for the asymmetric loss), monitors validation mAP and stores per-class thresholds chosen on validation."""
     from tlkit.train import fit, make_config
+    from tlkit.train.consistency import UnlabeledSet
 
     setup_logging(verbose)
     training_process()
@@ -78,11 +82,12 @@ def finetune_cmd(
             device=device, precision=precision, decode=decode, workers=workers, seed=seed, val_fraction=val_fraction,
             tensorboard=tensorboard,
         )
+        unlabeled_set = UnlabeledSet.from_folder(unlabeled) if unlabeled is not None else None
         with progress_bar() as bar:
             bar_task = bar.add_task("finetune", total=None, rate="")
             res = fit(cfg, data=data, val=val, out=out, resume=resume, progress=rate_callback(bar, bar_task),
                       on_epoch=lambda row: bar.console.print(escape(_epoch_line(row, cfg.epochs))),
-                      task=task, label_delim=label_delim)
+                      task=task, label_delim=label_delim, unlabeled=unlabeled_set)
     if res.rank != 0:
         return
     best = res.best or {}

@@ -12,7 +12,7 @@ from rich.table import Table
 from tlkit.cli._app import (
     PANEL_ACTIVE, app, console, progress_bar, setup_logging, training_process, user_errors,
 )
-from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL
+from tlkit.constants import DEFAULT_BACKBONE
 from tlkit.engines import ENGINE_HELP
 
 
@@ -32,8 +32,9 @@ def al_simulate_cmd(
     rounds: int = typer.Option(10, "--rounds", min=0, help="Rounds after the random start."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Repeats with different random starts (mean ± std)."),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
-    ssl: str = typer.Option(DEFAULT_SSL, "--ssl", help="Head rounds: self-training (pseudo-labels from the "
-                            "unlabeled pool) | off (the labeled images alone)."),
+    ssl: Optional[str] = typer.Option(None, "--ssl", help="How the unlabeled pool teaches the learner. --train head: "
+                                      "self-training (pseudo-labels; the default) | off. --train finetune: fixmatch "
+                                      "(consistency on the pool images) | off (the default)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Simulate labeling rounds with each strategy; print the area under the budget curve."""

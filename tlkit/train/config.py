@@ -76,6 +76,14 @@ class TrainConfig:
     focal_gamma: float = 2.0
     class_weights: str | list | None = None  # None | "balanced" | [w per class]
     sampler: str = "uniform"  # uniform (each image once per epoch) | balanced (classes drawn equally, with replacement)
+    # FixMatch consistency on unlabeled images (tlkit.train.consistency); used only when fit() gets an
+    # unlabeled set (`tlkit finetune --unlabeled DIR`, `al-round --train finetune --ssl fixmatch`)
+    fixmatch_threshold: float = 0.95  # a weak view's top probability needed for its pseudo-label (the paper's 0.95)
+    fixmatch_mu: int = 2  # unlabeled images per labeled image in a step; the paper's 7 costs 3.5x more per step, too slow on a CPU
+    fixmatch_weight: float = 1.0  # lambda_u, the unlabeled loss weight (the paper's 1)
+    fixmatch_augment: str = "rand-m9-mstd0.5"  # strong view: timm auto_augment spec (RandAugment, as the paper)
+    fixmatch_reprob: float = 1.0  # strong view: random erasing (the paper's cutout, always applied)
+    fixmatch_per_epoch: int | None = None  # unlabeled images drawn per epoch at most; None: every one once
     # optimisation
     epochs: int = 10
     optimizer: str = "adamw"  # any timm optimizer: adamw, sgd, rmsprop, adagrad, adam, ...
@@ -139,7 +147,9 @@ _RANGES = {
     "weight_decay": (0.0, math.inf), "momentum": (0.0, 1.0), "warmup_epochs": (0.0, math.inf),
     "min_lr_ratio": (0.0, 1.0), "ema_decay": (0.0, 1.0), "clip_grad": (0.0, math.inf), "patience": (1, math.inf),
     "unfreeze_lr_scale": (0.0, math.inf), "gamma": (0.0, math.inf), "step_epochs": (0.0, math.inf),
-    "image_size": (16, math.inf), "workers": (0, math.inf),
+    "image_size": (16, math.inf), "workers": (0, math.inf), "fixmatch_threshold": (0.0, 1.0),
+    "fixmatch_mu": (1, math.inf), "fixmatch_weight": (0.0, math.inf), "fixmatch_reprob": (0.0, 1.0),
+    "fixmatch_per_epoch": (1, math.inf),
 }
 
 

@@ -33,6 +33,7 @@ from tlkit.train import autobatch
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
+from tlkit.train.consistency import Consistency, UnlabeledSet
 from tlkit.train.distributed import all_gather_objects, all_ranks, all_reduce_sum, barrier, shutdown
 from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
 from tlkit.train.loaders import Runtime, feature_loaders, image_loaders, setup_runtime, to_device
@@ -148,7 +149,8 @@ def optimizer_step(st: TrainState, cfg: TrainConfig) -> None:
 
 def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn: nn.Module,
                     mixup: Callable | None, rt: Runtime, progress: Progress | None,
-                    on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> dict[str, float]:
+                    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
+                    consistency: Consistency | None = None) -> dict[str, float]:
     """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds.
 
     Multi-label batches (targets ``[B, K]``): ``train_accuracy`` is the label accuracy (the share of each
@@ -156,7 +158,9 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
 
     ``on_step(step, batch loss, lr)`` is called after each optimizer step (this process's batch; the
     loss a detached 0-d tensor on the device). Loss and accuracy add up on the device and are read once,
-    at the end: no step waits for the GPU to report a number.
+    at the end: no step waits for the GPU to report a number. With ``consistency`` each step also draws
+    an unlabeled batch and adds FixMatch's term (:mod:`tlkit.train.consistency`); ``train_loss`` is then
+    the labeled loss plus that term, and the epoch's unlabeled statistics join the result.
     """
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
@@ -167,6 +171,7 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
     n_batches = len(loader)
     st.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(loader):
+        u = consistency.next_batch() if consistency is not None else None
         st.failures.update({int(j): r for j, r in batch.failures})
         # a batch needs 2 decoded images (BatchNorm); under DDP every rank skips it or none does, else
         # the ranks that train would wait forever in the gradient all-reduce for the one that skipped
@@ -177,9 +182,15 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
         if mixup is not None and len(y) % 2 == 0:
             x, target = mixup(x, y)
         multilabel = y.ndim == 2
+        u_loss = None
         with autocast(rt.device, rt.amp_dtype):
-            logits = st.forward(x)
+            if u is None:
+                logits = st.forward(x)
+            else:
+                logits, u_loss = consistency.forward(st.forward, x, u, lambda t: to_device(t, rt))
         loss = loss_fn(logits.float(), target)
+        if u_loss is not None:
+            loss = loss + u_loss
         scaled = loss / cfg.grad_accum
         (st.scaler.scale(scaled) if st.scaler is not None else scaled).backward()
         if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
@@ -199,8 +210,11 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
     loss_total, n_correct, seen = all_reduce_sum([loss_total, n_correct, seen], rt.dist)
     if not seen:
         raise TlkitError("no training image could be decoded; see skipped.csv in the run folder")
-    return {"train_loss": loss_total / seen, "train_accuracy": n_correct / seen, "train_images": int(seen),
-            "train_time_s": time.perf_counter() - t0, "lr": lr}
+    out = {"train_loss": loss_total / seen, "train_accuracy": n_correct / seen, "train_images": int(seen),
+           "train_time_s": time.perf_counter() - t0, "lr": lr}
+    if consistency is not None:
+        out.update(consistency.epoch_stats(lambda values: all_reduce_sum(values, rt.dist)))
+    return out
 
 
 def validate(module: nn.Module, forward, loader: Iterable, rt: Runtime, multilabel: bool = False) -> Predictions:
@@ -234,6 +248,9 @@ def epoch_row(epoch: int, train: dict, val: Predictions, ema_val: Predictions | 
     if ema_val is not None:
         row["ema_val_loss"] = ema_val.loss
         row.update({f"ema_val_{k}": v for k, v in _quick(ema_val, multilabel).items()})
+    for key in ("unlabeled_images", "pseudo_labels", "mask_rate", "pseudo_accuracy"):  # fixmatch runs only
+        if key in train:
+            row[key] = train[key]
     row["lr"] = train["lr"]  # peak (head) lr of the epoch's last step
     row["epoch_time_s"] = train["train_time_s"]
     row["images_per_s"] = train["train_images"] / max(1e-9, train["train_time_s"])
@@ -336,6 +353,7 @@ def fit(
     checkpoints: str = "full",
     task: str = "auto",
     label_delim: str = ";",
+    unlabeled: UnlabeledSet | None = None,
 ) -> FitResult:
     """Fine-tune ``config.backbone`` on a class-folder tree; write checkpoints, metrics and plots to ``out``.
 
@@ -357,6 +375,9 @@ def fit(
             the config says ``val_accuracy``, and stores per-class thresholds chosen on validation data with
             its checkpoints.
         label_delim: the separator of a manifest cell's labels.
+        unlabeled: unlabeled images that teach the network too, by FixMatch's consistency loss
+            (:mod:`tlkit.train.consistency`; the ``fixmatch_*`` config keys). The history rows then carry
+            ``unlabeled_images``, ``pseudo_labels``, ``mask_rate`` and ``pseudo_accuracy``.
 
     Raises:
         TlkitError: bad data (one class, an empty class folder, val classes unknown to train),
@@ -385,7 +406,7 @@ def fit(
     rt = setup_runtime(cfg)
     try:
         with flush_denormals(rt.device):
-            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints)
+            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints, unlabeled)
     finally:
         shutdown()
 
@@ -466,16 +487,31 @@ class Pipeline:
     val_forward: Callable[[torch.Tensor], torch.Tensor] | None
     prefix: str
     failures: list
+    consistency: Consistency | None = None
 
 
-def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: DataConfig, rt: Runtime) -> Pipeline:
-    """Image loaders (augmented) for the model, or cached features for a linear probe's head."""
+def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: DataConfig, rt: Runtime,
+                  unlabeled: UnlabeledSet | None = None) -> Pipeline:
+    """Image loaders (augmented) for the model, or cached features for a linear probe's head; with
+    ``unlabeled``, FixMatch's unlabeled loader too, the labeled loader cycled to its steps per epoch."""
+    from tlkit.train import consistency as fixmatch
+
+    if unlabeled is not None:
+        fixmatch.check_supported(cfg)
+        if splits.multilabel:
+            raise TlkitError("FixMatch's consistency loss (--unlabeled, --ssl fixmatch) needs single-label data: "
+                             "its pseudo-label is one class; leave it out for multi-label data")
     if cfg.mode == "linear-probe" and cfg.precompute_features:
         train, val, sampler, failures = feature_loaders(cfg, model, splits, data_config, rt)
         head = head_module(model)
         return Pipeline(train, val, sampler, head, head, head, _module_prefix(model, head), failures)
     train, val, sampler = image_loaders(cfg, splits, data_config, rt)
-    return Pipeline(train, val, sampler, model, wrap_for_training(model, cfg, rt), None, "", [])
+    forward = wrap_for_training(model, cfg, rt)
+    if unlabeled is None:
+        return Pipeline(train, val, sampler, model, forward, None, "", [])
+    cons = fixmatch.build(unlabeled, cfg, data_config, splits.class_to_idx, len(train), rt)
+    cycled = fixmatch.Cycled(train, sampler, cons.steps)
+    return Pipeline(cycled, val, cycled, model, forward, None, "", [], cons)
 
 
 def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss_fn: nn.Module, mixup,
@@ -490,7 +526,9 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
     # each epoch's randomness depends only on (seed, epoch, rank), not on what ran before it
     # (validation, lazy imports in plotting): a resumed run repeats an uninterrupted one
     seed_everything(cfg.seed * 1_000_003 + epoch * 1_009 + rt.dist.rank)
-    train = train_one_epoch(st, cfg, pipe.train, loss_fn, mixup, rt, progress, on_step)
+    if pipe.consistency is not None:
+        pipe.consistency.set_epoch(epoch)
+    train = train_one_epoch(st, cfg, pipe.train, loss_fn, mixup, rt, progress, on_step, pipe.consistency)
     preds = validate(st.model if pipe.val_forward is None else pipe.trained, pipe.val_forward, pipe.val, rt,
                      multilabel)
     ema_preds = None
@@ -514,12 +552,13 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
 
 
 def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
-         t0: float, chosen: dict | None = None, checkpoints: str = "full") -> FitResult:
+         t0: float, chosen: dict | None = None, checkpoints: str = "full",
+         unlabeled: UnlabeledSet | None = None) -> FitResult:
     k = len(splits.classes)
     bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
     if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
         cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
-    pipe = make_pipeline(cfg, model, splits, data_config, rt)
+    pipe = make_pipeline(cfg, model, splits, data_config, rt, unlabeled)
     chosen["decode"] = {"train": decode_path_of(pipe.train), "val": decode_path_of(pipe.val)}
     steps_per_epoch = max(1, math.ceil(len(pipe.train) / cfg.grad_accum))
     st = build_state(cfg, model, pipe.trained, pipe.forward, steps_per_epoch, rt)
