@@ -24,7 +24,7 @@ import numpy as np
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, resolve_ssl
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import Approx, PoolView, get_strategy, list_strategies, select
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL
 from tlkit.errors import TlkitError
 from tlkit.io import check_output_dir, save_png, write_csv, write_json
 
