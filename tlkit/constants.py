@@ -23,3 +23,12 @@ DECODE_HELP = ("auto | cpu | device. auto: on CUDA, JPEGs are decoded, resized a
 #: labeled rows alone; the first is the default.
 SSL_MODES = ("self-training", "off")
 DEFAULT_SSL = SSL_MODES[0]
+
+#: Labeling tasks: one class per image (``single``), or any set of classes per image (``multilabel``;
+#: project.yaml's ``task``, ``tlkit al-init --multi-label``). The first is the default.
+TASKS = ("single", "multilabel")
+DEFAULT_TASK = TASKS[0]
+MULTILABEL = TASKS[1]
+#: The character between the classes of one image in a multi-label project's labels.csv (and plain CSV
+#: imports): ``cat;dog``. A multi-label project refuses class names holding it.
+LABEL_DELIM = ";"
