@@ -87,12 +87,22 @@ class PoolData:
 
     def predicted(self, probs: np.ndarray, i: int) -> tuple[str, float]:
         """Row ``i``'s predicted label (multi-label: the set at p >= 0.5, as text) and its probability."""
-        if self.targets is None:
-            k = int(probs[i].argmax())
-            return self.classes[k], float(probs[i, k])
-        p = probs[i].astype(np.float64)
-        present = p >= 0.5
-        return join_labels(c for c, on in zip(self.classes, present) if on), float(np.prod(np.where(present, p, 1 - p)))
+        return predicted_label(self.classes, probs[i], multilabel=self.multilabel)
+
+
+def predicted_label(classes: tuple[str, ...], p: np.ndarray, *, multilabel: bool = False) -> tuple[str, float]:
+    """A model's label for one image from its probabilities ``p [k]``, and the probability of that label.
+
+    Single-label: the most probable class. Multi-label: the set of classes at p >= 0.5 as text
+    (:func:`~tlkit.active.project.join_labels`; ``""`` = none), with the probability of exactly that set
+    under independent classes, ``prod_j (p_j if present else 1 - p_j)``.
+    """
+    if not multilabel:
+        k = int(p.argmax())
+        return classes[k], float(p[k])
+    p = np.asarray(p, np.float64)
+    present = p >= 0.5
+    return join_labels(c for c, on in zip(classes, present) if on), float(np.prod(np.where(present, p, 1 - p)))
 
 
 def embeddings_for(project: Project, *, device: str = "auto", engine: str | None = None,
