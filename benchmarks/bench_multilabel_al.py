@@ -43,8 +43,7 @@ from tlkit.constants import MULTILABEL, TASKS  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 MODAL = ("svm-binary-minimum", "max-loss", "mean-max-loss", "min-confidence", "avg-confidence", "max-score",
          "avg-score")
-TLKIT = ("random", "mean-entropy", "max-margin", "mmc", "max-margin-adaptive", "badge", "clue", "maxherding-entropy",
-         "auto")
+TLKIT = ("random", "mean-entropy", "max-margin", "mmc", "max-margin-adaptive", "maxherding-entropy", "auto")
 START, BATCH, ROUNDS = 10, 10, 19  # 10..200 labels
 BUDGETS_SHOWN = (10, 20, 50, 100, 150, 200)
 
@@ -213,6 +212,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--splits", default=None, help="comma-separated splits (default: 0-4, or 100-104 with --tune)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1; --tune: 0)")
     ap.add_argument("--strategies", default=None, help="comma-separated names (default: tlkit's + modAL's)")
+    ap.add_argument("--out", default=None, help="results file stem under benchmarks/results/ (default: by set)")
     args = ap.parse_args(argv)
     modal = register_modal()
     variants = register_variants()
@@ -227,7 +227,7 @@ def main(argv: list[str]) -> None:
     with threadpool_limits(limits=1):  # small products: a second thread only spins on a shared machine
         result = run(name, splits, seeds, strategies)
     result["cpu_minutes"] = round((time.perf_counter() - t) / 60, 1)
-    stem = RESULTS / ("multilabel_al_tune" if args.tune else f"multilabel_al_{name}")
+    stem = RESULTS / (args.out or ("multilabel_al_tune" if args.tune else f"multilabel_al_{name}"))
     RESULTS.mkdir(exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".txt").write_text(table(result))
