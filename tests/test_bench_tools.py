@@ -90,3 +90,28 @@ def test_soft_switch_hands_over_part_of_the_batch(warm_pool, experiments):
 
 def test_experiments_leave_the_registry_as_it_was():
     assert "soft" not in {s.name for s in _registry.list_strategies()}
+
+
+def test_photo_al_summary_averages_within_each_split_first():
+    from bench_photo_al import set_summary
+
+    # split 0: two seeds (0.5 -> 0.7 and 0.5 -> 0.9); split 1: one seed (0.5 -> 0.6)
+    runs = {"a": {0: {0: [(10, 0.5), (20, 0.7)], 1: [(10, 0.5), (20, 0.9)]}, 1: {0: [(10, 0.5), (20, 0.6)]}},
+            "b": {0: {0: [(10, 0.5), (20, 0.5)], 1: [(10, 0.5), (20, 0.5)]}, 1: {0: [(10, 0.5), (20, 0.5)]},
+                  2: {0: [(10, 0.9), (20, 0.9)]}}}  # split 2 only for "b": left out of both summaries
+    s = set_summary(runs)
+    assert s["a"]["splits"] == s["b"]["splits"] == [0, 1]
+    assert s["a"]["acc"][20] == pytest.approx(np.mean([0.8, 0.6]))  # not the pooled mean 0.733
+    assert s["a"]["aubc"] == pytest.approx(np.mean([np.mean([0.6, 0.7]), 0.55]))
+    assert s["b"]["aubc"] == pytest.approx(0.5)
+    assert s["a"]["n_runs"] == 3
+
+
+def test_injected_flips_always_change_the_label():
+    from bench_audit_photos import FLIP_SHARE, flip_labels
+
+    y = np.repeat(np.arange(7), 40)
+    noisy, flip = flip_labels(y, 7, seed=3)
+    assert len(flip) == round(FLIP_SHARE * len(y)) and len(set(flip.tolist())) == len(flip)
+    assert (noisy[flip] != y[flip]).all()
+    assert (np.delete(noisy, flip) == np.delete(y, flip)).all()
