@@ -21,6 +21,7 @@ measured. Start 10 random labels, batches of 10, to 200 labels; AUBC over mAP (m
 
 Usage (from the repository root; about 15 CPU minutes for the report, 8 for the tuning):
   python benchmarks/bench_multilabel_al.py                 # report set -> results/multilabel_al_intel.{json,txt}
+  (what was run and found: benchmarks/results/multilabel_al_report.md)
   python benchmarks/bench_multilabel_al.py --tune          # tuning set -> results/multilabel_al_tune.{json,txt}
 """
 
