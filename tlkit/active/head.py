@@ -159,6 +159,7 @@ def fit_multilabel_head(
     C: float = DEFAULT_C,
     seed: int = 0,
     sample_weight: np.ndarray | None = None,
+    tol: float = LBFGS_GTOL,
 ) -> LinearHead | None:
     """Fit one-vs-rest logistic regressions (one per class) on labeled rows, jointly.
 
@@ -174,6 +175,7 @@ def fit_multilabel_head(
         classes: all project classes (``k``).
         scaler: the pool's scaler (fitted on ``x`` when None).
         seed: unused (the fit is deterministic); kept for the same call as :func:`fit_head`.
+        tol: L-BFGS's gradient tolerance on the mean loss (:data:`LBFGS_GTOL`; smaller: a closer fit).
 
     Returns:
         The head (``multilabel=True``), or None without labeled rows.
@@ -208,7 +210,7 @@ def fit_multilabel_head(
     # made the fit 5-15x slower (200 rows x 1280 x 6 classes: 5.8 s with the default threads, 0.36 s on one)
     with threadpool_limits(limits=1, user_api="blas"):
         res = minimize(loss, theta0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": MAX_ITER, "maxls": 50, "gtol": LBFGS_GTOL, "ftol": 64 * np.finfo(float).eps})
+                       options={"maxiter": MAX_ITER, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
     W, b = res.x[: k * d].reshape(k, d), res.x[k * d:]
     return LinearHead(scaler, W.astype(np.float32), b.astype(np.float32), tuple(classes), multilabel=True)
 
@@ -284,14 +286,16 @@ def mean_average_precision(Y: np.ndarray, P: np.ndarray) -> float | None:
 
 def cross_val_multilabel_proba(
     x: np.ndarray, Y: np.ndarray, classes: tuple[str, ...], *, scaler: Scaler, folds: int = 5, seed: int = 0,
+    tol: float = LBFGS_GTOL,
 ) -> np.ndarray | None:
-    """``[m, k]`` out-of-fold probabilities of multi-label rows (plain k-fold), or None below 4 rows."""
+    """``[m, k]`` out-of-fold probabilities of multi-label rows (plain k-fold), or None below 4 rows;
+    ``tol`` as :func:`fit_multilabel_head`'s."""
     k = min(folds, len(Y) // 2)
     if k < 2:
         return None
     out = np.zeros(Y.shape, np.float32)
     for tr, te in KFold(k, shuffle=True, random_state=seed).split(x):
-        head = fit_multilabel_head(x[tr], Y[tr], classes, scaler=scaler, seed=seed)
+        head = fit_multilabel_head(x[tr], Y[tr], classes, scaler=scaler, seed=seed, tol=tol)
         out[te] = head.predict_proba(x[te])
     return out
 
