@@ -154,6 +154,7 @@ def read_pred_probs(file: Path, paths: list[str], classes: tuple[str, ...], *, m
             raise TlkitError(f"{file}: the row of {paths[i]!r} is not per-class probabilities in [0, 1] (bad rows: "
                              f"{bad.sum()}); give each class's own probability (sigmoid outputs)")
         return probs
+    bad = ~np.isfinite(probs).all(1) | (probs < 0).any(1) | ~(sums > 0)
     if bad.any():
         i = int(np.argmax(bad))
         what = ("NaN or inf" if not np.isfinite(probs[i]).all() else "a negative value" if (probs[i] < 0).any()
