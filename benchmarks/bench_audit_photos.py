@@ -2,8 +2,9 @@
 
 For each real-photo set of ``benchmarks/photo_data.py`` and split, 5 % of the pool's labels are flipped
 to another class at random (flip seed = seed), and the audit's label check runs exactly as ``tlkit
-audit`` runs it (``tlkit.audit.labels.out_of_fold_probs`` with the audit's default folds, then
-``find_issues``: cleanlab's ``find_label_issues`` ranked by self-confidence). Reported per set, averaged
+audit`` runs it (``tlkit.audit.labels.out_of_fold_probs`` and ``ranking_probs`` with the audit's
+default folds, then ``find_issues`` with ``knn_agreement``: cleanlab's ``find_label_issues``, ranked by the audit's label
+quality). Reported per set, averaged
 over splits x seeds: the share of the flipped images among the k most suspicious (k = the number
 flipped; the issue's bar is >= 80 % on every report set), and cleanlab's own flag list (recall,
 precision).
@@ -44,12 +45,14 @@ def flip_labels(y: np.ndarray, n_classes: int, seed: int) -> tuple[np.ndarray, n
 def one_run(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> dict:
     """Top-k recall and cleanlab's flag recall/precision for one flip draw."""
     from tlkit.active.head import Scaler
-    from tlkit.audit.labels import find_issues, out_of_fold_probs
+    from tlkit.audit.labels import find_issues, knn_agreement, out_of_fold_probs, ranking_probs
 
     noisy, flip = flip_labels(y, n_classes, seed)
     t = time.perf_counter()
-    probs = out_of_fold_probs(x, noisy, n_classes, scaler=Scaler.fit(x))
-    found = find_issues(noisy, probs)
+    scaler = Scaler.fit(x)
+    probs = out_of_fold_probs(x, noisy, n_classes, scaler=scaler)
+    rank = ranking_probs(x, noisy, n_classes, scaler=scaler)
+    found = find_issues(noisy, probs, knn_agreement(x, noisy), rank)
     k, flipped = len(flip), set(flip.tolist())
     hits = len(set(found.issues.tolist()) & flipped)
     return {"topk": len(set(found.ranking[:k].tolist()) & flipped) / k, "flag_recall": hits / k,

@@ -4,14 +4,17 @@ Subcommands (all write JSON into the work folder; `report` prints the table):
     info          versions, GPU, CPU count, tlkit's device/precision/engine/worker choices
     make-data     N synthetic JPEGs (class tree, 10 classes) at SIZE px, in parallel
     make-project  a flat pool (copies) + seed labels for `tlkit al-init`
-    bounds        decode-only loader rates (tlkit's own dataset/transforms) and model-only
-                  GPU rates (bf16, channels_last) on the same images, decoded once to the GPU
+    bounds        decode-only loader rates (tlkit's own dataset/transforms; training images also
+                  through the device decoder, #29) and model-only GPU rates (bf16, channels_last)
+                  on the same images, decoded once to the GPU. --tiny: a few images, tiny models,
+                  a few steps, on the CPU when there is no GPU (tests/test_gpu_helper.py runs it)
     report        the compact table of img/s and ratios
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import glob
 import json
@@ -120,14 +123,21 @@ def cmd_make_project(a) -> None:
 # --------------------------------------------------------------------------- bounds
 
 
-def _decoded(records, n: int):
+def _decoded(records, n: int, device: str = "cuda"):
     """The first ``n`` images as one uint8 [n, 3, H, W] tensor on the GPU (decoded once, on the CPU)."""
     import numpy as np
     import torch
     from PIL import Image
 
     arrs = [np.asarray(Image.open(r.path).convert("RGB")) for r in records[:n]]
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous().cuda()
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _batch(X, mean, std, i: int, bs: int):
@@ -138,58 +148,73 @@ def _batch(X, mean, std, i: int, bs: int):
     return x.contiguous(memory_format=torch.channels_last), idx
 
 
-def _loader_rate(ds, bs: int, workers: int, passes: int = 2) -> float:
-    """img/s of tlkit's own loader (make_loader: pin_memory, persistent workers) plus the H2D copy; last pass."""
-    import torch
+def _loader_rate(ds, bs: int, workers: int, passes: int = 2, device: str = "cuda", loader=None) -> float:
+    """img/s of tlkit's own loader (make_loader: pin_memory, persistent workers) plus the H2D copy; last pass.
+    ``loader``: an already built loader of batches (the device decoder's: images already on the device)."""
     from tlkit.data import make_loader
 
-    dl = make_loader(ds, batch_size=bs, workers=workers, device="cuda")
+    dl = loader if loader is not None else make_loader(ds, batch_size=bs, workers=workers, device=device)
     rate = 0.0
     for _ in range(passes):
         t, n = time.perf_counter(), 0
         for b in dl:
             if b.images is not None:
-                b.images.to("cuda", non_blocking=True)
+                b.images.to(device, non_blocking=True)
                 n += len(b.images)
-        torch.cuda.synchronize()
+        _sync(device)
         rate = n / (time.perf_counter() - t)
     del dl
     return rate
 
 
+def _device_train_loader(records, c2i, dcfg, bs: int, workers: int, device: str):
+    """tlkit's training loader with ``--decode device`` (#29): JPEG bytes in, augmented batches on the device."""
+    from tlkit.data import build_transform
+    from tlkit.data.device_augment import train_loader
+
+    aug = {"scale": (0.7, 1.0), "hflip": 0.0, "vflip": 0.0, "color_jitter": 0.0, "auto_augment": None, "re_prob": 0.0}
+    loader, path = train_loader(records, dcfg, aug, build_transform(dcfg, training=True, **aug), batch_size=bs,
+                                workers=workers, device=device, sampler=list(range(len(records))), drop_last=False,
+                                decode="device", class_to_idx=c2i)
+    assert path == "device", path
+    return loader
+
+
 def _infer_rate(model, X, mean, std, bs: int, warm: int = 8, iters: int = 30) -> float:
     import torch
 
-    model = model.cuda().eval().to(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+    device = X.device
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         for i in range(warm + iters):
             if i == warm:
-                torch.cuda.synchronize()
+                _sync(device)
                 t = time.perf_counter()
             model(_batch(X, mean, std, i, bs)[0])
-        torch.cuda.synchronize()
+        _sync(device)
     return iters * bs / (time.perf_counter() - t)
 
 
 def _train_rate(X, Y, mean, std, bs: int, *, sync: bool = False, benchmark: bool = False,
-                warm: int = 12, steps: int = 40) -> float:
+                warm: int = 12, steps: int = 40, model_name: str = "resnet50") -> float:
     """Plain AMP loop: timm resnet50 (random init, 10 classes), bf16 autocast, channels_last, fused AdamW.
     ``sync``: two host syncs per step as tlkit's loop does (float(loss), float(correct))."""
     import timm
     import torch
     import torch.nn.functional as F
 
+    device = X.device
     torch.backends.cudnn.benchmark = benchmark
-    model = timm.create_model("resnet50", pretrained=False, num_classes=CLASSES).cuda()
+    model = timm.create_model(model_name, pretrained=False, num_classes=CLASSES).to(device)
     model = model.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=device.type == "cuda")
     for s in range(warm + steps):
         if s == warm:
-            torch.cuda.synchronize()
+            _sync(device)
             t = time.perf_counter()
         x, idx = _batch(X, mean, std, s, bs)
         y = Y[idx]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
@@ -198,10 +223,11 @@ def _train_rate(X, Y, mean, std, bs: int, *, sync: bool = False, benchmark: bool
         if sync:
             float(loss.detach())
             float((logits.detach().argmax(-1) == y).sum())
-    torch.cuda.synchronize()
+    _sync(device)
     rate = steps * bs / (time.perf_counter() - t)
     del model, opt
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return rate
 
 
@@ -212,19 +238,26 @@ def cmd_bounds(a) -> None:
     from tlkit.data import ImageDataset, build_transform, scan_images, size_hint_for
     from tlkit.runtime import default_workers
 
-    assert torch.cuda.is_available(), "no CUDA GPU visible"
-    res: dict = {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert a.tiny or device == "cuda", "no CUDA GPU visible (--tiny runs a few steps on the CPU)"
+    # --tiny: what the GPU run does, at a size a CPU test takes seconds for (tiny models, a few steps)
+    big, small = ("test_resnet", "test_efficientnet") if a.tiny else ("resnet50", DEFAULT_BACKBONE)
+    steps = {"warm": 1, "iters": 2} if a.tiny else {}
+    train_steps = {"warm": 1, "steps": 2} if a.tiny else {}
+    res: dict = {"device": device, "tiny": bool(a.tiny)}
     src = scan_images(a.data)
+    if a.tiny:  # 16 images across the classes
+        src = dataclasses.replace(src, records=src.records[:: max(1, len(src.records) // 16)][:16])
     c2i = {c: i for i, c in enumerate(src.classes)}
     cpus = len(os.sched_getaffinity(0))
-    w_default, w_all = default_workers(), max(1, cpus - 2)
+    w_default, w_all = default_workers(), (0 if a.tiny else max(1, cpus - 2))
     res["workers_default"], res["workers_all"] = w_default, w_all
 
     def save() -> None:
         Path(a.out).write_text(json.dumps(res, indent=1))
 
     # CPU side: tlkit's datasets and transforms, no model (what the GPU could be fed at most)
-    r50 = create_backbone("resnet50", pretrained=False)
+    r50 = create_backbone(big, pretrained=False)
     dcfg = r50.data_config
     eval_ds = ImageDataset(src.records, build_transform(dcfg), c2i, size_hint=size_hint_for(dcfg))
     train_tf = build_transform(dcfg, training=True, scale=(0.7, 1.0), hflip=0.0, vflip=0.0, color_jitter=0.0,
@@ -240,31 +273,40 @@ def cmd_bounds(a) -> None:
             res.setdefault("errors", {})[key] = f"{type(e).__name__}: {str(e)[:200]}"
         finally:
             torch.backends.cudnn.benchmark = False
-        if res[key] is None:
+        if res[key] is None and device == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
         save()
         print(key, None if res[key] is None else round(res[key]), flush=True)
 
-    measure("decode_eval_b64_wdef", _loader_rate, eval_ds, 64, w_default)
-    measure("decode_eval_b64_wall", _loader_rate, eval_ds, 64, w_all)
-    measure("decode_train_b32_wdef", _loader_rate, train_ds, 32, w_default)
-    measure("decode_train_b32_wall", _loader_rate, train_ds, 32, w_all)
+    kw_dev = {"device": device, "passes": 1 if a.tiny else 2}
+    measure("decode_eval_b64_wdef", _loader_rate, eval_ds, 64, w_default, **kw_dev)
+    measure("decode_eval_b64_wall", _loader_rate, eval_ds, 64, w_all, **kw_dev)
+    measure("decode_train_b32_wdef", _loader_rate, train_ds, 32, w_default, **kw_dev)
+    measure("decode_train_b32_wall", _loader_rate, train_ds, 32, w_all, **kw_dev)
+    measure("decode_train_b128_wall", _loader_rate, train_ds, 128, w_all, **kw_dev)
+    # the same training images through the device decoder (JPEG bytes in, crop/flip/normalise on the device)
+    for key, bs, w in (("decode_train_dev_b128_wdef", 128, w_default), ("decode_train_dev_b128_wall", 128, w_all)):
+        measure(key, lambda bs=bs, w=w: _loader_rate(None, bs, w, **kw_dev, loader=_device_train_loader(
+            src.records, c2i, dcfg, bs, w, device)))
 
     # GPU side: the same images decoded once into GPU memory, normalized on the GPU per batch
-    X = _decoded(src.records, min(1024, len(src.records)))
-    Y = torch.tensor([c2i[r.label] for r in src.records[: len(X)]], device="cuda")
-    mean = torch.tensor(dcfg.mean, device="cuda").view(1, 3, 1, 1)
-    std = torch.tensor(dcfg.std, device="cuda").view(1, 3, 1, 1)
-    for name, bb in (("resnet50", r50), (DEFAULT_BACKBONE, create_backbone(DEFAULT_BACKBONE, pretrained=False))):
-        for bs in (64, 256):
-            measure(f"infer_{name}_b{bs}", _infer_rate, bb.model, X, mean, std, bs)
+    X = _decoded(src.records, min(16 if a.tiny else 1024, len(src.records)), device)
+    Y = torch.tensor([c2i[r.label] for r in src.records[: len(X)]], device=device)
+    mean = torch.tensor(dcfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(dcfg.std, device=device).view(1, 3, 1, 1)
+    for name, bb in (("resnet50", r50), (DEFAULT_BACKBONE, create_backbone(small, pretrained=False))):
+        for bs in (64, 256) if not a.tiny else (4,):
+            measure(f"infer_{name}_b{bs}", _infer_rate, bb.model, X, mean, std, bs, **steps)
         bb.model.cpu()
     for key, bs, kw in (("train_b32", 32, {}), ("train_b32_sync", 32, {"sync": True}),
                         ("train_b32_cudnnbench", 32, {"benchmark": True}), ("train_b128", 128, {}),
                         ("train_b256", 256, {})):
-        measure(key, _train_rate, X, Y, mean, std, bs, **kw)
-    res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        measure(key, _train_rate, X, Y, mean, std, 4 if a.tiny else bs, model_name=big, **kw, **train_steps)
+        if a.tiny:
+            break
+    if device == "cuda":
+        res["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     save()
     print(json.dumps({k: round(v) if isinstance(v, float) else v for k, v in res.items()}))
 
@@ -325,6 +367,13 @@ def _gpu_idle(work: Path, start: float, end: float) -> float | None:
     return sum(u == 0 for u in util) / len(util) if util else None
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _log(work: Path, name: str) -> str:
     try:
         return (work / f"{name}.log").read_text(errors="replace")
@@ -364,6 +413,9 @@ def cmd_report(a) -> None:
                        ("decode_eval_b64_wall", f"decode-only eval tf, {b.get('workers_all')} workers"),
                        ("decode_train_b32_wdef", f"decode-only train tf, {b.get('workers_default')} workers (default)"),
                        ("decode_train_b32_wall", f"decode-only train tf, {b.get('workers_all')} workers"),
+                       ("decode_train_b128_wall", "  same, b128"),
+                       ("decode_train_dev_b128_wdef", f"device-decoded train b128, {b.get('workers_default')} workers"),
+                       ("decode_train_dev_b128_wall", f"device-decoded train b128, {b.get('workers_all')} workers"),
                        ("infer_efficientnet_lite0_b64", "model-only infer lite0 bf16 b64"),
                        ("infer_efficientnet_lite0_b256", "model-only infer lite0 bf16 b256"),
                        ("infer_resnet50_b64", "model-only infer resnet50 bf16 b64"),
@@ -404,22 +456,29 @@ def cmd_report(a) -> None:
 
     print("\n-- (2) tlkit finetune resnet50 --no-pretrained, 2 epochs (80 % of the images train) -------------")
     best_ft = None
-    print(f"{'run':20s} {'dev':10s} {'ep1':>7s} {'ep2':>7s} {'wall s':>7s} {'GPU%':>5s} {'plain':>7s} "
+    ep2: dict[str, float | None] = {}
+    print(f"{'run':22s} {'dev':10s} {'decode':>6s} {'ep1':>7s} {'ep2':>7s} {'wall s':>7s} {'GPU%':>5s} {'plain':>7s} "
           f"{'ep2/plain':>9s} {'ep2/decode':>10s}")
-    for name, plain_key, dec_key, label in (("finetune_b32", "train_b32", "decode_train_b32_wdef", "default (b32)"),
-                                            ("finetune_b128", "train_b128", "decode_train_b32_wall", "b128 +workers")):
-        m, p, log = _json(work / name.replace("finetune", "ft") / "metrics.json"), ph.get(name, {}), _log(work, name)
+    for name, plain_key, dec_key, label in (
+            ("finetune_b32", "train_b32", "decode_train_b32_wdef", "default (b32, auto)"),
+            ("finetune_b128", "train_b128", "decode_train_dev_b128_wall", "b128 --decode device"),
+            ("finetune_b128_cpu", "train_b128", "decode_train_b128_wall", "b128 --decode cpu")):
+        out_dir = work / name.replace("finetune", "ft")
+        m, p, log = _json(out_dir / "metrics.json"), ph.get(name, {}), _log(work, name)
+        decode = re.search(r"^\s+train: (\w+)", _text(out_dir / "config.yaml"), re.M)
         dev = re.search(r"device (\S+), precision (\w+)", log)
         devs = f"{dev[1].rstrip(',')}/{dev[2]}" if dev else "?"
         hist = m.get("history", [])
         if not hist:
-            print(f"{label:20s} FAILED or skipped (rc {p.get('rc', '-')}); see {work / (name + '.log')}")
+            print(f"{label:22s} FAILED or skipped (rc {p.get('rc', '-')}); see {work / (name + '.log')}")
             checks.append((f"{name} ran", False, f"rc {p.get('rc')}"))
             continue
         rates = [h.get("images_per_s") for h in hist]
         util, mem = _gpu_util(work, p.get("start", 0), p.get("end", 0))
         last = rates[-1]
-        print(f"{label:20s} {devs:10s} {_fmt(rates[0]):>7s} {_fmt(rates[-1] if len(rates) > 1 else None):>7s} "
+        ep2[name] = last
+        print(f"{label:22s} {devs:10s} {decode[1] if decode else '?':>6s} {_fmt(rates[0]):>7s} "
+              f"{_fmt(rates[-1] if len(rates) > 1 else None):>7s} "
               f"{_fmt(p.get('wall')):>7s} {_fmt(util):>5s} {_fmt(b.get(plain_key)):>7s} "
               f"{_ratio(last, b.get(plain_key)):>9s} {_ratio(last, b.get(dec_key)):>10s}")
         checks.append((f"{name} on cuda", bool(dev) and dev[1].startswith("cuda"), devs))
@@ -429,30 +488,46 @@ def cmd_report(a) -> None:
         best_ft = max(best_ft or 0, last or 0)
     checks.append(("#29 finetune resnet50 >= 2,500 img/s (largest batch tried)", bool(best_ft and best_ft >= 2500),
                    f"{_fmt(best_ft)} img/s"))
-    print("  ep = images_per_s of tlkit's metrics.json; plain = model-only AMP loop, same batch, same images on GPU")
+    dev_ep2, cpu_ep2 = ep2.get("finetune_b128"), ep2.get("finetune_b128_cpu")
+    print(f"  --decode device vs cpu at b128: {_ratio(dev_ep2, cpu_ep2)}x ({_fmt(dev_ep2)} vs {_fmt(cpu_ep2)} img/s, epoch 2)")
+    checks.append(("#29 finetune --decode device >= --decode cpu (b128)", bool(dev_ep2 and cpu_ep2 and dev_ep2 >= cpu_ep2),
+                   f"{_ratio(dev_ep2, cpu_ep2)}x"))
+    print("  ep = images_per_s of tlkit's metrics.json; plain = model-only AMP loop, same batch, same images on GPU;")
+    print("  decode = config.yaml chosen.decode.train (where the training JPEGs were decoded and augmented)")
 
     print("\n-- (3) tlkit al-round --train finetune (AL_POOL pool images, 10 seed labels a class, 2 epochs) --")
-    p, log = ph.get("al_round", {}), _log(work, "al_round")
-    dev = re.search(r"device (\S+), precision (\w+)", log)
     cache = [_json(f) for f in glob.glob(str(work / "al_project" / "cache" / "*" / "meta.json"))]
-    rounds = sorted(glob.glob(str(work / "al_project" / "rounds" / "*" / "metrics.json")))
-    rm = _json(rounds[-1]) if rounds else {}
-    mm = _json(Path(rounds[-1]).parent / "model" / "metrics.json") if rounds else {}
-    util, mem = _gpu_util(work, p.get("start", 0), p.get("end", 0))
     emb = ", ".join(f"{c.get('engine')}/{c.get('device')}" for c in cache) or "?"
-    train_rates = [round(h.get("images_per_s", 0)) for h in mm.get("history", [])]
-    print(f"rc {p.get('rc', '-')}, wall {_fmt(p.get('wall'), 1)} s, finetune on {dev[1].rstrip(',') if dev else '?'}, "
-          f"pool embeddings {emb}, round train+score {rm.get('train_s', '-')} s, train img/s per epoch {train_rates}, "
-          f"val acc {rm.get('val_accuracy', '-')}, GPU mean {_fmt(util)} %, peak {_fmt(mem, 1)} GiB")
-    idle = _gpu_idle(work, p.get("start", 0), p.get("end", 0))
     pool_n = sum(1 for _ in (work / "al_pool").iterdir()) if (work / "al_pool").is_dir() else 0
-    print(f"GPU idle (0 % utilisation) {_fmt(idle * 100 if idle is not None else None)} % of the round's wall time, "
-          f"pool {pool_n:,} images")
-    checks.append(("al-round exit 0", p.get("rc") == "0", f"rc {p.get('rc')}"))
-    checks.append(("#29 al-round GPU idle < 30 % of wall time", idle is not None and idle < 0.3,
-                   f"{_fmt(idle * 100 if idle is not None else None)} % idle, pool {pool_n:,}"))
-    checks.append(("al-round finetune on cuda", bool(dev) and dev[1].startswith("cuda"), dev[1] if dev else "no device log line"))
+    rounds = [Path(f) for f in sorted(glob.glob(str(work / "al_project" / "rounds" / "*" / "metrics.json")))]
+    rounds = [r for r in rounds if _json(r).get("train") == "finetune"]
+    print(f"pool {pool_n:,} images, pool embeddings {emb}")
+    print(f"{'round':34s} {'rc':>3s} {'wall s':>7s} {'idle%':>6s} {'GPU%':>5s} {'GiB':>5s} {'train s':>8s} "
+          f"{'pool read':>9s} {'score s':>8s} {'train img/s':>14s}")
+    for k, (name, label) in enumerate((("al_round", "round 1 (embeds pool, fills store)"),
+                                       ("al_round2", "round 2 (--new, store reused)"))):
+        p, log = ph.get(name, {}), _log(work, name)
+        dev = re.search(r"device (\S+), precision (\w+)", log)
+        rm = _json(rounds[k]) if k < len(rounds) else {}
+        mm = _json(rounds[k].parent / "model" / "metrics.json") if k < len(rounds) else {}
+        util, mem = _gpu_util(work, p.get("start", 0), p.get("end", 0))
+        idle = _gpu_idle(work, p.get("start", 0), p.get("end", 0))
+        rates = [round(h.get("images_per_s", 0)) for h in mm.get("history", [])]
+        print(f"{label:34s} {p.get('rc', '-'):>3s} {_fmt(p.get('wall'), 1):>7s} "
+              f"{_fmt(idle * 100 if idle is not None else None):>6s} {_fmt(util):>5s} {_fmt(mem, 1):>5s} "
+              f"{_fmt(rm.get('train_s'), 1):>8s} {rm.get('pool_decode', '-'):>9s} {_fmt(rm.get('pool_score_s'), 1):>8s} "
+              f"{str(rates):>14s}")
+        checks.append((f"{name} exit 0", p.get("rc") == "0", f"rc {p.get('rc')}"))
+        checks.append((f"#29 {name} GPU idle < 30 % of wall time", idle is not None and idle < 0.3,
+                       f"{_fmt(idle * 100 if idle is not None else None)} % idle, pool {pool_n:,}"))
+        checks.append((f"{name} finetune on cuda", bool(dev) and dev[1].startswith("cuda"),
+                       dev[1] if dev else "no device log line"))
+    checks.append(("al-round 2 scores the pool from the pixel store",
+                   len(rounds) > 1 and _json(rounds[1]).get("pool_decode") == "store",
+                   _json(rounds[1]).get("pool_decode", "-") if len(rounds) > 1 else "no round 2"))
     checks.append(("al-round pool embedded on cuda", bool(cache) and all(str(c.get("device", "")).startswith("cuda") for c in cache), emb))
+    print("  idle% = share of nvidia-smi samples (0.5 s) at 0 % utilisation; pool read = how the round read the pool "
+          "to score it (store: the uint8 pixel store, device: nvJPEG, cpu: PIL)")
 
     print("\n-- checks --------------------------------------------------------------------------------------")
     for what, ok, detail in checks:
@@ -480,6 +555,7 @@ def main() -> None:
     p = sub.add_parser("bounds")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="a few steps with tiny models; the CPU when no GPU")
     p = sub.add_parser("report")
     p.add_argument("--work", required=True)
     a = ap.parse_args()

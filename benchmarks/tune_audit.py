@@ -73,7 +73,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sets", default="clothing,cifar10")
     ap.add_argument("--splits", default="100,101,102,103,104")
-    ap.add_argument("--Cs", default="1,0.1,0.03,0.01")
+    ap.add_argument("--Cs", default="0.03,0.01,0.003,0.001")
     args = ap.parse_args(argv)
     Cs = [float(c) for c in args.Cs.split(",")]
     for name in args.sets.split(","):
@@ -84,15 +84,17 @@ def main(argv=None):
             k = len(photo_data.classes(name))
             y, flip = flip_labels(y_true, k, split)
             rows = np.arange(len(y))
-            knn = knn_agreement(x, y, k)
-            res.setdefault("knn10 self-agreement", []).append(topk(knn[rows, y], flip))
+            knns = {nb: knn_agreement(x, y, k, nb)[rows, y] for nb in (10, 20)}
+            res.setdefault("knn10 self-agreement", []).append(topk(knns[10], flip))
             for C in Cs:
                 p = _oof_c(x, y, k, C)
                 sc = p[rows, y]
                 other = np.where(np.eye(k, dtype=bool)[y], -np.inf, p).max(1)
                 res.setdefault(f"C={C} self-confidence", []).append(topk(sc, flip))
                 res.setdefault(f"C={C} normalised margin", []).append(topk(sc - other, flip))
-                res.setdefault(f"C={C} self-conf + knn", []).append(topk(0.5 * sc + 0.5 * knn[rows, y], flip))
+                for nb, kn in knns.items():
+                    for w in (0.3, 0.5, 0.7):
+                        res.setdefault(f"C={C} self-conf + {w} knn{nb}", []).append(topk((1 - w) * sc + w * kn, flip))
             print(name, split, {kk: round(v[-1], 3) for kk, v in res.items()}, flush=True)
         print(f"\n{name}: mean top-k recall over splits {args.splits}")
         for kk, v in sorted(res.items(), key=lambda kv: -np.mean(kv[1])):

@@ -168,6 +168,157 @@ def test_extract_and_finetune_say_which_decoding_path_ran(photos_dir, tmp_path):
                   "--no-pretrained", "--image-size", "32", "--epochs", "1", "--decode", "device", "--no-tensorboard")
     assert res.returncode == 0, res.stderr
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert cfg["decode"] == "device" and cfg["chosen"]["decode"] == {"train": "cpu", "val": "device"}
+    assert cfg["decode"] == "device" and cfg["chosen"]["decode"] == {"train": "device", "val": "device"}
     res = run_cli("extract", str(photos_dir), "--out", str(tmp_path / "x"), "--decode", "gpu")
     assert res.returncode == 2 and "unknown --decode 'gpu'; choose one of: auto, cpu, device" in res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- training images (device_augment)
+
+
+#: tlkit's training augmentation keyword arguments (tlkit.train.loaders.image_loaders) with photo flips on
+AUG = {"scale": (0.7, 1.0), "hflip": 0.5, "vflip": 0.0, "color_jitter": 0.0, "auto_augment": None, "re_prob": 0.0}
+#: mean pixel difference (0-255) of the device resize of a whole JPEG against PIL's resize (0.005 measured)
+TRAIN_TOL_MEAN = 0.05
+TRAIN_CFG = DataConfig((3, 64, 64), MEAN, STD, "bicubic", 0.875, "center")
+
+
+def _train_batches(records, aug=AUG, decode="device", seed=0, torch_seed=0):
+    from tlkit.data import build_transform
+    from tlkit.data.device_augment import train_loader
+
+    tf = build_transform(TRAIN_CFG, training=True, **aug)
+    loader, path = train_loader(records, TRAIN_CFG, aug, tf, batch_size=8, workers=0, device="cpu",
+                                sampler=list(range(len(records))), drop_last=False, decode=decode, seed=seed)
+    from tlkit.runtime import seed_everything
+
+    seed_everything(torch_seed)  # as the training loop does before each epoch
+    return list(loader), path, loader
+
+
+def test_train_twin_gives_normalised_batches_of_the_right_shape(jpegs):
+    from tlkit.data.device_decode import decode_path_of
+
+    batches, path, loader = _train_batches(jpegs)
+    assert path == "device" and decode_path_of(loader) == "device"
+    images = torch.cat([b.images for b in batches if b.images is not None])
+    failures = [f for b in batches for f in b.failures]
+    assert [jpegs[i].rel for i, _ in failures] == ["truncated.jpg"]
+    assert images.dtype == torch.float32 and images.shape == (len(jpegs) - 1, 3, 64, 64)
+    lo = (0 - torch.tensor(MEAN)) / torch.tensor(STD)
+    hi = (1 - torch.tensor(MEAN)) / torch.tensor(STD)
+    per_channel = images.transpose(0, 1).reshape(3, -1)
+    assert (per_channel.min(1).values >= lo - 1e-5).all() and (per_channel.max(1).values <= hi + 1e-5).all()
+    # every value is an (uint8 / 255 - mean) / std: the normalisation of uint8 pixels
+    pixels = images * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    assert float((pixels - pixels.round()).abs().max()) < 1e-3
+
+
+def test_train_twin_crop_of_the_whole_image_matches_pils_resize(jpegs):
+    """No crop, no flip: the device resize (antialiased, the config's filter) against PIL's, on real JPEGs."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from tlkit.data.device_augment import DeviceTrainTransform, TrainAugment
+
+    augment, _ = TrainAugment.of(TRAIN_CFG, AUG)
+    tf = DeviceTrainTransform(augment)
+    checked = 0
+    for r in jpegs:
+        enc = device_jpeg(r.path, None)
+        if enc is None:
+            continue
+        x = decode_jpeg(enc.data, mode=ImageReadMode.RGB)
+        ours = tf.apply(x, (0, 0, x.shape[1], x.shape[2]), False, False).float()
+        with Image.open(r.path) as im:
+            pil = torch.from_numpy(np.array(im.convert("RGB").resize((64, 64), Image.BICUBIC))).permute(2, 0, 1)
+        diff = (ours - pil.float()).abs()
+        # the same libjpeg-turbo decode; the antialiased tensor resize against PIL's: 1 apart at most, mean
+        # under 0.005 measured on these files
+        assert float(diff.max()) <= TOL_MAX and float(diff.mean()) <= TRAIN_TOL_MEAN, (r.rel, float(diff.max()))
+        assert torch.equal(tf.apply(x, (0, 0, x.shape[1], x.shape[2]), True, False), tf.apply(x, (0, 0, x.shape[1], x.shape[2]), False, False).flip(-1))
+        checked += 1
+    assert checked >= 10
+
+
+def test_train_twin_draws_crops_as_timm_does():
+    """The crop sampler is timm's RandomResizedCropAndInterpolation.get_params, draw for draw, and its crops
+    stay within the scale and ratio bounds (up to the rounding to whole pixels)."""
+    import random
+
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    from tlkit.data.device_augment import TRAIN_RATIO, crop_params
+
+    for (w, h), scale, random_crops in (((96, 96), (0.7, 1.0), 250), ((640, 427), (0.08, 1.0), 250),
+                                        ((300, 90), (0.5, 1.0), 0)):  # too wide for any 4:3 crop of half its area
+        img = Image.new("RGB", (w, h))
+        random.seed(7)
+        rng = random.Random(7)
+        checked = 0
+        for _ in range(300):
+            ref = RandomResizedCropAndInterpolation.get_params(img, scale, TRAIN_RATIO)
+            top, left, ch, cw = crop_params(w, h, scale, TRAIN_RATIO, rng)
+            assert (top, left, ch, cw) == ref
+            assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+            central = (top, left) == ((h - ch) // 2, (w - cw) // 2) and (ch == h or cw == w)
+            if not central:  # timm's fallback after 10 misses is the central crop, outside the bounds
+                slack = (1 + 0.5 / cw) * (1 + 0.5 / ch)
+                assert scale[0] / slack <= ch * cw / (w * h) <= 1.0, (w, h, ch, cw)
+                assert TRAIN_RATIO[0] / slack <= cw / ch <= TRAIN_RATIO[1] * slack, (w, h, ch, cw)
+                checked += 1
+        assert checked >= random_crops, (w, h, checked)
+
+
+def test_train_twin_flips_with_the_configured_probability():
+    from tlkit.data.device_augment import DeviceTrainTransform, TrainAugment
+
+    for hflip in (0.0, 0.5, 0.9):
+        augment, _ = TrainAugment.of(TRAIN_CFG, {**AUG, "hflip": hflip})
+        tf = DeviceTrainTransform(augment, seed=3)
+        draws = [tf.draw(120, 90) for _ in range(4000)]
+        rate = np.mean([h for _, h, _ in draws])
+        assert abs(rate - hflip) < 0.03, (hflip, rate)
+        assert not any(v for _, _, v in draws)  # vflip 0: never
+
+
+def test_train_twin_is_deterministic_under_a_seed(jpegs):
+    first = torch.cat([b.images for b in _train_batches(jpegs, torch_seed=5)[0] if b.images is not None])
+    again = torch.cat([b.images for b in _train_batches(jpegs, torch_seed=5)[0] if b.images is not None])
+    other = torch.cat([b.images for b in _train_batches(jpegs, torch_seed=6)[0] if b.images is not None])
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_train_augmentations_the_device_lacks_use_the_cpu_path(jpegs, caplog):
+    import logging
+
+    from tlkit.data.device_augment import train_decode_path
+
+    with caplog.at_level(logging.INFO, logger="tlkit.data.device_augment"):
+        _, path, _ = _train_batches(jpegs[:4], aug={**AUG, "color_jitter": 0.4, "auto_augment": "rand-m9-mstd0.5"})
+    assert path == "cpu"
+    assert [r.getMessage() for r in caplog.records] == [
+        "training images decoded on the CPU: the device path does not cover color_jitter, auto_augment"]
+    pngs = [r for r in jpegs if r.rel.endswith(".png")]
+    jpegs = list(jpegs)
+    assert train_decode_path("auto", "cpu", jpegs) == "cpu"
+    assert train_decode_path("auto", torch.device("cuda", 0), jpegs) == "device"
+    assert train_decode_path("auto", torch.device("cuda", 0), pngs * 3 + jpegs[:1]) == "cpu"
+    assert train_decode_path("device", "cpu", pngs) == "device"
+
+
+@pytest.mark.slow
+def test_finetune_with_the_train_twin_learns(photos_dir, tmp_path):
+    """A finetune run whose training images take the device path's twin on the CPU trains (the loss falls)
+    and says so in config.yaml; the CPU path's run is unaffected by the option's existence."""
+    import yaml
+
+    from tlkit.train import fit, make_config
+
+    cfg = make_config(backbone="test_resnet", pretrained=False, image_size=32, batch_size=8, workers=0,
+                      precision="fp32", device="cpu", epochs=6, lr=3e-3, hflip=0.5, decode="device",
+                      tensorboard=False)
+    res = fit(cfg, data=photos_dir, out=tmp_path / "run")
+    losses = [row["train_loss"] for row in res.history]
+    assert losses[-1] < losses[0], losses
+    chosen = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["chosen"]
+    assert chosen["decode"] == {"train": "device", "val": "device"}

@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -573,3 +574,20 @@ def extract_features(
         job = _job(out, source, backbone, weights, pretrained, opts, progress, request)
         with _disk_full_as_error(out):
             return _run_locked(job, t0)
+
+
+class _CallableModule(type(os)):
+    """This module's type: ``tlkit.extract(images, out, ...)`` calls :func:`tlkit.api.extract`.
+
+    ``tlkit.extract`` is both this module (where the pipeline lives, imported by name all over) and
+    the public function; Python makes a submodule its package's attribute on import, so the one
+    name stays both when the module itself is callable.
+    """
+
+    def __call__(self, images, out, **options):
+        from tlkit.api import extract
+
+        return extract(images, out, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -79,6 +79,8 @@ class FinetuneLearner:
         previous: a previous run to warm-start from when it has the same classes.
         run_dir: keep the run here (one fit per folder); ``None``: a temporary folder.
         engine: inference engine for scoring the pool (:func:`tlkit.engines.create_engine`).
+        pixel_store: a folder for the pool's eval-geometry pixels (:mod:`tlkit.data.pixel_store`: decoded once,
+            reused by later fits); ``None`` decodes the pool each fit (JPEGs on the device on CUDA).
     """
 
     paths: Sequence[Path]
@@ -90,6 +92,7 @@ class FinetuneLearner:
     previous: Path | None = None
     run_dir: Path | None = None
     engine: str = "auto"
+    pixel_store: Path | None = None
 
     def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
         """See :meth:`tlkit.active.learner.Learner.fit`; no ``mc_probs``. Validation is the run's best epoch's
@@ -107,13 +110,17 @@ class FinetuneLearner:
             counts = link_class_tree(tree, ((self.paths[i], self.classes[y[i]]) for i in rows))
             config, warm = self._config(seed, counts)
             few = min(counts.values()) < MIN_VAL_PER_CLASS
-            result = fit(config, data=tree, out=run, val=tree if few else None)
+            # a round is restarted whole after a crash: best weights and metrics only, no per-epoch state or plots
+            result = fit(config, data=tree, out=run, val=tree if few else None, checkpoints="best")
             predictor = Predictor.load(run, device=self.device, engine=self.engine)
-            probs = predictor.predict_files(self.paths, self.classes)
+            t_score = time.perf_counter()
+            scored = predictor.score_files(self.paths, self.classes, pixel_store=self.pixel_store)
+            probs, score_s = scored.probs, time.perf_counter() - t_score
             test = predictor.predict_files(self.test_paths, self.classes) if self.test_paths is not None else None
         validation = Validation((result.best or {}).get("val_accuracy"), "train" if few else "val")
         return LearnerResult(probs, validation, time.perf_counter() - t, test_probs=test, run=self.run_dir,
-                             notes={"val_on_train": few, "warm_start": warm})
+                             notes={"val_on_train": few, "warm_start": warm, "pool_decode": scored.decode,
+                                    "pool_score_s": round(score_s, 3)})
 
     def _config(self, seed: int, counts: dict[str, int]):
         """``(TrainConfig, warm_start)`` for one fit."""

@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping
 
 from tlkit.active import labelstudio as ls
 from tlkit.active.labelstudio import Vote
@@ -123,7 +124,40 @@ def import_labels(
     if not votes:
         raise TlkitError(f"{file} holds no labels (no annotated task or row); export the annotated tasks "
                          "from Label Studio (JSON, JSON_MIN or CSV) or write a CSV path,label")
-    report = merge_votes(project, votes, file.name, add_classes=add_classes, overwrite=overwrite,
+    return _import_votes(project, votes, file.name, add_classes=add_classes, overwrite=overwrite,
+                         skip_unknown=skip_unknown, resolve=resolve)
+
+
+def import_mapping(
+    project: Project,
+    labels: Mapping[str | os.PathLike, str],
+    *,
+    source: str = "the labels given",
+    add_classes: bool = False,
+    overwrite: bool = False,
+    skip_unknown: bool = False,
+) -> ImportReport:
+    """Validate a mapping image -> label and merge it into ``project/labels.csv`` (``tlkit.Project.teach``).
+
+    The same checks and atomic merge as :func:`import_labels` on a CSV ``path,label`` with these rows:
+    keys are pool paths (relative to the pool folder) or paths of files inside it; the label
+    ``__skip__`` marks an image unlabelable.
+
+    Raises:
+        TlkitError: naming the first offending items; labels.csv is unchanged.
+    """
+    votes = [Vote(os.fspath(path), str(label).strip(), f"{source}: {os.fspath(path)!r}", source="csv",
+                  image=os.fspath(path)) for path, label in labels.items()]
+    if not votes:
+        raise TlkitError(f"{source} hold no labels; pass at least one image -> label")
+    return _import_votes(project, votes, source, add_classes=add_classes, overwrite=overwrite,
+                         skip_unknown=skip_unknown, resolve="agree")
+
+
+def _import_votes(project: Project, votes: list[Vote], source: str, *, add_classes: bool, overwrite: bool,
+                  skip_unknown: bool, resolve: str) -> ImportReport:
+    """The rest of an import once its votes are read: merge, then note what the latest query still awaits."""
+    report = merge_votes(project, votes, source, add_classes=add_classes, overwrite=overwrite,
                          skip_unknown=skip_unknown, resolve=resolve, what="al-import")
     report.exports = sorted({v.export for v in votes if v.export})
     report.still_pending = [row["path"] for row in project.pending()]

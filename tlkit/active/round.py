@@ -105,31 +105,123 @@ def predicted_label(classes: tuple[str, ...], p: np.ndarray, *, multilabel: bool
     return join_labels(c for c, on in zip(classes, present) if on), float(np.prod(np.where(present, p, 1 - p)))
 
 
+@dataclass(frozen=True)
+class EmbeddingCache:
+    """Where a project's pool embeddings live for one machine (:func:`embedding_cache`).
+
+    Attributes:
+        folder: ``cache/<backbone>-<weights>-<size>-<device>-<engine>-<precision>[-<dtype>]``.
+        device: the device kind that embeds (``cpu``, ``cuda``, ...).
+        engine, precision: what embeds (planned: :func:`tlkit.engines.planned_engine`; the folder's
+            ``meta.json`` says what ran).
+        others: the cache folders of the same backbone, weights and size made on another device or with
+            another engine (kept, never mixed in).
+    """
+
+    folder: Path
+    device: str
+    engine: str
+    precision: str
+    others: tuple[str, ...] = ()
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The round's ``metrics.json`` entry ``embeddings``."""
+        return {"cache": self.folder.name, "device": self.device, "engine": self.engine, "precision": self.precision,
+                "other_caches": list(self.others)}
+
+
+def _adopt_legacy(base: Path, stem: str, dtype: str) -> None:
+    """Rename a cache folder named before the device was part of the key (``base`` = stem + dtype) after
+    what its ``meta.json`` says made it; a folder without a readable meta.json is left as it is (never used)."""
+    from tlkit.io import read_json
+
+    try:
+        meta = read_json(base / "meta.json")
+        made = f"{torch_device_kind(meta['device'])}-{meta['engine']}-{meta['precision']}"
+    except Exception:  # noqa: BLE001 - unfinished or foreign folder: extract's own recovery ignores it too
+        return
+    target = base.with_name(f"{stem}-{made}{dtype}")
+    if not target.exists():
+        os.replace(base, target)
+        log.info("embedding cache %s renamed %s (made on %s with %s %s)", base.name, target.name, meta["device"],
+                 meta["engine"], meta["precision"])
+
+
+def torch_device_kind(device: str) -> str:
+    """``cuda`` for ``cuda:0``, ``cpu`` for ``cpu``: the part of a device name the cache is keyed by."""
+    return str(device).split(":", 1)[0]
+
+
+def embedding_cache(project: Project, *, device: str = "auto", engine: str | None = None,
+                    backbone=None) -> EmbeddingCache:
+    """The embedding cache folder for this machine, by the documented rule (see :func:`embeddings_for`).
+
+    ``backbone``: the project's :class:`tlkit.backbones.Backbone` when already created."""
+    from tlkit.backbones import create_backbone
+    from tlkit.engines import planned_engine
+    from tlkit.runtime import resolve_device
+
+    cfg = project.config
+    bb = backbone or create_backbone(cfg.backbone, weights=cfg.weights)
+    size = bb.data_config.at_size(cfg.image_size).input_size[-1]
+    stem = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
+    dtype = "" if cfg.embedding_dtype == "float32" else f"-{cfg.embedding_dtype}"
+    dev = resolve_device(device)
+    name, precision = planned_engine(engine or cfg.engine, dev, "auto")
+    if (project.cache_dir / (stem + dtype) / "meta.json").is_file():
+        _adopt_legacy(project.cache_dir / (stem + dtype), stem, dtype)
+    folder = project.cache_dir / f"{stem}-{dev.type}-{name}-{precision}{dtype}"
+
+    def same_set(p: Path) -> bool:  # another device/engine's cache of this backbone, weights, size and dtype
+        rest = p.name[len(stem) + 1:].split("-") if p.name.startswith(stem + "-") else []
+        return len(rest) == 3 + bool(dtype) and (not dtype or "-" + rest[3] == dtype)
+
+    others = tuple(sorted(p.name for p in project.cache_dir.glob(f"{stem}-*") if p.is_dir() and p != folder
+                          and same_set(p) and (p / "meta.json").is_file()))
+    return EmbeddingCache(folder, dev.type, name, precision, others)
+
+
 def embeddings_for(project: Project, *, device: str = "auto", engine: str | None = None,
                    progress: Callable[[int], None] | None = None):
-    """Pool embeddings from the project's cache (computed once per backbone + weights + size + engine).
+    """Pool embeddings from the project's cache (computed once per backbone + weights + size + device + engine).
 
     ``engine``: ``auto`` | ``torch`` | ``openvino`` (:mod:`tlkit.engines`); ``None``: project.yaml's.
+
+    The rule for moving a project between machines: the cache folder is named by everything that decides
+    its numbers, the device kind, engine and precision included
+    (``cache/resnet50-<weights>-224-cuda-torch-bf16``). On a machine of another kind (a project made on a
+    laptop CPU, then run on a GPU server, or back) the pool is embedded once more into that machine's own
+    folder, with one warning naming the folder it did not use; the other folder is kept, so moving back
+    costs nothing. Rows from two engines are never mixed in one cache: strategies compare pool rows with
+    each other, and a head trained on one engine's rows scores the other's. A folder named before this
+    rule (no device part) is renamed after what its ``meta.json`` says made it.
 
     Returns:
         (paths [n], embeddings [n, d]): decodable pool images in pool order; the embeddings are a
         read-only memmap of the cache, float32 or float16 (``project.yaml``: ``embedding_dtype``),
         so a big pool is paged in from disk instead of copied.
     """
+    paths, feats, _ = _embeddings(project, device, engine, progress)
+    return paths, feats
+
+
+def _embeddings(project: Project, device: str, engine: str | None, progress: Callable[[int], None] | None):
+    """:func:`embeddings_for` and the :class:`EmbeddingCache` it used."""
     from tlkit.backbones import create_backbone
     from tlkit.extract import extract_features, load_features
 
     cfg = project.config
     bb = create_backbone(cfg.backbone, weights=cfg.weights)
     size = bb.data_config.at_size(cfg.image_size).input_size[-1]
-    key = f"{bb.name.replace(':', '_')}-{(bb.weights.sha256 or bb.weights.source)[:12]}-{size}"
-    if cfg.embedding_dtype != "float32":
-        key += f"-{cfg.embedding_dtype}"
-    out = project.cache_dir / key
-    extract_features(project.pool_source(), out, backbone=bb, image_size=size, device=device,
+    cache = embedding_cache(project, device=device, engine=engine, backbone=bb)
+    if cache.others and not (cache.folder / "meta.json").is_file():
+        log.warning("no pool embeddings made on %s with %s %s yet: embedding the pool into %s; %s (made on another "
+                    "device or engine) kept, not mixed in", cache.device, cache.engine, cache.precision,
+                    cache.folder.name, ", ".join(cache.others))
+    extract_features(project.pool_source(), cache.folder, backbone=bb, image_size=size, device=device,
                      engine=engine or cfg.engine, progress=progress, dtype=cfg.embedding_dtype)
-    feats, index, _ = load_features(out, mmap=True)
-    return [r["path"] for r in index], feats
+    feats, index, _ = load_features(cache.folder, mmap=True)
+    return [r["path"] for r in index], feats, cache
 
 
 def pool_data(project: Project, paths: list[str], embeddings: np.ndarray) -> PoolData:
@@ -275,7 +367,8 @@ def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tu
             [project.pool_root / p for p in data.paths], data.classes, recipe=cfg.recipe, device=device,
             config={"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size,
                     "epochs": epochs or DEFAULT_EPOCHS},
-            previous=_previous_model(project, n), run_dir=model_dir, engine=engine)
+            previous=_previous_model(project, n), run_dir=model_dir, engine=engine,
+            pixel_store=project.cache_dir / "pixels")
     return learner.fit(data.y >= 0, data.y, seed=seed, needs=needs)
 
 
@@ -285,7 +378,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     final = project.round_dir(n)
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True)
-    paths, emb = embeddings_for(project, device=device, engine=engine, progress=progress)
+    paths, emb, cache = _embeddings(project, device, engine, progress)
     data = pool_data(project, paths, emb)
     seed = project.config.seed * 1000 + n
     rng = np.random.default_rng(seed)
@@ -306,6 +399,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         _save_head_model(tmp / "model", project, fitted.head, project.config.image_size)
     metrics = _metrics(data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),
                                        "candidates": int(pool.candidates.sum()), **extra,
+                                       "embeddings": cache.to_metrics(),
                                        "elapsed_s": round(time.perf_counter() - t0, 3)})
     write_json(tmp / "metrics.json", metrics)
     if probs is not None:

@@ -320,19 +320,43 @@ def simulate_folders(
                                 image_size=image_size, engine=engine)
     xt, names_t = labeled_features(test, out / "features" / "test", backbone=backbone, weights=weights,
                                    image_size=image_size, engine=engine)
+    learner = None
+    if train == "finetune":
+        learner = _finetune_learner(pool, test, out, sorted(set(names)), backbone, weights, image_size, epochs)
+    return simulate_labeled(x, names, xt, names_t, out, strategies=strategies, start=start, batch=batch,
+                            rounds=rounds, seeds=seeds, progress=progress, learner=learner, ssl=ssl,
+                            title=Path(pool).name)
+
+
+def simulate_labeled(
+    x: np.ndarray,
+    names: Sequence[str],
+    x_test: np.ndarray,
+    names_test: Sequence[str],
+    out: str | Path,
+    *,
+    strategies: Sequence[str],
+    start: int = 10,
+    batch: int = 10,
+    rounds: int = 10,
+    seeds: int = 3,
+    progress: Callable[[int], None] | None = None,
+    learner: Learner | None = None,
+    ssl: str = DEFAULT_SSL,
+    title: str = "",
+) -> tuple[SimulationResult, dict[str, Path]]:
+    """:func:`simulate` on features with class names (``al-simulate``; ``tlkit.Project.simulate`` on a
+    project's labeled images); writes curves.csv, curves.png and summary.json to ``out``."""
     classes = sorted(set(names))
-    unknown = sorted(set(names_t) - set(classes))
+    unknown = sorted(set(names_test) - set(classes))
     if unknown:
         raise TlkitError(f"test classes {unknown} do not occur in the pool; remove them or add pool images")
     idx = {c: i for i, c in enumerate(classes)}
     y = np.array([idx[c] for c in names])
-    yt = np.array([idx[c] for c in names_t])
-    learner = None
-    if train == "finetune":
-        learner = _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs)
-    result = simulate(x, y, xt, yt, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds,
+    yt = np.array([idx[c] for c in names_test])
+    result = simulate(x, y, x_test, yt, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds,
                       classes=classes, progress=progress, learner=learner, ssl=ssl)
-    files = write_outputs(result, out, title=f"{Path(pool).name}: start {start}, batch {batch}, {len(result.summary)} strategies")
+    files = write_outputs(result, out, title=f"{title}: start {start}, batch {batch}, {len(result.summary)} strategies")
     return result, files
 
 

@@ -186,14 +186,16 @@ def _label_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs, proj
     classes = lab.check_labels(names, aset.name)
     idx = {c: i for i, c in enumerate(classes)}
     y = np.array([idx[n] for n in names], np.int64)
+    rank = None
     if pred_probs is not None:
         probs = lab.read_pred_probs(Path(pred_probs), [aset.paths[i] for i in rows], classes)
     else:
         from tlkit.active.head import Scaler
 
-        probs = lab.out_of_fold_probs(aset.embeddings[rows], y, len(classes), folds=folds,
-                                      scaler=Scaler.fit(aset.embeddings))
-    found = lab.find_issues(y, probs)
+        scaler = Scaler.fit(aset.embeddings)
+        probs = lab.out_of_fold_probs(aset.embeddings[rows], y, len(classes), folds=folds, scaler=scaler)
+        rank = lab.ranking_probs(aset.embeddings[rows], y, len(classes), folds=folds, scaler=scaler)
+    found = lab.find_issues(y, probs, lab.knn_agreement(aset.embeddings[rows], y), rank)
     res.label_issues = [{"path": aset.paths[rows[i]], "given": classes[y[i]], "suggested": classes[found.suggested[i]],
                          "score": round(float(found.quality[i]), 6),
                          "confidence": round(float(probs[i, found.suggested[i]]), 4)} for i in found.issues]

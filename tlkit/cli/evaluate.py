@@ -33,10 +33,14 @@ def evaluate_cmd(
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     decode: str = typer.Option("auto", "--decode", help=DECODE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
+    label_delim: str = typer.Option(";", "--label-delim", help="Multi-label runs: separator of the labels in one CSV cell."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Accuracy, F1, per-class report, confusion matrix, ROC-AUC, average precision and calibration on labeled
-    images; per-image predictions and plots (ROC, precision-recall, reliability, top losses) beside the metrics."""
+    images; per-image predictions and plots (ROC, precision-recall, reliability, top losses) beside the metrics.
+
+    A multi-label run (data: a CSV path,labels): mAP macro and micro, per-class AP, micro / macro / example-based
+    F1 and Hamming loss at the run's stored thresholds, ROC-AUC; ROC, PR and per-class PR plots."""
     from tlkit.train import evaluate_run
 
     setup_logging(verbose)
@@ -45,10 +49,37 @@ def evaluate_cmd(
             task = bar.add_task("evaluate", total=None, rate="")
             m = evaluate_run(run, data, which=checkpoint, batch_size=batch_size, device=device, precision=precision,
                              workers=workers, tta=tta, out=out, engine=engine, decode=decode,
-                             progress=rate_callback(bar, task))
+                             progress=rate_callback(bar, task), label_delim=label_delim)
     if as_json:
         typer.echo(json.dumps(m))
         return
+    if m.get("task") == "multilabel":
+        _print_multilabel(m)
+    else:
+        _print_single(m)
+    target = out or run / "evaluation.json"
+    console.print(f"written: {escape(str(target))}, predictions beside it, plots in "
+                  f"{escape(str(target.parent / 'plots'))}")
+
+
+def _print_multilabel(m: dict) -> None:
+    summary = Table(title=f"tlkit evaluate ({m['n']} images, multi-label)", show_header=False)
+    for key in ("map_macro", "map_micro", "f1_micro", "f1_macro", "f1_samples", "hamming_loss", "roc_auc_macro",
+                "subset_accuracy", "loss"):
+        summary.add_row(key, _fmt(m.get(key)))
+    if m.get("skipped"):
+        summary.add_row("skipped", str(m["skipped"]))
+    console.print(summary)
+    per = Table(title="per class (at the stored thresholds)")
+    for col in ("class", "AP", "precision", "recall", "f1", "threshold", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for name, r in m["per_class"].items():
+        per.add_row(escape(name), _fmt(r["average_precision"]), _fmt(r["precision"]), _fmt(r["recall"]),
+                    _fmt(r["f1"]), _fmt(r["threshold"]), str(r["support"]))
+    console.print(per)
+
+
+def _print_single(m: dict) -> None:
     summary = Table(title=f"tlkit evaluate ({m['n']} images)", show_header=False)
     for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr", "average_precision_macro",
                 "ece", "loss"):
@@ -64,6 +95,3 @@ def evaluate_cmd(
         per.add_row(escape(name), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]),
                     _fmt(r["average_precision"]), str(r["support"]))
     console.print(per)
-    target = out or run / "evaluation.json"
-    console.print(f"written: {escape(str(target))}, predictions beside it, plots in "
-                  f"{escape(str(target.parent / 'plots'))}")

@@ -18,9 +18,15 @@ from tlkit.cli._app import (
 
 def _epoch_line(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}",
-             f"val loss {row['val_loss']:.4f}", f"val acc {row['val_accuracy']:.4f}"]
-    if "ema_val_accuracy" in row:
-        parts.append(f"ema acc {row['ema_val_accuracy']:.4f}")
+             f"val loss {row['val_loss']:.4f}"]
+    if "val_map" in row:  # multi-label
+        parts.append(f"val mAP {row['val_map']:.4f}")
+        if "ema_val_map" in row:
+            parts.append(f"ema mAP {row['ema_val_map']:.4f}")
+    else:
+        parts.append(f"val acc {row['val_accuracy']:.4f}")
+        if "ema_val_accuracy" in row:
+            parts.append(f"ema acc {row['ema_val_accuracy']:.4f}")
     parts += [f"lr {row['lr']:.2e}", f"{row['epoch_time_s']:.1f} s"]
     return "  ".join(parts)
 
@@ -32,7 +38,7 @@ PRECISIONS_HELP = "auto | fp32 | bf16 | fp16"
 
 @app.command("finetune", rich_help_panel=PANEL_TRAIN)
 def finetune_cmd(
-    data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class (or a labeled CSV)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class, or a labeled CSV (path,label; multi-label: path,labels with labels joined by --label-delim)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/, tb/."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation images (class folders). Default: a split of --data."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified share of --data held out (default 0.2)."),
@@ -47,15 +53,20 @@ def finetune_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = typer.Option(None, "--precision", help=PRECISIONS_HELP),
-    decode: Optional[str] = typer.Option(None, "--decode", help=DECODE_HELP + " (validation images; training augmentation stays on the CPU)."),
+    decode: Optional[str] = typer.Option(None, "--decode", help=DECODE_HELP + ". Training images too: decoded, random-resized-cropped, flipped and normalised on the device (auto: on CUDA when most are JPEGs; colour jitter, auto-augment and random erasing keep them on the CPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the initialisation and the augmentation (default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished epoch."),
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="TensorBoard logs in --out/tb (default: on when the tensorboard package is installed)."),
     overrides: List[str] = typer.Option([], "--set", help="Any config key: --set label_smoothing=0.1 (repeatable)."),
+    task: str = typer.Option("auto", "--task", help="auto | single | multilabel. auto: multi-label when the CSV has a 'labels' column or a label cell holding --label-delim."),
+    label_delim: str = typer.Option(";", "--label-delim", help="Separator of the labels in one CSV cell (multi-label)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
-    """Fine-tune a pretrained backbone; resumable with --resume after any interruption."""
+    """Fine-tune a pretrained backbone; resumable with --resume after any interruption.
+
+    Multi-label data (a CSV path,labels) trains one sigmoid per class (binary cross-entropy; --set loss=asl
+    for the asymmetric loss), monitors validation mAP and stores per-class thresholds chosen on validation."""
     from tlkit.train import fit, make_config
 
     setup_logging(verbose)
@@ -68,9 +79,10 @@ def finetune_cmd(
             tensorboard=tensorboard,
         )
         with progress_bar() as bar:
-            task = bar.add_task("finetune", total=None, rate="")
-            res = fit(cfg, data=data, val=val, out=out, resume=resume, progress=rate_callback(bar, task),
-                      on_epoch=lambda row: bar.console.print(escape(_epoch_line(row, cfg.epochs))))
+            bar_task = bar.add_task("finetune", total=None, rate="")
+            res = fit(cfg, data=data, val=val, out=out, resume=resume, progress=rate_callback(bar, bar_task),
+                      on_epoch=lambda row: bar.console.print(escape(_epoch_line(row, cfg.epochs))),
+                      task=task, label_delim=label_delim)
     if res.rank != 0:
         return
     best = res.best or {}
@@ -80,7 +92,11 @@ def finetune_cmd(
         ("images", f"{res.n_train} train, {res.n_val} val, {len(res.classes)} classes"),
         ("epochs", f"{len(res.history)}" + (" (early stop)" if res.stopped_early else "")
          + (f", resumed after {res.resumed_from}" if res.resumed_from else "")),
-        ("best", f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}, "
+        ("best", f"epoch {best.get('epoch')}: val mAP {best.get('val_map', float('nan')):.4f}, micro F1 "
+         f"{best.get('val_f1_micro', float('nan')):.4f}, macro F1 {best.get('val_f1_macro', float('nan')):.4f} "
+         f"[{best.get('weights_from', '-')} weights, {best.get('monitor', cfg.monitor)}, per-class thresholds stored]"
+         if "val_map" in best else
+         f"epoch {best.get('epoch')}: val acc {best.get('val_accuracy', float('nan')):.4f}, "
          f"macro F1 {best.get('val_f1_macro', float('nan')):.4f} [{best.get('weights_from', '-')} weights, {cfg.monitor}]"),
         ("time", f"{res.elapsed_s:.1f} s"),
         ("output", str(res.out)),

@@ -27,9 +27,13 @@ def predict_cmd(
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     decode: str = typer.Option("auto", "--decode", help=DECODE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: half the cores, at most 8, from 4 cores up; else 0)."),
+    label_delim: str = typer.Option(";", "--label-delim", help="Multi-label runs: separator of the predicted labels in the labels column."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
-    """Predict a class for every image; unreadable files are listed in skipped.csv next to --out."""
+    """Predict a class for every image; unreadable files are listed in skipped.csv next to --out.
+
+    A multi-label run writes path, labels (those at or above the run's per-class thresholds) and one
+    probability:<class> column per class."""
     from tlkit.train import predict
 
     setup_logging(verbose)
@@ -38,7 +42,7 @@ def predict_cmd(
             task = bar.add_task("predict", total=None, rate="")
             res = predict(run, images, out=out, topk=topk, tta=tta, which=checkpoint, batch_size=batch_size,
                           device=device, precision=precision, workers=workers, engine=engine, decode=decode,
-                          progress=rate_callback(bar, task))
+                          progress=rate_callback(bar, task), label_delim=label_delim)
     console.print(f"{res.count} predictions -> {escape(str(res.out))}")
     if res.skipped:
         console.print(f"[yellow]{res.skipped} files skipped[/] -> {escape(str(res.skipped_csv))}")

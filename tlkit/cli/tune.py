@@ -79,6 +79,8 @@ def tune_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, the trials and the sampler (default 0)."),
     overrides: List[str] = typer.Option([], "--set", help="Fix a config key, not searched: --set hflip=0 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the study in --out (study.db) with a new --budget."),
+    task_opt: str = typer.Option("auto", "--task", help="auto | single | multilabel (as for finetune); multi-label data is tuned for validation mAP."),
+    label_delim: str = typer.Option(";", "--label-delim", help="Separator of the labels in one CSV cell (multi-label)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Find the learning rate, then search lr, batch size, weight decay, augmentation and mode on validation.
@@ -113,5 +115,5 @@ def tune_cmd(
 
             res = tune(base, data=data, out=out, val=val, budget_s=budget * 60, trial_epochs=epochs,
                        fixed=tuple(parse_overrides(overrides)), max_trials=trials, resume=resume, progress=tick,
-                       on_lr_find=lr_done, on_trial=trial_done)
+                       on_lr_find=lr_done, on_trial=trial_done, task=task_opt, label_delim=label_delim)
     _summary(res, data, val)

@@ -10,6 +10,8 @@ Sources (:mod:`tlkit.data.sources`):
     * class tree: ``root/<class>/**/<image>``; the first-level folder name is the label.
     * flat folder: ``root/**/<image>``, recursive, every label ``None``.
     * CSV manifest: header ``path[,label]``, paths relative to the CSV's folder, row order kept.
+    * multi-label manifest: header ``path,labels`` (or a ``label`` cell holding ``;``): each cell a set of
+      labels joined by ``;`` (``label_delim``), empty = no label; ``ImageSource.task == "multilabel"``.
 
 Decoding (:mod:`tlkit.data.decode`): EXIF orientation, alpha over white, 16-bit/float scaled to
 8 bit, first frame of animations, decompression bombs (``tlkit.data.decode.MAX_IMAGE_PIXELS``) and
@@ -34,7 +36,10 @@ from typing import TYPE_CHECKING, Any
 from tlkit.data.config import DataConfig
 from tlkit.data.decode import ImageDecodeError, load_image, to_rgb
 from tlkit.data.failures import summarize_failures, write_skipped
-from tlkit.data.sources import IMAGE_EXTENSIONS, Imbalance, ImageRecord, ImageSource, class_imbalance, scan_images
+from tlkit.data.sources import (
+    DEFAULT_LABEL_DELIM, IMAGE_EXTENSIONS, TASKS, Imbalance, ImageRecord, ImageSource, check_label_delim, class_imbalance,
+    scan_images,
+)
 from tlkit.data.transforms import build_transform, size_hint_for
 
 if TYPE_CHECKING:
@@ -53,7 +58,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_LABEL_DELIM",
     "IMAGE_EXTENSIONS",
+    "TASKS",
     "Batch",
     "DataConfig",
     "ImageDataset",
@@ -62,6 +69,7 @@ __all__ = [
     "ImageRecord",
     "ImageSource",
     "build_transform",
+    "check_label_delim",
     "class_imbalance",
     "collate_skipping",
     "load_image",

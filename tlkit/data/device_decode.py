@@ -40,7 +40,7 @@ from PIL import Image
 from tlkit.constants import DECODE_MODES
 from tlkit.data.config import DataConfig
 from tlkit.data.decode import MAX_IMAGE_PIXELS, ImageDecodeError, load_image
-from tlkit.data.loader import Batch, ImageDataset, make_loader
+from tlkit.data.loader import Batch, ImageDataset, make_loader, stack_targets
 from tlkit.data.numpy_transform import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, resized_short
 from tlkit.errors import TlkitError
 
@@ -124,7 +124,7 @@ def collate_encoded(batch: Sequence[tuple[Any, int, int, str | None]]) -> Pendin
     """Like :func:`~tlkit.data.collate_skipping`, without stacking (JPEGs are decoded later, on the device)."""
     good = [item for item in batch if item[0] is not None]
     failures = [(int(i), str(reason)) for img, _, i, reason in batch if img is None]
-    return PendingBatch([item[0] for item in good], torch.tensor([item[1] for item in good], dtype=torch.long),
+    return PendingBatch([item[0] for item in good], stack_targets([item[1] for item in good]),
                         torch.tensor([item[2] for item in good], dtype=torch.long), failures)
 
 

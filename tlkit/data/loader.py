@@ -37,6 +37,8 @@ class ImageDataset(Dataset):
             float [0, 1] tensors at the decoded size.
         class_to_idx: label -> target; records whose label is ``None`` (or all records when
             ``class_to_idx`` is ``None``) get target -1. A label missing from it is a TlkitError.
+            Multi-label records (``labels`` set) get a float32 multi-hot target ``[K]`` instead (all -1
+            when their labels are unknown).
         size_hint: passed to :func:`load_image`.
     """
 
@@ -49,6 +51,9 @@ class ImageDataset(Dataset):
         self.size_hint = size_hint
         if class_to_idx is None:
             self.targets = [-1] * len(self.records)
+            return
+        if any(r.labels is not None for r in self.records):
+            self.targets = multi_hot_targets(self.records, class_to_idx)
             return
         unknown = collections.Counter(r.label for r in self.records
                                       if r.label is not None and r.label not in class_to_idx)
@@ -71,13 +76,34 @@ class ImageDataset(Dataset):
         return self.transform(img), target, i, None
 
 
+def multi_hot_targets(records: Sequence[ImageRecord], class_to_idx: dict[str, int]) -> list[np.ndarray]:
+    """Multi-hot float32 targets ``[K]`` of multi-label records (all -1 for unknown labels); a single-label
+    record among them, or a label missing from ``class_to_idx``, is a one-line TlkitError."""
+    single = [r.rel for r in records if r.labels is None and r.label is not None]
+    if single:
+        raise TlkitError(f"single-label and multi-label images mixed ({single[0]!r} has one label, others a set); "
+                         "give all images as a manifest path,labels")
+    unknown = collections.Counter(c for r in records for c in (r.labels or ()) if c not in class_to_idx)
+    if unknown:
+        listed = ", ".join(f"{k!r} ({n} images)" for k, n in sorted(unknown.items()))
+        raise TlkitError(f"labels not among the model's classes: {listed}; known classes: {', '.join(class_to_idx)}")
+    out = []
+    for r in records:
+        t = np.full(len(class_to_idx), -1.0 if r.labels is None else 0.0, np.float32)
+        for c in r.labels or ():
+            t[class_to_idx[c]] = 1.0
+        out.append(t)
+    return out
+
+
 class Batch(NamedTuple):
     """A batch from :func:`collate_skipping`.
 
     Attributes:
         images: [B, 3, H, W], or ``None`` when every image of the batch failed to decode (B = 0;
             the shape of a missing image is unknown).
-        targets: [B] long, -1 for unknown labels.
+        targets: [B] long, -1 for unknown labels; for multi-label data ``[B, K]`` float32 multi-hot
+            (rows of -1 for unknown labels).
         indices: [B] long, dataset indices of the images.
         failures: ``[(dataset index, reason), ...]`` of the files left out.
     """
@@ -86,6 +112,13 @@ class Batch(NamedTuple):
     targets: torch.Tensor
     indices: torch.Tensor
     failures: list[tuple[int, str]]
+
+
+def stack_targets(targets: Sequence) -> torch.Tensor:
+    """Items' targets -> ``[B]`` long, or ``[B, K]`` float32 when they are multi-hot arrays (multi-label)."""
+    if targets and isinstance(targets[0], np.ndarray):
+        return torch.from_numpy(np.stack(targets))
+    return torch.tensor(list(targets), dtype=torch.long)
 
 
 def collate_skipping(batch: Sequence[tuple[torch.Tensor | None, int, int, str | None]]) -> Batch:
@@ -99,7 +132,7 @@ def collate_skipping(batch: Sequence[tuple[torch.Tensor | None, int, int, str | 
     good = [item for item in batch if item[0] is not None]
     failures = [(int(i), str(reason)) for img, _, i, reason in batch if img is None]
     images = torch.stack([item[0] for item in good]) if good else None
-    targets = torch.tensor([item[1] for item in good], dtype=torch.long)
+    targets = stack_targets([item[1] for item in good])
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
     return Batch(images, targets, indices, failures)
 

@@ -64,6 +64,22 @@ def numpy_eval_transform(cfg: DataConfig) -> Callable[[Image.Image], np.ndarray]
     return transform
 
 
+def numpy_eval_pixels(cfg: DataConfig) -> Callable[[Image.Image], np.ndarray] | None:
+    """PIL RGB image -> uint8 ``[3, H, W]``: :func:`numpy_eval_transform` before ``/ 255`` and the
+    normalisation (the same resize and crop); ``None`` for the configs it does not cover."""
+    _, h, w = cfg.input_size
+    interp = cfg.interpolation or DEFAULT_INTERPOLATION
+    if h != w or (cfg.crop_mode or "center") != "center" or interp not in PIL_FILTERS or len(cfg.mean) != 3:
+        return None
+    scale = math.floor(h / (cfg.crop_pct or DEFAULT_CROP_PCT))
+    resample = PIL_FILTERS[interp]
+
+    def pixels(img: Image.Image) -> np.ndarray:
+        return np.ascontiguousarray(_center_crop(np.asarray(_resize_short(img, scale, resample)), h, w).transpose(2, 0, 1))
+
+    return pixels
+
+
 def resized_short(w: int, h: int, size: int) -> tuple[int, int]:
     """torchvision ``Resize(size)``'s output ``(width, height)`` for a ``w`` x ``h`` image: short side to
     ``size``, long side truncated."""
@@ -134,4 +150,4 @@ def collate_arrays(items: Sequence[tuple[np.ndarray | None, int, str | None]]) -
     return ArrayBatch(images, np.array([item[1] for item in good], dtype=np.int64), failures)
 
 
-__all__ = ["ArrayBatch", "ArrayImages", "collate_arrays", "numpy_eval_transform"]
+__all__ = ["ArrayBatch", "ArrayImages", "collate_arrays", "numpy_eval_pixels", "numpy_eval_transform"]

@@ -3,6 +3,11 @@
 In folders, files and folders whose name starts with ``.`` (and ``__MACOSX`` folders) are ignored,
 extensions are matched case-insensitively, and records are sorted by ``rel``. Symlinked folders
 are followed, each real folder once. Manifests keep their row order.
+
+Multi-label data (issue #30) is a manifest whose label cell holds a set of labels joined by a delimiter
+(``;`` by default): ``path,labels`` with ``a;b``, or an empty cell for an image with no label (all
+negative). Its records carry ``labels`` (a sorted tuple) and ``label=None``; its source has
+``task="multilabel"``. Single-label sources are unchanged (``task="single"``, ``labels=None``).
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ class ImageRecord:
     Attributes:
         path: absolute path of the file.
         rel: POSIX path relative to the source root: the stable id of the image.
-        label: class name, ``None`` when unknown.
+        label: class name, ``None`` when unknown (and for every multi-label record).
+        labels: multi-label records only: the image's labels, sorted, ``()`` for an image with none
+            (all negative); ``None`` for single-label records and for unknown labels.
     """
 
     path: Path
     rel: str
     label: str | None
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class ImageSource:
         records: deterministic order (sorted by ``rel`` for folders, file order for manifests).
         classes: sorted class names, empty class folders included; ``()`` when unlabeled.
         empty_classes: class folders that contain no image (a subset of ``classes``).
+        task: ``"single"`` (one label per image) or ``"multilabel"`` (a set of labels per image,
+            in ``ImageRecord.labels``).
     """
 
     root: Path
@@ -57,6 +67,7 @@ class ImageSource:
     records: tuple[ImageRecord, ...]
     classes: tuple[str, ...]
     empty_classes: tuple[str, ...] = ()
+    task: str = "single"
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -67,7 +78,23 @@ class ImageSource:
         return len(self.records)
 
 
-def scan_images(source: str | os.PathLike, *, labeled: bool | None = None) -> ImageSource:
+#: ``task`` values of :func:`scan_images`: ``auto`` detects, the others force one.
+TASKS: tuple[str, ...] = ("auto", "single", "multilabel")
+#: The default delimiter between the labels of one manifest cell (``--label-delim``): ``;`` is not the CSV
+#: separator and rarely part of a class name.
+DEFAULT_LABEL_DELIM = ";"
+
+
+def check_label_delim(delim: str) -> str:
+    """``delim`` when it can separate labels inside one CSV cell, else a one-line TlkitError."""
+    if not delim or delim != delim.strip() or delim in (",", '"') or "\n" in delim:
+        raise TlkitError(f"--label-delim {delim!r}: the labels of one cell need a visible separator other than the "
+                         "CSV's comma or quote, e.g. ';' (the default) or '|'")
+    return delim
+
+
+def scan_images(source: str | os.PathLike, *, labeled: bool | None = None, task: str = "auto",
+                label_delim: str = DEFAULT_LABEL_DELIM) -> ImageSource:
     """Find the images of a folder or a CSV manifest.
 
     Args:
@@ -77,7 +104,12 @@ def scan_images(source: str | os.PathLike, *, labeled: bool | None = None) -> Im
             (label = first-level folder name), any other folder is an unlabeled pool (images at
             its root make the whole folder unlabeled). ``False``: every label is ``None``.
             ``True``: the folder must be a class tree (images at its root are an error) and every
-            manifest row must have a label.
+            manifest row must have a label (a multi-label row may have none: all negative).
+        task: ``auto`` detects multi-label data: a manifest with a ``labels`` column, or a ``label`` cell
+            holding ``label_delim``; ``single`` reads each ``label`` cell as one class name (as before
+            multi-label existed) and refuses a ``labels`` column; ``multilabel`` reads every label cell as a
+            set (folders are single-label only).
+        label_delim: the separator between the labels of one cell.
 
     Raises:
         TlkitError: the source does not exist, holds no image, or a manifest row is invalid.
@@ -91,13 +123,20 @@ def scan_images(source: str | os.PathLike, *, labeled: bool | None = None) -> Im
     if not path.exists():
         raise TlkitError(f"image source {str(source)!r} does not exist; "
                          "pass a folder of images or a .csv manifest")
+    if task not in TASKS:
+        raise TlkitError(f"--task {task!r}: choose one of: {', '.join(TASKS)}")
+    check_label_delim(label_delim)
     path = path.resolve()
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise TlkitError(f"image source {str(source)!r} is a file, not a folder or a .csv "
                              "manifest; pass the folder that holds the images")
-        src = _scan_manifest(path, labeled)
+        src = _scan_manifest(path, labeled, task, label_delim)
     else:
+        if task == "multilabel" and labeled is not False:
+            raise TlkitError(f"{source}: a folder of class subfolders holds one label per image, but the task is "
+                             "multi-label; give a CSV manifest path,labels (labels joined by "
+                             f"{label_delim!r}) or use --task single")
         src = _scan_folder(path, labeled)
     log.info("%s: %d images (%s, %d classes%s)", path, len(src.records), src.kind,
              len(src.classes), f", {len(src.empty_classes)} empty" if src.empty_classes else "")
@@ -169,15 +208,16 @@ def _scan_folder(root: Path, labeled: bool | None) -> ImageSource:
                        tuple(c for c in classes if c not in labels))
 
 
-def _scan_manifest(csv_path: Path, labeled: bool | None) -> ImageSource:
+def _scan_manifest(csv_path: Path, labeled: bool | None, task: str = "auto",
+                   delim: str = DEFAULT_LABEL_DELIM) -> ImageSource:
     root = csv_path.parent
-    records: list[ImageRecord] = []
+    rows: list[tuple[str, str, int]] = []  # (rel, label cell, line)
     first_line: dict[str, int] = {}
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            ip, il = _manifest_columns(csv_path, header, labeled)
+            ip, il, header_multi = _manifest_columns(csv_path, header, labeled)
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
@@ -189,25 +229,68 @@ def _scan_manifest(csv_path: Path, labeled: bool | None) -> ImageSource:
                     raise TlkitError(f"{where}: {raw!r} is already listed on line "
                                      f"{first_line[rel]}; list each image once")
                 first_line[rel] = line
-                label = (row[il].strip() if il is not None and il < len(row) else "") or None
-                if labeled and label is None:
-                    raise TlkitError(f"{where}: {raw!r} has no label; label every row or do not "
-                                     "require labels")
-                records.append(ImageRecord(root / rel, rel, None if labeled is False else label))
+                rows.append((rel, row[il].strip() if il is not None and il < len(row) else "", line))
     except UnicodeDecodeError as e:
         raise TlkitError(f"manifest {not_utf8_message(csv_path, e)}") from None
     except (OSError, csv.Error) as e:
         raise TlkitError(f"cannot read manifest {csv_path}: {e}; it must be a UTF-8 CSV file "
                          "with a header row path[,label]") from None
-    if not records:
+    if not rows:
         raise TlkitError(f"manifest {csv_path} lists no images; add rows below the header")
+    if task == "single" and header_multi:
+        raise TlkitError(f"manifest {csv_path}: its 'labels' column holds a set of labels per image, but the task is "
+                         "single-label; use --task multilabel (or auto), or give one label per image in a 'label' "
+                         "column")
+    multi_rows = task == "auto" and any(delim in cell for _, cell, _ in rows)
+    if task == "multilabel" or header_multi or multi_rows:
+        return _multilabel_source(csv_path, rows, labeled, delim)
+    records: list[ImageRecord] = []
+    for rel, cell, line in rows:
+        label = cell or None
+        if labeled and label is None:
+            raise TlkitError(f"manifest {csv_path}, line {line}: {rel!r} has no label; label every row or do not "
+                             "require labels")
+        records.append(ImageRecord(root / rel, rel, None if labeled is False else label))
     classes = tuple(sorted({r.label for r in records if r.label is not None}))
     return ImageSource(root, "manifest", tuple(records), classes)
 
 
+def split_labels(cell: str, delim: str, where: str) -> tuple[str, ...]:
+    """The sorted, de-duplicated labels of one multi-label cell (``""``: none); an empty label between two
+    delimiters is a one-line TlkitError.
+
+    Example:
+        >>> split_labels("dog; cat", ";", "line 2")
+        ('cat', 'dog')
+    """
+    if not cell.strip():
+        return ()
+    parts = [p.strip() for p in cell.split(delim)]
+    if not all(parts):
+        raise TlkitError(f"{where}: {cell!r} has an empty label between {delim!r} delimiters; write the labels "
+                         f"joined by {delim!r} (e.g. 'cat{delim}dog'), or leave the cell empty for an image with "
+                         "no label")
+    return tuple(sorted(set(parts)))
+
+
+def _multilabel_source(csv_path: Path, rows: list[tuple[str, str, int]], labeled: bool | None,
+                       delim: str) -> ImageSource:
+    root = csv_path.parent
+    records = []
+    for rel, cell, line in rows:
+        labels = None if labeled is False else split_labels(cell, delim, f"manifest {csv_path}, line {line}")
+        records.append(ImageRecord(root / rel, rel, None, labels))
+    classes = tuple(sorted({c for r in records for c in (r.labels or ())}))
+    if labeled and not classes:
+        raise TlkitError(f"manifest {csv_path}: no row has a label; a multi-label manifest needs labels joined by "
+                         f"{delim!r} in its label column (an empty cell means no label for that image)")
+    return ImageSource(root, "manifest", tuple(records), classes, task="multilabel")
+
+
 def _manifest_columns(csv_path: Path, header: list[str] | None,
-                      labeled: bool | None) -> tuple[int, int | None]:
-    """Indices of the ``path`` and ``label`` columns (case-insensitive)."""
+                      labeled: bool | None) -> tuple[int, int | None, bool]:
+    """Indices of the ``path`` and ``label`` (or ``labels``) columns (case-insensitive), and whether the
+    label column is ``labels`` (multi-label)."""
     if not header:
         raise TlkitError(f"manifest {csv_path} is empty; its first row must be a header "
                          "path[,label]")
@@ -216,10 +299,16 @@ def _manifest_columns(csv_path: Path, header: list[str] | None,
         found = ", ".join(repr(h) for h in header)
         raise TlkitError(f"manifest {csv_path} has no 'path' column (found columns: {found}); "
                          "its first row must be a header such as path,label")
-    if labeled and "label" not in cols:
+    if "label" in cols and "labels" in cols:
+        raise TlkitError(f"manifest {csv_path} has both a 'label' and a 'labels' column; keep 'label' for one label "
+                         "per image or 'labels' for a set of labels per image")
+    if labeled and "label" not in cols and "labels" not in cols:
         raise TlkitError(f"manifest {csv_path} has no 'label' column but labels are required; "
                          "add a label column")
-    return cols.index("path"), (cols.index("label") if "label" in cols else None)
+    for name in ("label", "labels"):
+        if name in cols:
+            return cols.index("path"), cols.index(name), name == "labels"
+    return cols.index("path"), None, False
 
 
 def _manifest_rel(root: Path, raw: str, where: str) -> str:

@@ -63,6 +63,9 @@ class RunMeta:
         epoch: the epoch the weights are from (finetune checkpoints).
         metrics: that epoch's history row.
         weights_from: ``model`` or ``ema``.
+        task: ``single`` (softmax over the classes) or ``multilabel`` (one sigmoid per class).
+        thresholds: multi-label only: per-class probability thresholds chosen on validation data (predict
+            label k where ``sigmoid(logit_k) >= thresholds[k]``).
 
     Example:
         >>> meta = RunMeta("resnet18", ("cat", "dog"), {"input_size": (3, 224, 224), "mean": (0.5,) * 3,
@@ -81,6 +84,8 @@ class RunMeta:
     epoch: int | None = None
     metrics: dict[str, Any] | None = None
     weights_from: str | None = None
+    task: str = "single"
+    thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_config", DataConfig.from_dict(self.data_config))
@@ -89,12 +94,19 @@ class RunMeta:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def at_epoch(self, epoch: int, metrics: dict[str, Any], weights_from: str) -> "RunMeta":
-        """A copy describing the weights of one epoch."""
-        return replace(self, epoch=epoch, metrics=metrics, weights_from=weights_from)
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def at_epoch(self, epoch: int, metrics: dict[str, Any], weights_from: str,
+                 thresholds: tuple[float, ...] | None = None) -> "RunMeta":
+        """A copy describing the weights of one epoch (multi-label: with their validation thresholds)."""
+        return replace(self, epoch=epoch, metrics=metrics, weights_from=weights_from,
+                       thresholds=tuple(thresholds) if thresholds is not None else self.thresholds)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples as lists); the per-epoch keys only when set."""
+        """JSON-ready dict (tuples as lists); the per-epoch keys only when set; ``task`` and ``thresholds`` only
+        for a multi-label model (a single-label checkpoint reads as before)."""
         out = {
             "backbone": self.backbone, "classes": list(self.classes), "num_classes": self.num_classes,
             "model_kwargs": dict(self.model_kwargs),
@@ -104,6 +116,10 @@ class RunMeta:
         for key in ("epoch", "metrics", "weights_from"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.multilabel:
+            out["task"] = self.task
+            if self.thresholds is not None:
+                out["thresholds"] = list(self.thresholds)
         return out
 
     @classmethod
@@ -126,7 +142,8 @@ class RunMeta:
             model_kwargs=dict(meta.get("model_kwargs") or {}),
             weights_origin=meta.get("weights_origin", meta.get("weights")),
             train=train, config=config, epoch=meta.get("epoch"), metrics=meta.get("metrics"),
-            weights_from=meta.get("weights_from"),
+            weights_from=meta.get("weights_from"), task=meta.get("task", "single"),
+            thresholds=tuple(float(t) for t in meta["thresholds"]) if meta.get("thresholds") is not None else None,
         )
 
 

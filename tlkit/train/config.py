@@ -32,7 +32,7 @@ from tlkit.io import not_utf8_message, write_text, yaml_problem
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
-MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro")
+MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro", "val_map")
 SAMPLERS = ("uniform", "balanced")
 LR_SCALES = ("none", "linear", "sqrt")
 DECODES = DECODE_MODES
@@ -71,7 +71,7 @@ class TrainConfig:
     cutmix: float = 0.0  # cutmix alpha (0 = off)
     mixup_prob: float = 1.0
     # loss
-    loss: str = "ce"  # ce | focal
+    loss: str = "ce"  # ce | focal; multi-label: bce (ce means bce) | asl
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
     class_weights: str | list | None = None  # None | "balanced" | [w per class]
@@ -99,12 +99,12 @@ class TrainConfig:
     ema: bool = False  # keep and evaluate a timm ModelEmaV3 of the weights
     ema_decay: float = 0.998
     # stopping and checkpoints
-    monitor: str = "val_accuracy"  # val_accuracy | val_loss | val_f1_macro
+    monitor: str = "val_accuracy"  # val_accuracy | val_loss | val_f1_macro | val_map (multi-label; val_accuracy means val_map there)
     patience: int | None = None  # early stopping after N epochs without improvement
     # runtime
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    decode: str = "auto"  # auto (device on CUDA, else cpu) | cpu | device: where JPEGs are decoded and resized
+    decode: str = "auto"  # auto (device on CUDA; training images when most are JPEGs) | cpu | device: where JPEGs are decoded, augmented and resized
     channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False  # DDP only

@@ -42,7 +42,7 @@ from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
 from tlkit.train.speedups import flush_denormals, keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits
-from tlkit.train.state import TrainState, check_out_dir, check_resumable, restore, save_epoch
+from tlkit.train.state import CHECKPOINTS, TrainState, check_out_dir, check_resumable, restore, save_epoch
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,9 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
                     on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> dict[str, float]:
     """One pass over the training data; returns ``train_loss``, ``train_accuracy``, images, seconds.
 
+    Multi-label batches (targets ``[B, K]``): ``train_accuracy`` is the label accuracy (the share of each
+    image's K yes/no decisions at sigmoid 0.5 that are right).
+
     ``on_step(step, batch loss, lr)`` is called after each optimizer step (this process's batch; the
     loss a detached 0-d tensor on the device). Loss and accuracy add up on the device and are read once,
     at the end: no step waits for the GPU to report a number.
@@ -158,6 +161,7 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    label_correct = torch.zeros((), dtype=torch.float64, device=rt.device)  # multi-label
     seen = 0
     lr = max(g["lr"] for g in st.optimizer.param_groups)
     n_batches = len(loader)
@@ -172,6 +176,7 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
         target = y
         if mixup is not None and len(y) % 2 == 0:
             x, target = mixup(x, y)
+        multilabel = y.ndim == 2
         with autocast(rt.device, rt.amp_dtype):
             logits = st.forward(x)
         loss = loss_fn(logits.float(), target)
@@ -183,11 +188,14 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
             if on_step:
                 on_step(st.step, loss.detach(), lr)
         loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(-1) == y).sum()
+        if multilabel:  # label accuracy: the share of an image's K decisions right at sigmoid 0.5
+            label_correct += ((logits.detach() > 0) == (y > 0.5)).double().mean(1).sum()
+        else:
+            correct += (logits.detach().argmax(-1) == y).sum()
         seen += len(y)
         if progress:
             progress(len(y) + len(batch.failures))
-    loss_total, n_correct = torch.stack([loss_sum, correct.double()]).tolist()  # the epoch's one read
+    loss_total, n_correct = torch.stack([loss_sum, correct.double() + label_correct]).tolist()  # the epoch's one read
     loss_total, n_correct, seen = all_reduce_sum([loss_total, n_correct, seen], rt.dist)
     if not seen:
         raise TlkitError("no training image could be decoded; see skipped.csv in the run folder")
@@ -195,10 +203,10 @@ def train_one_epoch(st: TrainState, cfg: TrainConfig, loader: Iterable, loss_fn:
             "train_time_s": time.perf_counter() - t0, "lr": lr}
 
 
-def validate(module: nn.Module, forward, loader: Iterable, rt: Runtime) -> Predictions:
+def validate(module: nn.Module, forward, loader: Iterable, rt: Runtime, multilabel: bool = False) -> Predictions:
     """Predictions over the validation data, gathered from all ranks."""
     preds = predict_loader(module, loader, device=rt.device, amp_dtype=rt.amp_dtype,
-                           channels_last=rt.channels_last, forward=forward)
+                           channels_last=rt.channels_last, forward=forward, multilabel=multilabel)
     if not rt.dist.enabled:
         return preds
     parts = all_gather_objects(preds, rt.dist)
@@ -208,14 +216,24 @@ def validate(module: nn.Module, forward, loader: Iterable, rt: Runtime) -> Predi
                        np.concatenate([p.indices for p in parts]), [f for p in parts for f in p.failures], loss)
 
 
-def epoch_row(epoch: int, train: dict, val: Predictions, ema_val: Predictions | None, st: TrainState) -> dict:
-    """One ``metrics.json`` history entry."""
+def _quick(preds: Predictions, multilabel: bool) -> dict[str, float]:
+    if multilabel:
+        from tlkit.train.multilabel import quick_multilabel_metrics
+
+        return quick_multilabel_metrics(preds.targets, preds.probs)
+    return quick_metrics(preds.targets, preds.probs)
+
+
+def epoch_row(epoch: int, train: dict, val: Predictions, ema_val: Predictions | None, st: TrainState,
+              multilabel: bool = False) -> dict:
+    """One ``metrics.json`` history entry (multi-label: ``val_map``, ``val_map_micro``, ``val_f1_micro``,
+    ``val_f1_macro`` instead of ``val_accuracy`` and ``val_f1_macro``)."""
     row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train["train_loss"],
                            "train_accuracy": train["train_accuracy"], "val_loss": val.loss}
-    row.update({f"val_{k}": v for k, v in quick_metrics(val.targets, val.probs).items()})
+    row.update({f"val_{k}": v for k, v in _quick(val, multilabel).items()})
     if ema_val is not None:
         row["ema_val_loss"] = ema_val.loss
-        row.update({f"ema_val_{k}": v for k, v in quick_metrics(ema_val.targets, ema_val.probs).items()})
+        row.update({f"ema_val_{k}": v for k, v in _quick(ema_val, multilabel).items()})
     row["lr"] = train["lr"]  # peak (head) lr of the epoch's last step
     row["epoch_time_s"] = train["train_time_s"]
     row["images_per_s"] = train["train_images"] / max(1e-9, train["train_time_s"])
@@ -247,12 +265,22 @@ def pick_best(row: dict, cfg: TrainConfig, best: dict | None) -> tuple[bool, str
     return score > (best["score"], best.get("tiebreak", -math.inf)), source
 
 
-def best_entry(row: dict, source: str, preds: Predictions, cfg: TrainConfig, classes) -> dict[str, Any]:
-    """The ``best`` record: the epoch's row, whose weights, and full validation metrics."""
+def best_entry(row: dict, source: str, preds: Predictions, cfg: TrainConfig, classes,
+               multilabel: bool = False) -> dict[str, Any]:
+    """The ``best`` record: the epoch's row, whose weights, and full validation metrics (multi-label: with
+    the per-class ``thresholds`` chosen on this validation data, which the checkpoint stores)."""
     prefix = "ema_" if source == "ema" else ""
-    return {**row, "monitor": cfg.monitor, "score": _score(row, cfg.monitor, prefix),
-            "tiebreak": _score(row, "val_loss", prefix), "weights_from": source,
-            "val_metrics": compute_metrics(preds.targets, preds.probs, classes) if len(preds.targets) else None}
+    entry = {**row, "monitor": cfg.monitor, "score": _score(row, cfg.monitor, prefix),
+             "tiebreak": _score(row, "val_loss", prefix), "weights_from": source}
+    if not multilabel:
+        entry["val_metrics"] = compute_metrics(preds.targets, preds.probs, classes) if len(preds.targets) else None
+        return entry
+    from tlkit.train.multilabel import DEFAULT_THRESHOLD, choose_thresholds, multilabel_metrics
+
+    th = choose_thresholds(preds.targets, preds.probs) if len(preds.targets) else [DEFAULT_THRESHOLD] * len(classes)
+    entry["thresholds"] = th
+    entry["val_metrics"] = multilabel_metrics(preds.targets, preds.probs, classes, th) if len(preds.targets) else None
+    return entry
 
 
 def _module_prefix(root: nn.Module, child: nn.Module) -> str:
@@ -305,17 +333,30 @@ def fit(
     resume: bool = False,
     progress: Progress | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: str = "full",
+    task: str = "auto",
+    label_delim: str = ";",
 ) -> FitResult:
     """Fine-tune ``config.backbone`` on a class-folder tree; write checkpoints, metrics and plots to ``out``.
 
     Args:
         config: the resolved :class:`TrainConfig` (see :func:`tlkit.train.make_config`).
-        data: training images: a class-folder tree or a labeled CSV manifest.
+        data: training images: a class-folder tree or a labeled CSV manifest (multi-label: ``path,labels``,
+            see :func:`tlkit.data.scan_images`).
         out: the run folder.
         val: validation images; ``None`` holds out a stratified ``config.val_fraction`` of ``data``.
         resume: continue the run in ``out`` from its last finished epoch.
         progress: called with the number of training images just processed.
         on_epoch: called with each epoch's history row.
+        checkpoints: ``full`` (best, last, ``train_state.pt``, metrics and plots after each epoch; TensorBoard
+            when configured) or ``best`` (best weights and metrics only, no TensorBoard: an active-learning
+            round, which a crash restarts whole; :data:`tlkit.train.state.CHECKPOINTS`).
+        task: ``auto`` | ``single`` | ``multilabel`` (see :func:`tlkit.data.scan_images`). A multi-label run
+            trains one sigmoid per class (:mod:`tlkit.train.multilabel`: ``ce`` means binary cross-entropy,
+            ``asl`` the asymmetric loss, ``class_weights`` the positives' weights), monitors ``val_map`` where
+            the config says ``val_accuracy``, and stores per-class thresholds chosen on validation data with
+            its checkpoints.
+        label_delim: the separator of a manifest cell's labels.
 
     Raises:
         TlkitError: bad data (one class, an empty class folder, val classes unknown to train),
@@ -323,8 +364,18 @@ def fit(
     """
     t0 = time.perf_counter()
     cfg, out = config, Path(out)
+    if checkpoints not in CHECKPOINTS:
+        raise TlkitError(f"checkpoints={checkpoints!r}: choose one of {', '.join(CHECKPOINTS)}")
+    if checkpoints == "best" and resume:
+        raise TlkitError("resume needs the training state, which checkpoints='best' does not write")
     state_file = check_out_dir(out, resume)
-    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed, task=task,
+                            label_delim=label_delim)
+    if splits.multilabel:
+        cfg = multilabel_config(cfg)
+    elif cfg.monitor == "val_map":
+        raise TlkitError("monitor=val_map (mean average precision over labels) is for multi-label data; on "
+                         "single-label data monitor val_accuracy, val_f1_macro or val_loss")
     warn_if_imbalanced(splits, cfg)
     saved = ckpt.load_train_state(state_file) if state_file else None
     chosen = None
@@ -334,17 +385,41 @@ def fit(
     rt = setup_runtime(cfg)
     try:
         with flush_denormals(rt.device):
-            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen)
+            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints)
     finally:
         shutdown()
 
 
+def multilabel_config(cfg: TrainConfig) -> TrainConfig:
+    """The config of a multi-label run: ``monitor: val_accuracy`` (the default, undefined for label sets)
+    becomes ``val_map``; a single-label-only setting is a one-line error."""
+    from tlkit.train.multilabel import MULTILABEL_LOSSES
+
+    if cfg.sampler == "balanced":
+        raise TlkitError("sampler=balanced draws images by their one class; multi-label data has label sets: use "
+                         "--set class_weights=balanced (a pos_weight per label) instead")
+    if cfg.loss not in ("ce", *MULTILABEL_LOSSES):
+        raise TlkitError(f"loss {cfg.loss!r} is for single-label data; on multi-label data use one of: "
+                         f"{', '.join(MULTILABEL_LOSSES)} (--set loss=bce or loss=asl)")
+    if cfg.monitor == "val_accuracy":
+        log.info("multi-label data: monitoring val_map (macro average precision) for the best epoch")
+        cfg = cfg.replace(monitor="val_map")
+    return cfg
+
+
 def warn_if_imbalanced(splits: Splits, cfg: TrainConfig) -> None:
     """One warning when the largest training class has over 10x the images of the smallest and neither
-    ``class_weights`` nor ``sampler: balanced`` is set."""
+    ``class_weights`` nor ``sampler: balanced`` is set (multi-label: images with each label; the fix is
+    ``class_weights=balanced``, a pos_weight per label)."""
     from tlkit.data import class_imbalance
 
     found = class_imbalance(dict(zip(splits.classes, splits.counts())))
+    if splits.multilabel:
+        if found is not None and cfg.class_weights is None:
+            log.warning("label imbalance in the training split: %s; weight each label's positives with --set "
+                        "class_weights=balanced (pos_weight = negatives / positives), and judge the run by macro "
+                        "mAP rather than micro figures", found.describe())
+        return
     if found is not None and cfg.class_weights is None and cfg.sampler != "balanced":
         log.warning("class imbalance in the training split: %s; weight the loss with --set class_weights=balanced "
                     "or draw classes equally with --set sampler=balanced, and judge the run by macro F1 rather "
@@ -405,23 +480,33 @@ def make_pipeline(cfg: TrainConfig, model: nn.Module, splits: Splits, data_confi
 
 def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss_fn: nn.Module, mixup,
               rt: Runtime, progress: Progress | None, classes,
-              on_step: Callable[[int, torch.Tensor, float], None] | None = None) -> tuple[dict, bool, Predictions]:
-    """Train, validate (model and EMA), update best/patience; returns (row, improved, val predictions)."""
+              on_step: Callable[[int, torch.Tensor, float], None] | None = None,
+              multilabel: bool = False) -> tuple[dict, bool, Predictions]:
+    """Train, validate (model and EMA), update best/patience; returns (row, improved, val predictions).
+
+    ``multilabel``: sigmoid outputs; the epoch's validation thresholds go to ``st.last_thresholds``."""
     set_phase(st, cfg, epoch)
     pipe.sampler.set_epoch(epoch)
     # each epoch's randomness depends only on (seed, epoch, rank), not on what ran before it
     # (validation, lazy imports in plotting): a resumed run repeats an uninterrupted one
     seed_everything(cfg.seed * 1_000_003 + epoch * 1_009 + rt.dist.rank)
     train = train_one_epoch(st, cfg, pipe.train, loss_fn, mixup, rt, progress, on_step)
-    preds = validate(st.model if pipe.val_forward is None else pipe.trained, pipe.val_forward, pipe.val, rt)
+    preds = validate(st.model if pipe.val_forward is None else pipe.trained, pipe.val_forward, pipe.val, rt,
+                     multilabel)
     ema_preds = None
     if st.ema is not None:
-        ema_preds = validate(st.ema.module, st.ema.module if pipe.val_forward is not None else None, pipe.val, rt)
-    row = epoch_row(epoch, train, preds, ema_preds, st)
+        ema_preds = validate(st.ema.module, st.ema.module if pipe.val_forward is not None else None, pipe.val, rt,
+                             multilabel)
+    row = epoch_row(epoch, train, preds, ema_preds, st, multilabel)
+    if multilabel:
+        from tlkit.train.multilabel import DEFAULT_THRESHOLD, choose_thresholds
+
+        st.last_thresholds = (choose_thresholds(preds.targets, preds.probs) if len(preds.targets)
+                              else [DEFAULT_THRESHOLD] * len(classes))
     improved, source = pick_best(row, cfg, st.best)
     if improved:
         st.best_preds = ema_preds if source == "ema" else preds
-        st.best = best_entry(row, source, st.best_preds, cfg, classes)
+        st.best = best_entry(row, source, st.best_preds, cfg, classes, multilabel)
     st.bad_epochs = 0 if improved else st.bad_epochs + 1
     st.history.append(row)
     st.epoch = epoch + 1
@@ -429,36 +514,38 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
 
 
 def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
-         t0: float, chosen: dict | None = None) -> FitResult:
+         t0: float, chosen: dict | None = None, checkpoints: str = "full") -> FitResult:
     k = len(splits.classes)
     bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
     if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
         cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
     pipe = make_pipeline(cfg, model, splits, data_config, rt)
-    chosen["decode"] = {"train": "cpu", "val": decode_path_of(pipe.val)}  # training augmentation: timm's, on the CPU
+    chosen["decode"] = {"train": decode_path_of(pipe.train), "val": decode_path_of(pipe.val)}
     steps_per_epoch = max(1, math.ceil(len(pipe.train) / cfg.grad_accum))
     st = build_state(cfg, model, pipe.trained, pipe.forward, steps_per_epoch, rt)
     st.failures.update({int(i): r for i, r in pipe.failures})
     if saved is not None:
         restore(st, saved)
         log.info("resuming %s after epoch %d of %d", out, st.epoch, cfg.epochs)
-    loss_fn, mixup = build_loss(cfg, k, splits.counts()).to(rt.device), build_mixup(cfg, k)
+    ml = splits.multilabel
+    loss_fn = build_loss(cfg, k, splits.counts(), multilabel=ml, n_images=len(splits.train)).to(rt.device)
+    mixup = build_mixup(cfg, k, multilabel=ml)
     meta = ckpt.RunMeta(bb.name, tuple(splits.classes), data_config, model_kwargs,
-                        weights_origin=bb.weights.to_dict(), train="finetune", config=cfg.to_dict())
+                        weights_origin=bb.weights.to_dict(), train="finetune", config=cfg.to_dict(), task=splits.task)
     if rt.dist.is_main:
         outputs.write_run_header(out, cfg, splits.classes, splits.train, splits.val, splits.val_origin, chosen)
     else:  # one progress bar and one log, from rank 0
         progress = on_epoch = None
-    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard)
+    tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard and checkpoints == "full")
     resumed_from, val_failures, preds = st.epoch, [], None
     stopped = bool(saved and saved.get("stopped"))
     for epoch in range(st.epoch, cfg.epochs if not stopped else st.epoch):
         row, improved, preds = run_epoch(st, cfg, epoch, pipe, loss_fn, mixup, rt, progress, splits.classes,
-                                         tb.log_step)
+                                         tb.log_step, ml)
         val_failures = preds.failures
         stopped = bool(cfg.patience) and st.bad_epochs >= cfg.patience
         if rt.dist.is_main:
-            save_epoch(out, st, meta, improved, pipe.prefix, stopped)
+            save_epoch(out, st, meta, improved, pipe.prefix, stopped, checkpoints)
             tb.log(row)
         barrier(rt.dist)
         if on_epoch:

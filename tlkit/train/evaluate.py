@@ -102,8 +102,12 @@ def _roc_auc(targets: np.ndarray, probs: np.ndarray) -> float | None:
 
 
 def one_hot(targets: np.ndarray, k: int) -> np.ndarray:
-    """``[n, K]`` bool indicator of ``targets [n]`` (two columns for a binary task, unlike ``label_binarize``)."""
-    return np.asarray(targets)[:, None] == np.arange(k)
+    """``[n, K]`` bool indicator of ``targets [n]`` (two columns for a binary task, unlike ``label_binarize``);
+    multi-hot ``targets [n, K]`` (multi-label) as bool."""
+    t = np.asarray(targets)
+    if t.ndim == 2:
+        return t > 0.5
+    return t[:, None] == np.arange(k)
 
 
 def average_precision(targets: np.ndarray, probs: np.ndarray) -> tuple[list[float | None], float | None, float | None]:
@@ -192,11 +196,13 @@ class Predictions:
     """Model outputs over a dataset (images that failed to decode are left out).
 
     Attributes:
-        probs: ``[m, K]`` float32 softmax probabilities.
-        targets: ``[m]`` int64 (-1 for unknown labels).
+        probs: ``[m, K]`` float32 softmax probabilities (multi-label: one sigmoid per class).
+        targets: ``[m]`` int64 (-1 for unknown labels); multi-label: ``[m, K]`` float32 multi-hot (rows of -1
+            for unknown labels).
         indices: ``[m]`` int64 dataset indices of the rows.
         failures: ``[(dataset index, reason)]`` of skipped files.
-        loss: mean cross-entropy over the rows with a known label (``nan`` if none).
+        loss: mean cross-entropy over the rows with a known label (``nan`` if none); multi-label: mean
+            binary cross-entropy over their (image, class) pairs.
     """
 
     probs: np.ndarray
@@ -217,16 +223,19 @@ def predict_loader(
     tta: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    multilabel: bool = False,
 ) -> Predictions:
     """Run ``model`` (eval mode) over a loader of :class:`tlkit.data.Batch`.
 
     ``tta`` averages the probabilities of the image and its horizontal flip. ``forward``
-    replaces ``model(x)`` (e.g. a head over cached features).
+    replaces ``model(x)`` (e.g. a head over cached features). ``multilabel``: probabilities are the
+    sigmoid of each logit and the loss is binary cross-entropy.
     """
     from tlkit.runtime import autocast
 
     model.eval()
     fwd = forward or model
+    act = torch.sigmoid if multilabel else (lambda z: z.softmax(-1))
     probs, targets, indices, failures = [], [], [], []
     loss_sum, loss_n = 0.0, 0
     for batch in loader:
@@ -238,15 +247,22 @@ def predict_loader(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             logits = fwd(x).float()
-            p = logits.softmax(-1)
+            p = act(logits)
             if tta:
-                p = 0.5 * (p + fwd(torch.flip(x, dims=[3])).float().softmax(-1))
+                p = 0.5 * (p + act(fwd(torch.flip(x, dims=[3])).float()))
         y = batch.targets.to(device)
-        known = y >= 0
-        if known.any():
-            lp = torch.log(p[known].clamp_min(1e-12)) if tta else logits[known].log_softmax(-1)
-            loss_sum += float(-lp.gather(1, y[known].unsqueeze(1)).sum())
-            loss_n += int(known.sum())
+        if multilabel and y.ndim == 2:
+            known = (y >= 0).all(1)
+            if known.any():
+                loss_sum += float(torch.nn.functional.binary_cross_entropy(
+                    p[known].clamp(1e-7, 1 - 1e-7), y[known].float(), reduction="sum")) / p.shape[1]
+                loss_n += int(known.sum())
+        else:
+            known = y >= 0
+            if known.any():
+                lp = torch.log(p[known].clamp_min(1e-12)) if tta else logits[known].log_softmax(-1)
+                loss_sum += float(-lp.gather(1, y[known].unsqueeze(1)).sum())
+                loss_n += int(known.sum())
         probs.append(p.cpu().numpy().astype(np.float32))
         targets.append(batch.targets.numpy())
         indices.append(batch.indices.numpy())
@@ -255,7 +271,8 @@ def predict_loader(
     k = getattr(model, "num_classes", 0) or 0
     return Predictions(
         probs=np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-        targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
+        targets=np.concatenate(targets) if targets else (np.zeros((0, k), np.float32) if multilabel
+                                                         else np.zeros(0, np.int64)),
         indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),
         failures=failures,
         loss=loss_sum / loss_n if loss_n else float("nan"),
@@ -276,9 +293,14 @@ def evaluate_run(
     engine: str = "auto",
     progress: Callable[[int], None] | None = None,
     decode: str = "auto",
+    label_delim: str = ";",
 ) -> dict[str, Any]:
     """Evaluate a trained run on a labeled folder or manifest; writes ``RUN/evaluation.json`` (or ``out``)
     and, beside it, the per-image predictions and plots (see :func:`write_evaluation_files`).
+
+    A multi-label run reads ``data`` as a multi-label manifest (``label_delim`` between a cell's labels; an
+    empty cell is an image with no label) and reports :func:`tlkit.train.multilabel.multilabel_metrics` at the
+    run's stored thresholds (:func:`write_multilabel_evaluation_files`).
 
     ``engine``: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`); ``batch_size``
     and ``decode``: see :meth:`tlkit.train.predictor.Predictor.loader`.
@@ -297,7 +319,10 @@ def evaluate_run(
         check_output_file(out, example=EVALUATION_FILE)
     predictor = Predictor.load(run, which=which, device=device, precision=precision, engine=engine)
     classes = predictor.classes
-    source = scan_images(data, labeled=True)
+    if predictor.multilabel:
+        return _evaluate_multilabel(predictor, run, data, which=which, batch_size=batch_size, workers=workers,
+                                    tta=tta, out=out, progress=progress, decode=decode, label_delim=label_delim)
+    source = scan_images(data, labeled=True, task="single", label_delim=label_delim)
     _check_labels(source.records, classes, data, run)
     loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
                               batch_size=batch_size, workers=workers, decode=decode)
@@ -313,9 +338,47 @@ def evaluate_run(
     return metrics
 
 
+def _evaluate_multilabel(predictor, run: Path, data, *, which: str, batch_size, workers, tta: bool, out,
+                         progress, decode: str, label_delim: str) -> dict[str, Any]:
+    from tlkit.data import scan_images, write_skipped
+    from tlkit.train.multilabel import multilabel_metrics
+
+    classes = predictor.classes
+    source = scan_images(data, labeled=True, task="multilabel", label_delim=label_delim)
+    _check_labels(source.records, classes, data, run)
+    loader = predictor.loader(source.records, class_to_idx={c: i for i, c in enumerate(classes)},
+                              batch_size=batch_size, workers=workers, decode=decode)
+    preds = predictor.predict(loader, tta=tta, progress=progress)
+    if not len(preds.targets):
+        raise TlkitError(f"{data}: no image could be decoded; see the skipped list")
+    metrics = multilabel_metrics(preds.targets, preds.probs, classes, predictor.thresholds)
+    metrics.update(task="multilabel", loss=preds.loss, data=str(Path(data).resolve()), checkpoint=which,
+                   skipped=len({i for i, _ in preds.failures}))
+    target = Path(out) if out is not None else run / EVALUATION_FILE
+    write_json(target, metrics)
+    if preds.failures:
+        write_skipped(target.with_name(target.stem + "_skipped.csv"), source.records, preds.failures)
+    write_multilabel_evaluation_files(target, preds, [source.records[i] for i in preds.indices], classes,
+                                      predictor.thresholds, label_delim)
+    return metrics
+
+
+def write_multilabel_evaluation_files(target: Path, preds: Predictions, records: Sequence, classes: Sequence[str],
+                                      thresholds: Sequence[float], delim: str = ";") -> None:
+    """Multi-label twin of :func:`write_evaluation_files`: ``STEM_predictions.csv`` (true and predicted label
+    sets), ``STEM_probs.npy``, and in ``plots/``: ``STEM_roc.png``, ``STEM_pr.png``, ``STEM_pr_per_class.png``."""
+    from tlkit.train.reports import write_multilabel_curves, write_multilabel_predictions
+
+    stem, plots = target.stem, target.parent / "plots"
+    write_multilabel_predictions(target.with_name(f"{stem}_predictions.csv"), target.with_name(f"{stem}_probs.npy"),
+                                 [r.rel for r in records], preds.targets, preds.probs, classes, thresholds, delim)
+    write_multilabel_curves(plots, preds.targets, preds.probs, classes, thresholds, prefix=f"{stem}_")
+
+
 def _check_labels(records: Sequence, classes: Sequence[str], data, run: Path) -> None:
     """Refuse labels the model does not know, and an empty data set."""
-    unknown = sorted({r.label for r in records if r.label is not None} - set(classes))
+    unknown = sorted({c for r in records for c in ((r.label,) if r.label is not None else (r.labels or ()))}
+                     - set(classes))
     if unknown:
         raise TlkitError(
             f"{data}: classes {', '.join(map(repr, unknown))} are unknown to the model in {run} "

@@ -53,15 +53,17 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
 
 
 def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, Any], rt: Runtime):
-    """Training loader (timm augmentation, this rank's shard, reshuffled per epoch) and validation loader
-    (JPEGs decoded on the device where ``cfg.decode`` resolves to it: :func:`tlkit.data.device_decode.eval_loader`).
+    """Training loader (timm augmentation, this rank's shard, reshuffled per epoch) and validation loader,
+    JPEGs decoded on the device where ``cfg.decode`` resolves to it (training:
+    :func:`tlkit.data.device_augment.train_loader`; validation: :func:`tlkit.data.device_decode.eval_loader`).
 
     Returns:
         ``(train, val, sampler)``; call ``sampler.set_epoch(e)`` before each epoch.
     """
     from torch.utils.data.distributed import DistributedSampler
 
-    from tlkit.data import ImageDataset, make_loader
+    from tlkit.data import ImageDataset
+    from tlkit.data.device_augment import train_loader
     from tlkit.data.device_decode import eval_loader
 
     aug = {"scale": (cfg.scale_min, 1.0), "hflip": cfg.hflip, "vflip": cfg.vflip,
@@ -75,8 +77,9 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, An
     else:
         sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
     drop_last = len(sampler) > cfg.batch
-    train = make_loader(train_ds, batch_size=cfg.batch, workers=rt.workers, device=rt.device,
-                        sampler=sampler, drop_last=drop_last, seed=cfg.seed)
+    train, _ = train_loader(splits.train, data_config, aug, train_ds.transform, batch_size=cfg.batch,
+                            workers=rt.workers, device=rt.device, sampler=sampler, drop_last=drop_last,
+                            decode=cfg.decode, class_to_idx=c2i, seed=cfg.seed)
     val_idx = list(range(d.rank, len(splits.val), d.world_size))
     val, _ = eval_loader(splits.val, data_config, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device,
                          decode=cfg.decode, class_to_idx=c2i, sampler=val_idx, seed=cfg.seed)

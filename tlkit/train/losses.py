@@ -120,23 +120,46 @@ def class_weights(spec: str | Sequence[float] | None, counts: Sequence[int]) -> 
     return torch.tensor([float(w) for w in weights], dtype=torch.float32)
 
 
-def build_loss(cfg: TrainConfig, num_classes: int, counts: Sequence[int] | None = None) -> nn.Module:
-    """The training loss named by ``cfg.loss``; ``counts`` (images per class) for 'balanced'."""
+def build_loss(cfg: TrainConfig, num_classes: int, counts: Sequence[int] | None = None, *,
+               multilabel: bool = False, n_images: int | None = None) -> nn.Module:
+    """The training loss named by ``cfg.loss``; ``counts`` (images per class) for 'balanced'.
+
+    ``multilabel``: targets are multi-hot ``[B, K]``; the loss is binary cross-entropy (``ce``, the default,
+    or ``bce``) or the asymmetric loss (``asl``), ``class_weights`` giving each label's ``pos_weight``
+    (``balanced``: negatives / positives among the ``n_images`` training images; see
+    :mod:`tlkit.train.multilabel`).
+    """
+    if multilabel:
+        from tlkit.train.multilabel import build_multilabel_loss, pos_weights
+
+        counts = counts if counts is not None else [1] * num_classes
+        pw = pos_weights(cfg.class_weights, counts, n_images if n_images is not None else 2 * max(counts))
+        return build_multilabel_loss(cfg.loss, cfg.label_smoothing, pw)
     if cfg.loss not in _LOSSES:
+        if cfg.loss in ("bce", "asl"):
+            raise TlkitError(f"loss {cfg.loss!r} is for multi-label data (a manifest path,labels); on single-label "
+                             f"data use one of: {', '.join(_LOSSES)}")
         raise TlkitError(f"unknown loss {cfg.loss!r}{did_you_mean(cfg.loss, _LOSSES)}; choose one of: {', '.join(_LOSSES)}")
     weight = class_weights(cfg.class_weights, counts if counts is not None else [1] * num_classes)
     return _LOSSES[cfg.loss].build(cfg, num_classes, weight)
 
 
-def build_mixup(cfg: TrainConfig, num_classes: int) -> Callable | None:
+def build_mixup(cfg: TrainConfig, num_classes: int, *, multilabel: bool = False) -> Callable | None:
     """timm ``Mixup`` (returns soft targets, label smoothing folded in) or ``None`` when off.
 
-    Batches must have an even size; the training loader drops the last incomplete batch.
+    Batches must have an even size; the training loader drops the last incomplete batch. ``multilabel``:
+    timm mixes the images, the multi-hot targets are mixed with the same weight
+    (:class:`tlkit.train.multilabel.MultiLabelMixup`; the loss applies the label smoothing).
     """
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
     from timm.data import Mixup
 
+    if multilabel:
+        from tlkit.train.multilabel import MultiLabelMixup
+
+        return MultiLabelMixup(Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                                     mode="batch", num_classes=num_classes))
     return Mixup(
         mixup_alpha=cfg.mixup,
         cutmix_alpha=cfg.cutmix,

@@ -244,6 +244,8 @@ def lr_find(
     end_lr: float = 1.0,
     max_seconds: float | None = None,
     progress: Callable[[int], None] | None = None,
+    task: str = "auto",
+    label_delim: str = ";",
 ) -> LRFindResult:
     """The lr range test on the training split of ``data`` with ``cfg``'s model, mode and batch size.
 
@@ -257,6 +259,7 @@ def lr_find(
             (to no fewer than 20 steps), the rate still ending at ``end_lr``; a sweep still running
             at twice this long is cut and suggests ``cfg.lr`` (method ``cut ...``).
         progress: called with the number of images of each step.
+        task, label_delim: as for :func:`tlkit.train.fit` (multi-label data: the multi-label loss).
 
     Raises:
         TlkitError: bad data (as for ``fit``), ``start_lr``/``end_lr`` out of order, or fewer than
@@ -274,7 +277,12 @@ def lr_find(
         raise TlkitError(f"lr range test: --steps {steps} is too few to suggest an lr between {start_lr:g} and "
                          f"{end_lr:g}; use --steps {MIN_STEPS} or more (the default is 100)")
     cfg = cfg.replace(ema=False)
-    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed, task=task,
+                            label_delim=label_delim)
+    if splits.multilabel:
+        from tlkit.train.engine import multilabel_config
+
+        cfg = multilabel_config(cfg)
     rt = setup_runtime(cfg)
     t0 = time.perf_counter()
     with flush_denormals(rt.device):
@@ -283,7 +291,8 @@ def lr_find(
         pipe = make_pipeline(cfg, model, splits, data_config, rt)
         st = build_state(cfg, model, pipe.trained, pipe.forward, 1, rt)
         set_phase(st, cfg, 0)
-        loss_fn = build_loss(cfg, len(splits.classes), splits.counts()).to(rt.device)
+        loss_fn = build_loss(cfg, len(splits.classes), splits.counts(), multilabel=splits.multilabel,
+                             n_images=len(splits.train)).to(rt.device)
         lrs, raw, smoothed, diverged = sweep(st, cfg, _cycle(pipe.train, pipe.sampler), loss_fn, rt,
                                              _Schedule(start_lr, end_lr, steps), max_seconds=max_seconds,
                                              progress=progress)

@@ -26,12 +26,17 @@ PLOTS = "plots"
 def write_run_header(out: Path, cfg: TrainConfig, classes: Sequence[str], train: Sequence, val: Sequence,
                      val_origin: str, chosen: dict[str, Any] | None = None) -> None:
     """``config.yaml`` (resolved; ``chosen``: batch size, lr rule, decoding path), ``classes.json``,
-    ``split.csv`` (path, label, split)."""
+    ``split.csv`` (path, label, split; multi-label: path, labels joined by ``;``, split)."""
     save_config(cfg, out / CONFIG, chosen)
     write_json(out / CLASSES, list(classes))
-    rows = [(r.rel, r.label, "train") for r in train]
-    rows += [(str(r.path) if val_origin == "folder" else r.rel, r.label, "val") for r in val]
-    write_csv(out / SPLIT, ("path", "label", "split"), rows)
+    multilabel = any(r.labels is not None for r in train)
+
+    def lab(r):  # multi-label: the label set joined by ';' (tlkit's default --label-delim)
+        return ";".join(r.labels) if multilabel else r.label
+
+    rows = [(r.rel, lab(r), "train") for r in train]
+    rows += [(str(r.path) if val_origin == "folder" else r.rel, lab(r), "val") for r in val]
+    write_csv(out / SPLIT, ("path", "labels" if multilabel else "label", "split"), rows)
 
 
 def write_history(out: Path, history: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
@@ -44,14 +49,24 @@ def write_history(out: Path, history: list[dict[str, Any]], best: dict[str, Any]
 
 
 def write_plots(out: Path, history: list[dict[str, Any]], best: dict[str, Any] | None,
-                classes: Sequence[str], best_preds=None) -> None:
+                classes: Sequence[str], best_preds=None, *, multilabel: bool = False) -> None:
     """``plots/loss.png``, ``plots/accuracy.png``, the best epoch's validation confusion matrix and, when
     ``best_preds`` (that epoch's validation :class:`~tlkit.train.evaluate.Predictions`) is given, its
-    ``roc.png``, ``pr.png`` and ``reliability.png``."""
-    from tlkit.train.plots import plot_confusion_matrix, plot_history
-    from tlkit.train.reports import write_curves
+    ``roc.png``, ``pr.png`` and ``reliability.png``.
+
+    Multi-label: ``loss.png``, ``accuracy.png`` (label accuracy), ``map.png`` (validation mAP per epoch) and,
+    with ``best_preds``, ``roc.png``, ``pr.png`` and ``pr_per_class.png`` at the best epoch's thresholds."""
+    from tlkit.train.plots import plot_confusion_matrix, plot_history, plot_map_history
+    from tlkit.train.reports import write_curves, write_multilabel_curves
 
     try:
+        if multilabel:
+            plot_history(history, out / PLOTS)
+            plot_map_history(history, out / PLOTS / "map.png")
+            if best_preds is not None and len(best_preds.targets):
+                write_multilabel_curves(out / PLOTS, best_preds.targets, best_preds.probs, classes,
+                                        (best or {}).get("thresholds"))
+            return
         plot_history(history, out / PLOTS)
         if best and best.get("val_metrics"):
             plot_confusion_matrix(best["val_metrics"]["confusion_matrix"], classes, out / PLOTS / "confusion_matrix.png")
@@ -136,7 +151,8 @@ class TensorBoardLog:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        metrics = {f"hparam/best_{k}": float(best[k]) for k in ("val_accuracy", "val_f1_macro", "val_loss", "epoch")
+        metrics = {f"hparam/best_{k}": float(best[k]) for k in ("val_accuracy", "val_map", "val_f1_macro", "val_loss",
+                                                                "epoch")
                    if isinstance(best.get(k), (int, float))}
         for summary in hparams({k: _hparam(v) for k, v in config.items()}, metrics):
             self.writer.file_writer.add_summary(summary)
@@ -158,6 +174,9 @@ def log_final(tb: TensorBoardLog, cfg: TrainConfig, best: dict[str, Any] | None,
     from tlkit.train.reports import GRID_IMAGES, prediction_cells
 
     epoch = int(best["epoch"]) if best else 0
+    if best and "thresholds" in best:  # multi-label: no confusion matrix, no one-label prediction grid
+        tb.log_hparams(cfg.to_dict(), best)
+        return
     if best and best.get("val_metrics"):
         tb.log_figure("val/confusion_matrix", lambda: confusion_matrix_figure(
             best["val_metrics"]["confusion_matrix"], classes), epoch)

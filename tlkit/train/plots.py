@@ -62,6 +62,22 @@ def plot_history(history: Sequence[dict[str, Any]], folder: str | os.PathLike) -
     return written
 
 
+def plot_map_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """``map.png``: validation mAP (macro and micro; EMA's when present) per epoch of a multi-label run."""
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key in ("val_map", "val_map_micro", "ema_val_map"):
+        pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=key.replace("_", " "))
+    ax.set(xlabel="epoch", ylabel="mAP")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, Path(path))
+    return Path(path)
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike) -> Path:
     """Confusion matrix (rows = true class), counts written in the cells up to 30 classes."""
     save_figure(confusion_matrix_figure(matrix, classes), Path(path))
@@ -197,6 +213,45 @@ def plot_curves(per_class: Sequence[Curve], averages: Sequence[Curve], path: str
     ax.set_title(title + (f" (legend: the {LEGEND_CLASSES} lowest {area})" if many else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: no line hidden
+    save_figure(fig, Path(path))
+    return Path(path)
+
+
+def plot_pr_per_class(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                      thresholds: Sequence[float] | None, path: str | os.PathLike, *, cols: int = 4) -> Path:
+    """One precision-recall panel per class of a multi-label model (``targets [n, K]`` multi-hot, ``probs
+    [n, K]``), its AP in the title and the operating point at ``thresholds[k]`` marked; a class without a
+    positive gets an empty panel saying so."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    plt = pyplot()
+    y = np.asarray(targets) > 0.5
+    k = len(classes)
+    rows = max(1, -(-k // cols))
+    fig, axes = plt.subplots(rows, min(cols, k), figsize=(2.6 * min(cols, k), 2.4 * rows), squeeze=False)
+    for c, ax in enumerate(axes.ravel()):
+        if c >= k:
+            ax.axis("off")
+            continue
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        if not y[:, c].any():
+            ax.set_title(f"{classes[c]}: no positive", fontsize=8)
+            continue
+        precision, recall, _ = precision_recall_curve(y[:, c], probs[:, c])
+        ax.plot(recall, precision, lw=1.2, drawstyle="steps-post")
+        ap = average_precision_score(y[:, c], probs[:, c])
+        if thresholds is not None:
+            pred = probs[:, c] >= thresholds[c]
+            tp = float((pred & y[:, c]).sum())
+            ax.plot(tp / y[:, c].sum(), tp / max(1, pred.sum()), "o", color="tab:red", ms=5)
+            ax.set_title(f"{classes[c]}: AP {ap:.3f}, t={thresholds[c]:.2f}", fontsize=8)
+        else:
+            ax.set_title(f"{classes[c]}: AP {ap:.3f}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("recall", fontsize=9)
+    fig.supylabel("precision", fontsize=9)
+    fig.tight_layout()
     save_figure(fig, Path(path))
     return Path(path)
 

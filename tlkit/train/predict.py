@@ -8,6 +8,10 @@ Example:
 ``preds.csv`` columns: ``path`` (relative to IMAGES), ``label``, ``probability``, then
 ``top2_label``, ``top2_probability`` ... up to ``topk``. Files that cannot be decoded are left out
 and listed in ``skipped.csv`` next to it (``path,reason``).
+
+A multi-label run writes ``path``, ``labels`` (the labels whose probability reaches the run's stored
+per-class threshold, joined by ``label_delim``; empty for none), then one ``probability:<class>`` column per
+class (its sigmoid probability), in class order.
 """
 
 from __future__ import annotations
@@ -62,6 +66,17 @@ def prediction_rows(probs: np.ndarray, rels: list[str], classes: list[str], topk
     return rows
 
 
+def multilabel_rows(probs: np.ndarray, rels: list[str], classes: list[str], thresholds: list[float],
+                    delim: str = ";") -> list[list]:
+    """CSV rows ``[path, labels, p_1, ..., p_K]`` of a multi-label run: the labels at or above their threshold
+    joined by ``delim``, then every class probability."""
+    from tlkit.train.multilabel import predict_sets
+
+    chosen = predict_sets(probs, thresholds)
+    return [[rel, delim.join(c for c, on in zip(classes, row) if on), *(f"{v:.6f}" for v in p)]
+            for rel, p, row in zip(rels, probs, chosen)]
+
+
 def predict(
     run: str | os.PathLike,
     images: str | os.PathLike,
@@ -77,6 +92,7 @@ def predict(
     engine: str = "auto",
     progress: Callable[[int], None] | None = None,
     decode: str = "auto",
+    label_delim: str = ";",
 ) -> PredictResult:
     """Classify every image of a folder (any layout, recursive), a CSV manifest, or one file.
 
@@ -89,24 +105,33 @@ def predict(
         which: ``best`` or ``last`` checkpoint.
         engine: ``auto`` | ``torch`` | ``openvino`` (:func:`tlkit.engines.create_engine`).
         batch_size, decode: see :meth:`tlkit.train.predictor.Predictor.loader`.
+        label_delim: multi-label runs: the separator of the ``labels`` column (``topk`` does not apply).
     """
     from tlkit.data import write_skipped
     from tlkit.train.predictor import Predictor
 
+    from tlkit.data import check_label_delim
+
     if topk < 1:
         raise TlkitError(f"--topk {topk}: must be at least 1")
+    check_label_delim(label_delim)
     check_output_file(out)
     predictor = Predictor.load(run, which=which, device=device, precision=precision, engine=engine)
     classes = predictor.classes
     records = _records(images)
     preds = predictor.predict(predictor.loader(records, batch_size=batch_size, workers=workers, decode=decode), tta=tta,
                               progress=progress)
-    k = min(topk, len(classes))
-    header = ["path", "label", "probability"]
-    for i in range(2, k + 1):
-        header += [f"top{i}_label", f"top{i}_probability"]
     out = Path(out)
-    write_csv(out, header, prediction_rows(preds.probs, [records[i].rel for i in preds.indices], classes, k))
+    rels = [records[i].rel for i in preds.indices]
+    if predictor.multilabel:
+        header = ["path", "labels", *(f"probability:{c}" for c in classes)]
+        write_csv(out, header, multilabel_rows(preds.probs, rels, classes, predictor.thresholds, label_delim))
+    else:
+        k = min(topk, len(classes))
+        header = ["path", "label", "probability"]
+        for i in range(2, k + 1):
+            header += [f"top{i}_label", f"top{i}_probability"]
+        write_csv(out, header, prediction_rows(preds.probs, rels, classes, k))
     skipped_csv = None
     if preds.failures:
         skipped_csv = out.parent / "skipped.csv"
@@ -115,4 +140,4 @@ def predict(
     return PredictResult(out, len(preds.indices), len(preds.failures), skipped_csv, tuple(classes))
 
 
-__all__ = ["PredictResult", "predict", "prediction_rows"]
+__all__ = ["PredictResult", "multilabel_rows", "predict", "prediction_rows"]

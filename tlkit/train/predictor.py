@@ -96,10 +96,24 @@ class Predictor:
         log.info("batch size %d (%s), decoding on the %s", batch.size, batch.how, path)
         return loader
 
+    @property
+    def multilabel(self) -> bool:
+        """The run predicts a set of labels per image (one sigmoid per class)."""
+        return self.meta.multilabel
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label: the per-class thresholds stored with the checkpoint (chosen on validation data;
+        :data:`~tlkit.train.multilabel.DEFAULT_THRESHOLD` each when it stores none)."""
+        from tlkit.train.multilabel import DEFAULT_THRESHOLD
+
+        return list(self.meta.thresholds) if self.meta.thresholds is not None else [DEFAULT_THRESHOLD] * len(self.classes)
+
     def predict(self, loader, *, tta: bool = False, progress: Callable[[int], None] | None = None) -> Predictions:
-        """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`."""
+        """Probabilities ``[m, K]`` (and targets, indices, failures) over a loader of :meth:`loader`
+        (multi-label runs: one sigmoid per class)."""
         return predict_loader(self.model, loader, device=self.device, tta=tta, forward=self.engine.forward,
-                              progress=progress)
+                              progress=progress, multilabel=self.multilabel)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], classes: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities ``[n, k]`` for image files, one row per path.
@@ -107,18 +121,57 @@ class Predictor:
         Columns follow ``classes`` (default: the run's); a class the run never saw gets 0, and so
         does every column of a file that could not be decoded.
         """
+        return self.score_files(paths, classes).probs
+
+    def score_files(self, paths: Sequence[str | os.PathLike], classes: Sequence[str] | None = None, *,
+                    pixel_store: str | os.PathLike | None = None) -> FileScores:
+        """:meth:`predict_files` and how the images were read.
+
+        ``pixel_store``: a folder of :mod:`tlkit.data.pixel_store` stores: the files' eval-geometry pixels are
+        read from it (decoding only files it lacks) and normalised on the device; where no store can be
+        made (geometry, size, disk), the files are decoded as :meth:`loader` decodes them.
+        """
         from tlkit.data import ImageRecord
+        from tlkit.data.device_decode import decode_path_of
 
         classes = list(classes) if classes is not None else self.classes
         records = [ImageRecord(Path(p), Path(p).name, None) for p in paths]
-        preds = self.predict(self.loader(records))
+        loader = self._store_loader(paths, pixel_store) if pixel_store is not None else None
+        loader = loader or self.loader(records)
+        preds = self.predict(loader)
         out = np.zeros((len(records), len(classes)), np.float32)
         cols = [classes.index(c) for c in self.classes if c in classes]
         known = [i for i, c in enumerate(self.classes) if c in classes]
         out[np.ix_(preds.indices, cols)] = preds.probs[:, known]
         if preds.failures:
             log.info("%d of %d files could not be decoded; their rows are 0", len(preds.failures), len(records))
-        return out
+        return FileScores(out, decode_path_of(loader))
+
+    def _store_loader(self, paths: Sequence[str | os.PathLike], folder: str | os.PathLike):
+        """:class:`tlkit.data.pixel_store.PixelBatches` over ``paths``, or ``None`` when no store can be made."""
+        from tlkit.batch_size import inference_batch
+        from tlkit.data.pixel_store import PixelBatches, pool_pixels
+
+        rows = pool_pixels(folder, paths, self.data_config)
+        if rows is None:
+            return None
+        batch = inference_batch(None, self.device, self.engine.forward, self.data_config.input_size, len(paths))
+        log.info("batch size %d (%s), pixels from the store %s", batch.size, batch.how, rows.folder)
+        return PixelBatches(rows, self.data_config, batch_size=batch.size, device=self.device)
 
 
-__all__ = ["Predictor"]
+@dataclass(frozen=True)
+class FileScores:
+    """What :meth:`Predictor.score_files` returns.
+
+    Attributes:
+        probs: ``[n, k]`` probabilities (see :meth:`Predictor.predict_files`).
+        decode: how the images were read: ``store`` (a :mod:`tlkit.data.pixel_store`), ``device``
+            (JPEGs decoded on the device) or ``cpu``.
+    """
+
+    probs: np.ndarray
+    decode: str
+
+
+__all__ = ["FileScores", "Predictor"]

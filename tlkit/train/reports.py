@@ -72,6 +72,25 @@ def write_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarr
     return written
 
 
+def write_multilabel_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarray,
+                            classes: Sequence[str], thresholds: Sequence[float] | None, *,
+                            prefix: str = "") -> list[Path]:
+    """Multi-label figures in ``folder``: ``{prefix}roc.png`` and ``{prefix}pr.png`` (every class's curve, micro
+    and macro averages) and ``{prefix}pr_per_class.png`` (one precision-recall panel per class, its operating
+    point at ``thresholds`` marked). ``targets [n, K]`` multi-hot, ``probs [n, K]`` sigmoid probabilities."""
+    from tlkit.train.plots import plot_curves, plot_pr_per_class, pr_curves, roc_curves
+
+    folder = Path(folder)
+    written = []
+    for kind, curves in (("roc", roc_curves), ("pr", pr_curves)):
+        try:
+            written.append(plot_curves(*curves(targets, probs, classes), folder / f"{prefix}{kind}.png", kind=kind))
+        except ValueError as e:
+            log.warning("%s%s.png not written: %s", prefix, kind, e)
+    written.append(plot_pr_per_class(targets, probs, classes, thresholds, folder / f"{prefix}pr_per_class.png"))
+    return written
+
+
 def prediction_cells(paths: Sequence[Path], targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
                      rows: Sequence[int], *, loss: bool) -> list[GridCell]:
     """Grid cells for ``rows``: ``true / predicted``, the predicted probability and (``loss``) the loss."""
@@ -110,5 +129,22 @@ def write_predictions(csv_path: str | os.PathLike, npy_path: str | os.PathLike, 
     save_npy(npy_path, np.asarray(probs, dtype=np.float32))
 
 
-__all__ = ["GRID_IMAGES", "prediction_cells", "sample_losses", "top_losses", "write_curves", "write_predictions",
-           "write_top_losses"]
+def write_multilabel_predictions(csv_path: str | os.PathLike, npy_path: str | os.PathLike, rels: Sequence[str],
+                                 targets: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                                 thresholds: Sequence[float], delim: str = ";") -> None:
+    """Multi-label: one CSV row per image (``path, labels, predicted, errors``: true and predicted label sets
+    joined by ``delim``, and how many of the K decisions are wrong) and the ``[n, K]`` probabilities as float32
+    ``.npy`` in the same row order."""
+    from tlkit.train.multilabel import predict_sets
+
+    y = np.asarray(targets) > 0.5
+    pred = predict_sets(probs, thresholds)
+    names = np.asarray(classes, dtype=object)
+    rows = [(rel, delim.join(names[t]), delim.join(names[p]), int((t != p).sum()))
+            for rel, t, p in zip(rels, y, pred)]
+    write_csv(csv_path, ("path", "labels", "predicted", "errors"), rows)
+    save_npy(npy_path, np.asarray(probs, dtype=np.float32))
+
+
+__all__ = ["GRID_IMAGES", "prediction_cells", "sample_losses", "top_losses", "write_curves", "write_multilabel_curves",
+           "write_multilabel_predictions", "write_predictions", "write_top_losses"]

@@ -42,6 +42,7 @@ class TrainState:
     bad_epochs: int = 0
     failures: dict[int, str] = field(default_factory=dict)
     best_preds: Any = None  # the best epoch's validation Predictions, for plots (this call only, not checkpointed)
+    last_thresholds: list[float] | None = None  # multi-label: the last epoch's validation thresholds
 
 
 def check_out_dir(out: Path, resume: bool) -> Path | None:
@@ -114,19 +115,32 @@ def train_state_dict(st: TrainState, meta: ckpt.RunMeta, stopped: bool) -> dict[
     }
 
 
-def save_epoch(out: Path, st: TrainState, meta: ckpt.RunMeta, improved: bool, prefix: str, stopped: bool) -> None:
-    """best (if improved), last, the training state, then metrics/log/plots; each file atomic."""
+#: what :func:`save_epoch` writes after each epoch: everything (``tlkit finetune``), or only the best
+#: weights and the history (an active-learning round: short, and restarted whole after a crash, so the
+#: full training state, ``last.safetensors`` and the plots buy nothing there)
+CHECKPOINTS = ("full", "best")
+
+
+def save_epoch(out: Path, st: TrainState, meta: ckpt.RunMeta, improved: bool, prefix: str, stopped: bool,
+               checkpoints: str = "full") -> None:
+    """best (if improved), last, the training state, then metrics/log/plots; each file atomic.
+
+    ``checkpoints="best"``: only best (if improved) and metrics/log (:data:`CHECKPOINTS`)."""
     row = st.history[-1]
     if improved:
         source = st.best["weights_from"]
         ckpt.save_weights(out / "best.safetensors", export_state_dict(st, source == "ema", prefix),
-                          meta.at_epoch(row["epoch"], row, source).to_dict())
+                          meta.at_epoch(row["epoch"], row, source, st.best.get("thresholds")).to_dict())
+    if checkpoints == "best":
+        outputs.write_history(out, st.history, st.best)
+        return
     ckpt.save_weights(out / "last.safetensors", export_state_dict(st, False, prefix),
-                      meta.at_epoch(row["epoch"], row, "model").to_dict())
+                      meta.at_epoch(row["epoch"], row, "model", st.last_thresholds).to_dict())
     ckpt.save_train_state(out / ckpt.TRAIN_STATE, train_state_dict(st, meta, stopped))
     outputs.write_history(out, st.history, st.best)
-    outputs.write_plots(out, st.history, st.best, list(meta.classes), st.best_preds if improved else None)
+    outputs.write_plots(out, st.history, st.best, list(meta.classes), st.best_preds if improved else None,
+                        multilabel=meta.multilabel)
 
 
-__all__ = ["TrainState", "check_out_dir", "check_resumable", "export_state_dict", "restore", "save_epoch",
+__all__ = ["CHECKPOINTS", "TrainState", "check_out_dir", "check_resumable", "export_state_dict", "restore", "save_epoch",
            "train_state_dict"]

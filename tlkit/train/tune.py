@@ -247,7 +247,7 @@ def _best_row(rows: list[dict], monitor: str) -> dict | None:
 
 def fit_record(cfg: TrainConfig, params: dict[str, Any], number: int, *, data, val, work: Path, deadline: float,
                progress: Callable[[int], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
-               stage: str = "search") -> TrialRecord:
+               stage: str = "search", task: str = "auto", label_delim: str = ";") -> TrialRecord:
     """``fit(cfg)`` in a scratch folder as one :class:`TrialRecord`: ``cut`` between two batches once
     ``deadline`` has passed, ``pruned`` when ``on_epoch`` raises ``optuna.TrialPruned``."""
     from tlkit.train.engine import fit
@@ -270,7 +270,8 @@ def fit_record(cfg: TrainConfig, params: dict[str, Any], number: int, *, data, v
     state = "complete"
     with _trial_folder(work, number) as run:
         try:
-            res = fit(cfg, data=data, val=val, out=run, progress=on_batch, on_epoch=epoch_done)
+            res = fit(cfg, data=data, val=val, out=run, progress=on_batch, on_epoch=epoch_done, task=task,
+                      label_delim=label_delim)
         except optuna.TrialPruned:
             state = "pruned"
         except BudgetSpent:
@@ -284,7 +285,7 @@ def fit_record(cfg: TrainConfig, params: dict[str, Any], number: int, *, data, v
 
 
 def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, work: Path, deadline: float,
-              progress: Callable[[int], None] | None = None) -> TrialRecord:
+              progress: Callable[[int], None] | None = None, task: str = "auto", label_delim: str = ";") -> TrialRecord:
     """One search trial: :func:`fit_record` reporting each epoch to the Optuna ``trial``, which may prune it."""
     optuna = import_optuna()
 
@@ -294,7 +295,7 @@ def run_trial(trial, cfg: TrainConfig, params: dict[str, Any], *, data, val, wor
             raise optuna.TrialPruned()
 
     return fit_record(cfg, params, trial.number, data=data, val=val, work=work, deadline=deadline,
-                      progress=progress, on_epoch=on_epoch)
+                      progress=progress, on_epoch=on_epoch, task=task, label_delim=label_delim)
 
 
 def _tell(study, trial, record: TrialRecord) -> None:
@@ -475,6 +476,8 @@ def tune(
     progress: Callable[[int], None] | None = None,
     on_lr_find: Callable[[LRFindResult], None] | None = None,
     on_trial: Callable[[TrialRecord], None] | None = None,
+    task: str = "auto",
+    label_delim: str = ";",
 ) -> TuneResult:
     """Search the settings that matter for ``base`` within ``budget_s`` seconds; write the outputs to ``out``.
 
@@ -493,6 +496,8 @@ def tune(
         lr_find_steps: mini-batches of the range test (at most; it also gets at most 15% of the budget).
         progress: called with the images of each training step; on_lr_find / on_trial: after each stage
             (on_trial also gets the confirm stage's runs, ``stage="confirm"``).
+        task, label_delim: as for :func:`tlkit.train.fit`; on multi-label data the search maximises validation
+            mAP (``monitor: val_map`` where the base says ``val_accuracy``).
 
     Raises:
         TlkitError: Optuna missing, a budget <= 0, bad data (as for ``fit``), an unknown fixed key, a study
@@ -504,10 +509,16 @@ def tune(
     from tlkit.train.tune_store import check_tune_dir
 
     out = check_output_dir(out)
-    check_tune_dir(out, resume, base, trial_epochs)  # before the range test and any trial
     # bad data fails before any work; the validation size sets the confirm stage's margin
-    n_val = len(prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed).val)
-    job = _Job(base, data, val, out, trial_epochs, budget_s, time.monotonic(), progress)
+    splits = prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed, task=task,
+                            label_delim=label_delim)
+    n_val = len(splits.val)
+    if splits.multilabel:
+        from tlkit.train.engine import multilabel_config
+
+        base = multilabel_config(base)
+    check_tune_dir(out, resume, base, trial_epochs)  # before the range test and any trial
+    job = _Job(base, data, val, out, trial_epochs, budget_s, time.monotonic(), progress, task, label_delim)
     found = _range_test(job, resume, lr_find_steps)
     if on_lr_find:
         on_lr_find(found)
@@ -515,7 +526,8 @@ def tune(
                           on_trial=on_trial)
     if confirm:
         conf = run_confirm(base, trials, trial_epochs=trial_epochs, n_val=n_val, data=data, val=val, work=out,
-                           deadline=job.deadline, budget_s=budget_s, progress=progress, on_trial=on_trial)
+                           deadline=job.deadline, budget_s=budget_s, progress=progress, on_trial=on_trial,
+                           task=task, label_delim=label_delim)
         res = _result(job, trials, found, res.stopped, conf)
     log.info("tune: %d trials in %.0f s, best %s", len(trials), res.elapsed_s, res.best_trial)
     return res
@@ -533,6 +545,8 @@ class _Job:
     budget_s: float
     t0: float
     progress: Callable[[int], None] | None
+    task: str = "auto"
+    label_delim: str = ";"
 
     @property
     def deadline(self) -> float:
@@ -550,7 +564,8 @@ def _range_test(job: _Job, resume: bool, steps: int) -> LRFindResult:
     found = load_lr_find(job.out) if resume else None
     if found is None:
         found = lr_find(job.trial_base, data=job.data, val=job.val, steps=steps,
-                        max_seconds=LR_FIND_SHARE * job.budget_s, progress=job.progress)
+                        max_seconds=LR_FIND_SHARE * job.budget_s, progress=job.progress, task=job.task,
+                        label_delim=job.label_delim)
         job.out.mkdir(parents=True, exist_ok=True)
         save_lr_find(found, job.out)
     return found
@@ -574,7 +589,8 @@ def _search(job: _Job, found: LRFindResult, *, fixed, max_trials, resume: bool, 
             trial = study.ask()
             params = suggest(trial, space, exact=trial.number in exact)
             record = run_trial(trial, trial_base.replace(**params), params, data=job.data, val=job.val, work=job.out,
-                               deadline=job.deadline, progress=job.progress)
+                               deadline=job.deadline, progress=job.progress, task=job.task,
+                               label_delim=job.label_delim)
             save_record(trial, record)
             _tell(study, trial, record)
             trials.append(record)
@@ -596,7 +612,8 @@ def confirm_reserve(trials, base: TrainConfig, trial_epochs: int, budget_s: floa
 
 
 def run_confirm(base: TrainConfig, trials, *, trial_epochs: int, n_val: int, data, val, work: Path, deadline: float,
-                budget_s: float, progress=None, on_trial=None) -> Confirmation | None:
+                budget_s: float, progress=None, on_trial=None, task: str = "auto",
+                label_delim: str = ";") -> Confirmation | None:
     """The confirm stage (module docstring): when the search's winner is not the base, train both at full
     length (``base.epochs``) and keep the winner only if it beats the base by more than :func:`margin`.
     Without the time for two full-length runs (:data:`CONFIRM_SHARE` of the budget), the short trials are
@@ -616,7 +633,7 @@ def run_confirm(base: TrainConfig, trials, *, trial_epochs: int, n_val: int, dat
     for number, params in ((first.number if first else 0, {k: getattr(base, k) for k in winner.params}),
                            (winner.number, dict(winner.params))):
         run = fit_record(full.replace(**params), params, number, data=data, val=val, work=work,
-                         deadline=deadline, progress=progress, stage="confirm")
+                         deadline=deadline, progress=progress, stage="confirm", task=task, label_delim=label_delim)
         runs.append(run)
         if on_trial:
             on_trial(run)
