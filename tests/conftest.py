@@ -75,3 +75,38 @@ def tmpfs(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+MOSAIC_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
+
+
+def make_mosaics(folder: Path, n: int, *, seed: int = 0, size: int = 64) -> dict[str, set[str]]:
+    """``n`` real multi-label images: 2x2 mosaics of crops of ``skimage.data`` photos (a grey tile where
+    no photo sits); each image's labels are the photos in it (0 to 3 of :data:`MOSAIC_PHOTOS`).
+
+    Returns ``{file name: set of photo names}``; the files are ``folder/mNNN.png``.
+    """
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    rng = np.random.default_rng(seed)
+    photos = {p: Image.fromarray(getattr(skdata, p)()).convert("RGB") for p in MOSAIC_PHOTOS}
+    folder.mkdir(parents=True, exist_ok=True)
+    half, truth = size // 2, {}
+    for i in range(n):
+        present = set(rng.choice(MOSAIC_PHOTOS, size=int(rng.integers(0, 4)), replace=False).tolist())
+        tiles = list(present) + [None] * (4 - len(present))
+        rng.shuffle(tiles)
+        img = Image.new("RGB", (size, size), (128, 128, 128))
+        for t, name in enumerate(tiles):
+            if name is None:
+                continue
+            photo = photos[name]
+            w, h = photo.size
+            side = int(min(w, h) * rng.uniform(0.4, 0.8))
+            x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            img.paste(photo.crop((x, y, x + side, y + side)).resize((half, half)), ((t % 2) * half, (t // 2) * half))
+        img.save(folder / f"m{i:03d}.png")
+        truth[f"m{i:03d}.png"] = present
+    return truth

@@ -213,3 +213,104 @@ def test_csv_export_reader_matches_label_studio_columns(label_studio, pool, tmp_
     before = (project / "labels.csv").read_bytes()
     res = run_cli("al-import", str(project), str(bad), "--overwrite")
     assert res.returncode == 2 and "unknown classes" in res.stderr and (project / "labels.csv").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------- multi-label (#30)
+
+
+@pytest.fixture(scope="module")
+def mosaic_pool(label_studio) -> tuple[Path, dict[str, set[str]]]:
+    """48 real 2x2 photo mosaics (labels: the photos in each) in a pool folder under Label Studio's root."""
+    from tests.conftest import make_mosaics
+
+    pool = label_studio.document_root / "mosaic pool é"
+    return pool, make_mosaics(pool, 48, seed=11)
+
+
+def _annotate_set(ls, task_id: int, labels: list[str] | None, **extra) -> None:
+    """A multi-choice annotation: ``labels`` ticked (``[]``: none ticked); ``None``: skipped (cancelled)."""
+    result = [] if not labels else [{"from_name": "choice", "to_name": "image", "type": "choices",
+                                     "value": {"choices": labels}}]
+    ls.api("POST", f"/api/tasks/{task_id}/annotations", {"result": result, "was_cancelled": labels is None, **extra})
+
+
+def _label_sets(project: Path) -> dict[str, str]:
+    return {r["path"]: r["labels"] for r in read_csv(project / "labels.csv")}
+
+
+def test_multilabel_round_trip_with_a_real_label_studio(label_studio, mosaic_pool, tmp_path):
+    from tests.conftest import MOSAIC_PHOTOS
+
+    ls = label_studio
+    pool_dir, truth = mosaic_pool
+    classes = list(MOSAIC_PHOTOS)
+    names = sorted(truth)
+    text = {n: ";".join(sorted(truth[n])) for n in names}
+    seed = names[:16]
+    write_csv(tmp_path / "seed.csv", ["path", "labels"], [(n, text[n]) for n in seed])
+    project = tmp_path / "proj"
+    _ok(run_cli("al-init", str(project), "--pool", str(pool_dir), "--classes", ",".join(classes), "--multi-label",
+                "--labels", str(tmp_path / "seed.csv"), "--image-size", "64"))
+    config = (project / "label_config.xml").read_text()
+    assert 'choice="multiple"' in config
+    pid = _ls_project(ls, project, pool_dir)
+    assert ls.api("GET", f"/api/projects/{pid}")["parsed_label_config"]["choice"]["type"] == "Choices"
+
+    _ok(run_cli("al-round", str(project), "--batch", "10", "--strategy", "mean-entropy"))
+    query = read_csv(project / "rounds" / "0001" / "query.csv")
+    _import(ls, pid, project / "rounds" / "0001" / "labelstudio.json")
+    tasks = _tasks(ls, pid)
+    assert [t["data"]["tlkit_rank"] for t in tasks] == list(range(1, 11)), "ascending score != rank"
+    assert [t["data"]["tlkit_path"] for t in tasks] == [r["path"] for r in query]
+    shown = 0
+    for t, row in zip(tasks, query):  # predictions visible: the predicted set, with its probability
+        assert t["predictions_score"] is not None
+        result = t["predictions"][0]["result"]
+        want = [c for c in row["predicted"].split(";") if c]
+        assert (result[0]["value"]["choices"] if result else []) == want
+        if result:
+            shown += 1
+            assert result[0]["score"] == pytest.approx(float(row["confidence"]))
+        status, body = ls.request("GET", t["data"]["image"])
+        assert status == 200 and body == (pool_dir / row["path"]).read_bytes()
+    assert shown >= 5, "most predicted sets hold a class"
+
+    # annotate: two annotators agreeing on one set in another order, an empty set, a skip, a
+    # disagreement, a single class, the rest as the truth
+    path = [t["data"]["tlkit_path"] for t in tasks]
+    two = sorted(set(classes) - {"coffee"})[:2]
+    _annotate_set(ls, tasks[0]["id"], two)
+    _annotate_set(ls, tasks[0]["id"], two[::-1])
+    _annotate_set(ls, tasks[1]["id"], [])
+    _annotate_set(ls, tasks[2]["id"], None)
+    _annotate_set(ls, tasks[3]["id"], ["coffee"])
+    _annotate_set(ls, tasks[3]["id"], ["coffee", "rocket"])
+    _annotate_set(ls, tasks[4]["id"], ["astronaut"])
+    for t in tasks[5:]:
+        _annotate_set(ls, t["id"], sorted(truth[t["data"]["tlkit_path"]]))
+    expected = {n: text[n] for n in seed}
+    expected.update({path[0]: ";".join(sorted(two)), path[1]: "", path[4]: "astronaut"})
+    expected.update({p: text[p] for p in path[5:]})
+    with_skip = {**expected, path[2]: "__skip__"}
+
+    for fmt in ("JSON", "JSON_MIN", "CSV"):
+        status, body = ls.request("GET", f"/api/projects/{pid}/export", params={"exportType": fmt})
+        assert status == 200, (fmt, body[:200])
+        export = tmp_path / f"export-{fmt}.{'csv' if fmt == 'CSV' else 'json'}"
+        export.write_bytes(body)
+        copy = tmp_path / f"proj-{fmt}"
+        shutil.copytree(project, copy)
+        out = _ok(run_cli("al-import", str(copy), str(export)))
+        assert "not imported: 1 images whose annotators disagree" in out, out
+        assert _label_sets(copy) == (with_skip if fmt == "JSON" else expected), fmt
+    # the disagreement settles by --resolve latest (the second annotation: coffee;rocket)
+    _ok(run_cli("al-import", str(tmp_path / "proj-JSON"), str(tmp_path / "export-JSON.json"), "--resolve", "latest"))
+    assert _label_sets(tmp_path / "proj-JSON")[path[3]] == "coffee;rocket"
+
+    # the next round learns from the imported sets and its tasks show again
+    _ok(run_cli("al-import", str(project), str(tmp_path / "export-JSON.json")))
+    _ok(run_cli("al-round", str(project), "--batch", "6", "--new"))
+    _import(ls, pid, project / "rounds" / "0002" / "labelstudio.json")
+    second = [t for t in _tasks(ls, pid) if t["data"].get("tlkit_round") == 2]
+    assert [t["data"]["tlkit_rank"] for t in second] == list(range(1, 7))
+    assert all(t["predictions_score"] is not None for t in second)

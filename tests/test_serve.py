@@ -269,3 +269,69 @@ def _ls_tasks_paths(ls, pid: int) -> list[str]:
 def _ls_tasks(ls, pid: int, ordering: str = "tasks:id") -> list[dict]:
     query = json.dumps({"ordering": [ordering]})
     return ls.api("GET", "/api/tasks", params={"project": pid, "query": query, "fields": "all", "page_size": 1000})["tasks"]
+
+
+def _set_event(project: Project, path: str, labels: list[str], ann_id: int, task_id: int) -> dict:
+    """A webhook of a multi-choice annotation (``[]``: submitted with no class ticked)."""
+    result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": labels}}] if labels else []
+    return {"action": "ANNOTATION_CREATED", "project": {"id": 1},
+            "task": {"id": task_id, "data": {"image": project.image_urls().url(path)}},
+            "annotation": {"id": ann_id, "was_cancelled": False, "result": result}}
+
+
+def test_multilabel_predict_and_webhook(tmp_path):
+    """A multi-label project served: predicted sets with their probability, in rank order; new images
+    predicted through the round's model; multi-choice annotations merged as sets; a retrain (#30)."""
+    from tests.conftest import MOSAIC_PHOTOS, make_mosaics
+
+    pool = tmp_path / "root" / "mosaic pool"
+    truth = make_mosaics(pool, 40, seed=21)
+    names = sorted(truth)
+    write_csv(tmp_path / "seed.csv", ["path", "labels"], [(n, ";".join(sorted(truth[n]))) for n in names[:14]])
+    project_dir = tmp_path / "proj"
+    res = run_cli("al-init", str(project_dir), "--pool", str(pool), "--classes", ",".join(MOSAIC_PHOTOS),
+                  "--multi-label", "--labels", str(tmp_path / "seed.csv"), "--image-size", "64")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("al-round", str(project_dir), "--batch", "6")
+    assert res.returncode == 0, res.stderr
+    project = Project.open(project_dir)
+    query = read_csv(project.round_dir(1) / "query.csv")
+    server = Server(project_dir, "--retrain-every", "0", "--add-new")
+    try:
+        tasks = [_task(project, r["path"], i) for i, r in enumerate(query, start=1)]
+        status, body = http("POST", server.url + "/predict", {"tasks": tasks})
+        assert status == 200, body
+        results = body["results"]
+        for r, row in zip(results, query):
+            want = [c for c in row["predicted"].split(";") if c]
+            assert (r["result"][0]["value"]["choices"] if r["result"] else []) == want
+            if r["result"]:
+                assert r["result"][0]["score"] == pytest.approx(float(row["confidence"]), abs=1e-4)
+        scores = [r["score"] for r in results]
+        assert scores == sorted(scores), "ascending score must follow the round's rank"
+        # a new image (a copy of the pool image whose predicted set is surest): the same set on the fly
+        sure = max(query, key=lambda r: float(r["confidence"]))["path"]
+        shutil.copy(project.pool_root / sure, project.pool_root / "brand new.png")
+        status, body = http("POST", server.url + "/predict", {"tasks": [_task(project, "brand new.png"), _task(project, sure)]})
+        assert status == 200, body
+        fresh, served = body["results"]
+        assert fresh["result"] == [] or fresh["result"][0]["value"]["choices"] == served["result"][0]["value"]["choices"]
+        assert (fresh["result"] == []) == (served["result"] == [])
+        if fresh["result"]:  # cached pool embeddings (extract's engine) vs the round model's own forward pass
+            assert fresh["result"][0]["score"] == pytest.approx(served["result"][0]["score"], abs=0.06)
+        # multi-choice annotations: merged as sets; an annotation with nothing ticked is the empty set
+        free = [n for n in names if n not in project.labels()]
+        two = sorted(MOSAIC_PHOTOS)[:2]
+        status, body = http("POST", server.url + "/webhook", _set_event(project, free[0], two[::-1], 7, 7))
+        assert status == 200 and body["imported"] == 1, body
+        status, body = http("POST", server.url + "/webhook", _set_event(project, free[1], [], 8, 8))
+        assert status == 200 and body["imported"] == 1, body
+        labels = Project.open(project_dir).labels()
+        assert labels[free[0]] == ";".join(two) and labels[free[1]] == ""
+        status, body = http("POST", server.url + "/webhook", _set_event(project, free[2], ["coffee", "zebra"], 9, 9))
+        assert status == 422 and "unknown classes ['zebra']" in body["error"]
+        http("POST", server.url + "/train")
+        server.wait(lambda h: h["model_version"] == "tlkit-0002")
+        assert json.loads((project.round_dir(2) / "metrics.json").read_text())["labeled"] == 16
+    finally:
+        server.stop()

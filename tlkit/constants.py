@@ -31,3 +31,11 @@ DEFAULT_SSL = SSL_MODES[0]
 #: pseudo-labels (under 1 % of the pool passed the 0.95 threshold at 20 labels) at 7-8x the round's time.
 FINETUNE_SSL_MODES = ("off", "fixmatch")
 DEFAULT_FINETUNE_SSL = FINETUNE_SSL_MODES[0]
+#: Labeling tasks: one class per image (``single``), or any set of classes per image (``multilabel``;
+#: project.yaml's ``task``, ``tlkit al-init --multi-label``). The first is the default.
+TASKS = ("single", "multilabel")
+DEFAULT_TASK = TASKS[0]
+MULTILABEL = TASKS[1]
+#: The character between the classes of one image in a multi-label project's labels.csv (and plain CSV
+#: imports): ``cat;dog``. A multi-label project refuses class names holding it.
+LABEL_DELIM = ";"

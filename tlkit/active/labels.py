@@ -20,6 +20,11 @@ rounds) are resolved by one documented rule, never a silent choice:
    ``majority`` (the most frequent label; a tie stays a disagreement) or ``latest`` (the most
    recently updated annotation).
 3. An image whose annotations were all cancelled (skipped) is marked unlabelable (``__skip__``).
+
+In a multi-label project a vote's label is the annotation's set of classes (its canonical text,
+:func:`tlkit.active.project.join_labels`); the rules apply per image unchanged, so annotators agree
+when they chose the same set, ``majority`` takes the most frequent set, and an annotation with no
+class ticked is the empty set (reviewed, no class present), not a missing label.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Mapping
 from tlkit.active import labelstudio as ls
 from tlkit.active.labelstudio import Vote
 from tlkit.active.poolpath import pool_relpath
-from tlkit.active.project import SKIP_LABEL, SKIP_WORDS, Project, check_class_names
+from tlkit.active.project import SKIP_LABEL, SKIP_WORDS, Project, check_class_names, split_labels
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
@@ -115,7 +120,7 @@ def import_labels(
         TlkitError: naming the first offending rows; labels.csv is unchanged.
     """
     file = Path(file)
-    votes = ls.read_votes(file, project.image_urls())
+    votes = ls.read_votes(file, project.image_urls(), multilabel=project.multilabel)
     if not votes:
         raise TlkitError(f"{file} holds no labels (no annotated task or row); export the annotated tasks "
                          "from Label Studio (JSON, JSON_MIN or CSV) or write a CSV path,label")
@@ -205,7 +210,7 @@ def _merge_locked(project: Project, votes: list[Vote], source: str, add_classes:
         raise TlkitError(f"{len(unknown)} images are not in the pool: {_first(unknown)}; paths are relative to "
                          f"{pool_root}; add them with `tlkit al-add`, or pass --skip-unknown to import the rest")
     votes = [v for v in votes if v.path in pool]
-    empty = [v.where for v in votes if not v.label and not v.cancelled]
+    empty = [v.where for v in votes if not v.label and not v.cancelled and not project.multilabel]
     if empty:
         raise TlkitError(f"{len(empty)} rows have an empty label: {_first(empty)}")
     incoming, disagreements = _resolve_all(votes, source, resolve)
@@ -216,7 +221,7 @@ def _merge_locked(project: Project, votes: list[Vote], source: str, add_classes:
     if conflicts and not overwrite:
         raise TlkitError(f"{len(conflicts)} images already have another label: {_first(conflicts)}; "
                          "pass --overwrite to relabel")
-    _merge(current, incoming, report)
+    _merge(current, incoming, report, project.multilabel)
     if report.new_classes:
         project.with_classes(tuple(project.config.classes) + tuple(report.new_classes))
     project.write_labels(current)
@@ -287,17 +292,24 @@ def _when(stamp: str) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
+def _names(label: str, multilabel: bool) -> tuple[str, ...]:
+    """The classes of an imported label: its set (multi-label), or itself; none for ``__skip__``."""
+    if label == SKIP_LABEL:
+        return ()
+    return split_labels(label) if multilabel else (label,)
+
+
 def _check_classes(project: Project, incoming: dict[str, str], add_classes: bool, report: ImportReport) -> None:
-    classes = set(project.config.classes)
-    new = sorted({lab for lab in incoming.values() if lab != SKIP_LABEL and lab not in classes})
+    classes, multi = set(project.config.classes), project.multilabel
+    new = sorted({c for lab in incoming.values() for c in _names(lab, multi) if c not in classes})
     if new and not add_classes:
         raise TlkitError(f"unknown classes {new}; project classes are {list(project.config.classes)}; "
                          "pass --add-classes to add them")
-    check_class_names(new, "--add-classes")
+    check_class_names(new, "--add-classes", multilabel=multi)
     report.new_classes = new
 
 
-def _merge(current: dict[str, str], incoming: dict[str, str], report: ImportReport) -> None:
+def _merge(current: dict[str, str], incoming: dict[str, str], report: ImportReport, multilabel: bool = False) -> None:
     for p, lab in incoming.items():
         if current.get(p) == lab:
             report.unchanged += 1
@@ -305,7 +317,7 @@ def _merge(current: dict[str, str], incoming: dict[str, str], report: ImportRepo
         report.relabeled += p in current
         report.added += p not in current
         report.skipped_marked += lab == SKIP_LABEL
-        if lab != SKIP_LABEL:
-            report.per_class[lab] = report.per_class.get(lab, 0) + 1
+        for c in _names(lab, multilabel):
+            report.per_class[c] = report.per_class.get(c, 0) + 1
         current[p] = lab
 

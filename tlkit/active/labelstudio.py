@@ -19,6 +19,13 @@ Everything here was checked against a running Label Studio 1.23 (``tests/test_la
   under the control's name (``choice``), and leave out cancelled annotations and ``ground_truth``.
   Every task carries ``data.tlkit_path`` so all three formats map back to pool paths without
   parsing URLs.
+- **Multi-label.** A multi-label project's config has ``<Choices choice="multiple">``; an annotation's
+  ``value.choices`` is the image's set of classes (an empty result: reviewed, no class present). JSON
+  keeps the list; JSON_MIN writes ``{"choices": [...]}`` for two or more choices and the plain string
+  for one; CSV writes the same as JSON text. Each becomes one :class:`Vote` whose ``label`` is the
+  set's canonical text (:func:`tlkit.active.project.join_labels`), so agreement means the same set.
+  Predictions carry the predicted set with, as ``score``, the probability the model gives that exact
+  set (the product over classes of p or 1 - p).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any, Iterable
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
+from tlkit.constants import LABEL_DELIM
 from tlkit.errors import TlkitError
 
 #: The one prediction ``model_version`` of every tlkit round (see the module docstring).
@@ -88,13 +96,15 @@ def check_root(root: Path, pool_root: Path) -> None:
                          "(Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)") from None
 
 
-def label_config(classes: Iterable[str]) -> str:
-    """Label Studio labeling config (XML) for single-choice image classification over ``classes``."""
+def label_config(classes: Iterable[str], *, multilabel: bool = False) -> str:
+    """Label Studio labeling config (XML) for image classification over ``classes``: one choice per
+    image, or any set of them (``multilabel``: ``choice="multiple"``)."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
+    kind = "multiple" if multilabel else "single"
     return (
         "<View>\n"
         f'  <Image name="{TO_NAME}" value="${DATA_KEY}"/>\n'
-        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInline="true">\n'
+        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="{kind}" showInline="true">\n'
         f"{choices}\n"
         "  </Choices>\n"
         "</View>\n"
@@ -106,15 +116,27 @@ def rank_score(rank: int, n: int) -> float:
     return round(rank / (n + 1), 6)
 
 
-def choice_result(label: str, confidence: float | None, from_name: str = FROM_NAME, to_name: str = TO_NAME
-                  ) -> list[dict[str, Any]]:
-    """A prediction's ``result``: the predicted class as the Choices value, with the model's confidence."""
-    return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]},
+def choice_result(label: str, confidence: float | None, from_name: str = FROM_NAME, to_name: str = TO_NAME,
+                  *, multilabel: bool = False) -> list[dict[str, Any]]:
+    """A prediction's ``result``: the predicted class as the Choices value, with the model's confidence.
+
+    ``multilabel``: ``label`` is a set's text (``cat;dog``) and the value lists its classes; an empty
+    set gives an empty result (Label Studio shows no choice ticked).
+    """
+    names = [n for n in label.split(LABEL_DELIM) if n] if multilabel else [label]
+    if not names:
+        return []
+    return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": names},
              "score": confidence}]
 
 
-def tasks(rows: list[dict[str, Any]], urls: ImageUrls, round_no: int) -> list[dict[str, Any]]:
-    """Label Studio import tasks for a query (``rows`` as in query.csv, in rank order)."""
+def tasks(rows: list[dict[str, Any]], urls: ImageUrls, round_no: int, *, multilabel: bool = False
+          ) -> list[dict[str, Any]]:
+    """Label Studio import tasks for a query (``rows`` as in query.csv, in rank order).
+
+    ``multilabel``: ``predicted`` is the predicted set's text (``cat;dog``), ``confidence`` the
+    probability of that exact set; a row with a confidence has a model even when its set is empty.
+    """
     n = len(rows)
     out = []
     for row in rows:
@@ -124,9 +146,10 @@ def tasks(rows: list[dict[str, Any]], urls: ImageUrls, round_no: int) -> list[di
         task: dict[str, Any] = {"data": data, "meta": {"tlkit_path": row["path"], "tlkit_round": round_no,
                                                         "rank": rank}}
         result = []
-        if row.get("predicted"):  # no model yet (cold start): the prediction only orders the tasks
+        if row.get("predicted") or (multilabel and row.get("confidence") not in (None, "")):
+            # no model yet (cold start): the prediction only orders the tasks
             conf = float(row["confidence"]) if row.get("confidence") not in (None, "") else None
-            result = choice_result(row["predicted"], conf)
+            result = choice_result(row.get("predicted") or "", conf, multilabel=multilabel)
         task["predictions"] = [{"model_version": MODEL_VERSION, "score": rank_score(rank, n), "result": result}]
         out.append(task)
     return out
@@ -162,14 +185,18 @@ class Vote:
     export: str = ""
 
 
-def read_votes(file: Path, urls: ImageUrls) -> list[Vote]:
-    """Votes from a CSV ``path,label``, or a Label Studio JSON, JSON_MIN or CSV export."""
+def read_votes(file: Path, urls: ImageUrls, *, multilabel: bool = False) -> list[Vote]:
+    """Votes from a CSV ``path,label``, or a Label Studio JSON, JSON_MIN or CSV export.
+
+    ``multilabel``: each vote's label is the annotation's set of classes as text (module docstring);
+    a plain CSV may name its column ``labels`` or ``label``, classes joined by ``;``.
+    """
     if not file.is_file():
         raise TlkitError(f"label file not found: {file}")
     text = _read_text(file)
     if file.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        return _json_votes(file, text, urls)
-    return _csv_votes(file, text, urls)
+        return _json_votes(file, text, urls, multilabel)
+    return _csv_votes(file, text, urls, multilabel)
 
 
 def _read_text(file: Path) -> str:
@@ -180,7 +207,7 @@ def _read_text(file: Path) -> str:
         raise TlkitError(f"{file} is not UTF-8 text (byte {e.start}); export or save it as UTF-8 and import again") from None
 
 
-def _json_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
+def _json_votes(file: Path, text: str, urls: ImageUrls, multilabel: bool = False) -> list[Vote]:
     try:
         items = json.loads(text)
     except ValueError as e:
@@ -195,14 +222,19 @@ def _json_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
             raise TlkitError(f"{file.name} item {i} is a {type(item).__name__}, not a task object; "
                              "export from Label Studio as JSON, JSON_MIN or CSV")
         if "data" in item or "annotations" in item or "completions" in item:
-            votes.extend(task_votes(item, urls, f"{file.name} task {item.get('id', i)}", export="JSON"))
+            votes.extend(task_votes(item, urls, f"{file.name} task {item.get('id', i)}", export="JSON",
+                                    multilabel=multilabel))
         else:
-            votes.extend(_min_votes(file, f"{file.name} item {i}", item, urls, export="JSON_MIN"))
+            votes.extend(_min_votes(file, f"{file.name} item {i}", item, urls, export="JSON_MIN", multilabel=multilabel))
     return votes
 
 
-def task_votes(task: dict[str, Any], urls: ImageUrls, where: str, export: str = "") -> list[Vote]:
-    """The votes of one Label Studio task (as exported as JSON, or served by its API) with its annotations."""
+def task_votes(task: dict[str, Any], urls: ImageUrls, where: str, export: str = "", *, multilabel: bool = False
+               ) -> list[Vote]:
+    """The votes of one Label Studio task (as exported as JSON, or served by its API) with its annotations.
+
+    ``multilabel``: a vote per submitted annotation, its label the set's text (no choice: the empty set).
+    """
     data, meta = task.get("data") or {}, task.get("meta") or {}
     if not isinstance(data, dict) or not isinstance(meta, dict):
         raise TlkitError(f"{where}: 'data' and 'meta' must be objects; export from Label Studio as JSON")
@@ -219,7 +251,7 @@ def task_votes(task: dict[str, Any], urls: ImageUrls, where: str, export: str = 
         if ann.get("was_cancelled"):
             out.append(Vote(path, "", w, cancelled=True, time=time, image=image, export=export))
             continue
-        label = _choice(ann.get("result") or [], w)
+        label = _choices(ann.get("result") or [], w) if multilabel else _choice(ann.get("result") or [], w)
         if label is not None:
             out.append(Vote(path, label, w, ground_truth=bool(ann.get("ground_truth")), time=time, image=image,
                             export=export))
@@ -239,17 +271,72 @@ def _choice(results: Any, where: str) -> str | None:
     return None
 
 
-def _min_votes(file: Path, where: str, row: dict[str, Any], urls: ImageUrls, export: str) -> list[Vote]:
+def _choices(results: Any, where: str) -> str:
+    """A multi-choice annotation's set of classes as text (``""``: no choice ticked)."""
+    if not isinstance(results, list):
+        raise TlkitError(f"{where}: 'result' must be a list")
+    names: list[str] = []
+    for res in results:
+        value = res.get("value") if isinstance(res, dict) else None
+        choices = value.get("choices") if isinstance(value, dict) else None
+        if choices is not None:
+            if not isinstance(choices, list):
+                raise TlkitError(f"{where}: 'choices' must be a list, not {type(choices).__name__}")
+            names.extend(str(c) for c in choices)
+    return _set_text(names, where)
+
+
+def _set_text(names: list[str], where: str) -> str:
+    """The set's canonical text; a class holding the delimiter cannot be told apart and is refused."""
+    from tlkit.active.project import join_labels
+
+    bad = next((n for n in names if LABEL_DELIM in n), None)
+    if bad is not None:
+        raise TlkitError(f"{where}: class {bad!r} holds {LABEL_DELIM!r}, which separates classes in a multi-label "
+                         "project; rename the class in Label Studio")
+    return join_labels(names)
+
+
+def _min_value_set(value: Any, where: str) -> str:
+    """A JSON_MIN / CSV cell of a multi-choice control as a set's text.
+
+    JSON_MIN writes one choice as a string and several as ``{"choices": [...]}``; the CSV export
+    writes that object as JSON text; no choice: the column is missing or empty.
+    """
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise TlkitError(f"{where}: cannot read the choices {value!r}; export the tasks again") from None
+    if isinstance(value, dict):
+        value = value.get("choices")
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return _set_text([str(v) for v in value], where)
+    return _set_text([str(value)], where)
+
+
+def _min_votes(file: Path, where: str, row: dict[str, Any], urls: ImageUrls, export: str,
+               multilabel: bool = False) -> list[Vote]:
     """A JSON_MIN item or a Label Studio CSV row: data fields + the choice under the control's name."""
     path, image = task_path(row.get("tlkit_path"), row.get(DATA_KEY), urls)
     label_cols = [k for k in row if k not in EXPORT_META]
     col = FROM_NAME if FROM_NAME in row else (label_cols[0] if len(label_cols) == 1 else None)
+    if multilabel and col is None and not label_cols:  # an annotation without a choice: the empty set
+        w = f"{where} (annotation {row.get('annotation_id', '?')})"
+        return [Vote(path, "", w, time=str(row.get("updated_at") or row.get("created_at") or ""), image=image,
+                     export=export)]
     if col is None and not label_cols:
         return []  # an annotation without a choice
     if col is None:
         raise TlkitError(f"{where}: cannot tell which column holds the label (found {sorted(row)}); "
                          f"name the Choices control '{FROM_NAME}' (tlkit's label_config.xml does)")
     value = row.get(col)
+    if multilabel:
+        w = f"{where} (annotation {row.get('annotation_id', '?')})"
+        return [Vote(path, _min_value_set(value, w), w, time=str(row.get("updated_at") or row.get("created_at") or ""),
+                     image=image, export=export)]
     if isinstance(value, dict):  # JSON_MIN writes {"choices": [...]} for multi-choice controls
         value = value.get("choices")
     if isinstance(value, list):
@@ -271,15 +358,27 @@ def task_path(tlkit_path: Any, image: Any, urls: ImageUrls) -> tuple[str | None,
     return urls.path(image), image
 
 
-def _csv_votes(file: Path, text: str, urls: ImageUrls) -> list[Vote]:
+def _csv_votes(file: Path, text: str, urls: ImageUrls, multilabel: bool = False) -> list[Vote]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = reader.fieldnames or []
+    if multilabel and "path" in cols and ("labels" in cols or "label" in cols):
+        from tlkit.active.project import SKIP_WORDS, join_labels, split_labels
+
+        col = "labels" if "labels" in cols else "label"
+
+        def value(r: dict) -> str:
+            text = (r.get(col) or "").strip()
+            return text if text.lower() in SKIP_WORDS else join_labels(split_labels(text))
+
+        return [Vote(r.get("path") or "", value(r), f"{file.name} line {i + 2}", source="csv",
+                     image=(r.get("path") or "").strip()) for i, r in enumerate(reader)]
     if "path" in cols and "label" in cols:
         return [Vote(r.get("path") or "", (r.get("label") or "").strip(), f"{file.name} line {i + 2}",
                      source="csv", image=(r.get("path") or "").strip())
                 for i, r in enumerate(reader)]
     if DATA_KEY in cols or "tlkit_path" in cols:
-        return [v for i, r in enumerate(reader) for v in _min_votes(file, f"{file.name} line {i + 2}", r, urls, "CSV")]
+        return [v for i, r in enumerate(reader)
+                for v in _min_votes(file, f"{file.name} line {i + 2}", r, urls, "CSV", multilabel)]
     raise TlkitError(f"{file} needs the columns path,label, or must be a Label Studio CSV export "
                      f"(columns image, choice, ...); found {cols or 'no header'}")
 

@@ -14,6 +14,11 @@ into ``metrics.json`` and :meth:`Validation.from_metrics` reads them back, old r
 Shapes: the pool has ``n`` rows, the test set ``m``, the project ``k`` classes in fixed order
 (probabilities of classes without a labeled example are 0).
 
+Multi-label: ``y`` is ``[n, k]`` 0/1 (class j present in row i) instead of ``[n]`` class indices;
+:class:`HeadLearner` then fits one-vs-rest sigmoid heads (:func:`tlkit.active.head.fit_multilabel_head`),
+its probabilities are independent per class, and its validation is the cross-validated macro mAP
+(``Validation.metric == "mAP"``).
+
 Example:
     >>> learner = HeadLearner(x, classes, x_test=x_test)                     # doctest: +SKIP
     >>> res = learner.fit(y >= 0, y, seed=0, needs=("probs",))              # doctest: +SKIP
@@ -115,13 +120,17 @@ class Validation:
 
     accuracy: float | None = None
     method: str | None = None
+    metric: str = "accuracy"  # what ``accuracy`` measures: accuracy, or mAP (macro) for multi-label
 
     def to_metrics(self) -> dict[str, Any]:
         """The ``metrics.json`` keys: ``val_accuracy``, ``val_method``, and for ``cv`` also
-        ``val_accuracy_cv``, the key head rounds wrote before ``val_method`` existed."""
+        ``val_accuracy_cv``, the key head rounds wrote before ``val_method`` existed; ``val_metric``
+        when the value is not an accuracy (multi-label: ``mAP``)."""
         out: dict[str, Any] = {"val_accuracy": self.accuracy, "val_method": self.method}
         if self.method == "cv":
             out["val_accuracy_cv"] = self.accuracy
+        if self.metric != "accuracy":
+            out["val_metric"] = self.metric
         return out
 
     @classmethod
@@ -132,7 +141,7 @@ class Validation:
         ``val_accuracy`` (with ``val_on_train``).
         """
         if "val_method" in metrics:
-            return cls(metrics.get("val_accuracy"), metrics["val_method"])
+            return cls(metrics.get("val_accuracy"), metrics["val_method"], metrics.get("val_metric") or "accuracy")
         if "val_accuracy_cv" in metrics:
             return cls(metrics["val_accuracy_cv"], "cv")
         if "val_accuracy" in metrics:
@@ -173,7 +182,8 @@ class Learner(Protocol):
     """Fits on the labeled rows of a pool it was built over, then scores the pool (and a test set)."""
 
     def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
-        """Fit on the rows where ``labeled`` ([n] bool) is set, with classes ``y`` ([n] int, read there only).
+        """Fit on the rows where ``labeled`` ([n] bool) is set, with classes ``y`` ([n] int, read there only;
+        multi-label: ``[n, k]`` 0/1).
 
         ``needs`` are the strategy's inputs (:class:`tlkit.active.strategies.StrategyInfo`);
         ``"mc_probs"`` asks for stochastic predictions.
@@ -205,7 +215,8 @@ class HeadLearner:
     graph_: "PoolGraph | None" = field(default=None, init=False, repr=False)
 
     def fit(self, labeled: np.ndarray, y: np.ndarray, *, seed: int, needs: tuple[str, ...] = ()) -> LearnerResult:
-        """See :meth:`Learner.fit`; ``mc_probs`` come from a bootstrap ensemble of 8 plain heads."""
+        """See :meth:`Learner.fit`; ``mc_probs`` come from a bootstrap ensemble of 8 plain heads.
+        A ``[n, k]`` ``y`` fits the multi-label head (:meth:`_fit_multilabel`)."""
         from tlkit.active import head as heads
         from tlkit.active.semi import check_ssl
 
@@ -213,6 +224,8 @@ class HeadLearner:
         t = time.perf_counter()
         if self.scaler_ is None:
             self.scaler_ = heads.Scaler.fit(self.x)
+        if np.ndim(y) == 2:
+            return self._fit_multilabel(labeled, y, seed, t)
         xl, yl, classes = self.x[labeled], y[labeled], tuple(self.classes)
         method = "cv" if self.validate else None
         notes: dict[str, Any] = {"learner": "head" if self.ssl == "off" else f"head+{self.ssl}"}
@@ -226,6 +239,27 @@ class HeadLearner:
         cv = self._cross_val(labeled, y, seed) if self.validate else None
         return LearnerResult(head.predict_proba(self.x), Validation(cv, method), time.perf_counter() - t,
                              mc_probs=mc, test_probs=test, head=head, notes=notes)
+
+    def _fit_multilabel(self, labeled: np.ndarray, Y: np.ndarray, seed: int, t: float) -> LearnerResult:
+        """One-vs-rest sigmoid heads on the labeled rows. Self-training is single-label
+        (:mod:`tlkit.active.semi`), so a multi-label head learns from the labeled rows alone; the notes say so."""
+        from tlkit.active import head as heads
+
+        notes: dict[str, Any] = {"learner": "head"}
+        if self.ssl != "off":
+            notes["ssl"] = "off (multi-label)"
+        method = "cv" if self.validate else None
+        xl, yl, classes = self.x[labeled], Y[labeled], tuple(self.classes)
+        head = heads.fit_multilabel_head(xl, yl, classes, scaler=self.scaler_, seed=seed)
+        if head is None:
+            return LearnerResult(None, Validation(None, method, "mAP"), time.perf_counter() - t, notes=notes)
+        cv = None
+        if self.validate:
+            oof = heads.cross_val_multilabel_proba(xl, yl, classes, scaler=self.scaler_, seed=seed)
+            cv = heads.mean_average_precision(yl, oof) if oof is not None else None
+        test = head.predict_proba(self.x_test) if self.x_test is not None else None
+        return LearnerResult(head.predict_proba(self.x), Validation(cv, method, "mAP"), time.perf_counter() - t,
+                             test_probs=test, head=head, notes=notes)
 
     def _fit(self, labeled: np.ndarray, y: np.ndarray, seed: int, notes: dict[str, Any] | None = None
              ) -> "LinearHead | None":

@@ -6,7 +6,9 @@ PROJECT/
   pool.csv          id,path — every pool image, path relative to the pool root; grows with `al-add`
   labels.csv        path,label — the one source of truth for human labels
                     (label "__skip__" marks an image as unlabelable: never queried again);
-                    validated on every read (a hand edit that breaks it is an error naming the line)
+                    validated on every read (a hand edit that breaks it is an error naming the line).
+                    A multi-label project (``task: multilabel``) writes path,labels instead: the
+                    classes present joined by ";" (``cat;dog``), empty = reviewed, no class present
   label_config.xml  the Label Studio labeling config for the classes (rewritten when classes change)
   rounds/0001/ ...  one folder per finished round (query.csv, labelstudio.json, model/, metrics.json)
   cache/            embeddings keyed by backbone + weights hash + image size (tlkit extract folders)
@@ -37,7 +39,10 @@ import yaml
 
 import tlkit
 from tlkit.active import labelstudio as ls
-from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL, FINETUNE_SSL_MODES, PROJECTION_DIM, SSL_MODES
+from tlkit.constants import (
+    DEFAULT_BACKBONE, DEFAULT_SSL, DEFAULT_TASK, FINETUNE_SSL_MODES, LABEL_DELIM, MULTILABEL, PROJECTION_DIM, SSL_MODES,
+    TASKS,
+)
 from tlkit.data import ImageRecord, ImageSource, scan_images
 from tlkit.errors import TlkitError
 from tlkit.extract_store import DTYPES, storage_dtype
@@ -52,7 +57,29 @@ SKIP_WORDS = frozenset({SKIP_LABEL, "skip", "unlabelable"})
 ROUND_DIGITS = 4
 
 
-def _label_rows(text: str, file: Path) -> list[tuple[int, list[str]]]:
+def label_header(task: str = DEFAULT_TASK) -> list[str]:
+    """labels.csv's header: ``path,label`` (single-label) or ``path,labels`` (multi-label)."""
+    return ["path", "labels" if task == MULTILABEL else "label"]
+
+
+def join_labels(names: Iterable[str]) -> str:
+    """The canonical text of a label set: the distinct names, stripped, sorted, joined by ``;`` ("" = none).
+
+    Two annotations agree when their texts are equal; labels.csv stores this text.
+
+    Example:
+        >>> join_labels(["dog", " cat", "dog"])
+        'cat;dog'
+    """
+    return LABEL_DELIM.join(sorted({n.strip() for n in names if n.strip()}))
+
+
+def split_labels(text: str) -> tuple[str, ...]:
+    """The classes of a label set's text (:func:`join_labels`); ``""`` is the empty set."""
+    return tuple(n.strip() for n in text.split(LABEL_DELIM) if n.strip())
+
+
+def _label_rows(text: str, file: Path, task: str = DEFAULT_TASK) -> list[tuple[int, list[str]]]:
     """(line number, fields) of each data row of labels.csv's ``text``, read by the csv module.
 
     Quoted fields may hold any character, newlines and U+2028 included; only the csv module's own
@@ -61,8 +88,9 @@ def _label_rows(text: str, file: Path) -> list[tuple[int, list[str]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
-        if header is None or [c.strip() for c in header] != ["path", "label"]:
-            raise TlkitError(f"{file} line 1 must be the header path,label; restore it")
+        want = label_header(task)
+        if header is None or [c.strip() for c in header] != want:
+            raise TlkitError(f"{file} line 1 must be the header {','.join(want)}; restore it")
         rows = []
         start = reader.line_num + 1
         for row in reader:
@@ -73,11 +101,12 @@ def _label_rows(text: str, file: Path) -> list[tuple[int, list[str]]]:
         raise TlkitError(f"{file} line {reader.line_num} is not valid CSV ({e}); fix or delete the line") from None
 
 
-def check_class_names(names: Iterable[str], where: str) -> None:
+def check_class_names(names: Iterable[str], where: str, *, multilabel: bool = False) -> None:
     """Refuse class names that labels.csv, Label Studio or a terminal could not carry unchanged.
 
     A class name may not be empty, hold control or line-separator characters (newline, tab, U+2028,
-    ...), or be a word that means "unlabelable" (:data:`SKIP_WORDS`, any case).
+    ...), or be a word that means "unlabelable" (:data:`SKIP_WORDS`, any case); in a multi-label
+    project it may not hold :data:`~tlkit.constants.LABEL_DELIM` (``;``), which separates the classes of an image.
 
     Raises:
         TlkitError: naming the first bad name and the fix.
@@ -89,6 +118,9 @@ def check_class_names(names: Iterable[str], where: str) -> None:
         if bad is not None:
             raise TlkitError(f"{where}: class name {name!r} holds the control character U+{ord(bad):04X}; "
                              "rename the class without it")
+        if multilabel and LABEL_DELIM in name:
+            raise TlkitError(f"{where}: class name {name!r} holds {LABEL_DELIM!r}, which separates the classes of "
+                             "an image in a multi-label project; rename the class without it")
         if name.strip().lower() in SKIP_WORDS:
             raise TlkitError(f"{where}: {name.strip()!r} is reserved (a label meaning 'unlabelable'); "
                              "name the class something else")
@@ -120,10 +152,18 @@ class ProjectConfig:
     engine: str = "auto"  # inference engine for pool embeddings and finetune scoring: auto | torch | openvino
     ssl: str = DEFAULT_SSL  # head rounds learn from the unlabeled pool too (tlkit.active.semi) | off | fixmatch (finetune rounds; tlkit.active.learner.resolve_ssl)
     tlkit_version: str = tlkit.__version__
+    task: str = DEFAULT_TASK  # single | multilabel (al-init --multi-label); written only when multilabel
+
+    @property
+    def multilabel(self) -> bool:
+        """True for a multi-label project: each image has a set of classes (maybe empty)."""
+        return self.task == MULTILABEL
 
     def to_yaml(self) -> str:
         d = asdict(self)
         d["classes"] = list(self.classes)
+        if self.task == DEFAULT_TASK:  # single-label project.yaml files stay as they were
+            del d["task"]
         return yaml.safe_dump(d, sort_keys=False)
 
     @classmethod
@@ -161,6 +201,9 @@ class ProjectConfig:
                 ok = value >= 0
             if ok and key == "projection_dim":
                 ok = value >= 8
+            if ok and key == "task" and value not in TASKS:
+                raise TlkitError(f"project.yaml: task is {value!r}; write `task: {MULTILABEL}` (a set of classes per "
+                                 f"image) or leave it out (one class per image)")
             if ok and key == "ssl" and value not in SSL_MODES + FINETUNE_SSL_MODES:
                 raise TlkitError(f"project.yaml: ssl is {value!r}; write `ssl: self-training` (pseudo-labels from "
                                  "the pool), `ssl: fixmatch` (finetune rounds: consistency on the pool images) or "
@@ -179,6 +222,8 @@ class ProjectConfig:
                 raise TlkitError(f"project.yaml: {key} is {value!r}, not {' or '.join(want[t] for t in allowed)}; "
                                  "write for example " + " or ".join(f"`{key}: {example[t]}`" for t in allowed))
         d["classes"] = tuple(str(c) for c in d.get("classes") or ())
+        if d.get("task") == MULTILABEL:
+            check_class_names(d["classes"], "project.yaml classes", multilabel=True)
         return cls(**d)
 
 
@@ -246,6 +291,7 @@ class Project:
         recipe: str | None = None,
         seed: int = 0,
         embedding_dtype: str = "float32",
+        task: str = DEFAULT_TASK,
     ) -> "Project":
         """Create a project over the images under ``pool``.
 
@@ -253,11 +299,15 @@ class Project:
         URLs in task files are ``label_studio_prefix`` + the image's path relative to it.
         ``labels`` is a shortcut for :func:`tlkit.active.labels.import_seed_labels` afterwards.
         ``embedding_dtype`` is how the pool's embeddings are cached: ``float32``, or ``float16``
-        (half the disk and memory; :data:`tlkit.extract_store.DTYPES`).
+        (half the disk and memory; :data:`tlkit.extract_store.DTYPES`). ``task``: ``single`` (one
+        class per image) or ``multilabel`` (a set of classes per image; labels.csv ``path,labels``).
         """
+        from tlkit.errors import check_choice
+
         storage_dtype(embedding_dtype)
+        check_choice(task, TASKS, "task")
         classes = tuple(dict.fromkeys(c.strip() for c in classes if c.strip()))
-        check_class_names(classes, "--classes")
+        check_class_names(classes, "--classes", multilabel=task == MULTILABEL)
         root = _new_project_folder(root)
         source = scan_images(pool, labeled=False)
         pool_root = Path(source.root).resolve()
@@ -267,7 +317,7 @@ class Project:
             pool_root=str(pool_root), classes=classes,
             backbone=backbone, weights=str(Path(weights).resolve()) if weights else None, image_size=image_size,
             label_studio_prefix=label_studio_prefix, label_studio_root=str(ls_root), recipe=recipe, seed=seed,
-            embedding_dtype=embedding_dtype,
+            embedding_dtype=embedding_dtype, task=task,
         )
         project = cls._write_new(root, config, source)
         if labels is not None:
@@ -290,9 +340,9 @@ class Project:
         project = cls(root, config)
         with project.lock():
             write_csv(project.pool_csv, ["id", "path"], enumerate(paths))
-            write_csv(project.labels_csv, ["path", "label"], [])
+            write_csv(project.labels_csv, label_header(config.task), [])
             write_text(root / "project.yaml", config.to_yaml())
-            write_text(project.label_config_xml, ls.label_config(config.classes))
+            write_text(project.label_config_xml, ls.label_config(config.classes, multilabel=config.multilabel))
         return project
 
     @classmethod
@@ -309,7 +359,12 @@ class Project:
 
     def with_classes(self, classes: tuple[str, ...]) -> None:
         self.save_config(replace(self.config, classes=classes))
-        write_text(self.label_config_xml, ls.label_config(classes))
+        write_text(self.label_config_xml, ls.label_config(classes, multilabel=self.multilabel))
+
+    @property
+    def multilabel(self) -> bool:
+        """True for a multi-label project (project.yaml ``task: multilabel``)."""
+        return self.config.multilabel
 
     @property
     def label_config_xml(self) -> Path:
@@ -355,6 +410,9 @@ class Project:
     def labels(self) -> dict[str, str]:
         """Human labels: path -> label (including ``__skip__`` for unlabelable images).
 
+        In a multi-label project the label is the image's set of classes as :func:`join_labels`
+        writes it (``"cat;dog"``; ``""``: reviewed, no class present).
+
         Raises:
             TlkitError: labels.csv was edited into something invalid (a row without two fields,
                 an empty label, a class that is not a project class, an image that is not in the
@@ -366,8 +424,9 @@ class Project:
             with open(self.labels_csv, encoding="utf-8-sig", newline="") as f:  # keep a \r inside a quoted name
                 text = f.read()
         except UnicodeDecodeError:
-            raise TlkitError(f"{self.labels_csv} is not UTF-8 text; save it as UTF-8 (columns path,label)") from None
-        return self._check_labels(_label_rows(text, self.labels_csv))
+            raise TlkitError(f"{self.labels_csv} is not UTF-8 text; save it as UTF-8 "
+                             f"(columns {','.join(label_header(self.config.task))})") from None
+        return self._check_labels(_label_rows(text, self.labels_csv, self.config.task))
 
     def _check_labels(self, rows: list[tuple[int, list[str]]]) -> dict[str, str]:
         allowed, pool = set(self.config.classes) | {SKIP_LABEL}, set(self.pool_paths())
@@ -377,13 +436,19 @@ class Project:
                 continue
             where = f"{self.labels_csv} line {n}"
             fix = "fix or delete the line (or re-import the labels with `tlkit al-import`)"
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise TlkitError(f"{where} must be path,label (found {','.join(row)!r}); {fix}")
+            multi = self.multilabel
+            if len(row) != 2 or not row[0].strip() or not (multi or row[1].strip()):
+                raise TlkitError(f"{where} must be {','.join(label_header(self.config.task))} "
+                                 f"(found {','.join(row)!r}); {fix}")
             path = row[0] if row[0] in pool else row[0].strip()  # a pool file's exact name; hand edits may pad
             label = row[1].strip()
-            if label not in allowed:
-                raise TlkitError(f"{where}: {label!r} is not a project class {list(self.config.classes)}; {fix}, "
-                                 "or add the class with `tlkit al-import --add-classes`")
+            if multi and label != SKIP_LABEL:
+                label = join_labels(split_labels(label))
+            names = split_labels(label) if multi and label != SKIP_LABEL else (label,)
+            for name in names:
+                if name not in allowed or (len(names) > 1 and name == SKIP_LABEL):
+                    raise TlkitError(f"{where}: {name!r} is not a project class {list(self.config.classes)}; "
+                                     f"{fix}, or add the class with `tlkit al-import --add-classes`")
             if path not in pool:
                 raise TlkitError(f"{where}: {path!r} is not in the pool; {fix}, or add the image with `tlkit al-add`")
             if out.get(path, label) != label:
@@ -396,8 +461,8 @@ class Project:
         """Write labels.csv atomically; the text is read back with :meth:`labels`' reader before it replaces the file."""
         order = {p: i for i, p in enumerate(self.pool_paths())}
         rows = sorted(labels.items(), key=lambda kv: order.get(kv[0], len(order)))
-        text = csv_text(["path", "label"], rows)
-        back = {row[0]: row[1] for _, row in _label_rows(text, self.labels_csv)}
+        text = csv_text(label_header(self.config.task), rows)
+        back = {row[0]: row[1] for _, row in _label_rows(text, self.labels_csv, self.config.task)}
         if back != labels:
             bad = next(p for p in labels if back.get(p) != labels[p])
             raise TlkitError(f"labels.csv would not read back for {bad!r} (a bug in tlkit); labels.csv is unchanged")

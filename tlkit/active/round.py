@@ -4,6 +4,11 @@ The round is built in ``rounds/NNNN.tmp/`` and renamed to ``rounds/NNNN/`` only 
 written, so a round killed at any point leaves the project as it was; running again completes it.
 While the latest query still awaits labels, a new round selects nothing and returns the pending
 batch instead (``new=True`` starts one anyway).
+
+A multi-label project (``task: multilabel``) fits the one-vs-rest head on the labeled images' class
+sets; query.csv's ``predicted`` is the predicted set (``cat;dog``: classes at p >= 0.5) and
+``confidence`` the probability of that exact set; the Label Studio tasks carry it as a multi-choice
+prediction.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from tlkit.active import labelstudio as ls
 from tlkit.active.learner import (
     AUTO, HeadLearner, Learner, LearnerChoice, LearnerResult, Validation, check_train_mode, resolve_ssl,
 )
-from tlkit.active.project import SKIP_LABEL, Project, labels_digest
-from tlkit.active.strategies import Approx, PoolView, get_strategy, select
+from tlkit.active.project import SKIP_LABEL, Project, join_labels, labels_digest, split_labels
+from tlkit.active.strategies import Approx, PoolView, check_task, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
 
@@ -65,6 +70,40 @@ class PoolData:
     y: np.ndarray  # [n] class index, -1 unlabeled, -2 unlabelable
     classes: tuple[str, ...]
     labels_sha256: str  # project.labels_digest of every label the round saw (gone images' included)
+    targets: np.ndarray | None = None  # multi-label: [n, k] uint8 class sets of the labeled rows (0 elsewhere)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets is not None
+
+    def fit_targets(self) -> np.ndarray:
+        """What the learner fits: ``y`` [n], or the class sets [n, k] of a multi-label project."""
+        return self.targets if self.targets is not None else self.y
+
+    def known_labels(self) -> np.ndarray:
+        """PoolView ``labels``: [n] class, -1 unknown; multi-label [n, k] 0/1 rows, -1 rows unknown."""
+        if self.targets is None:
+            return np.where(self.y >= 0, self.y, -1)
+        return np.where((self.y >= 0)[:, None], self.targets.astype(np.int64), -1)
+
+    def predicted(self, probs: np.ndarray, i: int) -> tuple[str, float]:
+        """Row ``i``'s predicted label (multi-label: the set at p >= 0.5, as text) and its probability."""
+        return predicted_label(self.classes, probs[i], multilabel=self.multilabel)
+
+
+def predicted_label(classes: tuple[str, ...], p: np.ndarray, *, multilabel: bool = False) -> tuple[str, float]:
+    """A model's label for one image from its probabilities ``p [k]``, and the probability of that label.
+
+    Single-label: the most probable class. Multi-label: the set of classes at p >= 0.5 as text
+    (:func:`~tlkit.active.project.join_labels`; ``""`` = none), with the probability of exactly that set
+    under independent classes, ``prod_j (p_j if present else 1 - p_j)``.
+    """
+    if not multilabel:
+        k = int(p.argmax())
+        return classes[k], float(p[k])
+    p = np.asarray(p, np.float64)
+    present = p >= 0.5
+    return join_labels(c for c, on in zip(classes, present) if on), float(np.prod(np.where(present, p, 1 - p)))
 
 
 @dataclass(frozen=True)
@@ -187,15 +226,25 @@ def _embeddings(project: Project, device: str, engine: str | None, progress: Cal
 
 
 def pool_data(project: Project, paths: list[str], embeddings: np.ndarray) -> PoolData:
+    """The pool's labels as arrays: ``y`` [n] (-1 unlabeled, -2 unlabelable; multi-label: 0 labeled) and,
+    in a multi-label project, ``targets`` [n, k]."""
     labels = project.labels()
     classes = project.config.classes
     idx = {c: i for i, c in enumerate(classes)}
     y = np.full(len(paths), -1, dtype=np.int64)
+    targets = np.zeros((len(paths), len(classes)), np.uint8) if project.multilabel else None
     for i, p in enumerate(paths):
         lab = labels.get(p)
-        if lab is not None:
-            y[i] = -2 if lab == SKIP_LABEL else idx[lab]
-    return PoolData(paths, embeddings, y, classes, labels_digest(labels))
+        if lab is None:
+            continue
+        if lab == SKIP_LABEL:
+            y[i] = -2
+        elif targets is not None:
+            y[i] = 0
+            targets[i, [idx[c] for c in split_labels(lab)]] = 1
+        else:
+            y[i] = idx[lab]
+    return PoolData(paths, embeddings, y, classes, labels_digest(labels), targets)
 
 
 def _candidates(y: np.ndarray, max_pool: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -212,8 +261,8 @@ def _query_rows(data: PoolData, sel, probs: np.ndarray | None) -> list[dict[str,
     for rank, (i, score) in enumerate(zip(sel.indices, sel.scores), start=1):
         row = {"path": data.paths[i], "rank": rank, "score": f"{float(score):.6g}", "predicted": "", "confidence": ""}
         if probs is not None:
-            k = int(probs[i].argmax())
-            row["predicted"], row["confidence"] = data.classes[k], f"{float(probs[i, k]):.4f}"
+            label, conf = data.predicted(probs, i)
+            row["predicted"], row["confidence"] = label, f"{conf:.4f}"
         rows.append(row)
     return rows
 
@@ -233,14 +282,20 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     with torch.no_grad():
         classifier.weight.copy_(torch.from_numpy(w))
         classifier.bias.copy_(torch.from_numpy(b))
+    config = {"head": "standardised logistic regression"}
+    if head.multilabel:  # the classifier's outputs are per-class logits: apply a sigmoid
+        config = {"head": "standardised one-vs-rest logistic regression", "task": "multilabel"}
     meta = RunMeta(bb.name, tuple(head.classes), bb.data_config.at_size(image_size),
                    architecture_kwargs(bb.name, bb.weights.source), weights_origin=bb.weights.to_dict(), train="head",
-                   config={"head": "standardised logistic regression"})
+                   config=config)
     save_weights(folder / "best.safetensors", bb.model.state_dict(), meta.to_dict())
 
 
 def _metrics(data: PoolData, extra: dict[str, Any]) -> dict[str, Any]:
-    per_class = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
+    if data.targets is not None:  # images labeled with each class present
+        per_class = {c: int(data.targets[:, i].sum()) for i, c in enumerate(data.classes)}
+    else:
+        per_class = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
     return {
         "labeled": int((data.y >= 0).sum()),
         "unlabelable": int((data.y == -2).sum()),
@@ -288,6 +343,9 @@ def run_round(
     if batch < 1:
         raise TlkitError(f"--batch must be at least 1 (got {batch})")
     project = Project.open(project_dir)
+    check_task(info, project.config.task)
+    if project.multilabel and train != "head":
+        raise TlkitError(f"--train {train} rounds are single-label; a multi-label project trains with --train head")
     if train == AUTO and ssl is not None:
         raise TlkitError("--train auto chooses --ssl too; drop --ssl, or name the learner with --train head|finetune")
     ssl = resolve_ssl(train, ssl, project.config.ssl) if train != AUTO else None
@@ -309,6 +367,7 @@ def _fit_learner(project: Project, data: PoolData, n: int, train: str, needs: tu
     cfg = project.config
     if train == "head":
         learner: Learner = HeadLearner(data.embeddings, data.classes, ssl=ssl)
+        return learner.fit(data.y >= 0, data.fit_targets(), seed=seed, needs=needs)
     else:
         learner = FinetuneLearner(
             [project.pool_root / p for p in data.paths], data.classes, recipe=cfg.recipe, device=device,
@@ -367,7 +426,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
         extra["learner_choice"] = choice.to_metrics()
     pool = PoolView(embeddings=data.embeddings, labeled=data.y != -1,
                     candidates=_one_per_duplicate_group(project, data.paths, _candidates(data.y, max_pool, rng)),
-                    probs=probs, mc_probs=fitted.mc_probs, labels=np.where(data.y >= 0, data.y, -1))
+                    probs=probs, mc_probs=fitted.mc_probs, labels=data.known_labels(), multilabel=data.multilabel)
     t = time.perf_counter()
     sel = select(info.name, pool, batch, seed=seed, approx=Approx(dim=project.config.projection_dim))
     extra["select_s"] = round(time.perf_counter() - t, 3)
@@ -375,7 +434,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
     rows = _query_rows(data, sel, probs)
     extra["stopping"] = _stopping_record(project, n, data, probs, fitted.validation.accuracy, tmp)
     write_csv(tmp / "query.csv", QUERY_COLUMNS, ([r[c] for c in QUERY_COLUMNS] for r in rows))
-    write_json(tmp / "labelstudio.json", ls.tasks(rows, project.image_urls(), n))
+    write_json(tmp / "labelstudio.json", ls.tasks(rows, project.image_urls(), n, multilabel=data.multilabel))
     if fitted.head is not None:
         _save_head_model(tmp / "model", project, fitted.head, project.config.image_size)
     metrics = _metrics(data, {"round": n, "strategy": info.name, "train": train, "selected": len(rows),
@@ -429,7 +488,7 @@ def _stopping_record(project: Project, n: int, data: PoolData, probs, cv: float 
         return record
     pos = stopping.stop_set([p for p, y in zip(data.paths, data.y) if y == -1])
     unlabeled = np.flatnonzero(data.y == -1)[pos]
-    current = {data.paths[i]: data.classes[int(probs[i].argmax())] for i in unlabeled}
+    current = {data.paths[i]: data.predicted(probs, i)[0] for i in unlabeled}
     write_json(tmp / "stop_set.json", current)
     for r in reversed(project.rounds()):
         folder = project.round_dir(r)

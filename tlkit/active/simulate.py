@@ -9,6 +9,10 @@ rule) per strategy.
 
 Inputs are arrays, so a study runs on any features: ``tlkit extract`` folders, raw pixels, or
 embeddings from elsewhere.
+
+Multi-label sets (``y`` and ``y_test`` ``[n, k]`` 0/1) are simulated the same way with the
+multi-label head; the curves measure the macro mAP on the test set instead of accuracy
+(:attr:`SimulationResult.metric`), and the AUBC is the area under the mAP curve.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from tlkit.io import check_output_dir, save_png, write_csv, write_json
 log = logging.getLogger(__name__)
 
 CURVE_COLUMNS = ("strategy", "seed", "labels", "accuracy")
+MAP_CURVE_COLUMNS = ("strategy", "seed", "labels", "map")
+"""curves.csv of a multi-label study: the measure is the test set's macro mAP."""
 
 
 @dataclass
@@ -49,6 +55,9 @@ class SimulationResult:
     kappa: list[tuple[str, int, int, float]] = field(default_factory=list)
     """``(strategy, seed, labels, kappa)``: agreement of this round's pool predictions with the previous
     round's on the rows unlabeled in both (the stopping signal of :mod:`tlkit.active.stopping`)."""
+    metric: str = "accuracy"
+    """What the curves measure: ``accuracy``, or ``mAP`` (macro, multi-label studies); the summary's
+    ``mean_accuracy`` and ``aubc`` are of this measure."""
 
 
 def aubc(budgets: Sequence[int], accuracy: Sequence[float]) -> float:
@@ -65,23 +74,25 @@ def _start_set(y: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarra
 
 def _one_curve(x, y, y_test, learner: Learner, strategy, start_idx, batch, rounds, seed, tick, approx=None):
     info = get_strategy(strategy)
+    multi = y.ndim == 2
     labeled = np.zeros(len(y), bool)
     labeled[start_idx] = True
     points, before = [], None
     for r in range(rounds + 1):
         fitted = learner.fit(labeled, y, seed=seed + r, needs=info.needs)
-        probs, mc, acc = fitted.probs, fitted.mc_probs, _test_accuracy(fitted, y[labeled], y_test)
-        pred = probs.argmax(axis=1) if probs is not None else None
+        probs, mc = fitted.probs, fitted.mc_probs
+        acc = _test_map(fitted, y_test) if multi else _test_accuracy(fitted, y[labeled], y_test)
+        pred = None if probs is None else (probs >= 0.5).reshape(len(probs), -1) if multi else probs.argmax(axis=1)
         kappa = float("nan")
         if pred is not None and before is not None:
-            kappa = cohen_kappa(before[~labeled], pred[~labeled])
+            kappa = cohen_kappa(before[~labeled].ravel(), pred[~labeled].ravel())
         points.append((int(labeled.sum()), acc, kappa))
         before = pred
         tick()
         if r == rounds or labeled.all():
             break
         pool = PoolView(embeddings=x, labeled=labeled, candidates=~labeled, probs=probs, mc_probs=mc,
-                        labels=np.where(labeled, y, -1))
+                        labels=np.where(labeled[:, None] if multi else labeled, y, -1), multilabel=multi)
         sel = select(strategy, pool, batch, seed=seed * 7919 + r, approx=approx)
         labeled[sel.indices] = True
     return points
@@ -92,6 +103,16 @@ def _test_accuracy(fitted: LearnerResult, y_lab: np.ndarray, y_test: np.ndarray)
     if fitted.test_probs is None:
         return _majority(y_lab, y_test)
     return float((fitted.test_probs.argmax(1) == y_test).mean())
+
+
+def _test_map(fitted: LearnerResult, Y_test: np.ndarray) -> float:
+    """Macro mAP of the fitted multi-label model on the test set; without a model, of constant scores
+    (each class's average precision is then its share of the test set)."""
+    from tlkit.active.head import mean_average_precision
+
+    probs = fitted.test_probs if fitted.test_probs is not None else np.zeros(Y_test.shape, np.float32)
+    value = mean_average_precision(Y_test, probs)
+    return float("nan") if value is None else value
 
 
 def _majority(y_lab: np.ndarray, y_test: np.ndarray) -> float:
@@ -128,8 +149,9 @@ def simulate(
     """Simulate active learning with each strategy and seed.
 
     Args:
-        x: pool features ``[n, d]``; y: their true labels ``[n]`` (int class indices).
-        x_test, y_test: held-out features ``[m, d]`` and labels ``[m]``.
+        x: pool features ``[n, d]``; y: their true labels ``[n]`` (int class indices), or ``[n, k]``
+            0/1 label sets (multi-label: the curves measure mAP).
+        x_test, y_test: held-out features ``[m, d]`` and labels ``[m]`` (multi-label: ``[m, k]``).
         strategies: registered strategy names.
         start: random labels before the first round; batch: labels added per round.
         rounds: selection rounds (curves have ``rounds + 1`` points).
@@ -149,11 +171,21 @@ def simulate(
     if start < 1 or batch < 1 or rounds < 0:
         raise TlkitError("--start and --batch must be at least 1, --rounds at least 0")
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    k = int(max(y.max(), y_test.max())) + 1
+    y, y_test = np.asarray(y), np.asarray(y_test)
+    multi = y.ndim == 2
+    if multi and (y_test.ndim != 2 or y_test.shape[1] != y.shape[1]):
+        raise TlkitError(f"multi-label pool labels are {y.shape} but test labels are {y_test.shape}; give both as [n, k]")
+    if multi:
+        from tlkit.active.strategies import check_task
+        from tlkit.constants import MULTILABEL
+
+        for s in strategies:
+            check_task(get_strategy(s), MULTILABEL)
+    k = y.shape[1] if multi else int(max(y.max(), y_test.max())) + 1
     classes = tuple(classes) if classes else tuple(str(i) for i in range(k))
     x, x_test = np.asarray(x, np.float32), np.asarray(x_test, np.float32)
     learner = learner or HeadLearner(x, classes, x_test=x_test, validate=False, ssl=resolve_ssl("head", ssl))
-    result = SimulationResult()
+    result = SimulationResult(metric="mAP" if multi else "accuracy")
     tick = (lambda: progress(1)) if progress else (lambda: None)
     for seed in seeds:
         start_idx = _start_set(y, start, np.random.default_rng(seed))
@@ -202,9 +234,12 @@ def write_outputs(result: SimulationResult, out: str | Path, *, title: str = "")
     """Write ``curves.csv``, ``curves.png`` (mean ± std) and ``summary.json`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "curves.csv", CURVE_COLUMNS, ((s, seed, n, f"{a:.6f}") for s, seed, n, a in result.rows))
+    columns = MAP_CURVE_COLUMNS if result.metric == "mAP" else CURVE_COLUMNS
+    write_csv(out / "curves.csv", columns, ((s, seed, n, f"{a:.6f}") for s, seed, n, a in result.rows))
     summary = {"budgets": result.budgets, "strategies": result.summary,
                "best_aubc": max(result.summary, key=lambda s: result.summary[s]["aubc"])}
+    if result.metric != "accuracy":  # single-label summaries stay as they were
+        summary["metric"] = result.metric
     write_json(out / "summary.json", summary)
     _plot(result, out / "curves.png", title)
     return {"curves": out / "curves.csv", "plot": out / "curves.png", "summary": out / "summary.json"}
@@ -228,7 +263,7 @@ def _plot(result: SimulationResult, path: Path, title: str) -> None:
         ax.plot(b, m, marker=".", label=f"{s} (AUBC {result.summary[s]['aubc']:.3f})")
         ax.fill_between(b, m - sd, m + sd, alpha=0.15)
     ax.set_xlabel("labeled images")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test mAP (macro)" if result.metric == "mAP" else "test accuracy")
     ax.set_title(title or "active-learning simulation (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.project import SKIP_LABEL, Project, split_labels
 from tlkit.active.learner import Validation
 from tlkit.active.stopping import stopping_hint
 from tlkit.data import class_imbalance
@@ -28,15 +28,25 @@ class ProjectStatus:
     curve_png: Path | None = None
     imbalance: str | None = None  # one-line hint when the largest class has > 10x the labels of the smallest
     stopping: str | None = None  # do more labels still pay? (tlkit.active.stopping)
+    task: str = "single"  # multilabel: labeled_per_class counts images with each class present
+    labeled_images: int | None = None  # multi-label: images with a label set (empty sets included)
+
+    @property
+    def labeled(self) -> int:
+        """Labeled images (single-label: the sum over classes)."""
+        return self.labeled_images if self.labeled_images is not None else sum(self.labeled_per_class.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "project": str(self.root), "classes": list(self.classes), "pool": self.pool,
-            "labeled": sum(self.labeled_per_class.values()), "labeled_per_class": self.labeled_per_class,
+            "labeled": self.labeled, "labeled_per_class": self.labeled_per_class,
             "unlabelable": self.unlabelable, "pending": self.pending, "rounds": self.rounds,
             "learning_curve": str(self.curve_png) if self.curve_png else None, "imbalance": self.imbalance,
             "stopping": self.stopping,
         }
+        if self.task != "single":
+            out["task"] = self.task
+        return out
 
 
 def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStatus:
@@ -46,7 +56,8 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
     per_class = {c: 0 for c in project.config.classes}
     for lab in labels.values():
         if lab != SKIP_LABEL:
-            per_class[lab] = per_class.get(lab, 0) + 1
+            for c in split_labels(lab) if project.multilabel else (lab,):
+                per_class[c] = per_class.get(c, 0) + 1
     rounds = []
     for n in project.rounds():
         path = project.round_dir(n) / "metrics.json"
@@ -58,8 +69,13 @@ def project_status(project_dir: str | Path, *, plot: bool = True) -> ProjectStat
                        "learner_reason": (m.get("learner_choice") or {}).get("reason"),
                        "val_accuracy": val.accuracy, "val_method": val.method,
                        "seconds": m.get("elapsed_s"), "stopping": m.get("stopping")})
+        if val.metric != "accuracy":
+            rounds[-1]["val_metric"] = val.metric
     status = ProjectStatus(project.root, project.config.classes, len(project.pool_paths()), per_class,
                            sum(1 for v in labels.values() if v == SKIP_LABEL), len(project.pending()), rounds)
+    if project.multilabel:
+        status.task = project.config.task
+        status.labeled_images = sum(1 for v in labels.values() if v != SKIP_LABEL)
     status.imbalance = imbalance_hint(per_class)
     status.stopping = stopping_hint(rounds)
     if plot and any(r["val_accuracy"] is not None for r in rounds):
@@ -91,7 +107,8 @@ def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
     ax.set_xlabel("labeled images")
-    ax.set_ylabel("validation accuracy")
+    metric = "mAP (macro)" if any(r.get("val_metric") == "mAP" for r in rounds) else "accuracy"
+    ax.set_ylabel(f"validation {metric}")
     ax.set_title("learning curve")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -175,6 +175,8 @@ def _audit(aset: AuditSet, out: Path, test, emb: Embedder, folds: int, threshold
 
 
 def _label_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs, project) -> None:
+    if aset.multilabel:
+        return _multilabel_issues(res, aset, folds, pred_probs)
     rows = np.flatnonzero([lbl is not None for lbl in aset.labels])
     names = [aset.labels[i] for i in rows]
     skipped = lab.too_few_classes(names, aset.name)
@@ -197,6 +199,36 @@ def _label_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs, proj
     res.label_issues = [{"path": aset.paths[rows[i]], "given": classes[y[i]], "suggested": classes[found.suggested[i]],
                          "score": round(float(found.quality[i]), 6),
                          "confidence": round(float(probs[i, found.suggested[i]]), 4)} for i in found.issues]
+
+
+def _multilabel_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs) -> None:
+    """Label issues of multi-label sets (cleanlab's multi-label API); ``given``/``suggested`` are set texts,
+    ``confidence`` the probability of the suggested set."""
+    from tlkit.active.project import split_labels
+    from tlkit.active.round import predicted_label
+
+    rows = np.flatnonzero([lbl is not None for lbl in aset.labels])
+    classes = aset.classes
+    if len(rows) < 4 or len(classes) < 1:
+        res.notes.append(f"label issues: skipped ({aset.name} has {len(rows)} labeled images; they need at least 4)")
+        return
+    idx = {c: i for i, c in enumerate(classes)}
+    Y = np.zeros((len(rows), len(classes)), np.uint8)
+    for r, i in enumerate(rows):
+        Y[r, [idx[c] for c in split_labels(aset.labels[i])]] = 1
+    if pred_probs is not None:
+        probs = lab.read_pred_probs(Path(pred_probs), [aset.paths[i] for i in rows], classes, multilabel=True)
+    else:
+        from tlkit.active.head import Scaler
+
+        probs = lab.multilabel_out_of_fold_probs(aset.embeddings[rows], Y, folds=folds, scaler=Scaler.fit(aset.embeddings))
+    found = lab.find_multilabel_issues(Y, probs)
+    out = []
+    for i in found.issues:
+        suggested, conf = predicted_label(classes, probs[i], multilabel=True)
+        out.append({"path": aset.paths[rows[i]], "given": aset.labels[rows[i]], "suggested": suggested,
+                    "score": round(float(found.quality[i]), 6), "confidence": round(conf, 4)})
+    res.label_issues = out
 
 
 def _group_rows(aset: AuditSet, groups: list[dups.DuplicateGroup]) -> list[list[dict[str, Any]]]:
@@ -278,7 +310,7 @@ def _write_project(res: AuditResult, aset: AuditSet, project, groups, threshold:
     out, f = res.out, res.files
     rows = [{"path": r["path"], "rank": k, "score": r["score"], "predicted": r["suggested"],
              "confidence": r["confidence"]} for k, r in enumerate(res.label_issues, start=1)]
-    tasks = ls.tasks(rows, project.image_urls(), 0)
+    tasks = ls.tasks(rows, project.image_urls(), 0, multilabel=aset.multilabel)
     for task, r in zip(tasks, res.label_issues):
         task["meta"]["tlkit_given"] = r["given"]
         task["meta"]["tlkit_audit"] = "label issue"

@@ -24,7 +24,10 @@ class AuditSet:
         root: the folder ``paths`` are relative to (None when the images are not on this machine).
         paths: ``[n]`` image paths (POSIX, relative to ``root``).
         labels: ``[n]`` label per image; None when unlabeled (and for ``__skip__`` in a project).
+            Multi-label: the image's set of classes as text (``cat;dog``; ``""`` = no class present).
         embeddings: ``[n, d]`` float32.
+        multilabel: the labels are sets (a multi-label project).
+        classes: the project's classes (multi-label: the columns of the label sets); () when unknown.
     """
 
     name: str
@@ -32,6 +35,8 @@ class AuditSet:
     paths: list[str]
     labels: list[str | None]
     embeddings: np.ndarray
+    multilabel: bool = False
+    classes: tuple[str, ...] = ()
 
     def file(self, i: int) -> Path | None:
         """The image file of row ``i`` (None when it is not on disk)."""
@@ -60,7 +65,8 @@ def from_project(project, *, device: str = "auto", progress: Callable[[int], Non
     emb = np.array(emb, dtype=np.float32)  # the cache's memmap (float32 or float16), as a float32 copy
     labels = project.labels()
     return AuditSet(str(project.root), project.pool_root, paths,
-                    [None if labels.get(p) in (None, SKIP_LABEL) else labels[p] for p in paths], emb)
+                    [None if labels.get(p) in (None, SKIP_LABEL) else labels[p] for p in paths], emb,
+                    project.multilabel, tuple(project.config.classes))
 
 
 def from_folder(source: str | Path, cache: Path, embedder: Embedder, *, option: str = "--data",

@@ -41,21 +41,26 @@ def al_init_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the rounds' random choices."),
     embedding_dtype: str = typer.Option("float32", "--embedding-dtype",
                                         help="Cache the pool's embeddings as float32 or float16 (half the memory for big pools)."),
+    multi_label: bool = typer.Option(False, "--multi-label", help="Each image gets a set of classes (maybe none): "
+                                     "labels.csv path,labels with classes joined by ';', a choice=\"multiple\" "
+                                     "Label Studio config, one-vs-rest heads."),
 ) -> None:
     """Create an active-learning project over a pool of images."""
     from tlkit.active.labels import import_seed_labels
     from tlkit.active.labelstudio import setup_steps
     from tlkit.active.project import Project
+    from tlkit.constants import DEFAULT_TASK, MULTILABEL
 
     setup_logging()
     with user_errors():
         p = Project.create(project, pool=pool, classes=tuple((classes or "").split(",")),
                            backbone=backbone, weights=str(weights) if weights else None, image_size=image_size,
                            label_studio_prefix=prefix, label_studio_root=ls_root, recipe=recipe, seed=seed,
-                           embedding_dtype=embedding_dtype)
+                           embedding_dtype=embedding_dtype, task=MULTILABEL if multi_label else DEFAULT_TASK)
         if labels is not None:
             import_seed_labels(p, labels)
-    console.print(f"created {escape(str(p.root))}: {len(p.pool_paths()):,} pool images, "
+    console.print(f"created {'multi-label ' if p.multilabel else ''}{escape(str(p.root))}: "
+                  f"{len(p.pool_paths()):,} pool images, "
                   f"{len(p.labels())} labels, classes: {', '.join(p.config.classes) or '(from the first labels)'}")
     console.print("Label Studio setup:")
     for i, step in enumerate(setup_steps(p.image_urls(), p.label_config_xml), start=1):
@@ -182,9 +187,9 @@ def al_status_cmd(
     if as_json:
         console.print_json(json.dumps(st.to_dict()))
         return
-    console.print(f"[bold]{escape(str(st.root))}[/]: pool {st.pool:,}, labeled {sum(st.labeled_per_class.values())}, "
-                  f"unlabelable {st.unlabelable}, pending {st.pending}")
-    classes = Table(title="labels per class")
+    console.print(f"[bold]{escape(str(st.root))}[/]: pool {st.pool:,}, labeled {st.labeled}, "
+                  f"unlabelable {st.unlabelable}, pending {st.pending}" + (" (multi-label)" if st.task != "single" else ""))
+    classes = Table(title="labels per class" if st.task == "single" else "labeled images with each class present")
     classes.add_column("class")
     classes.add_column("labeled", justify="right")
     for c, k in st.labeled_per_class.items():
@@ -192,8 +197,9 @@ def al_status_cmd(
     console.print(classes)
     rounds = Table(title="rounds")
     why = any(r.get("learner_reason") for r in st.rounds)  # some round ran with --train auto
-    for col in ("round", "labeled", "selected", "strategy", "learner", "validation", "kappa", "seconds") + (
-            ("why this learner",) if why else ()):
+    metric = "mAP" if any(r.get("val_metric") == "mAP" for r in st.rounds) else ""
+    for col in ("round", "labeled", "selected", "strategy", "learner", "validation" + (f" {metric}" if metric else ""),
+                "kappa", "seconds") + (("why this learner",) if why else ()):
         rounds.add_column(col)
     for r in st.rounds:
         val = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
@@ -220,9 +226,9 @@ def _short_reason(reason: str | None) -> str:
 def strategies_cmd() -> None:
     """List the active-learning selection strategies."""
     table = Table(title="strategies")
-    for col in ("name", "needs", "description"):
+    for col in ("name", "needs", "tasks", "description"):
         table.add_column(col)
     for s in list_strategies():
         table.add_row(s.name + (" (default)" if s.name == DEFAULT_STRATEGY else ""), ", ".join(s.needs) or "-",
-                      s.description)
+                      ", ".join(s.tasks), s.description)
     console.print(table)

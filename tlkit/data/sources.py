@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlkit.constants import LABEL_DELIM as _LABEL_DELIM
+from tlkit.constants import TASKS as _TASK_NAMES
 from tlkit.errors import TlkitError
 from tlkit.io import not_utf8_message
 
@@ -78,11 +80,12 @@ class ImageSource:
         return len(self.records)
 
 
-#: ``task`` values of :func:`scan_images`: ``auto`` detects, the others force one.
-TASKS: tuple[str, ...] = ("auto", "single", "multilabel")
+#: ``task`` values of :func:`scan_images`: ``auto`` detects, the others (:data:`tlkit.constants.TASKS`,
+#: the names projects use too) force one.
+TASKS: tuple[str, ...] = ("auto", *_TASK_NAMES)
 #: The default delimiter between the labels of one manifest cell (``--label-delim``): ``;`` is not the CSV
 #: separator and rarely part of a class name.
-DEFAULT_LABEL_DELIM = ";"
+DEFAULT_LABEL_DELIM = _LABEL_DELIM
 
 
 def check_label_delim(delim: str) -> str:

@@ -17,6 +17,11 @@ meets a CLI command, waits for it and retries.
 predictions of tasks that have none of the current version, so a new version after a retrain
 makes it fetch fresh predictions (with a Label Studio API key, the backend asks it to at once,
 and points the project's shown version at the new one).
+
+A multi-label project is served the same way: a prediction is the predicted set of classes (a
+multi-choice result, ``score`` the probability of that exact set), unlabeled images beyond the
+query are ranked by mean binary entropy, and webhook annotations are read as sets (an annotation
+with no choice ticked: no class present).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class Served:
     index: dict[str, int]
     probs: np.ndarray
     rank: dict[str, int] = field(default_factory=dict)
+    multilabel: bool = False  # probs are independent per-class probabilities
 
     @property
     def version(self) -> str:
@@ -84,18 +90,39 @@ def load_served(project: Project) -> Served | None:
             labels = project.labels()
             query = [r["path"] for r in read_csv(folder / "query.csv")] if (folder / "query.csv").is_file() else []
             return Served(n, classes, {p: i for i, p in enumerate(paths)}, probs,
-                          _ranking(paths, probs, query, labels))
+                          _ranking(paths, probs, query, labels, project.multilabel), project.multilabel)
     return None
 
 
-def _ranking(paths: list[str], probs: np.ndarray, query: list[str], labels: dict[str, str]) -> dict[str, int]:
-    from tlkit.active.strategies.uncertainty import margin_scores
+def _ranking(paths: list[str], probs: np.ndarray, query: list[str], labels: dict[str, str],
+             multilabel: bool = False) -> dict[str, int]:
+    from tlkit.active.strategies.uncertainty import margin_scores, mean_entropy_scores
 
     order = [p for p in query if p not in labels]
     seen = set(order)
-    by_margin = np.argsort(-margin_scores(probs), kind="stable")  # least certain first
+    uncertainty = mean_entropy_scores(probs) if multilabel else margin_scores(probs)
+    by_margin = np.argsort(-uncertainty, kind="stable")  # least certain first
     order += [paths[i] for i in by_margin if paths[i] not in labels and paths[i] not in seen]
     return {p: r for r, p in enumerate(order, start=1)}
+
+
+def _sigmoid_files(predictor, files: list[Path]) -> list[np.ndarray | None]:
+    """Per-class probabilities ``[k]`` (sigmoids of the run's logits) of image files, None for a file that
+    cannot be decoded: a multi-label head round's model (its classifier gives one logit per class)."""
+    import torch
+
+    from tlkit.data import ImageRecord
+
+    out: list[np.ndarray | None] = [None] * len(files)
+    loader = predictor.loader([ImageRecord(Path(f), Path(f).name, None) for f in files])
+    with torch.no_grad():
+        for batch in loader:
+            if batch.images is None or len(batch.indices) == 0:
+                continue
+            probs = torch.sigmoid(predictor.model(batch.images).float()).numpy()
+            for i, row in zip(batch.indices.tolist(), probs):
+                out[i] = row
+    return out
 
 
 def _event_id(obj: dict[str, Any], what: str) -> int | None:
@@ -246,12 +273,17 @@ class Backend:
         cannot be decoded gets no prediction."""
         if served is None:
             return {p: {"model_version": self.version, "score": 1.0, "result": []} for p in paths}
+        from tlkit.active.round import predicted_label
+
         predictor = self._round_predictor(served)
-        probs = predictor.predict_files([self.project.pool_root / p for p in paths])
+        files = [self.project.pool_root / p for p in paths]
+        probs = _sigmoid_files(predictor, files) if served.multilabel else predictor.predict_files(files)
         out = {}
         for p, row in zip(paths, probs):
-            k = int(row.argmax())
-            result = ls.choice_result(predictor.classes[k], float(row[k]), from_name, to_name) if row.any() else []
+            result = []
+            if row is not None and row.any():
+                label, conf = predicted_label(tuple(predictor.classes), row, multilabel=served.multilabel)
+                result = ls.choice_result(label, conf, from_name, to_name, multilabel=served.multilabel)
             out[p] = {"model_version": served.version, "score": 1.0, "result": result}  # ranked at the next retrain
         return out
 
@@ -263,14 +295,15 @@ class Backend:
         return self._model[1]
 
     def _prediction(self, path: str, served: Served | None, from_name: str, to_name: str) -> dict[str, Any]:
+        from tlkit.active.round import predicted_label
+
         if served is None or path not in served.index:
             return {"model_version": self.version, "score": 1.0, "result": []}  # no model for it yet
-        row = served.probs[served.index[path]]
-        k = int(row.argmax())
+        label, conf = predicted_label(served.classes, served.probs[served.index[path]], multilabel=served.multilabel)
         rank = served.rank.get(path)
         score = ls.rank_score(rank, len(served.rank)) if rank else 1.0  # labeled images last
         return {"model_version": served.version, "score": score,
-                "result": ls.choice_result(served.classes[k], float(row[k]), from_name, to_name)}
+                "result": ls.choice_result(label, conf, from_name, to_name, multilabel=served.multilabel)}
 
     # ------------------------------------------------------------------ annotations in
     def handle_event(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +339,8 @@ class Backend:
             task = self.client.task(task_id)  # every annotation of the task: the annotator rule applies
         else:
             task = {**task, "annotations": [ann]}  # only this one: the latest annotation of an image wins
-        votes = ls.task_votes(task, self.project.image_urls(), f"Label Studio task {task_id}")
+        votes = ls.task_votes(task, self.project.image_urls(), f"Label Studio task {task_id}",
+                              multilabel=self.project.multilabel)
         if not votes:
             return 0
         path = votes[0].path
@@ -330,7 +364,8 @@ class Backend:
                 log.warning("annotation %s was deleted, but this server did not import it; its label is kept", ann_id)
                 continue
             remaining = self.client.task(task_id) if self.client is not None else {"annotations": []}
-            votes = ls.task_votes({**remaining, "data": {"tlkit_path": path}}, self.project.image_urls(), "task")
+            votes = ls.task_votes({**remaining, "data": {"tlkit_path": path}}, self.project.image_urls(), "task",
+                                  multilabel=self.project.multilabel)
             if votes:
                 self._retry_busy(lambda: merge_votes(self.project, votes, f"Label Studio task {task_id}",
                                                      overwrite=True, resolve=self.resolve, what="tlkit serve"))

@@ -9,7 +9,7 @@ Example:
 Families: :mod:`.baseline` (random), :mod:`.uncertainty` (least-confidence, margin, entropy,
 class-balanced), :mod:`.bayesian` (bald, batchbald), :mod:`.diversity` (coreset, kmeans, clue, badge,
 ranked-batch), :mod:`.coldstart` (typiclust, probcover), :mod:`.herding` (maxherding),
-:mod:`.auto` (the default).
+:mod:`.multilabel` (mean-entropy, max-margin, mmc, max-margin-adaptive: multi-label pools), :mod:`.auto` (the default).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tlkit.active.strategies._registry import (
     Selection,
     Strategy,
     StrategyInfo,
+    check_task,
     get_strategy,
     list_strategies,
     register_strategy,
@@ -28,7 +29,7 @@ from tlkit.active.strategies._registry import (
 from tlkit.active.strategies._scale import DEFAULT_APPROX, Approx
 
 # importing the family modules registers their strategies
-from tlkit.active.strategies import auto, baseline, bayesian, coldstart, diversity, herding, uncertainty  # noqa: E402,F401,I001
+from tlkit.active.strategies import auto, baseline, bayesian, coldstart, diversity, herding, multilabel, uncertainty  # noqa: E402,F401,I001
 
 DEFAULT_STRATEGY = "auto"
 
@@ -41,6 +42,7 @@ __all__ = [
     "Selection",
     "Strategy",
     "StrategyInfo",
+    "check_task",
     "get_strategy",
     "list_strategies",
     "register_strategy",

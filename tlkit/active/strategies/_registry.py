@@ -3,6 +3,12 @@
 A strategy is a pure function ``fn(pool, n, rng) -> Selection``. :func:`select` validates the
 pool, clamps ``n`` to the number of candidates, checks that the arrays the strategy needs are
 present, seeds the generator and checks the result, so a strategy only ranks.
+
+A pool is single-label (``probs`` rows are softmax distributions) or multi-label (``multilabel``:
+``probs [n, k]`` are independent per-class probabilities, ``labels [n, k]`` 0/1 rows). Each strategy
+declares the tasks it is made for (:attr:`StrategyInfo.tasks`); one that reads single-label
+probabilities refuses a multi-label pool with one line naming the strategies that fit
+(:func:`check_task`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from tlkit.active.strategies._geometry import large_pool_kmeans
 from tlkit.active.strategies._scale import DEFAULT_APPROX, Approx, check_finite, geometry
+from tlkit.constants import MULTILABEL, TASKS
 from tlkit.errors import TlkitError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -35,9 +42,12 @@ class PoolView:
             memmap of either; :func:`select` hands strategies float32 (see ``approx``).
         labeled: ``[n]`` bool, already labeled (or marked unlabelable).
         candidates: ``[n]`` bool, may be selected (unlabeled, not excluded, in the subset).
-        probs: ``[n, k]`` class probabilities of the current model; None at cold start.
+        probs: ``[n, k]`` class probabilities of the current model; None at cold start. Multi-label:
+            each entry is the probability that the class is present (rows need not sum to 1).
         mc_probs: ``[n, k, T]`` probabilities from T stochastic passes (MC dropout, ensemble).
-        labels: ``[n]`` int class of labeled rows, -1 elsewhere; None when unknown.
+        labels: ``[n]`` int class of labeled rows, -1 elsewhere; None when unknown. Multi-label:
+            ``[n, k]`` 0/1 rows of the labeled images, -1 rows elsewhere.
+        multilabel: the pool's images carry sets of classes (see the module docstring).
     """
 
     embeddings: np.ndarray | None
@@ -46,6 +56,12 @@ class PoolView:
     probs: np.ndarray | None = None
     mc_probs: np.ndarray | None = None
     labels: np.ndarray | None = None
+    multilabel: bool = False
+
+    @property
+    def task(self) -> str:
+        """``single`` or ``multilabel`` (:data:`tlkit.constants.TASKS`)."""
+        return MULTILABEL if self.multilabel else TASKS[0]
 
     @property
     def n(self) -> int:
@@ -66,7 +82,8 @@ class PoolView:
     def n_labels(self) -> int:
         """Rows with a known class (``labels >= 0``), or the labeled rows when labels are unknown."""
         if self.labels is not None:
-            return int(np.count_nonzero(self.labels[self.labeled] >= 0))
+            known = self.labels[self.labeled] >= 0
+            return int(np.count_nonzero(known.all(axis=1) if known.ndim == 2 else known))
         return int(np.count_nonzero(self.labeled))
 
     @property
@@ -75,6 +92,8 @@ class PoolView:
         for arr in (self.probs, self.mc_probs):
             if arr is not None:
                 return int(arr.shape[1])
+        if self.labels is not None and self.labels.ndim == 2:
+            return int(self.labels.shape[1])
         if self.labels is not None and np.any(self.labels >= 0):
             return int(np.unique(self.labels[self.labels >= 0]).size)
         return None
@@ -115,6 +134,8 @@ class StrategyInfo:
     as :func:`~tlkit.active.strategies._geometry.kmeans_rows`), so on big pools it gets the stored
     rows (any float dtype, a memmap) at full dimension instead of a projection, and must convert the
     rows it takes (:func:`~tlkit.active.strategies._geometry.take_rows`).
+
+    ``tasks``: the pools it serves, a subset of :data:`tlkit.constants.TASKS` (``single``, ``multilabel``).
     """
 
     name: str
@@ -122,6 +143,7 @@ class StrategyInfo:
     description: str
     needs: tuple[str, ...]
     full_dim: bool = False
+    tasks: tuple[str, ...] = TASKS[:1]
 
     @property
     def cold_start(self) -> bool:
@@ -133,7 +155,7 @@ _REGISTRY: dict[str, StrategyInfo] = {}
 
 
 def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = ("probs",),
-                      full_dim: bool = False) -> Callable[[Strategy], Strategy]:
+                      full_dim: bool = False, tasks: tuple[str, ...] | None = None) -> Callable[[Strategy], Strategy]:
     """Register ``fn(pool, n, rng) -> Selection`` under ``name``.
 
     Args:
@@ -142,6 +164,8 @@ def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = (
         needs: the PoolView arrays the strategy reads, a subset of
             ``{"probs", "embeddings", "mc_probs"}``; :func:`select` checks they are present.
         full_dim: see :class:`StrategyInfo`.
+        tasks: the pools it serves (:attr:`StrategyInfo.tasks`); default: both when it needs no
+            probabilities, else single-label only.
 
     Example:
         >>> @register_strategy("my-random", description="uniform", needs=())
@@ -152,19 +176,37 @@ def register_strategy(name: str, *, description: str, needs: tuple[str, ...] = (
         raise ValueError(f"strategy name {name!r} must be lower-case words joined by '-'")
     if not set(needs) <= NEEDS:
         raise ValueError(f"strategy {name!r}: needs {sorted(set(needs) - NEEDS)} not in {sorted(NEEDS)}")
+    if tasks is None:
+        tasks = TASKS[:1] if {"probs", "mc_probs"} & set(needs) else TASKS
+    tasks = tuple(tasks)
+    if not tasks or not set(tasks) <= set(TASKS):
+        raise ValueError(f"strategy {name!r}: tasks {tasks} must be a non-empty subset of {TASKS}")
 
     def decorator(fn: Strategy) -> Strategy:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"strategy {name!r} is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = StrategyInfo(name, fn, description, needs, full_dim)
+        _REGISTRY[name] = StrategyInfo(name, fn, description, needs, full_dim, tasks)
         return fn
 
     return decorator
 
 
-def list_strategies() -> list[StrategyInfo]:
-    """All registered strategies, sorted by name."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+def list_strategies(task: str | None = None) -> list[StrategyInfo]:
+    """All registered strategies (those serving ``task`` when given), sorted by name."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY) if task is None or task in _REGISTRY[k].tasks]
+
+
+def check_task(info: StrategyInfo, task: str) -> None:
+    """One line when ``info`` cannot rank a ``task`` pool, naming the strategies that can.
+
+    Only a multi-label pool is refused: a strategy made for single-label probabilities (rows that sum
+    to 1) would misread independent per-class probabilities. A multi-label strategy reads any
+    ``[n, k]`` probabilities in [0, 1] as per-class probabilities, a softmax's included.
+    """
+    if task == MULTILABEL and MULTILABEL not in info.tasks:
+        fit = ", ".join(s.name for s in list_strategies(MULTILABEL))
+        raise TlkitError(f"strategy '{info.name}' needs single-label class probabilities and cannot rank a "
+                         f"multi-label pool; choose one of: {fit}")
 
 
 def get_strategy(name: str) -> StrategyInfo:
@@ -192,6 +234,7 @@ def select(name: str, pool: PoolView, n: int, *, seed: int = 0, approx: "Approx 
         TlkitError: unknown name, malformed arrays, negative n, or a needed array missing.
     """
     info = get_strategy(name)
+    check_task(info, pool.task)
     pool = _validated(pool)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise TlkitError(f"number to select must be a non-negative integer, got {n!r}")
@@ -233,21 +276,27 @@ def _validated(pool: PoolView) -> PoolView:
             raise TlkitError(f"embeddings must be floating point, got {emb.dtype}")
         if not check_finite(emb):
             raise TlkitError("embeddings contain NaN or inf; re-extract the features")
-    probs = _checked_probs("probs", pool.probs, n, ndim=2)
-    mc_probs = _checked_probs("mc_probs", pool.mc_probs, n, ndim=3)
+    probs = _checked_probs("probs", pool.probs, n, ndim=2, independent=pool.multilabel)
+    mc_probs = _checked_probs("mc_probs", pool.mc_probs, n, ndim=3, independent=pool.multilabel)
     if probs is not None and mc_probs is not None and probs.shape[1] != mc_probs.shape[1]:
         raise TlkitError(f"probs has {probs.shape[1]} classes but mc_probs has {mc_probs.shape[1]}")
     labels = pool.labels
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        if pool.multilabel:
+            if labels.ndim != 2 or labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
+                raise TlkitError(f"multi-label labels must be an int array of shape ({n}, k): 0/1 rows, -1 rows for "
+                                 f"unknown; got {labels.dtype} {labels.shape}")
+        elif labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise TlkitError(f"labels must be an int array of shape ({n},) with -1 for unknown, got {labels.dtype} {labels.shape}")
     return dataclasses.replace(
         pool, embeddings=emb, labeled=labeled, candidates=candidates, probs=probs, mc_probs=mc_probs, labels=labels
     )
 
 
-def _checked_probs(what: str, arr: np.ndarray | None, n: int, *, ndim: int) -> np.ndarray | None:
+def _checked_probs(what: str, arr: np.ndarray | None, n: int, *, ndim: int, independent: bool = False
+                   ) -> np.ndarray | None:
+    """``arr`` as float32/float64 after its checks; ``independent``: per-class probabilities (multi-label)."""
     if arr is None:
         return None
     arr = np.asarray(arr)
@@ -255,6 +304,11 @@ def _checked_probs(what: str, arr: np.ndarray | None, n: int, *, ndim: int) -> n
     if arr.ndim != ndim or arr.shape[0] != n or arr.shape[1] < 1 or (ndim == 3 and arr.shape[2] < 1):
         raise TlkitError(f"{what} must have shape {shape} with n={n}, got {arr.shape}")
     arr = np.asarray(arr, dtype=np.float32 if arr.dtype != np.float64 else np.float64)
+    if independent:
+        if not np.isfinite(arr).all() or (arr < 0).any() or (arr > 1).any():
+            raise TlkitError(f"{what} must hold per-class probabilities in [0, 1] (multi-label); apply a sigmoid "
+                             "to logits")
+        return arr
     if not np.isfinite(arr).all() or (arr < 0).any() or np.abs(arr.sum(axis=1) - 1).max() > _PROB_TOL:
         raise TlkitError(f"{what} must hold probabilities (non-negative, summing to 1 over classes); apply softmax to logits")
     return arr

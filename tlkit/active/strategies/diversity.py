@@ -21,7 +21,8 @@ from tlkit.active.strategies._geometry import (
     sq_norms,
 )
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
-from tlkit.active.strategies.uncertainty import entropy_scores, least_confidence_scores
+from tlkit.active.strategies.uncertainty import entropy_scores, least_confidence_scores, uncertainty_weight
+from tlkit.constants import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +109,18 @@ def kmeans_centers(pool: PoolView, n: int, rng: np.random.Generator) -> Selectio
     description="k-means with k = n, rows weighted by predictive entropy; the point nearest each centre (CLUE)",
     needs=("probs", "embeddings"),
     full_dim=True,
+    tasks=TASKS,
 )
 def clue(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """CLUE (Prabhu et al. 2021): uncertainty-weighted k-means over the candidates, ``n`` clusters;
     per cluster the member nearest its centre. Weights are the entropy of ``probs`` (uniform when
-    every candidate has entropy 0, e.g. one class). Rank: heaviest cluster first; score = the
-    cluster's share of the total weight.
+    every candidate has entropy 0, e.g. one class; multi-label: the mean binary entropy). Rank:
+    heaviest cluster first; score = the cluster's share of the total weight.
 
     Cost and memory: :func:`_geometry.kmeans_rows`, as ``kmeans``.
     """
     cand = pool.candidate_indices
-    w = entropy_scores(pool.probs[cand]).astype(np.float64)
+    w = (uncertainty_weight(pool, cand) if pool.multilabel else entropy_scores(pool.probs[cand])).astype(np.float64)
     if not w.sum() > 0:
         w = np.ones_like(w)
     labels, rep = kmeans_rows(pool.embeddings, cand, n, rng, sample_weight=w)
@@ -182,10 +184,12 @@ def kmeans_pp_gradients(A: np.ndarray, H: np.ndarray, n: int, rng: np.random.Gen
 
 
 @register_strategy(
-    "badge", description="k-means++ over last-layer gradient embeddings: uncertain and diverse (Ash et al.)", needs=("probs", "embeddings")
+    "badge", description="k-means++ over last-layer gradient embeddings: uncertain and diverse (Ash et al.)",
+    needs=("probs", "embeddings"), tasks=TASKS,
 )
 def badge(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
-    """BADGE: gradient embedding ``(p - onehot(argmax p)) ⊗ h`` of a linear softmax head, k-means++ seeded.
+    """BADGE: gradient embedding ``(p - onehot(argmax p)) ⊗ h`` of a linear softmax head, k-means++ seeded
+    (multi-label: ``(p - [p >= 0.5]) ⊗ h`` of independent sigmoid heads).
 
     Distances are factorised (:func:`gradient_embedding_sq_dists`), so the ``[c, k·d]`` gradients
     are never built (20,000 × 1,280 × 10 classes would be 1 GB).
@@ -193,7 +197,10 @@ def badge(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """
     cand = pool.candidate_indices
     A = pool.probs[cand].astype(np.float32)
-    A[np.arange(cand.size), A.argmax(axis=1)] -= 1.0
+    if pool.multilabel:  # sigmoid heads with BCE: the gradient on the logits is p - (p >= 0.5)
+        A -= (A >= 0.5).astype(np.float32)
+    else:
+        A[np.arange(cand.size), A.argmax(axis=1)] -= 1.0
     pos, scores = kmeans_pp_gradients(A, pool.embeddings[cand], n, rng)
     return Selection(cand[pos], scores)
 

@@ -193,12 +193,12 @@ def maxherding_entropy(pool: PoolView, n: int, rng: np.random.Generator) -> Sele
     """:func:`maxherding` whose gains weight each candidate row's coverage by its normalised predictive
     entropy (:data:`HERDING_WEIGHT_FLOOR`): coverage where the model is unsure, as CLUE weights k-means
     by entropy. Without a model (``probs`` None, or one class) it is plain MaxHerding. Same cost and
-    sampling bound as :func:`maxherding`.
+    sampling bound as :func:`maxherding`. On a multi-label pool the weight is the mean binary entropy
+    over the classes / log 2 (:func:`~tlkit.active.strategies.uncertainty.uncertainty_weight`).
     """
-    if pool.probs is None or pool.probs.shape[1] < 2:
+    if pool.probs is None or (pool.probs.shape[1] < 2 and not pool.multilabel):
         return _herd(pool, n, rng, "maxherding-entropy")
-    from tlkit.active.strategies.uncertainty import entropy_scores
+    from tlkit.active.strategies.uncertainty import uncertainty_weight
 
-    k = pool.probs.shape[1]
     return _herd(pool, n, rng, "maxherding-entropy",
-                 lambda cand: (entropy_scores(pool.probs[cand]) / np.log(k)) ** HERDING_WEIGHT_POWER + HERDING_WEIGHT_FLOOR)
+                 lambda cand: uncertainty_weight(pool, cand) ** HERDING_WEIGHT_POWER + HERDING_WEIGHT_FLOOR)

@@ -37,6 +37,30 @@ def entropy_scores(P: np.ndarray) -> np.ndarray:
     return classifier_entropy(_AS_CLASSIFIER, P)
 
 
+def binary_entropy(P: np.ndarray) -> np.ndarray:
+    """Elementwise entropy (nats) of independent per-class probabilities ``P``, in [0, log 2]."""
+    P = np.clip(np.asarray(P, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return -(P * np.log(P) + (1 - P) * np.log1p(-P))
+
+
+def mean_entropy_scores(P: np.ndarray) -> np.ndarray:
+    """``[c]`` mean binary entropy over the classes of multi-label probabilities ``P [c, k]``, in [0, log 2];
+    maximal when every class is at p = 0.5."""
+    return binary_entropy(P).mean(axis=1)
+
+
+def uncertainty_weight(pool: PoolView, rows: np.ndarray) -> np.ndarray:
+    """``[m]`` the model's uncertainty on pool ``rows`` scaled to [0, 1], for coverage/diversity weights.
+
+    Single-label: predictive entropy / log k; multi-label: mean binary entropy / log 2. Requires
+    ``pool.probs`` with at least two columns (single-label) or one (multi-label).
+    """
+    P = pool.probs[rows]
+    if pool.multilabel:
+        return mean_entropy_scores(P) / np.log(2.0)
+    return entropy_scores(P) / np.log(P.shape[1])
+
+
 @register_strategy("least-confidence", description="lowest top-class probability (modAL classifier_uncertainty)")
 def least_confidence(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
     """Candidates whose most likely class is least likely. Cost: O(c·k)."""

@@ -1,0 +1,74 @@
+"""Multi-label label issues on the mosaic sets: are injected flips found in the audit's top-k? (#30)
+
+For each set and split, ``FLIP_SHARE`` of the pool mosaics get one flip: one class drawn at random is added
+to the image's set when absent or removed when present. The audit's multi-label path
+(:func:`tlkit.audit.labels.multilabel_out_of_fold_probs`: 5-fold one-vs-rest heads on the embeddings, then
+:func:`tlkit.audit.labels.find_multilabel_issues`: cleanlab's multi-label API) ranks every mosaic; the
+recall of the flips in the top ``k = flips`` and ``k = 2 x flips`` rows is printed (the issue's bar: 80 %).
+
+Usage (from the repository root; about a minute per split):
+  python benchmarks/bench_multilabel_audit.py [--sets intel,clothing] [--splits 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FLIP_SHARE = 0.05
+"""The share of images given one wrong class (as benchmarks/bench_audit_photos.py flips 5 % of single labels)."""
+
+
+def run(name: str, split: int, seed: int = 0) -> dict:
+    """Inject flips into split ``split`` of mosaic set ``name``; the recall of the audit's ranking at k and 2k."""
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks.multilabel_data import load_embeddings
+    from tlkit.audit.labels import find_multilabel_issues, multilabel_out_of_fold_probs
+
+    x, _, Y, _, classes = load_embeddings(name, split)
+    rng = np.random.default_rng([seed, split])
+    flips = rng.choice(len(Y), int(round(FLIP_SHARE * len(Y))), replace=False)
+    given = Y.copy()
+    cols = rng.integers(0, Y.shape[1], len(flips))
+    given[flips, cols] ^= 1
+    with threadpool_limits(limits=1):
+        probs = multilabel_out_of_fold_probs(x, given, seed=seed)
+    found = find_multilabel_issues(given, probs)
+    k = len(flips)
+    rank = found.ranking
+    out = {"set": name, "split": split, "images": len(Y), "flips": k,
+           "added": int(given[flips, cols].sum()), "removed": int(k - given[flips, cols].sum()),
+           "recall_at_k": float(np.isin(flips, rank[:k]).mean()),
+           "recall_at_2k": float(np.isin(flips, rank[: 2 * k]).mean()),
+           "flagged": int(len(found.issues)), "flagged_recall": float(np.isin(flips, found.issues).mean())}
+    print(f"{name} split {split}: {k} flips ({out['added']} added, {out['removed']} removed); recall top-k "
+          f"{100 * out['recall_at_k']:.1f} %, top-2k {100 * out['recall_at_2k']:.1f} %; cleanlab flags "
+          f"{out['flagged']} rows holding {100 * out['flagged_recall']:.1f} % of the flips", flush=True)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    import json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="intel,clothing")
+    ap.add_argument("--splits", default="0")
+    args = ap.parse_args(argv)
+    rows = []
+    for name in args.sets.split(","):
+        for split in (int(s) for s in args.splits.split(",")):
+            rows.append(run(name, split if name != "clothing" else split + 100))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "multilabel_audit.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
