@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import photo_data  # noqa: E402
 
-STRATEGIES = "random,auto,maxherding-entropy,maxherding,margin,margin+kmeans,typiclust,probcover,clue,badge"
+STRATEGIES = "random,auto,maxherding-entropy,maxherding,margin,typiclust,probcover,clue,badge"
 PEER_PREFIX = "skactiveml-"
 BUDGETS = (10, 20, 30, 50, 100, 150, 200)
 
