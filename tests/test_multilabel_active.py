@@ -278,6 +278,16 @@ def test_cli_round_import_status(tmp_path, mosaics):
     assert metrics["val_metric"] == "mAP" and 0 < metrics["val_accuracy"] <= 1
     assert metrics["labeled_per_class"] == {c: sum(c in truth[n] for n in seed) for c in CLASSES}
 
+    from tlkit.train.model import run_meta
+
+    meta = run_meta(proj / "rounds" / "0001" / "model")  # evaluate/predict read the task from here
+    assert meta.multilabel and meta.thresholds == (0.5,) * len(CLASSES)
+    pred = run_cli("predict", str(proj / "rounds" / "0001" / "model"), str(pool), "--out", str(tmp_path / "p.csv"))
+    assert pred.returncode == 0, pred.stderr
+    prow = read_csv(tmp_path / "p.csv")[0]
+    assert "labels" in prow and all(f"probability:{c}" in prow for c in CLASSES)
+    assert set(filter(None, prow["labels"].split(";"))) <= set(CLASSES)
+
     single = run_cli("al-round", str(proj), "--strategy", "margin", "--new")
     assert single.returncode == 2 and "needs single-label class probabilities" in single.stderr
 

@@ -282,12 +282,15 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     with torch.no_grad():
         classifier.weight.copy_(torch.from_numpy(w))
         classifier.bias.copy_(torch.from_numpy(b))
-    config = {"head": "standardised logistic regression"}
-    if head.multilabel:  # the classifier's outputs are per-class logits: apply a sigmoid
+    config, task = {"head": "standardised logistic regression"}, {}
+    if head.multilabel:  # the classifier's outputs are per-class logits: evaluate/predict apply a sigmoid
+        from tlkit.train.multilabel import DEFAULT_THRESHOLD
+
         config = {"head": "standardised one-vs-rest logistic regression", "task": "multilabel"}
+        task = {"task": "multilabel", "thresholds": (DEFAULT_THRESHOLD,) * len(head.classes)}
     meta = RunMeta(bb.name, tuple(head.classes), bb.data_config.at_size(image_size),
                    architecture_kwargs(bb.name, bb.weights.source), weights_origin=bb.weights.to_dict(), train="head",
-                   config=config)
+                   config=config, **task)
     save_weights(folder / "best.safetensors", bb.model.state_dict(), meta.to_dict())
 
 
