@@ -59,15 +59,10 @@ def write_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarr
         left out with a warning.
     """
     from tlkit.train.evaluate import calibration_bins
-    from tlkit.train.plots import plot_curves, plot_reliability, pr_curves, roc_curves
+    from tlkit.train.plots import plot_reliability
 
     folder = Path(folder)
-    written = []
-    for kind, curves in (("roc", roc_curves), ("pr", pr_curves)):
-        try:
-            written.append(plot_curves(*curves(targets, probs, classes), folder / f"{prefix}{kind}.png", kind=kind))
-        except ValueError as e:
-            log.warning("%s%s.png not written: %s", prefix, kind, e)
+    written = _roc_pr(folder, targets, probs, classes, prefix)
     written.append(plot_reliability(calibration_bins(probs, targets), folder / f"{prefix}reliability.png"))
     return written
 
@@ -78,16 +73,25 @@ def write_multilabel_curves(folder: str | os.PathLike, targets: np.ndarray, prob
     """Multi-label figures in ``folder``: ``{prefix}roc.png`` and ``{prefix}pr.png`` (every class's curve, micro
     and macro averages) and ``{prefix}pr_per_class.png`` (one precision-recall panel per class, its operating
     point at ``thresholds`` marked). ``targets [n, K]`` multi-hot, ``probs [n, K]`` sigmoid probabilities."""
-    from tlkit.train.plots import plot_curves, plot_pr_per_class, pr_curves, roc_curves
+    from tlkit.train.plots import plot_pr_per_class
 
     folder = Path(folder)
+    written = _roc_pr(folder, targets, probs, classes, prefix)
+    written.append(plot_pr_per_class(targets, probs, classes, thresholds, folder / f"{prefix}pr_per_class.png"))
+    return written
+
+
+def _roc_pr(folder: Path, targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], prefix: str) -> list[Path]:
+    """``{prefix}roc.png`` and ``{prefix}pr.png`` (single- or multi-label targets); a figure that cannot be
+    drawn is left out with a warning."""
+    from tlkit.train.plots import plot_curves, pr_curves, roc_curves
+
     written = []
     for kind, curves in (("roc", roc_curves), ("pr", pr_curves)):
         try:
             written.append(plot_curves(*curves(targets, probs, classes), folder / f"{prefix}{kind}.png", kind=kind))
         except ValueError as e:
             log.warning("%s%s.png not written: %s", prefix, kind, e)
-    written.append(plot_pr_per_class(targets, probs, classes, thresholds, folder / f"{prefix}pr_per_class.png"))
     return written
 
 
