@@ -44,6 +44,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     )
 
 
+def torchrun(nproc: int = 2) -> tuple[list[str], dict[str, str]]:
+    """``python -m torch.distributed.run`` for ``nproc`` CPU processes on the loopback, and its environment.
+
+    Loopback only: torch < 2.3's torchrun hands its workers the host's FQDN as MASTER_ADDR, and on a
+    machine whose hostname resolves to an unreachable address (CI's once did) they wait there forever.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "--local_addr=127.0.0.1"]
+    env = {**os.environ, "TLKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "PYTHONPATH": str(REPO)}
+    return cmd, env
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """A real Label Studio on 127.0.0.1 (see tests/labelstudio_server.py), stopped at the end.

@@ -13,13 +13,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tlkit.dist_env import DistInfo
+from tests.conftest import torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,9 +164,8 @@ def test_ddp_epoch_where_one_rank_batch_is_all_undecodable_finishes(digits_with_
     while rank 0 waited in the gradient all-reduce: a hang (or mismatched collectives)."""
     script = tmp_path / "ddp_epoch.py"
     script.write_text(_WATCHDOG + _DDP_EPOCH)
-    env = {**os.environ, "TLKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(digits_with_broken)]
+    cmd, env = torchrun(2)
+    cmd += [str(script), str(digits_with_broken)]
     r = _run_killable(cmd, timeout=240, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (result,) = [json.loads(line[7:]) for line in r.stdout.splitlines() if line.startswith("RESULT")]
@@ -206,9 +205,8 @@ def test_extract_under_torchrun_makes_its_long_timeout_group_before_extracting(d
 
     script = tmp_path / "extract_rank.py"
     script.write_text(_WATCHDOG + _EXTRACT_RANK)
-    env = {**os.environ, "TLKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(digits_with_broken), str(tmp_path / "out")]
+    cmd, env = torchrun(2)
+    cmd += [str(script), str(digits_with_broken), str(tmp_path / "out")]
     r = _run_killable(cmd, timeout=240, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads(line[5:]) for line in r.stdout.splitlines() if line.startswith("RANK")]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, torchrun
 from tests.test_extract import _broken_copy
 from tlkit.errors import TlkitError
 from tlkit.extract_shards import Shard
@@ -79,9 +77,8 @@ def test_shards_merge_into_the_one_process_result(images, single, tmp_path):
 
 
 def _torchrun(images, out) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TLKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tlkit",
-           "extract", str(images), "--out", str(out), *ARGS]
+    cmd, env = torchrun(2)
+    cmd += ["-m", "tlkit", "extract", str(images), "--out", str(out), *ARGS]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
 

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit.errors import TlkitError
+from tests.conftest import torchrun
 from tlkit.io import read_csv, read_json
 from tlkit.train import evaluate_run, fit, load_run, make_config, predict
 
@@ -383,9 +384,8 @@ if r.rank == 0:
 def test_ddp_two_processes_on_cpu_match_a_single_process(tiny, tmp_path):
     script = tmp_path / "ddp_fit.py"
     script.write_text(_DDP)
-    env = {**os.environ, "TLKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    ddp = subprocess.run([*torchrun, str(script), str(tiny), str(tmp_path / "ddp"), "4"], env=env,
+    cmd, env = torchrun(2)
+    ddp = subprocess.run([*cmd, str(script), str(tiny), str(tmp_path / "ddp"), "4"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     single = subprocess.run([sys.executable, str(script), str(tiny), str(tmp_path / "single"), "8"], env=env,
