@@ -110,14 +110,27 @@ def plain_loop(pool_csv: Path, test_csv: Path, names: list[str], *, epochs: int,
             "f1_macro": m["f1_macro"], "seconds": time.perf_counter() - t0}
 
 
-def tlkit_run(pool_csv: Path, test_csv: Path, work: Path, *, epochs: int, image_size: int, seed: int) -> dict:
-    """tlkit's defaults: fit, then evaluate on the test manifest."""
+#: tlkit variants for the multi-label defaults study on the tuning set (``--variants``; plan:
+#: ``results/multilabel_finetune_defaults_plan.md``): TrainConfig overrides on top of the defaults.
+VARIANTS: dict[str, dict] = {
+    "tlkit": {},
+    "flip": {"hflip": 0.5},
+    "warm": {"warmup_epochs": 0.2},
+    "val10": {"val_fraction": 0.1},
+    "nocrop": {"scale_min": 1.0},
+    "all": {"hflip": 0.5, "warmup_epochs": 0.2, "val_fraction": 0.1, "scale_min": 1.0},
+}
+
+
+def tlkit_run(pool_csv: Path, test_csv: Path, work: Path, *, epochs: int, image_size: int, seed: int,
+              variant: str = "tlkit") -> dict:
+    """tlkit's defaults (with the overrides of ``variant``): fit, then evaluate on the test manifest."""
     from tlkit.train import evaluate_run, fit, make_config
 
     t0 = time.perf_counter()
-    out = work / f"tlkit_{seed}"
+    out = work / f"{variant}_{seed}"
     cfg = make_config(backbone=BACKBONE, epochs=epochs, image_size=image_size, batch_size=BATCH, seed=seed,
-                      tensorboard=False)
+                      tensorboard=False, **VARIANTS[variant])
     res = fit(cfg, data=pool_csv, out=out)
     m = evaluate_run(out, test_csv)
     return {"map_macro": m["map_macro"], "map_micro": m["map_micro"], "f1_micro": m["f1_micro"],
@@ -133,8 +146,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--pool-limit", type=int, default=750,
                     help="train on the first N pool mosaics (a random sample: mosaics are drawn at random); 0: all")
+    ap.add_argument("--variants", default="tlkit", help=f"tlkit variants, comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/multilabel_finetune.json"))
     a = ap.parse_args(argv)
+    variants = [v for v in a.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     os.environ.setdefault("TLKIT_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -145,21 +163,22 @@ def main(argv: list[str]) -> None:
                "plain": f"AdamW lr {PLAIN_LR} wd 0.01 constant, BCEWithLogitsLoss, resize + hflip, all the training mosaics, "
                         "last epoch, F1 at 0.5",
                "tlkit": "fit() defaults (80/20 split of the pool, best epoch by val mAP, per-class thresholds), "
-                        "evaluate_run on the test manifest"}
+                        "evaluate_run on the test manifest",
+               "variants": {v: VARIANTS[v] for v in variants}}
     results: dict = {"setting": setting, "sets": {}}
     t_all = time.perf_counter()
     data = {name: (limited(multilabel_data.manifests(name, SPLITS[name]), a.pool_limit), multilabel_data.classes(name))
             for name in a.sets}
-    rows = {name: {"tlkit": [], "plain": []} for name in a.sets}
+    rows = {name: {m: [] for m in ("plain", *variants)} for name in a.sets}
     with tempfile.TemporaryDirectory(prefix="mlft-") as tmp:
         for seed in a.seeds:  # seed-major: every set has its first seeds when the run is cut short
             for name in a.sets:
                 (pool_csv, test_csv), names = data[name]
-                for method in ("plain", "tlkit"):  # alternated: a machine-load drift hits both
-                    r = (tlkit_run(pool_csv, test_csv, Path(tmp) / name, epochs=a.epochs, image_size=a.image_size,
-                                   seed=seed)
-                         if method == "tlkit" else
-                         plain_loop(pool_csv, test_csv, names, epochs=a.epochs, image_size=a.image_size, seed=seed))
+                for method in ("plain", *variants):  # alternated: a machine-load drift hits every method
+                    r = (plain_loop(pool_csv, test_csv, names, epochs=a.epochs, image_size=a.image_size, seed=seed)
+                         if method == "plain" else
+                         tlkit_run(pool_csv, test_csv, Path(tmp) / name, epochs=a.epochs, image_size=a.image_size,
+                                   seed=seed, variant=method))
                     rows[name][method].append({"seed": seed, **r})
                     print(f"{name} split {SPLITS[name]} seed {seed} {method:5s}: mAP {r['map_macro']:.4f} micro-F1 "
                           f"{r['f1_micro']:.4f} ({r['seconds']:.0f} s)", flush=True)
@@ -169,9 +188,10 @@ def main(argv: list[str]) -> None:
                 a.out.write_text(json.dumps(results, indent=1))  # after every pair: a cut run keeps what it measured
     for name, res in results["sets"].items():
         sm = res["summary"]
-        print(f"{name} ({res['role']}): tlkit mAP {sm['tlkit']['map_macro']:.4f} vs plain {sm['plain']['map_macro']:.4f} "
-              f"({sm['tlkit_minus_plain_map']:+.4f}, tlkit ahead in {sm['tlkit_wins_map']}/{sm['seeds']} seeds); "
-              f"micro-F1 {sm['tlkit']['f1_micro']:.4f} vs {sm['plain']['f1_micro']:.4f}", flush=True)
+        for v in variants:
+            print(f"{name} ({res['role']}): {v} mAP {sm[v]['map_macro']:.4f} vs plain {sm['plain']['map_macro']:.4f} "
+                  f"({sm[v + '_minus_plain_map']:+.4f}, ahead in {sm[v + '_wins_map']}/{sm['seeds']} seeds); "
+                  f"micro-F1 {sm[v]['f1_micro']:.4f} vs {sm['plain']['f1_micro']:.4f}", flush=True)
     print(f"written {a.out} ({results['elapsed_s']:.0f} s)")
 
 
@@ -194,12 +214,13 @@ def summarize(name: str, names: list[str], rows: dict) -> dict:
         summary[method] = {k: statistics.mean(r[k] for r in rs) for k in ("map_macro", "map_micro", "f1_micro",
                                                                             "f1_macro", "seconds")}
         summary[method]["map_macro_sd"] = statistics.stdev(r["map_macro"] for r in rs) if len(rs) > 1 else 0.0
-    d = [t["map_macro"] - p["map_macro"] for t, p in zip(rows["tlkit"], rows["plain"])]
-    summary["tlkit_minus_plain_map"] = statistics.mean(d)
-    summary["tlkit_minus_plain_f1_micro"] = statistics.mean(
-        t["f1_micro"] - p["f1_micro"] for t, p in zip(rows["tlkit"], rows["plain"]))
-    summary["tlkit_wins_map"] = sum(x > 0 for x in d)
-    summary["seeds"] = len(d)
+    for v in (m for m in rows if m != "plain"):
+        d = [t["map_macro"] - p["map_macro"] for t, p in zip(rows[v], rows["plain"])]
+        summary[f"{v}_minus_plain_map"] = statistics.mean(d)
+        summary[f"{v}_minus_plain_f1_micro"] = statistics.mean(
+            t["f1_micro"] - p["f1_micro"] for t, p in zip(rows[v], rows["plain"]))
+        summary[f"{v}_wins_map"] = sum(x > 0 for x in d)
+    summary["seeds"] = len(rows["plain"])
     return {"split": SPLITS[name], "role": ROLES[name], "classes": names, "runs": rows, "summary": summary}
 
 
