@@ -2,8 +2,10 @@
 
 For each set and split, ``FLIP_SHARE`` of the pool mosaics get one flip: one class drawn at random is added
 to the image's set when absent or removed when present. The audit's multi-label path
-(:func:`tlkit.audit.labels.multilabel_out_of_fold_probs`: 5-fold one-vs-rest heads on the embeddings, then
-:func:`tlkit.audit.labels.find_multilabel_issues`: cleanlab's multi-label API) ranks every mosaic; the
+(:func:`tlkit.audit.labels.multilabel_out_of_fold_probs`: 5-fold one-vs-rest heads on the embeddings for
+cleanlab's flags, :func:`~tlkit.audit.labels.multilabel_ranking_probs` and
+:func:`~tlkit.audit.labels.multilabel_knn_share` for the ranking, then
+:func:`tlkit.audit.labels.find_multilabel_issues`), as ``tlkit audit`` does, ranks every mosaic; the
 recall of the flips in the top ``k = flips`` and ``k = 2 x flips`` rows is printed (the issue's bar: 80 %).
 
 Usage (from the repository root; about a minute per split):
@@ -31,7 +33,9 @@ def run(name: str, split: int, seed: int = 0) -> dict:
     from threadpoolctl import threadpool_limits
 
     from benchmarks.multilabel_data import load_embeddings
-    from tlkit.audit.labels import find_multilabel_issues, multilabel_out_of_fold_probs
+    from tlkit.active.head import Scaler
+    from tlkit.audit.labels import (find_multilabel_issues, multilabel_knn_share, multilabel_out_of_fold_probs,
+                                    multilabel_ranking_probs)
 
     x, _, Y, _, classes = load_embeddings(name, split)
     rng = np.random.default_rng([seed, split])
@@ -40,8 +44,10 @@ def run(name: str, split: int, seed: int = 0) -> dict:
     cols = rng.integers(0, Y.shape[1], len(flips))
     given[flips, cols] ^= 1
     with threadpool_limits(limits=1):
-        probs = multilabel_out_of_fold_probs(x, given, seed=seed)
-    found = find_multilabel_issues(given, probs)
+        scaler = Scaler.fit(x)
+        probs = multilabel_out_of_fold_probs(x, given, seed=seed, scaler=scaler)
+        rank = multilabel_ranking_probs(x, given, seed=seed, scaler=scaler)
+    found = find_multilabel_issues(given, probs, multilabel_knn_share(x, given), rank)
     k = len(flips)
     rank = found.ranking
     out = {"set": name, "split": split, "images": len(Y), "flips": k,
@@ -61,13 +67,14 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="intel,clothing")
     ap.add_argument("--splits", default="0")
+    ap.add_argument("--out", type=Path, default=RESULTS / "multilabel_audit.json")
     args = ap.parse_args(argv)
     rows = []
     for name in args.sets.split(","):
         for split in (int(s) for s in args.splits.split(",")):
             rows.append(run(name, split if name != "clothing" else split + 100))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "multilabel_audit.json").write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
