@@ -50,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,8 +98,10 @@ def datasets(spec: str) -> list[str]:
 # --------------------------------------------------------------------------- the plain loop
 
 
-def plain_loop(paths: dict[str, Path], size: int, seed: int, epochs: int = EPOCHS) -> dict:
-    """The hand-written reference; returns test accuracy and seconds per epoch."""
+def plain_loop(paths: dict[str, Path], size: int, seed: int, epochs: int = EPOCHS, hflip: float = 0.0) -> dict:
+    """The hand-written reference (``hflip``: a random horizontal flip with that probability, as a user
+    adds for photos); returns test accuracy, macro F1 and seconds per epoch."""
+    from sklearn.metrics import f1_score
     from torch.utils.data import DataLoader
     from torchvision import datasets as tvd
     from torchvision import transforms as T
@@ -110,7 +113,8 @@ def plain_loop(paths: dict[str, Path], size: int, seed: int, epochs: int = EPOCH
     bb = create_backbone("efficientnet_lite0", num_classes=len(train_set.classes))
     norm = T.Normalize(bb.data_config["mean"], bb.data_config["std"])
     rgb = T.Lambda(lambda im: im.convert("RGB"))
-    train_set.transform = T.Compose([rgb, T.RandomResizedCrop(size, scale=(0.7, 1.0)), T.ToTensor(), norm])
+    flip = [T.RandomHorizontalFlip(hflip)] if hflip else []
+    train_set.transform = T.Compose([rgb, T.RandomResizedCrop(size, scale=(0.7, 1.0)), *flip, T.ToTensor(), norm])
     test_set = tvd.ImageFolder(paths["test"], T.Compose([rgb, T.Resize((size, size)), T.ToTensor(), norm]))
     loader = DataLoader(train_set, batch_size=BATCH, shuffle=True)
     model = bb.model.train()
@@ -128,11 +132,13 @@ def plain_loop(paths: dict[str, Path], size: int, seed: int, epochs: int = EPOCH
             sched.step()
         times.append(time.perf_counter() - t0)
     model.eval()
-    correct = 0
+    pred, true = [], []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for x, y in DataLoader(test_set, batch_size=64):
-            correct += int((model(x).argmax(-1) == y).sum())
-    return {"test_accuracy": correct / len(test_set), "epoch_s": times}
+            pred += model(x).argmax(-1).tolist()
+            true += y.tolist()
+    return {"test_accuracy": float(np.mean(np.array(pred) == np.array(true))),
+            "test_f1_macro": float(f1_score(true, pred, average="macro")), "epoch_s": times}
 
 
 # --------------------------------------------------------------------------- tlkit
@@ -145,7 +151,7 @@ def tlkit_run(paths: dict[str, Path], size: int, seed: int, overrides: dict, tmp
 
     cfg = make_config(epochs=epochs, image_size=size, batch_size=BATCH, seed=seed, overrides=overrides)
     out = tmp / f"run{time.monotonic_ns()}"
-    res = fit(cfg, data=paths["train"], val=paths["val"], out=out)
+    res = fit(cfg, data=paths["train"], val=paths.get("val"), out=out)  # no val: tlkit's own hold-out
     test = evaluate_run(out, paths["test"])
     import shutil
 
@@ -241,8 +247,11 @@ def export_weights(path: Path) -> Path:
     return path
 
 
-def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int) -> float:
-    """Top-1 of a timm train.py checkpoint on ``test/`` with timm's eval transform (resize, centre crop)."""
+def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int, f1: bool = False):
+    """Top-1 of a timm train.py checkpoint on ``test/`` with timm's eval transform (resize, centre crop);
+    ``f1``: ``(top-1, macro F1)``."""
+    from sklearn.metrics import f1_score
+
     import timm
     from timm.data import create_dataset, create_loader, resolve_data_config
 
@@ -254,16 +263,17 @@ def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int) -> f
                            crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"], num_workers=0,
                            use_prefetcher=False, device=torch.device("cpu"))
     model.eval()
-    correct = n = 0
+    pred, true = [], []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for x, y in loader:
-            correct += int((model(x).argmax(-1) == y).sum())
-            n += len(y)
-    return correct / n
+            pred += model(x).argmax(-1).tolist()
+            true += y.tolist()
+    acc = float(np.mean(np.array(pred) == np.array(true)))
+    return (acc, float(f1_score(true, pred, average="macro"))) if f1 else acc
 
 
 def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, tmp: Path, seed: int,
-             extra: list[str] = ()) -> dict:
+             extra: list[str] = (), epochs: int = EPOCHS) -> dict:
     """timm's train.py on ``root/{train,val}``: bf16 AMP, channels_last, AdamW, cosine, same weights;
     every other option at train.py's default (warmup 5 epochs, hflip 0.5, scale 0.08-1, jitter 0.4,
     label smoothing 0.1, ...). Epoch time: the last ``Train:`` line of each epoch, average update time
@@ -275,7 +285,7 @@ def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, t
     n_classes = sum(1 for p in paths["train"].iterdir() if p.is_dir())
     cmd = [sys.executable, str(train_py), str(paths["train"].parent), "--train-split", "train", "--val-split", "val",
            "--model", "efficientnet_lite0", "--pretrained", "--pretrained-path", str(weights),
-           "--num-classes", str(n_classes), "--img-size", str(size), "-b", str(BATCH), "--epochs", str(EPOCHS),
+           "--num-classes", str(n_classes), "--img-size", str(size), "-b", str(BATCH), "--epochs", str(epochs),
            "--opt", "adamw", "--lr", "1e-3", "--sched", "cosine", "--amp", "--amp-dtype", "bfloat16",
            "--channels-last", "--device", "cpu", "--workers", "0", "--seed", str(seed), "--output", str(out),
            "--experiment", "run", "--log-interval", "1000", "--checkpoint-hist", "1", *extra]
@@ -289,9 +299,10 @@ def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, t
     for m in re.finditer(r"Train: (\d+) \[\s*(\d+)/(\d+) \(100%\)\].*?\((\d+\.\d+)s,", log):
         last[int(m[1])] = float(m[4]) * int(m[3])
     rows = list(csv.DictReader((out / "run" / "summary.csv").open()))
+    acc, f1 = timm_test_accuracy(out / "run" / "model_best.pth.tar", paths, size, f1=True)
     return {"epoch_s": [last[e] for e in sorted(last)], "wall_s": round(wall, 1),
             "val_top1": [float(r["eval_top1"]) for r in rows], "command": " ".join(cmd[1:]),
-            "test_accuracy": timm_test_accuracy(out / "run" / "model_best.pth.tar", paths, size)}
+            "test_accuracy": acc, "test_f1_macro": f1}
 
 
 def timm_compare(args) -> dict:
