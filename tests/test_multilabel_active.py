@@ -246,6 +246,57 @@ def test_simulate_multilabel_reports_map(tmp_path):
         simulate(x[:200], Y[:200], x[200:], Y[200:], strategies=["margin"], rounds=1, seeds=1)
 
 
+def _manifest(folder, truth, csv_path):
+    write_csv(csv_path, ["path", "labels"], [(f"{folder.name}/{n}", ";".join(sorted(v))) for n, v in truth.items()])
+    return csv_path
+
+
+def test_al_simulate_on_multilabel_manifests_and_their_extracts(tmp_path):
+    """al-simulate on path,labels manifests of real mosaics (the CLI, a subprocess): mAP curves over the label
+    sets; ``tlkit extract`` of such a manifest keeps each image's set in index.csv, and that extract folder
+    simulates the same; a single-label test set beside a multi-label pool is one line."""
+    pool = _manifest(tmp_path / "pool", make_mosaics(tmp_path / "pool", 50, seed=11), tmp_path / "pool.csv")
+    test = _manifest(tmp_path / "test", make_mosaics(tmp_path / "test", 30, seed=12), tmp_path / "test.csv")
+    args = ["--image-size", "64", "--rounds", "2", "--seeds", "1", "--strategies", "random,auto,mean-entropy"]
+    r = run_cli("al-simulate", "--pool", str(pool), "--test", str(test), "--out", str(tmp_path / "sim"), *args)
+    assert r.returncode == 0, r.stderr
+    assert "mAP by labels" in r.stdout
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert summary["metric"] == "mAP" and set(summary["strategies"]) == {"random", "auto", "mean-entropy"}
+    index = read_csv(tmp_path / "sim" / "features" / "pool" / "index.csv")
+    truth = {r["path"]: r["labels"] for r in read_csv(pool)}
+    assert [(r["path"], r["labels"]) for r in index] == list(truth.items())
+    # the extract folder as the pool: the same label sets, the same curves
+    r = run_cli("al-simulate", "--pool", str(tmp_path / "sim" / "features" / "pool"), "--test", str(test),
+                "--out", str(tmp_path / "sim2"), *args)
+    assert r.returncode == 0, r.stderr
+    assert read_csv(tmp_path / "sim2" / "curves.csv") == read_csv(tmp_path / "sim" / "curves.csv")
+    single = tmp_path / "single.csv"
+    write_csv(single, ["path", "label"], [(f"test/{n}", sorted(v)[0] if v else CLASSES[0])
+                                          for n, v in make_mosaics(tmp_path / "test", 30, seed=12).items()])
+    r = run_cli("al-simulate", "--pool", str(pool), "--test", str(single), "--out", str(tmp_path / "sim3"), *args)
+    assert r.returncode != 0 and "both multi-label" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_python_api_multilabel_project_simulates_its_label_sets(tmp_path):
+    """tlkit.Project.init(multilabel=True) + labels as path,labels + Project.simulate: mAP curves, the
+    project's "a;b" label texts read as sets (not as one class named "a;b")."""
+    import tlkit
+
+    truth = make_mosaics(tmp_path / "pool", 40, seed=21)
+    labels = tmp_path / "labels.csv"  # paths relative to the pool folder
+    write_csv(labels, ["path", "labels"], [(n, ";".join(sorted(v))) for n, v in truth.items()])
+    test = _manifest(tmp_path / "test", make_mosaics(tmp_path / "test", 20, seed=22), tmp_path / "test.csv")
+    project = tlkit.Project.init(tmp_path / "proj", pool=tmp_path / "pool", classes=CLASSES, image_size=64,
+                                 multilabel=True)
+    project.teach(labels)
+    assert yaml.safe_load((tmp_path / "proj" / "project.yaml").read_text())["task"] == "multilabel"
+    sim = project.simulate(test, tmp_path / "sim", strategies=["random", "auto"], rounds=2, seeds=1)
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert summary["metric"] == "mAP" and set(summary["strategies"]) == {"random", "auto"}
+    assert sim.result.budgets == [10, 20, 30]
+
+
 # ---------------------------------------------------------------------------------- the CLI on real images
 
 

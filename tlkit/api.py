@@ -472,6 +472,7 @@ class Project:
         label_studio_prefix: str | None = None,
         seed: int = 0,
         embedding_dtype: str = "float32",
+        multilabel: bool = False,
     ) -> "Project":
         """Create a project over a pool of images (``tlkit al-init``).
 
@@ -488,15 +489,18 @@ class Project:
             label_studio_prefix: the image URL prefix before the path relative to that root.
             seed: seed of the rounds' random choices.
             embedding_dtype: cache the pool's embeddings as ``float32`` or ``float16``.
+            multilabel: each image gets a set of classes, maybe empty (``al-init --multi-label``; labels
+                files are ``path,labels`` with the set joined by ``;``).
         """
         from tlkit.active.labelstudio import DEFAULT_PREFIX
+        from tlkit.constants import DEFAULT_TASK, MULTILABEL
         from tlkit.active.project import Project as ProjectFolder
 
         folder = ProjectFolder.create(
             path, pool=pool, labels=labels, classes=tuple(classes), backbone=backbone,
             weights=_path_or_none(weights), image_size=image_size, recipe=recipe,
             label_studio_root=label_studio_root, label_studio_prefix=label_studio_prefix or DEFAULT_PREFIX,
-            seed=seed, embedding_dtype=embedding_dtype,
+            seed=seed, embedding_dtype=embedding_dtype, task=MULTILABEL if multilabel else DEFAULT_TASK,
         )
         return cls(folder.root)
 
@@ -670,7 +674,12 @@ class Project:
         cfg = folder.config
         xt, names_t = labeled_features(test, out / "features" / "test", backbone=cfg.backbone, weights=cfg.weights,
                                        image_size=cfg.image_size, engine=cfg.engine)
-        result, files = simulate_labeled(np.asarray(feats[rows], np.float32), [labels[paths[i]] for i in rows], xt,
+        given = [labels[paths[i]] for i in rows]
+        if folder.config.multilabel:  # label sets: labels.csv's "a;b" texts
+            from tlkit.active.project import split_labels
+
+            given = [split_labels(t) for t in given]
+        result, files = simulate_labeled(np.asarray(feats[rows], np.float32), given, xt,
                                          names_t, out, strategies=list(strategies), start=start, batch=batch,
                                          rounds=rounds, seeds=seeds, progress=progress, ssl=ssl,
                                          title=self.path.name)

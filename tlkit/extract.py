@@ -36,7 +36,7 @@ import numpy as np
 import tlkit
 from tlkit import data as tdata
 from tlkit.batch_size import BatchChoice, parse_batch_size
-from tlkit.constants import DECODE_MODES, DEFAULT_BACKBONE
+from tlkit.constants import DECODE_MODES, DEFAULT_BACKBONE, LABEL_DELIM
 from tlkit.cpuinfo import CPU_INFERENCE_BATCH
 from tlkit.data.config import DataConfig
 from tlkit.data.prefetch import DECODE_THREADS, threaded_batches
@@ -428,10 +428,15 @@ def _finish(job: _Job, writer: _Writer, meta: dict[str, Any]) -> tuple[int, int]
     records, plan = job.source.records, writer.plan
     bad = {i for i, _ in writer.failures}
     keep = np.array([i for i in range(len(records)) if i not in bad], dtype=np.int64)
-    labeled = any(r.label is not None for r in records)
-    header = ["path", "label", "fingerprint"] if labeled else ["path", "fingerprint"]
-    rows = [[records[i].rel, records[i].label or "", plan.fps[i]] if labeled else [records[i].rel, plan.fps[i]]
-            for i in keep]
+    if any(r.labels is not None for r in records):  # a multi-label manifest: each image's set ("" = none)
+        header = ["path", "labels", "fingerprint"]
+        rows = [[records[i].rel, LABEL_DELIM.join(records[i].labels or ()), plan.fps[i]] for i in keep]
+    elif any(r.label is not None for r in records):
+        header = ["path", "label", "fingerprint"]
+        rows = [[records[i].rel, records[i].label or "", plan.fps[i]] for i in keep]
+    else:
+        header = ["path", "fingerprint"]
+        rows = [[records[i].rel, plan.fps[i]] for i in keep]
     skipped = (lambda p: tdata.write_skipped(p, records, writer.failures)) if bad else None
     finalize(job.out, writer.part, keep, header, rows, skipped, {**meta, "skipped": len(bad)})
     return len(keep), len(bad)

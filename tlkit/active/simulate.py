@@ -274,8 +274,9 @@ def _plot(result: SimulationResult, path: Path, title: str) -> None:
 def labeled_features(
     source: str | Path, cache: Path, *, backbone: str, weights: str | None, image_size: int | None,
     progress: Callable[[int], None] | None = None, engine: str = "auto",
-) -> tuple[np.ndarray, list[str]]:
-    """Features ``[n, d]`` and label names of a labeled set.
+) -> tuple[np.ndarray, list[str] | list[tuple[str, ...]]]:
+    """Features ``[n, d]`` and labels of a labeled set: class names, or label sets (tuples) when the
+    set is multi-label (a ``path,labels`` manifest; its extract's index.csv has a ``labels`` column).
 
     ``source`` is a ``tlkit extract`` output folder (features.npy + index.csv with labels), used as
     it is, or a labeled image folder/manifest, extracted into ``cache`` (resumable, reused).
@@ -288,8 +289,13 @@ def labeled_features(
                          engine=engine)
         source = cache
     feats, index, _ = load_features(source, mmap=False)
+    if index and "labels" in index[0]:  # multi-label: every row is labeled ("" = none of the classes)
+        from tlkit.active.project import split_labels
+
+        return np.asarray(feats, np.float32), [split_labels(r["labels"]) for r in index]
     if not index or "label" not in index[0] or any(not r.get("label") for r in index):
-        raise TlkitError(f"{source}: every image needs a label (a class-folder tree or a path,label manifest)")
+        raise TlkitError(f"{source}: every image needs a label (a class-folder tree, a path,label manifest or a "
+                         "path,labels multi-label manifest)")
     return np.asarray(feats, np.float32), [r["label"] for r in index]
 
 
@@ -325,6 +331,9 @@ def simulate_folders(
                                    image_size=image_size, engine=engine)
     learner = None
     if train == "finetune":
+        if names and isinstance(names[0], tuple):
+            raise TlkitError("al-simulate --train finetune is single-label only; simulate multi-label sets with "
+                             "--train head")
         learner = _finetune_learner(pool, test, out, sorted(set(names)), backbone, weights, image_size, epochs, ssl)
     return simulate_labeled(x, names, xt, names_t, out, strategies=strategies, start=start, batch=batch,
                             rounds=rounds, seeds=seeds, progress=progress, learner=learner, ssl=ssl,
@@ -333,9 +342,9 @@ def simulate_folders(
 
 def simulate_labeled(
     x: np.ndarray,
-    names: Sequence[str],
+    names: Sequence[str] | Sequence[tuple[str, ...]],
     x_test: np.ndarray,
-    names_test: Sequence[str],
+    names_test: Sequence[str] | Sequence[tuple[str, ...]],
     out: str | Path,
     *,
     strategies: Sequence[str],
@@ -349,14 +358,29 @@ def simulate_labeled(
     title: str = "",
 ) -> tuple[SimulationResult, dict[str, Path]]:
     """:func:`simulate` on features with class names (``al-simulate``; ``tlkit.Project.simulate`` on a
-    project's labeled images); writes curves.csv, curves.png and summary.json to ``out``."""
-    classes = sorted(set(names))
-    unknown = sorted(set(names_test) - set(classes))
+    project's labeled images), or label sets (tuples of names: a multi-label study, measured by mAP);
+    writes curves.csv, curves.png and summary.json to ``out``."""
+    kinds = {isinstance(ns[0], tuple) for ns in (names, names_test) if len(ns)}
+    if len(kinds) > 1:
+        raise TlkitError("the pool and the test set must both be single-label or both multi-label (path,labels)")
+    multi = kinds == {True}
+    if multi:
+        classes = sorted(set().union(*names))
+        unknown = sorted(set().union(*names_test) - set(classes))
+    else:
+        classes = sorted(set(names))
+        unknown = sorted(set(names_test) - set(classes))
     if unknown:
         raise TlkitError(f"test classes {unknown} do not occur in the pool; remove them or add pool images")
     idx = {c: i for i, c in enumerate(classes)}
-    y = np.array([idx[c] for c in names])
-    yt = np.array([idx[c] for c in names_test])
+    if multi:
+        y, yt = (np.zeros((len(ns), len(classes)), np.int64) for ns in (names, names_test))
+        for arr, ns in ((y, names), (yt, names_test)):
+            for i, labels in enumerate(ns):
+                arr[i, [idx[c] for c in labels]] = 1
+    else:
+        y = np.array([idx[c] for c in names])
+        yt = np.array([idx[c] for c in names_test])
     result = simulate(x, y, x_test, yt, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds,
                       classes=classes, progress=progress, learner=learner, ssl=ssl)
     files = write_outputs(result, out, title=f"{title}: start {start}, batch {batch}, {len(result.summary)} strategies")

@@ -52,7 +52,7 @@ def al_simulate_cmd(
         )
     shown = [b for b in result.budgets if b in {result.budgets[0], result.budgets[-1]}
              or b in {start + batch, 50, 100, 200}]
-    table = Table(title=f"accuracy by labels (mean over {seeds} seeds) and AUBC")
+    table = Table(title=f"{result.metric} by labels (mean over {seeds} seeds) and AUBC")
     table.add_column("strategy")
     for b in shown:
         table.add_column(str(b), justify="right")
