@@ -165,8 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=19, help="19 rounds of 10 after a start of 10: up to 200 labels")
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended; resumable)")
     ap.add_argument("--report", action="store_true", help="only print the tables of --out")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="BLAS/OpenMP threads (1: run one process per core; on a busy machine a second BLAS thread "
+                         "spinning made the heads' fits many times slower)")
     args = ap.parse_args(argv)
     if not args.report:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.threads)
         strategies = [s for s in args.strategies.split(",") if s]
         if not args.no_peers:
             from peers import register_peers
