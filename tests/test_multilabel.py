@@ -220,6 +220,29 @@ def test_finetune_writes_thresholds_and_multilabel_metrics(run):
     assert not (out / "plots" / "confusion_matrix.png").exists()
     split = read_csv(out / "split.csv")
     assert set(split[0]) == {"path", "labels", "split"} and any(";" in r["labels"] for r in split)
+    assert meta["config"]["val_fraction"] == 0.1 and meta["config"]["scale_min"] == 1.0  # multi-label defaults
+    assert 2 <= sum(r["split"] == "val" for r in split) <= 5  # ~10 % of 32
+
+
+def test_val_fraction_and_crop_defaults_depend_on_the_task(tmp_path, digits_dir):
+    """``val_fraction: None`` holds out 20 % of single-label data and 10 % of multi-label data, ``scale_min:
+    None`` crops to 70 % / not at all; a value given is kept on both."""
+    from tlkit.train.config import TrainConfig, resolve_task_defaults
+    from tlkit.train.splits import prepare_splits
+
+    ml = make_set(tmp_path / "ml", n=60)
+    n_val = lambda s: len(s.val)  # noqa: E731
+    assert n_val(prepare_splits(ml)) == 6 and n_val(prepare_splits(ml, val_fraction=0.5)) == 30
+    single = prepare_splits(digits_dir)  # 10 classes x 6: one of each class's 6 (20 % per class, rounded)
+    assert single.task == "single" and n_val(single) == n_val(prepare_splits(digits_dir, val_fraction=0.2)) == 10
+    cfg = TrainConfig()
+    assert cfg.val_fraction is None
+    assert resolve_task_defaults(cfg, "multilabel").val_fraction == 0.1
+    assert resolve_task_defaults(cfg, "single").val_fraction == 0.2
+    assert resolve_task_defaults(cfg.replace(val_fraction=0.3), "multilabel").val_fraction == 0.3
+    assert cfg.scale_min is None and resolve_task_defaults(cfg, "single").scale_min == 0.7
+    assert resolve_task_defaults(cfg, "multilabel").scale_min == 1.0
+    assert resolve_task_defaults(cfg.replace(scale_min=0.5), "multilabel").scale_min == 0.5
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def finetune_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Training images: one subfolder per class, or a labeled CSV (path,label; multi-label: path,labels with labels joined by --label-delim)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, config.yaml, metrics.json, plots/, tb/."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation images (class folders). Default: a split of --data."),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified share of --data held out (default 0.2)."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Stratified share of --data held out (default 0.2; multi-label 0.1)."),
     unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabeled images (any folder) that teach the network too, by FixMatch consistency; --set fixmatch_threshold=, fixmatch_mu=, fixmatch_per_epoch= tune it."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="timm name or tv:<torchvision name> (default efficientnet_lite0)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local backbone weights (.safetensors/.pth)."),

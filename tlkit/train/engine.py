@@ -32,7 +32,7 @@ from tlkit.dist_env import env_dist_info
 from tlkit.train import autobatch
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
-from tlkit.train.config import TrainConfig
+from tlkit.train.config import TrainConfig, resolve_task_defaults
 from tlkit.train.consistency import Consistency, UnlabeledSet
 from tlkit.train.distributed import all_gather_objects, all_ranks, all_reduce_sum, barrier, shutdown
 from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
@@ -392,9 +392,8 @@ def fit(
     state_file = check_out_dir(out, resume)
     splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed, task=task,
                             label_delim=label_delim)
-    if splits.multilabel:
-        cfg = multilabel_config(cfg)
-    elif cfg.monitor == "val_map":
+    cfg = task_config(cfg, splits)
+    if not splits.multilabel and cfg.monitor == "val_map":
         raise TlkitError("monitor=val_map (mean average precision over labels) is for multi-label data; on "
                          "single-label data monitor val_accuracy, val_f1_macro or val_loss")
     warn_if_imbalanced(splits, cfg)
@@ -409,6 +408,13 @@ def fit(
             return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints, unlabeled)
     finally:
         shutdown()
+
+
+def task_config(cfg: TrainConfig, splits: Splits) -> TrainConfig:
+    """The config for ``splits``' task: its defaults for the fields left ``None``
+    (:data:`tlkit.train.config.TASK_DEFAULTS`), then :func:`multilabel_config` on multi-label data."""
+    cfg = resolve_task_defaults(cfg, splits.task)
+    return multilabel_config(cfg) if splits.multilabel else cfg
 
 
 def multilabel_config(cfg: TrainConfig) -> TrainConfig:

@@ -20,7 +20,7 @@ from tlkit.errors import TlkitError
 from tlkit.runtime import (
     allow_fast_cuda_math, autocast, default_workers, precision_name, resolve_device, resolve_precision, seed_everything,
 )
-from tlkit.train.config import TrainConfig
+from tlkit.train.config import TrainConfig, resolve_task_defaults
 from tlkit.train.distributed import DistInfo, init_distributed
 from tlkit.train.splits import Splits
 
@@ -66,6 +66,7 @@ def image_loaders(cfg: TrainConfig, splits: Splits, data_config: Mapping[str, An
     from tlkit.data.device_augment import train_loader
     from tlkit.data.device_decode import eval_loader
 
+    cfg = resolve_task_defaults(cfg, splits.task)  # fit resolves them already; a direct caller may not
     aug = {"scale": (cfg.scale_min, 1.0), "hflip": cfg.hflip, "vflip": cfg.vflip,
            "color_jitter": cfg.color_jitter or 0.0, "auto_augment": cfg.auto_augment, "re_prob": cfg.reprob}
     c2i = splits.class_to_idx

@@ -279,10 +279,9 @@ def lr_find(
     cfg = cfg.replace(ema=False)
     splits = prepare_splits(data, val, val_fraction=cfg.val_fraction, seed=cfg.seed, task=task,
                             label_delim=label_delim)
-    if splits.multilabel:
-        from tlkit.train.engine import multilabel_config
+    from tlkit.train.engine import task_config
 
-        cfg = multilabel_config(cfg)
+    cfg = task_config(cfg, splits)
     rt = setup_runtime(cfg)
     t0 = time.perf_counter()
     with flush_denormals(rt.device):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.errors import TlkitError
+from tlkit.train.config import TASK_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,11 @@ def rarest_label_keys(labels: list[tuple[str, ...]]) -> list[str]:
 
 
 def prepare_splits(
-    data: str | os.PathLike, val: str | os.PathLike | None = None, *, val_fraction: float = 0.2, seed: int = 0,
+    data: str | os.PathLike, val: str | os.PathLike | None = None, *, val_fraction: float | None = None, seed: int = 0,
     task: str = "auto", label_delim: str = ";",
 ) -> Splits:
-    """Scan ``data`` (class tree or labeled manifest) and ``val`` (or hold out ``val_fraction``).
+    """Scan ``data`` (class tree or labeled manifest) and ``val`` (or hold out ``val_fraction``; ``None``: the
+    task's default, :data:`tlkit.train.config.TASK_DEFAULTS`).
 
     ``task`` / ``label_delim``: see :func:`tlkit.data.scan_images`; ``val`` is read with the training
     data's task. A multi-label hold-out is stratified on each image's rarest label.
@@ -135,6 +137,8 @@ def prepare_splits(
     multilabel = train_src.task == "multilabel"
     labels = rarest_label_keys([r.labels for r in train_src.records]) if multilabel else \
         [r.label for r in train_src.records]
+    if val_fraction is None:
+        val_fraction = TASK_DEFAULTS[train_src.task]["val_fraction"]
     mask = stratified_split(labels, val_fraction, seed)
     if not mask.any():
         raise TlkitError(

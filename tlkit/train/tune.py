@@ -196,7 +196,7 @@ def search_space(base: TrainConfig, lr_suggestion: float, *, fixed: Iterable[str
     wd = _widen(s.weight_decay, base.weight_decay) if base.weight_decay > 0 else (0.0, s.weight_decay[1])
     return SearchSpace(
         lr=_widen(s.lr, base.lr), batch_size=tuple(sorted({*s.batch_size, _batch(base)})), weight_decay=wd,
-        scale_min=_widen(s.scale_min, base.scale_min), hflip=tuple(sorted({*s.hflip, base.hflip})),
+        scale_min=s.scale_min if base.scale_min is None else _widen(s.scale_min, base.scale_min), hflip=tuple(sorted({*s.hflip, base.hflip})),
         mode=tuple(dict.fromkeys((*modes, base.mode))), fixed=frozenset(fixed))
 
 
@@ -513,10 +513,9 @@ def tune(
     splits = prepare_splits(data, val, val_fraction=base.val_fraction, seed=base.seed, task=task,
                             label_delim=label_delim)
     n_val = len(splits.val)
-    if splits.multilabel:
-        from tlkit.train.engine import multilabel_config
+    from tlkit.train.engine import task_config
 
-        base = multilabel_config(base)
+    base = task_config(base, splits)
     check_tune_dir(out, resume, base, trial_epochs)  # before the range test and any trial
     job = _Job(base, data, val, out, trial_epochs, budget_s, time.monotonic(), progress, task, label_delim)
     found = _range_test(job, resume, lr_find_steps)
