@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO, run_cli, torchrun
 from tests.test_extract import _broken_copy
 from tlkit.errors import TlkitError
-from tlkit.extract_shards import Shard
+from tlkit.extract_store import Shard
 
 ARGS = ["--image-size", "32", "--precision", "fp32", "--workers", "0", "--batch-size", "8"]
 

@@ -203,7 +203,7 @@ def test_openvino_precision_follows_the_cpu_facts(monkeypatch):
 def shards(tmp_path_factory, digits_dir) -> Path:
     """Two finished shards of the digits (default backbone, 32 px, float32), not merged."""
     from tlkit.extract import extract_features
-    from tlkit.extract_shards import Shard
+    from tlkit.extract_store import Shard
 
     out = tmp_path_factory.mktemp("merge") / "out"
     for i in range(2):

@@ -44,7 +44,7 @@ from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
     FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
-    recover, run_digest, set_bytes, storage_dtype,
+    Shard, recover, run_digest, set_bytes, storage_dtype,
 )
 from tlkit.extract_warm import (
     WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, same_preprocessing, warm_request,
@@ -58,7 +58,6 @@ if TYPE_CHECKING:  # torch and timm are imported only by the normal path (see tl
 
     from tlkit.backbones import Backbone
     from tlkit.data.numpy_transform import ArrayBatch
-    from tlkit.extract_shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +546,7 @@ def extract_features(
         weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
         batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype, engine, decode: see
             :class:`ExtractOptions`.
-        shard: embed only this :class:`~tlkit.extract_shards.Shard` of the records, into its folder
+        shard: embed only this :class:`~tlkit.extract_store.Shard` of the records, into its folder
             ``out/shards/...`` (join the shards with :func:`~tlkit.extract_shards.merge_shards`).
         progress: called with the number of images finished after every batch.
 

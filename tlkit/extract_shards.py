@@ -22,7 +22,6 @@ Three ways to run the shards:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ import numpy as np
 from tlkit import data as tdata
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
-    LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest, set_bytes,
+    LOCK, PARTIAL, SHARDS, SKIPPED, RowFile, Shard, ensure_free, finalize, read_checked, run_digest, set_bytes,
 )
 from tlkit.fingerprint import fingerprints
 from tlkit.io import read_csv, write_csv
@@ -45,40 +44,7 @@ from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
-SHARDS = "shards"
-"""The folder under ``OUT`` that holds the shard folders."""
 _NAME = re.compile(r"^(\d{5})-of-(\d{5})$")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (0-based)."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, spec: str) -> "Shard":
-        """``"i/N"`` (``0 <= i < N``), else a one-line :class:`TlkitError`."""
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
-        if not m or not int(m[1]) < int(m[2]):
-            raise TlkitError(f"--shard {spec}: give i/N with 0 <= i < N, e.g. --shard 0/4 for the first of 4 shards")
-        return cls(int(m[1]), int(m[2]))
-
-    def bounds(self, n: int) -> tuple[int, int]:
-        """``[start, stop)`` of this shard among ``n`` records: contiguous, sizes differ by at most 1."""
-        return self.index * n // self.count, (self.index + 1) * n // self.count
-
-    def folder(self, out: str | os.PathLike) -> Path:
-        return Path(out) / SHARDS / f"{self.index:05d}-of-{self.count:05d}"
-
-    def source(self, source: tdata.ImageSource) -> tdata.ImageSource:
-        """The records of ``source`` that belong to this shard (an error when there are none)."""
-        start, stop = self.bounds(len(source.records))
-        if start == stop:
-            raise TlkitError(f"shard {self.index}/{self.count} of {len(source.records)} images is empty; "
-                             "use fewer shards than images")
-        return dataclasses.replace(source, records=tuple(source.records[start:stop]))
 
 
 def shard_folders(out: str | os.PathLike, count: int | None = None) -> list[tuple[Shard, Path]]:
@@ -234,7 +200,7 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     import torch.distributed as dist
 
     from tlkit.extract import extract_features
-    from tlkit.train.distributed import env_dist_info
+    from tlkit.dist_env import env_dist_info
 
     info = env_dist_info()
     if device in ("auto", "cuda") and torch.cuda.is_available():
@@ -254,4 +220,4 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     return res, merged
 
 
-__all__ = ["RANKS_TIMEOUT", "SHARDS", "MadeWith", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]
+__all__ = ["RANKS_TIMEOUT", "MadeWith", "extract_under_torchrun", "merge_shards", "shard_folders"]

@@ -61,7 +61,7 @@ def extract_cmd(
             return _torchrun(source, out, shard, device, kwargs)
         with progress_bar() as bar:
             from tlkit.extract import extract_features
-            from tlkit.extract_shards import Shard
+            from tlkit.extract_store import Shard
 
             task = bar.add_task("extract", total=len(source.records), rate="")
             res = extract_features(source, out, device=device, shard=Shard.parse(shard) if shard else None,

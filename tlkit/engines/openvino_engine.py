@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tlkit.cpuinfo import cpu_has_fast_bf16
-from tlkit.engines import EngineUnavailable, ModelSpec
+from tlkit.engines.base import EngineUnavailable, ModelSpec
 from tlkit.engines.sigstack import ensure_signal_stack
 from tlkit.errors import TlkitError
 from tlkit.io import fsync_dir, read_json, sha256_file, write_json

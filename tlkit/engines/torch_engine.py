@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlkit.engines import ModelSpec
+from tlkit.engines.base import ModelSpec
 from tlkit.inference import prepare_for_inference
 from tlkit.runtime import allow_fast_cuda_math, autocast, precision_name, resolve_precision
 
