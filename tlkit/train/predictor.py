@@ -28,7 +28,7 @@ from torch import nn
 from tlkit.data.config import DataConfig
 from tlkit.engines import Engine
 from tlkit.train.checkpoint import RunMeta
-from tlkit.train.evaluate import Predictions, predict_loader
+from tlkit.train.predictions import Predictions, predict_loader
 
 log = logging.getLogger(__name__)
 

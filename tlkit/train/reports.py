@@ -58,7 +58,7 @@ def write_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarr
         The files written; a figure that cannot be drawn (ROC with a single class present) is
         left out with a warning.
     """
-    from tlkit.train.evaluate import calibration_bins
+    from tlkit.train.metrics import calibration_bins
     from tlkit.train.plots import plot_reliability
 
     folder = Path(folder)
