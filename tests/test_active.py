@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tlkit.active.labels import import_labels
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.labeltext import SKIP_LABEL
+from tlkit.active.project import Project
 from tlkit.active.round import run_round
 from tlkit.errors import TlkitError
 from tlkit.io import read_csv, write_csv

@@ -492,16 +492,19 @@ class Project:
             multilabel: each image gets a set of classes, maybe empty (``al-init --multi-label``; labels
                 files are ``path,labels`` with the set joined by ``;``).
         """
+        from tlkit.active.labels import import_seed_labels
         from tlkit.active.labelstudio import DEFAULT_PREFIX
         from tlkit.constants import DEFAULT_TASK, MULTILABEL
         from tlkit.active.project import Project as ProjectFolder
 
         folder = ProjectFolder.create(
-            path, pool=pool, labels=labels, classes=tuple(classes), backbone=backbone,
+            path, pool=pool, classes=tuple(classes), backbone=backbone,
             weights=_path_or_none(weights), image_size=image_size, recipe=recipe,
             label_studio_root=label_studio_root, label_studio_prefix=label_studio_prefix or DEFAULT_PREFIX,
             seed=seed, embedding_dtype=embedding_dtype, task=MULTILABEL if multilabel else DEFAULT_TASK,
         )
+        if labels is not None:
+            import_seed_labels(folder, labels)
         return cls(folder.root)
 
     def __repr__(self) -> str:
@@ -659,7 +662,7 @@ class Project:
         """
         import numpy as np
 
-        from tlkit.active.project import SKIP_LABEL
+        from tlkit.active.labeltext import SKIP_LABEL
         from tlkit.active.round import embeddings_for
         from tlkit.active.simulate import labeled_features, simulate_labeled
         from tlkit.io import check_output_dir

@@ -26,10 +26,12 @@ import yaml
 import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
+from tlkit.active.duplicate_groups import one_per_group, read_project_groups
+from tlkit.active.labeltext import SKIP_LABEL, join_labels, split_labels
 from tlkit.active.learner import (
     AUTO, HeadLearner, Learner, LearnerChoice, LearnerResult, Validation, check_train_mode, resolve_ssl,
 )
-from tlkit.active.project import SKIP_LABEL, Project, join_labels, labels_digest, split_labels
+from tlkit.active.project import Project, labels_digest
 from tlkit.active.strategies import Approx, PoolView, check_task, get_strategy, select
 from tlkit.errors import TlkitError
 from tlkit.io import write_csv, write_json, write_text
@@ -95,7 +97,7 @@ def predicted_label(classes: tuple[str, ...], p: np.ndarray, *, multilabel: bool
     """A model's label for one image from its probabilities ``p [k]``, and the probability of that label.
 
     Single-label: the most probable class. Multi-label: the set of classes at p >= 0.5 as text
-    (:func:`~tlkit.active.project.join_labels`; ``""`` = none), with the probability of exactly that set
+    (:func:`~tlkit.active.labeltext.join_labels`; ``""`` = none), with the probability of exactly that set
     under independent classes, ``prod_j (p_j if present else 1 - p_j)``.
     """
     if not multilabel:
@@ -471,8 +473,6 @@ def load_scores(path: Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
 
 def _one_per_duplicate_group(project: Project, paths: list[str], candidates: np.ndarray) -> np.ndarray:
     """At most one candidate per duplicate group saved by `tlkit audit` (none saved: unchanged)."""
-    from tlkit.audit.duplicates import one_per_group, read_project_groups
-
     groups = read_project_groups(project.root)
     if not groups:
         return candidates

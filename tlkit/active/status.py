@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlkit.active.project import SKIP_LABEL, Project, split_labels
+from tlkit.active.labeltext import SKIP_LABEL, split_labels
 from tlkit.active.learner import Validation
+from tlkit.active.project import Project
 from tlkit.active.stopping import stopping_hint
 from tlkit.data import class_imbalance
 from tlkit.io import read_json

@@ -58,7 +58,7 @@ class Embedder:
 
 def from_project(project, *, device: str = "auto", progress: Callable[[int], None] | None = None) -> AuditSet:
     """The project's whole pool (embeddings from its cache) with its labels (``__skip__`` -> None)."""
-    from tlkit.active.project import SKIP_LABEL
+    from tlkit.active.labeltext import SKIP_LABEL
     from tlkit.active.round import embeddings_for
 
     paths, emb = embeddings_for(project, device=device, progress=progress)
