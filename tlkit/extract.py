@@ -43,14 +43,14 @@ from tlkit.data.prefetch import DECODE_THREADS, threaded_batches
 from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
-    FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
-    Shard, recover, run_digest, set_bytes, storage_dtype,
+    FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, Shard, disk_full, ensure_free, finalize, load_features,
+    read_previous, recover, set_bytes, storage_dtype,
 )
 from tlkit.extract_warm import (
     WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, same_preprocessing, warm_request,
 )
 from tlkit.fingerprint import UNREADABLE, fingerprints
-from tlkit.io import read_json, write_json
+from tlkit.io import read_json, run_digest, write_json
 from tlkit.locks import hold_lock
 
 if TYPE_CHECKING:  # torch and timm are imported only by the normal path (see tlkit.extract_warm)

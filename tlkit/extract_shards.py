@@ -36,10 +36,10 @@ import numpy as np
 from tlkit import data as tdata
 from tlkit.errors import TlkitError
 from tlkit.extract_store import (
-    LOCK, PARTIAL, SHARDS, SKIPPED, RowFile, Shard, ensure_free, finalize, read_checked, run_digest, set_bytes,
+    LOCK, PARTIAL, SHARDS, SKIPPED, RowFile, Shard, ensure_free, finalize, read_checked, set_bytes,
 )
 from tlkit.fingerprint import fingerprints
-from tlkit.io import read_csv, write_csv
+from tlkit.io import read_csv, run_digest, write_csv
 from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)

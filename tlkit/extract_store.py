@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -370,13 +369,3 @@ def read_previous(out: Path) -> tuple[np.ndarray, list[dict[str, str]], dict] | 
     except TlkitError as e:
         log.warning("not reusing the earlier result: %s", e)
         return None
-
-
-def run_digest(*parts: Any) -> str:
-    """A short sha256 over ``parts`` (strings or sequences of strings)."""
-    h = hashlib.sha256()
-    for p in parts:
-        for s in [p] if isinstance(p, str) else p:
-            h.update(s.encode())
-            h.update(b"\0")
-    return h.hexdigest()

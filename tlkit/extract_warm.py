@@ -46,7 +46,7 @@ INDEX_VERSION = 1  # bump when a record's layout or what it must match changes
 #: tlkit sources that decide what a record says (model, weights mapping, preprocessing, cache entry); their
 #: digest is part of the key, so an edited checkout never trusts a record written by older code.
 RECORD_SOURCES = ("backbones.py", "weights.py", "data/config.py", "data/transforms.py", "data/numpy_transform.py",
-                  "engines/__init__.py", "engines/openvino_engine.py", "extract_warm.py")
+                  "engines/__init__.py", "engines/base.py", "engines/openvino_engine.py", "extract_warm.py")
 _GPU_DEVICES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # CUDA, ROCm, WSL: torch might see a GPU
 
 

@@ -160,6 +160,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def run_digest(*parts: Any) -> str:
+    """A short sha256 over ``parts`` (strings or sequences of strings)."""
+    h = hashlib.sha256()
+    for p in parts:
+        for s in [p] if isinstance(p, str) else p:
+            h.update(s.encode())
+            h.update(b"\0")
+    return h.hexdigest()
+
+
 def save_png(fig, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
     """Render a matplotlib figure to PNG, write it atomically, and close the figure."""
     import matplotlib.pyplot as plt

@@ -46,7 +46,7 @@ from tlkit.data.config import DataConfig
 from tlkit.data.loader import Batch
 from tlkit.data.numpy_transform import ArrayImages, collate_arrays, numpy_eval_pixels
 from tlkit.data.sources import ImageRecord
-from tlkit.io import fsync_dir, read_json, write_json
+from tlkit.io import fsync_dir, read_json, run_digest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,6 @@ FILL_BATCH = 64
 
 def geometry_key(cfg: DataConfig) -> str:
     """``"<H>x<W>-<digest>"``: the store subfolder for a data config's eval geometry (mean/std excluded)."""
-    from tlkit.extract_store import run_digest
-
     geometry = {"input_size": list(cfg.input_size), "interpolation": cfg.interpolation, "crop_pct": cfg.crop_pct,
                 "crop_mode": cfg.crop_mode, "size_hint": cfg.size_hint()}
     _, h, w = cfg.input_size
