@@ -67,10 +67,10 @@ def test_import_is_light_and_lists_the_api():
 
 def test_extract_is_the_module_and_the_function():
     import tlkit
-    import tlkit.extract as module
+    import tlkit.features.extract as module
 
-    assert tlkit.extract is module and callable(tlkit.extract)
-    assert module.extract_features is not None  # `from tlkit.extract import ...` still works
+    assert tlkit.features.extract is module and callable(tlkit.extract)
+    assert module.extract_features is not None  # `from tlkit.features.extract import ...` still works
     with pytest.raises(tlkit.TlkitError, match="unknown --decode"):
         tlkit.extract("nowhere", "out", decode="gpu")
 

@@ -15,8 +15,8 @@ from tlkit.active.labels import import_labels, import_seed_labels
 from tlkit.active.project import Project
 from tlkit.audit import run_audit
 from tlkit.audit.neighbours import normalise, search
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 
 SIZE = 64
 

@@ -20,7 +20,7 @@ from tlkit.active.labels import _resolve, import_seed_labels
 from tlkit.active.labelstudio import Vote
 from tlkit.active.poolpath import pool_file, pool_relpath
 from tlkit.active.project import Project
-from tlkit.io import write_csv
+from tlkit.core.io import write_csv
 
 CLASSES = [str(d) for d in range(10)]
 #: Real file names that str.splitlines() splits, csv quotes, or str.strip() changes.

@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 from tlkit.active.labels import _resolve
 from tlkit.active.labelstudio import ImageUrls, Vote, label_config
 from tlkit.active.project import Project
-from tlkit.io import read_csv, write_csv
+from tlkit.core.io import read_csv, write_csv
 
 CLASSES = [str(d) for d in range(10)]
 

@@ -17,8 +17,8 @@ from tlkit.active.strategies import PoolView, list_strategies, select
 from tlkit.active.strategies import multilabel as ml
 from tlkit.active.strategies.auto import AUTO_ML_COLD, AUTO_ML_FEW, AUTO_ML_WARM, auto_plan
 from tlkit.active.strategies.uncertainty import mean_entropy_scores
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 
 CLASSES = list(MOSAIC_PHOTOS)
 

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from tlkit.active import head as heads
 from tlkit.active import semi
 from tlkit.active.learner import HeadLearner
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -90,7 +90,7 @@ def test_rounds_record_their_learner_and_ssl_off_keeps_the_plain_head(tmp_path, 
     from tests.conftest import run_cli
     from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     names = sorted(p.relative_to(digits_dir).as_posix() for p in digits_dir.rglob("*.png"))
     seed = [n for n in names if n.endswith(("0.png", "1.png", "2.png"))][:20]
@@ -141,7 +141,7 @@ def test_train_auto_rounds_say_which_learner_and_why(tmp_path, digits_dir):
     from tests.conftest import run_cli
     from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     names = sorted(p.relative_to(digits_dir).as_posix() for p in digits_dir.rglob("*.png"))
     seed = [n for n in names if n.endswith(("0.png", "1.png", "2.png"))][:20]

@@ -11,7 +11,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train import checkpoint as ckpt
 from tlkit.train.config import TrainConfig, list_recipes, load_recipe, make_config, parse_overrides
 from tlkit.train.losses import build_loss, build_mixup, class_weights

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, read_json
 from tlkit.train import make_config
 from tlkit.train.config import MODES, TrainConfig
 from tlkit.train.lr_find import longest_descent, lr_find, suggest_lr

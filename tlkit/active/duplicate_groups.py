@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.io import read_json, write_json
+from tlkit.core.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 

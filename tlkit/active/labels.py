@@ -42,7 +42,7 @@ from tlkit.active.labelstudio import Vote
 from tlkit.active.labeltext import SKIP_LABEL, SKIP_WORDS, check_class_names, split_labels
 from tlkit.active.poolpath import pool_relpath
 from tlkit.active.project import Project
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

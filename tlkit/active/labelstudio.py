@@ -41,8 +41,8 @@ from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
 from tlkit.active.labeltext import SKIP_WORDS, join_labels, split_labels
-from tlkit.constants import LABEL_DELIM
-from tlkit.errors import TlkitError
+from tlkit.core.constants import LABEL_DELIM
+from tlkit.core.errors import TlkitError
 
 #: The one prediction ``model_version`` of every tlkit round (see the module docstring).
 MODEL_VERSION = "tlkit"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Iterable
 
-from tlkit.constants import LABEL_DELIM
-from tlkit.errors import TlkitError
+from tlkit.core.constants import LABEL_DELIM
+from tlkit.core.errors import TlkitError
 
 SKIP_LABEL = "__skip__"
 #: Label words that mean "unlabelable" in label files (any case); no class may be named one of them.
@@ -43,7 +43,7 @@ def check_class_names(names: Iterable[str], where: str, *, multilabel: bool = Fa
 
     A class name may not be empty, hold control or line-separator characters (newline, tab, U+2028,
     ...), or be a word that means "unlabelable" (:data:`SKIP_WORDS`, any case); in a multi-label
-    project it may not hold :data:`~tlkit.constants.LABEL_DELIM` (``;``), which separates the classes of an image.
+    project it may not hold :data:`~tlkit.core.constants.LABEL_DELIM` (``;``), which separates the classes of an image.
 
     Raises:
         TlkitError: naming the first bad name and the fix.

@@ -23,9 +23,9 @@ from typing import Sequence
 
 from tlkit.active.poolpath import UniqueFiles, pool_file, unique_files
 from tlkit.active.project import Project
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 from tlkit.data import ImageRecord, scan_images
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
 
 log = logging.getLogger(__name__)
 

@@ -40,14 +40,14 @@ import tlkit
 from tlkit.active import labelstudio as ls
 from tlkit.active.labeltext import SKIP_LABEL, check_class_names, join_labels, split_labels
 from tlkit.active.poolpath import unique_files
-from tlkit.constants import (
+from tlkit.core.constants import (
     DEFAULT_BACKBONE, DEFAULT_SSL, DEFAULT_TASK, FINETUNE_SSL_MODES, MULTILABEL, PROJECTION_DIM, SSL_MODES, TASKS,
 )
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import csv_text, read_csv, write_csv, write_text
+from tlkit.core.locks import hold_lock
 from tlkit.data import ImageRecord, ImageSource, scan_images
-from tlkit.errors import TlkitError
-from tlkit.extract_store import DTYPES, storage_dtype
-from tlkit.io import csv_text, read_csv, write_csv, write_text
-from tlkit.locks import hold_lock
+from tlkit.features.store import DTYPES, storage_dtype
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class ProjectConfig:
         """Parse ``project.yaml``; any problem is a one-line :class:`TlkitError` naming the key and the fix."""
         import typing
 
-        from tlkit.io import yaml_problem
+        from tlkit.core.io import yaml_problem
 
         fix = "fix it by hand (tlkit writes it at `tlkit al-init`)"
         try:
@@ -253,10 +253,10 @@ class Project:
         URLs in task files are ``label_studio_prefix`` + the image's path relative to it.
         Seed labels are a separate import afterwards (:func:`tlkit.active.labels.import_seed_labels`).
         ``embedding_dtype`` is how the pool's embeddings are cached: ``float32``, or ``float16``
-        (half the disk and memory; :data:`tlkit.extract_store.DTYPES`). ``task``: ``single`` (one
+        (half the disk and memory; :data:`tlkit.features.store.DTYPES`). ``task``: ``single`` (one
         class per image) or ``multilabel`` (a set of classes per image; labels.csv ``path,labels``).
         """
-        from tlkit.errors import check_choice
+        from tlkit.core.errors import check_choice
 
         storage_dtype(embedding_dtype)
         check_choice(task, TASKS, "task")

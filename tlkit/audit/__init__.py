@@ -31,9 +31,9 @@ from tlkit.audit import pixels
 from tlkit.audit import report
 from tlkit.audit.inputs import AuditSet, Embedder, from_folder, from_project
 from tlkit.audit.neighbours import normalise, search
-from tlkit.constants import DEFAULT_BACKBONE
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_dir, write_csv, write_json
+from tlkit.core.constants import DEFAULT_BACKBONE
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.constants import AUDIT_DUPLICATE_COSINE
-from tlkit.io import sha256_file
+from tlkit.core.constants import AUDIT_DUPLICATE_COSINE
+from tlkit.core.io import sha256_file
 
 log = logging.getLogger(__name__)
 

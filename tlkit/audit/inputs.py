@@ -9,8 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from tlkit.constants import DEFAULT_BACKBONE
-from tlkit.errors import TlkitError
+from tlkit.core.constants import DEFAULT_BACKBONE
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def from_folder(source: str | Path, cache: Path, embedder: Embedder, *, option: 
                 progress: Callable[[int], None] | None = None) -> AuditSet:
     """A labeled or unlabeled image folder / manifest (embedded into ``cache``, resumable and reused),
     or a ``tlkit extract`` output folder used as it is."""
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
 
     source = Path(source)
     if not source.exists():

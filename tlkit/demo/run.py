@@ -67,8 +67,8 @@ def run_demo(
     Returns:
         A :class:`DemoReport` whose steps the CLI prints as a table.
     """
-    from tlkit.extract import extract_features, load_features
-    from tlkit.io import check_output_dir
+    from tlkit.core.io import check_output_dir
+    from tlkit.features.extract import extract_features, load_features
 
     workdir = check_output_dir(workdir, option="--workdir")
     report = DemoReport(workdir)
@@ -132,7 +132,7 @@ def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
     from tlkit.active.round import run_round
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     t = time.perf_counter()
     paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))

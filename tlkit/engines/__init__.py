@@ -2,7 +2,7 @@
 
 Two engines are registered (:func:`list_engines`; the CLI's ``--engine`` choices come from here):
 
-* ``torch`` — the PyTorch model prepared by :func:`tlkit.inference.prepare_for_inference`
+* ``torch`` — the PyTorch model prepared by :func:`tlkit.models.inference.prepare_for_inference`
   (BatchNorm folded, channels_last, bf16/fp16 autocast where the device has it). GPUs and any CPU.
 * ``openvino`` — the same model converted with ``openvino.convert_model`` and compiled for the
   CPU, bf16 where the CPU executes it natively (AVX512-BF16/AMX), fp32 otherwise. The converted
@@ -28,8 +28,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from tlkit.core.errors import TlkitError
 from tlkit.engines.base import Engine, EngineUnavailable, ModelSpec, model_digest
-from tlkit.errors import TlkitError
 
 if TYPE_CHECKING:  # importing this package must not import torch (the CLI's --help reads the registry)
     import torch
@@ -116,7 +116,7 @@ def planned_engine(engine: str, device: torch.device, precision: str = "auto") -
         from tlkit.engines.openvino_engine import ov_precision
 
         return name, ov_precision(precision)
-    from tlkit.runtime import precision_name, resolve_precision
+    from tlkit.core.runtime import precision_name, resolve_precision
 
     return name, precision_name(resolve_precision(precision, device))
 
@@ -129,7 +129,7 @@ def create_engine(spec: ModelSpec, *, engine: str = "auto", device: str | torch.
         spec: the model and its identity.
         engine: ``auto`` | a registered name (see :func:`resolve_engine`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` or a torch device.
-        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see :func:`tlkit.runtime.resolve_precision`).
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see :func:`tlkit.core.runtime.resolve_precision`).
         fuse: torch engine: fold BatchNorm into convolutions (checked).
         compile: torch engine: ``torch.compile`` the model.
 
@@ -138,7 +138,7 @@ def create_engine(spec: ModelSpec, *, engine: str = "auto", device: str | torch.
     """
     import torch
 
-    from tlkit.runtime import resolve_device
+    from tlkit.core.runtime import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     name = resolve_engine(engine, dev)

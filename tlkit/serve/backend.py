@@ -42,8 +42,8 @@ from tlkit.active.labeltext import SKIP_LABEL
 from tlkit.active.pool import add_paths
 from tlkit.active.poolpath import pool_file
 from tlkit.active.project import Project, labels_digest
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, read_json
 
 log = logging.getLogger(__name__)
 

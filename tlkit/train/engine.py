@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlkit.core.dist_env import env_dist_info
+from tlkit.core.errors import TlkitError
+from tlkit.core.runtime import autocast, grad_scaler, seed_everything
 from tlkit.data.config import DataConfig
 from tlkit.data.device_decode import decode_path_of
-from tlkit.dist_env import env_dist_info
-from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, grad_scaler, seed_everything
 from tlkit.train import autobatch
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs

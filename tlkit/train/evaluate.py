@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_file, write_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_file, write_json
 from tlkit.train.metrics import compute_metrics
 from tlkit.train.predictions import Predictions
 

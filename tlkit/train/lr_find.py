@@ -42,8 +42,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from tlkit.errors import TlkitError
-from tlkit.runtime import autocast
+from tlkit.core.errors import TlkitError
+from tlkit.core.runtime import autocast
 from tlkit.train.config import TrainConfig
 from tlkit.train.speedups import flush_denormals
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

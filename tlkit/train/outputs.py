@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tlkit.io import write_csv, write_json
+from tlkit.core.io import write_csv, write_json
 from tlkit.train.config import TrainConfig, save_config
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tlkit.io import save_png
+from tlkit.core.io import save_png
 
 #: Above this many classes the legend names only the averages and the classes with the lowest area.
 LEGEND_CLASSES = 10

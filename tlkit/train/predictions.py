@@ -54,7 +54,7 @@ def predict_loader(
     replaces ``model(x)`` (e.g. a head over cached features). ``multilabel``: probabilities are the
     sigmoid of each logit and the loss is binary cross-entropy.
     """
-    from tlkit.runtime import autocast
+    from tlkit.core.runtime import autocast
 
     model.eval()
     fwd = forward or model

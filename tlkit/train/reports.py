@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from tlkit.io import save_npy, write_csv
+from tlkit.core.io import save_npy, write_csv
 
 if TYPE_CHECKING:
     from tlkit.train.plots import GridCell

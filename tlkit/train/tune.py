@@ -49,8 +49,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_dir, write_csv, write_json, write_text
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_dir, write_csv, write_json, write_text
 from tlkit.train.config import TrainConfig, make_config
 from tlkit.train.lr_find import LRFindResult, lr_find
 from tlkit.train.tune_plots import save_lr_find

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from tlkit.io import write_json
+from tlkit.core.io import write_json
 from tlkit.train.lr_find import LRFindResult
 from tlkit.train.plots import pyplot, save_figure
 

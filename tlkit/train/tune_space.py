@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train.config import MODES, TrainConfig
 
 LR_SPAN = 5.0  # lr range: suggestion / 5 .. suggestion x 5

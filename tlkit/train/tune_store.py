@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train.config import TrainConfig
 from tlkit.train.lr_find import LRFindResult
 from tlkit.train.tune_space import TrialRecord, import_optuna, round_value

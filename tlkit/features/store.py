@@ -8,7 +8,7 @@ Layout (what users read)::
                    row count/sha256 of index.csv. Written LAST: it seals the set.
     skipped.csv    path, reason; only when some files could not be decoded
 
-While a run works: ``.lock`` (flock, :mod:`tlkit.locks`), ``features.partial.npy`` (rows stream in
+While a run works: ``.lock`` (flock, :mod:`tlkit.core.locks`), ``features.partial.npy`` (rows stream in
 with ``pwrite``, never through a writable memmap: a full disk is an ``ENOSPC`` error, not SIGBUS;
 the file is preallocated with ``posix_fallocate`` so a full disk shows before the first batch),
 ``progress.json`` (rows done, committed after an fsync of the rows) and ``.next/``.
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from tlkit.errors import TlkitError
-from tlkit.io import fsync_dir, read_csv, read_json, sha256_file, write_csv, write_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import fsync_dir, read_csv, read_json, sha256_file, write_csv, write_json
 
 if TYPE_CHECKING:
     from tlkit.data import ImageSource
@@ -54,7 +54,7 @@ DTYPES = ("float32", "float16")
 
 
 SHARDS = "shards"
-"""The folder under ``OUT`` that holds the shard folders (:mod:`tlkit.extract_shards` runs and merges them)."""
+"""The folder under ``OUT`` that holds the shard folders (:mod:`tlkit.features.shards` runs and merges them)."""
 
 
 @dataclass(frozen=True)

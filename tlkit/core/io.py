@@ -122,7 +122,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     Raises:
         TlkitError: the file is not UTF-8 text (e.g. saved as Windows-1252 by Excel) or not a CSV file.
     """
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -196,7 +196,7 @@ def check_output_file(path: str | os.PathLike, *, option: str = "--out", example
     Raises:
         TlkitError: ``path`` is a folder, or one of its parents is a file.
     """
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     path = Path(path)
     if path.is_dir():
@@ -211,7 +211,7 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
     Raises:
         TlkitError: ``path`` or one of its parents is an existing file.
     """
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -221,7 +221,7 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
 
 
 def _check_parents(path: Path, option: str) -> None:
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     for parent in path.absolute().parents:
         if parent.exists():

@@ -3,7 +3,7 @@
 A shard ``i/N`` is the ``i``-th of ``N`` contiguous, nearly equal ranges of the source's records in
 their usual order (no padding: a record is in exactly one shard). Each shard is an ordinary extract
 folder, ``OUT/shards/iiiii-of-NNNNN/``, so it streams, resumes after a kill and reuses unchanged rows
-on its own (:mod:`tlkit.extract`). :func:`merge_shards` joins the ``N`` finished shards into ``OUT``
+on its own (:mod:`tlkit.features.extract`). :func:`merge_shards` joins the ``N`` finished shards into ``OUT``
 in shard order: the same rows, ids and order as one process over the whole source, and the same
 ``run_key``, so a later one-process ``tlkit extract`` of the same images finds nothing to do.
 The merge is atomic (the final set is swapped in as by a one-process run) and the shard folders stay
@@ -34,13 +34,13 @@ from typing import Any, Callable
 import numpy as np
 
 from tlkit import data as tdata
-from tlkit.errors import TlkitError
-from tlkit.extract_store import (
+from tlkit.core.errors import TlkitError
+from tlkit.core.fingerprint import fingerprints
+from tlkit.core.io import read_csv, run_digest, write_csv
+from tlkit.core.locks import hold_lock
+from tlkit.features.store import (
     LOCK, PARTIAL, SHARDS, SKIPPED, RowFile, Shard, ensure_free, finalize, read_checked, set_bytes,
 )
-from tlkit.fingerprint import fingerprints
-from tlkit.io import read_csv, run_digest, write_csv
-from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class MadeWith:
 
     def check(self, meta: dict[str, Any], out: Path) -> None:
         """One line naming the first setting that differs from the shards' ``meta``."""
-        from tlkit.io import sha256_file
+        from tlkit.core.io import sha256_file
 
         size, dtype = list(meta["data_config"]["input_size"][1:]), meta.get("dtype", "float32")
         weights = meta["weights"]
@@ -199,8 +199,8 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     import torch
     import torch.distributed as dist
 
-    from tlkit.extract import extract_features
-    from tlkit.dist_env import env_dist_info
+    from tlkit.core.dist_env import env_dist_info
+    from tlkit.features.extract import extract_features
 
     info = env_dist_info()
     if device in ("auto", "cuda") and torch.cuda.is_available():
