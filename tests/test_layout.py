@@ -18,8 +18,10 @@ PACKAGE = REPO / "tlkit"
 LOOSE_OK = {"__init__", "__main__", "api"}
 
 #: Bottom to top; a module may import from its own layer's package or from a layer below, never above.
-#: Why this order: data flows files -> records (data) -> model (models) -> engine -> features -> training ->
+#: Why this order: data flows files -> records (data) -> model (models) -> engine -> features | training ->
 #: active learning, which audit and serve build on; demo, the API and the CLI only put those together.
+#: ``tlkit`` is the package itself, at the bottom: modules read ``tlkit.__version__``, and its __init__.py
+#: imports no tlkit module (it loads tlkit.api by name, on first use of a public name).
 LAYERS = ("tlkit", "core", "data", "models", "engines", "features", "train", "active", "audit", "serve", "demo",
           "api", "cli", "__main__")
 
