@@ -107,7 +107,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_loose_modules_at_the_top():
     loose = sorted(f.name for f in PACKAGE.glob("*.py") if f.stem not in LOOSE_OK)
-    assert not loose, f"modules outside a package under tlkit/: {', '.join(loose)}; move each into the package it serves"
+    assert not loose, f"modules outside a package under tlkit/: {', '.join(loose)}; move each into its package"
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -1,4 +1,7 @@
-"""`tlkit export`: a run or a backbone as ONNX / OpenVINO IR with its preprocessing (calls :func:`tlkit.train.export.export_model`)."""
+"""`tlkit export`: a run or a backbone as ONNX / OpenVINO IR with its preprocessing.
+
+Calls :func:`tlkit.train.export.export_model`.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ Three ways to run the shards:
   no shard had finished;
 * independent jobs (Slurm arrays, Ray, Kubernetes): ``tlkit extract IMAGES --out OUT --shard i/N``
   for each ``i``, then ``tlkit extract IMAGES --out OUT --merge``;
-* from Python: ``extract_features(..., shard=Shard(i, n))`` and :func:`merge_shards`.
+* from Python: ``extract_features(..., shard=Shard(i, n))`` (:class:`~tlkit.features.store.Shard`) and
+  :func:`merge_shards`.
 """
 
 from __future__ import annotations
