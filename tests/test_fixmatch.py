@@ -141,6 +141,7 @@ def _flat_pool(tmp_path: Path, per_class: int = 8) -> tuple[Path, dict[str, str]
 
 @pytest.mark.slow
 def test_finetune_rounds_with_fixmatch_leave_labels_alone_and_report_it(tmp_path):
+    from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
     from tlkit.core.io import write_csv
 
@@ -149,8 +150,8 @@ def test_finetune_rounds_with_fixmatch_leave_labels_alone_and_report_it(tmp_path
     write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, truth[n]) for n in seed])
     recipe = tmp_path / "small.yaml"
     recipe.write_text("batch_size: 8\nworkers: 0\nfixmatch_per_epoch: 16\nfixmatch_threshold: 0.3\ntensorboard: false\n")
-    project = Project.create(tmp_path / "proj", pool=pool, classes=("0", "1", "2"), image_size=32,
-                             labels=tmp_path / "seed.csv", recipe=str(recipe))
+    project = Project.create(tmp_path / "proj", pool=pool, classes=("0", "1", "2"), image_size=32, recipe=str(recipe))
+    import_seed_labels(project, tmp_path / "seed.csv")
     before = project.labels_csv.read_bytes()
     res = run_cli("al-round", str(project.root), "--batch", "4", "--train", "finetune", "--epochs", "2",
                   "--ssl", "fixmatch", "--device", "cpu", timeout=1800)
