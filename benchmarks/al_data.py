@@ -24,7 +24,7 @@ SETS = ("digits-pixels", "digits-lite0", "photos", "digits-lite0-96")
 
 
 def _embed(src: Path, out: Path, size: int) -> tuple[np.ndarray, list[str], list[str]]:
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
 
     extract_features(src, out, image_size=size)
     x, idx, _ = load_features(out, mmap=False)

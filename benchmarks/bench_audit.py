@@ -105,7 +105,7 @@ def add_copies(base: list, n_copies: int, seed: int) -> list[tuple[Path, str, in
 
 
 def embed(folder: Path, image_size: int):
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
 
     extract_features(folder, folder.parent / (folder.name + "-feats"), image_size=image_size)
     feats, index, meta = load_features(folder.parent / (folder.name + "-feats"), mmap=False)
@@ -115,8 +115,8 @@ def embed(folder: Path, image_size: int):
 
 def dup_study(work: Path, image_size: int) -> None:
     """Files already in a kept ``--work`` are not rewritten (same seeds, same images), so features are reused."""
-    from tlkit.audit.neighbours import normalise, search
     from tlkit.audit.duplicates import DEFAULT_THRESHOLD
+    from tlkit.audit.neighbours import normalise, search
 
     sets = {}
     digits = work / "digits"

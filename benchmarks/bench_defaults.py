@@ -106,7 +106,7 @@ def plain_loop(paths: dict[str, Path], size: int, seed: int, epochs: int = EPOCH
     from torchvision import datasets as tvd
     from torchvision import transforms as T
 
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
 
     torch.manual_seed(seed)
     train_set = tvd.ImageFolder(paths["train"])
@@ -240,7 +240,7 @@ def table(args) -> dict:
 
 def export_weights(path: Path) -> Path:
     """The bundled efficientnet_lite0 weights as a state dict of ``timm.create_model('efficientnet_lite0')``."""
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
 
     if not path.exists():
         torch.save(create_backbone("efficientnet_lite0", num_classes=1000).model.state_dict(), path)

@@ -31,7 +31,7 @@ REFERENCE = r"""
 import sys, time, numpy as np, torch, timm
 from pathlib import Path
 from PIL import Image
-from tlkit.backbones import create_backbone
+from tlkit.models.backbones import create_backbone
 root, bs, size, device = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 bb = create_backbone(sys.argv[5], pretrained=sys.argv[6] == "1")
 model = bb.model.to(device).eval()
@@ -102,8 +102,8 @@ class TreeRSS:
 
 MODEL_ONLY = r"""
 import sys, time, numpy as np, torch
-from tlkit.backbones import create_backbone
 from tlkit.engines import ModelSpec, create_engine
+from tlkit.models.backbones import create_backbone
 bb = create_backbone(sys.argv[1], pretrained=sys.argv[2] == "1")
 bb.model.reset_classifier(0)
 size, bs, engine = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

@@ -93,8 +93,8 @@ def reference(args) -> dict:
     """The plain loop over ``args.data``, run in a fresh process of its own (``_reference``)."""
     import resource
 
-    from tlkit.backbones import create_backbone
     from tlkit.data import ImageDataset, build_transform, make_loader, scan_images
+    from tlkit.models.backbones import create_backbone
     from tlkit.train import make_config
 
     cfg = make_config(image_size=args.image_size, batch_size=args.batch_size, workers=args.workers)

@@ -1,10 +1,10 @@
 """Benchmark: per-file cost of tlkit's content fingerprint vs a full sha256, on 10,000 files.
 
-The fingerprint (:mod:`tlkit.fingerprint`) is size + mtime_ns + a hash of the first and last
+The fingerprint (:mod:`tlkit.core.fingerprint`) is size + mtime_ns + a hash of the first and last
 64 KiB; the reference is ``hashlib.sha256`` of the whole file (1 MiB reads, what
-:func:`tlkit.io.sha256_file` does). Files are random bytes (sizes as images have them), written
+:func:`tlkit.core.io.sha256_file` does). Files are random bytes (sizes as images have them), written
 once; each method then runs over all of them with the page cache warm (best of --repeat). Also
-times :func:`tlkit.fingerprint.fingerprints` (threaded, what extract uses).
+times :func:`tlkit.core.fingerprint.fingerprints` (threaded, what extract uses).
 
 Usage:
     python benchmarks/bench_fingerprint.py [--files 10000] [--sizes 8192,65536,262144] [--repeat 3]
@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tlkit.fingerprint import file_fingerprint, fingerprints  # noqa: E402
-from tlkit.io import sha256_file  # noqa: E402
+from tlkit.core.fingerprint import file_fingerprint, fingerprints  # noqa: E402
+from tlkit.core.io import sha256_file  # noqa: E402
 
 
 def make_files(folder: Path, n: int, size: int) -> list[Path]:

@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tlkit.active.strategies import PoolView, Selection, register_strategy  # noqa: E402
-from tlkit.constants import MULTILABEL, TASKS  # noqa: E402
+from tlkit.core.constants import MULTILABEL, TASKS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODAL = ("svm-binary-minimum", "max-loss", "mean-max-loss", "min-confidence", "avg-confidence", "max-score",

@@ -69,8 +69,8 @@ def plain_loop(pool_csv: Path, test_csv: Path, names: list[str], *, epochs: int,
     import torch
     from torchvision import transforms as T
 
-    from tlkit.backbones import create_backbone
     from tlkit.data import load_image
+    from tlkit.models.backbones import create_backbone
     from tlkit.train.multilabel import multilabel_metrics
 
     torch.manual_seed(seed)

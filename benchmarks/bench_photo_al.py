@@ -153,7 +153,7 @@ def report(out: Path, ssl: str | None, strategy: str = "auto") -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tlkit.constants import DEFAULT_SSL
+    from tlkit.core.constants import DEFAULT_SSL
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="cifar10,clothing")

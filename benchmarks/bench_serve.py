@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     from tlkit.active.project import Project
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     t = time.perf_counter()
     if (work / "truth.json").is_file():  # a --workdir of an earlier run: reuse (an interrupted embedding resumes)

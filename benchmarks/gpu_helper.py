@@ -51,8 +51,10 @@ def cmd_info(a) -> None:
         import timm
 
         out["timm"] = timm.__version__
+        from tlkit.core.runtime import (
+            default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision,
+        )
         from tlkit.engines import planned_engine
-        from tlkit.runtime import default_workers, inference_batch_size, precision_name, resolve_device, resolve_precision
 
         dev = resolve_device("auto")
         out.update(tlkit_device=str(dev), tlkit_precision=precision_name(resolve_precision("auto", dev)),
@@ -233,10 +235,10 @@ def _train_rate(X, Y, mean, std, bs: int, *, sync: bool = False, benchmark: bool
 
 def cmd_bounds(a) -> None:
     import torch
-    from tlkit.backbones import create_backbone
-    from tlkit.constants import DEFAULT_BACKBONE
+    from tlkit.core.constants import DEFAULT_BACKBONE
+    from tlkit.core.runtime import default_workers
     from tlkit.data import ImageDataset, build_transform, scan_images, size_hint_for
-    from tlkit.runtime import default_workers
+    from tlkit.models.backbones import create_backbone
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert a.tiny or device == "cuda", "no CUDA GPU visible (--tiny runs a few steps on the CPU)"

@@ -248,7 +248,7 @@ def load_embeddings(name: str, split: int = 0, cache: Path = DEFAULT_CACHE,
     test_paths, y_test = read_manifest(folder / "test.csv", names)
     f = folder / "embeddings.npy"
     if not f.is_file():
-        from tlkit.extract import extract_features, load_features
+        from tlkit.features.extract import extract_features, load_features
 
         extract_features(folder / "images", folder / "extract", backbone=EMBED_BACKBONE, image_size=MOSAIC)
         x, idx, _ = load_features(folder / "extract", mmap=False)

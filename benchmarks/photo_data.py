@@ -309,7 +309,7 @@ def classes(name: str, cache: Path = DEFAULT_CACHE) -> list[str]:
 def embeddings(name: str, cache: Path = DEFAULT_CACHE) -> np.ndarray:
     """``[N, 1280]`` float32 efficientnet_lite0 embeddings (224 px) of every exported image, in
     ``export.csv`` row order; computed once into ``cache/<name>/embeddings.npy``."""
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
 
     folder = export(name, cache)
     f = folder / "embeddings.npy"

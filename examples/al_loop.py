@@ -17,8 +17,8 @@ from pathlib import Path
 from tlkit.active.labels import import_labels
 from tlkit.active.project import Project
 from tlkit.active.round import run_round
+from tlkit.core.io import write_csv
 from tlkit.demo import make_digits_folder
-from tlkit.io import write_csv
 
 
 def make_pool(root: Path) -> dict[str, str]:

@@ -16,10 +16,11 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tlkit.active.labels import import_labels
-from tlkit.active.project import SKIP_LABEL, Project
+from tlkit.active.labeltext import SKIP_LABEL
+from tlkit.active.project import Project
 from tlkit.active.round import run_round
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -299,7 +300,7 @@ def test_validation_of_rounds_written_by_any_version(tmp_path, pool):
     """metrics.json before the typed Validation: head rounds had val_accuracy_cv, finetune rounds val_accuracy."""
     from tlkit.active.learner import Validation
     from tlkit.active.status import project_status
-    from tlkit.io import write_json
+    from tlkit.core.io import write_json
 
     assert Validation.from_metrics({"val_accuracy_cv": 0.5}) == Validation(0.5, "cv")
     assert Validation.from_metrics({"val_accuracy": 0.7, "val_on_train": False}) == Validation(0.7, "val")

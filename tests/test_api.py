@@ -65,12 +65,13 @@ def test_import_is_light_and_lists_the_api():
         assert f"'{name}'" in out
 
 
-def test_extract_is_the_module_and_the_function():
+def test_extract_is_the_api_function_whatever_is_imported():
     import tlkit
-    import tlkit.extract as module
+    import tlkit.api
+    import tlkit.features.extract  # the pipeline's module: importing it leaves tlkit.extract alone
 
-    assert tlkit.extract is module and callable(tlkit.extract)
-    assert module.extract_features is not None  # `from tlkit.extract import ...` still works
+    assert tlkit.extract is tlkit.api.extract and callable(tlkit.extract)
+    assert tlkit.features.extract.extract_features is not None
     with pytest.raises(tlkit.TlkitError, match="unknown --decode"):
         tlkit.extract("nowhere", "out", decode="gpu")
 

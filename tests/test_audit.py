@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from tlkit.active.labels import import_labels
+from tlkit.active.duplicate_groups import one_per_group, read_project_groups
+from tlkit.active.labels import import_labels, import_seed_labels
 from tlkit.active.project import Project
 from tlkit.audit import run_audit
-from tlkit.audit.duplicates import one_per_group, read_project_groups
 from tlkit.audit.neighbours import normalise, search
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 
 SIZE = 64
 
@@ -147,7 +147,8 @@ def test_project_review_round_trip_groups_and_propagation(dataset, tmp_path):
     labels = [(p.relative_to(pool).as_posix(), p.parent.name) for p in sorted(pool.rglob("*")) if p.is_file()]
     copies = set(dataset["copies"].values())
     write_csv(tmp_path / "seed.csv", ["path", "label"], [r for r in labels if r[0] not in copies])
-    project = Project.create(tmp_path / "proj", pool=pool, labels=tmp_path / "seed.csv", image_size=SIZE)
+    project = Project.create(tmp_path / "proj", pool=pool, image_size=SIZE)
+    import_seed_labels(project, tmp_path / "seed.csv")
     res = run_audit(project=project.root, propagate=True)
     assert res.out == project.root / "audit"
     tasks = json.loads(res.files["review"].read_text())

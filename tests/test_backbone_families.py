@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tlkit.backbones import FAMILIES, TimmFamily, TorchvisionFamily, create_backbone, feature_dim, parse
+from tlkit.core.errors import TlkitError
 from tlkit.data import DataConfig
-from tlkit.errors import TlkitError
+from tlkit.models.backbones import FAMILIES, TimmFamily, TorchvisionFamily, create_backbone, feature_dim, parse
 
 
 @pytest.mark.parametrize("name, family", [("test_resnet", TimmFamily), (" resnet18 ", TimmFamily),

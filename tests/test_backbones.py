@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.conftest import run_cli
-from tlkit.backbones import create_backbone, list_backbones, read_state_dict
-from tlkit.errors import TlkitError, WeightsNotFoundError
+from tlkit.core.errors import TlkitError, WeightsNotFoundError
+from tlkit.models.backbones import create_backbone, list_backbones, read_state_dict
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug

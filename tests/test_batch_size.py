@@ -11,9 +11,9 @@ import yaml
 from torch import nn
 
 from tests.conftest import run_cli
-from tlkit.batch_size import BatchChoice, inference_batch, largest_fitting, parse_batch_size
-from tlkit.errors import TlkitError
-from tlkit.runtime import oom_errors
+from tlkit.core.batch_size import BatchChoice, inference_batch, largest_fitting, parse_batch_size
+from tlkit.core.errors import TlkitError
+from tlkit.core.runtime import oom_errors
 
 OOM = oom_errors()[0]  # torch.OutOfMemoryError (torch.cuda.OutOfMemoryError before torch 2.5)
 
@@ -106,7 +106,7 @@ def test_training_probe_leaves_the_model_as_it_was():
 
 
 def _single():
-    from tlkit.dist_env import DistInfo
+    from tlkit.core.dist_env import DistInfo
 
     return DistInfo()
 

@@ -17,7 +17,7 @@ def test_help_texts_match_the_library_and_help_stays_light():
     import sys
 
     from tlkit.cli.finetune import MODES_HELP, PRECISIONS_HELP
-    from tlkit.runtime import PRECISIONS
+    from tlkit.core.runtime import PRECISIONS
     from tlkit.train.config import MODES
 
     assert MODES_HELP == " | ".join(MODES) and PRECISIONS_HELP == " | ".join(PRECISIONS)

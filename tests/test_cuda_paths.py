@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.dist_env import DistInfo
+from tlkit.core.dist_env import DistInfo
 from tests.conftest import torchrun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ _EXTRACT_RANK = """
 import json, sys
 import torch.distributed as dist
 from tlkit.data import scan_images
-from tlkit.extract_shards import extract_under_torchrun
+from tlkit.features.shards import extract_under_torchrun
 
 seen = []
 
@@ -201,7 +201,7 @@ print("RANK", json.dumps({**seen[0], "merged": merged is not None and merged["sh
 def test_extract_under_torchrun_makes_its_long_timeout_group_before_extracting(digits_with_broken, tmp_path):
     """The gloo group used to be made after the extraction, with the default 30 min timeout: ranks that
     finished more than 30 min apart failed. Now it exists before the first image, with RANKS_TIMEOUT."""
-    from tlkit.extract_shards import RANKS_TIMEOUT
+    from tlkit.features.shards import RANKS_TIMEOUT
 
     script = tmp_path / "extract_rank.py"
     script.write_text(_WATCHDOG + _EXTRACT_RANK)
@@ -282,7 +282,7 @@ def test_a_training_epoch_reads_loss_and_accuracy_off_the_device_once(tmp_path):
 def test_fast_cuda_math_on_cuda_unless_deterministic():
     """cudnn.benchmark and TF32 matmuls on CUDA; left alone on the CPU and under --deterministic
     (process-wide settings: flipping them needs no GPU, so this runs on a CPU)."""
-    from tlkit.runtime import allow_fast_cuda_math
+    from tlkit.core.runtime import allow_fast_cuda_math
 
     before = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
     try:
@@ -300,7 +300,7 @@ def test_fast_cuda_math_on_cuda_unless_deterministic():
 
 def test_default_workers_share_the_cores_among_the_ranks_of_the_node(monkeypatch):
     """8 ranks on a 32-core node: 2 decoding workers each (32 cores / 8 ranks, half of them), not 8 each."""
-    from tlkit.runtime import default_workers
+    from tlkit.core.runtime import default_workers
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_workers(cores=32) == 8 and default_workers(cores=2) == 0

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-import tlkit.data.decode as decode
+from tlkit.core.errors import TlkitError
 from tlkit.data import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -35,7 +35,7 @@ from tlkit.data import (
     summarize_failures,
     write_skipped,
 )
-from tlkit.errors import TlkitError
+import tlkit.data.decode as decode
 
 
 # ------------------------------------------------------------------------------------ helpers

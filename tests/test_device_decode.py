@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tlkit.core.errors import TlkitError
 from tlkit.data import scan_images
 from tlkit.data.config import DataConfig
 from tlkit.data.device_decode import EncodedJpeg, device_jpeg, eval_loader, resolve_decode
-from tlkit.errors import TlkitError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CONFIGS = {
@@ -190,7 +190,7 @@ def _train_batches(records, aug=AUG, decode="device", seed=0, torch_seed=0):
     tf = build_transform(TRAIN_CFG, training=True, **aug)
     loader, path = train_loader(records, TRAIN_CFG, aug, tf, batch_size=8, workers=0, device="cpu",
                                 sampler=list(range(len(records))), drop_last=False, decode=decode, seed=seed)
-    from tlkit.runtime import seed_everything
+    from tlkit.core.runtime import seed_everything
 
     seed_everything(torch_seed)  # as the training loop does before each epoch
     return list(loader), path, loader

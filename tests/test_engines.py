@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from tests.conftest import REPO
+from tlkit.core.errors import TlkitError
 from tlkit.engines import ModelSpec, create_engine, engine_names, resolve_engine
 from tlkit.engines import openvino_engine as ove
-from tlkit.errors import TlkitError
-from tlkit.extract import extract_features
+from tlkit.features.extract import extract_features
 
 pytest.importorskip("openvino")
 
@@ -33,8 +33,8 @@ def _photos(names=("chelsea", "coffee", "rocket", "astronaut"), size=None):
     import skimage.data
     from PIL import Image
 
-    from tlkit.backbones import create_backbone
     from tlkit.data import build_transform
+    from tlkit.models.backbones import create_backbone
 
     bb = create_backbone("efficientnet_lite0", num_classes=1000)
     tf = build_transform(bb.data_config, image_size=size)
@@ -241,7 +241,7 @@ def test_extract_records_the_engine_and_does_not_reuse_across_engines(tmp_path, 
     out = tmp_path / "o"
     ov_res = extract_features(photos_dir, out, image_size=64, workers=0)
     assert ov_res.meta["engine"] == "openvino" and ov_res.embedded == 20
-    with caplog.at_level(logging.INFO, logger="tlkit.extract"):
+    with caplog.at_level(logging.INFO, logger="tlkit.features.extract"):
         tv_res = extract_features(photos_dir, out, image_size=64, workers=0, engine="torch")
     assert tv_res.meta["engine"] == "torch" and tv_res.embedded == 20 and tv_res.reused == 0
     assert "made with engine openvino; re-embedding with torch" in caplog.text
@@ -293,7 +293,7 @@ def test_export_round_trip_matches_pytorch_on_real_images(tmp_path, photo_run, p
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     from tlkit.data import ImageDataset, build_transform, collate_skipping, scan_images
-    from tlkit.export import export_model, run_exported
+    from tlkit.train.export import export_model, run_exported
     from tlkit.train.model import load_run
 
     res = export_model(photo_run, format=fmt, out=tmp_path / fmt)
@@ -311,7 +311,7 @@ def test_export_round_trip_matches_pytorch_on_real_images(tmp_path, photo_run, p
 
 
 def test_predict_with_openvino_agrees_with_torch(tmp_path, photo_run, photos_dir):
-    from tlkit.io import read_csv
+    from tlkit.core.io import read_csv
     from tlkit.train import predict
 
     a = predict(photo_run, photos_dir, out=tmp_path / "ov.csv", engine="openvino")

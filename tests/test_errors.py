@@ -180,7 +180,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, results, world):
 ])
 def test_project_yaml_is_validated(text, expected):
     from tlkit.active.project import ProjectConfig
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     with pytest.raises(TlkitError) as e:
         ProjectConfig.from_yaml(text)
@@ -258,7 +258,7 @@ def test_imbalance_hint():
 
 def test_simulate_without_strategies_says_which_exist(tmp_path, digits_dir):
     from tlkit.active.simulate import simulate_folders
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     with pytest.raises(TlkitError, match="no strategy given; pass --strategies .*margin"):
         simulate_folders(digits_dir, digits_dir, tmp_path / "sim", strategies=[])

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tlkit.extract import extract_features, load_features
-from tlkit.io import read_csv
+from tlkit.core.io import read_csv
+from tlkit.features.extract import extract_features, load_features
 
 
 def test_cli_end_to_end(tmp_path, digits_dir):
@@ -127,7 +127,7 @@ def test_changed_settings_start_over(tmp_path, digits_dir):
 
 
 def test_bf16_features_close_to_fp32(tmp_path, photos_dir):
-    from tlkit.cpuinfo import cpu_has_fast_bf16
+    from tlkit.core.cpuinfo import cpu_has_fast_bf16
 
     if not cpu_has_fast_bf16():  # OpenVINO runs (and records) fp32 there
         pytest.skip("this CPU has no native bf16")
@@ -152,9 +152,9 @@ def test_flat_folder_and_manifest(tmp_path, digits_dir):
 def test_settings_key_of_features_made_before_data_config_is_unchanged(tmp_path, digits_dir, monkeypatch):
     """Folders written with the old dict data config keep their settings key (their rows are reused), and
     images are decoded at the size hint every other caller uses (size / crop_pct)."""
-    from tlkit import extract as ex
-    from tlkit.backbones import create_backbone
     from tlkit.data import size_hint_for
+    from tlkit.features import extract as ex
+    from tlkit.models.backbones import create_backbone
 
     bb = create_backbone()
     old = dict(bb.data_config, input_size=(3, 48, 48))  # the dict (tuples) the settings key was made from

@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, run_cli
-from tlkit.errors import TlkitError
-from tlkit.extract import extract_features, load_features
-from tlkit.io import read_csv, write_csv
-from tlkit.locks import hold_lock
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
+from tlkit.core.locks import hold_lock
+from tlkit.features.extract import extract_features, load_features
 
 FAST = dict(image_size=48, workers=0, precision="fp32", batch_size=16)  # 32 px gives all-zero features
 
@@ -44,7 +44,7 @@ def test_second_extract_into_a_busy_folder_is_refused(tmp_path, digits_dir, phot
     extract_features(digits_dir, out, **FAST)
     before = _snapshot(out)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tlkit.locks import hold_lock\n"
+        [sys.executable, "-c", "import sys, time; from tlkit.core.locks import hold_lock\n"
          "with hold_lock(sys.argv[1], 'tlkit extract'):\n    print('held', flush=True); time.sleep(120)",
          str(out / ".lock")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -179,7 +179,7 @@ def test_disk_full_on_a_real_small_disk(tmp_path, small_disk, digits_dir, monkey
     assert "not enough free space" in line and "MiB" in line
     _assert_intact(out, before)
     # Past the early check, the real ENOSPC of the preallocation is one line too, nothing changed.
-    monkeypatch.setattr("tlkit.extract.ensure_free", lambda *a, **k: None)
+    monkeypatch.setattr("tlkit.features.extract.ensure_free", lambda *a, **k: None)
     with pytest.raises(TlkitError, match=r"disk full while writing features.partial.npy"):
         extract_features(big, out, **FAST)
     _assert_intact(out, before)
@@ -216,7 +216,7 @@ def test_disk_full_while_streaming_keeps_previous_result_and_resumes(tmp_path, d
 
 
 def test_disk_full_in_the_final_step_keeps_previous_result(tmp_path, digits_dir, photos_dir, monkeypatch):
-    import tlkit.extract_store as store
+    import tlkit.features.store as store
 
     out = tmp_path / "o"
     extract_features(photos_dir, out, **FAST)
@@ -286,7 +286,7 @@ def test_folder_copied_without_mtimes_and_old_folders_still_load(tmp_path, digit
 
 
 def test_interrupted_final_swap_is_finished_by_the_next_run(tmp_path, digits_dir, photos_dir, monkeypatch):
-    import tlkit.extract_store as store
+    import tlkit.features.store as store
 
     out = tmp_path / "o"
     extract_features(photos_dir, out, **FAST)

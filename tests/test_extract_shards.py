@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import REPO, run_cli, torchrun
 from tests.test_extract import _broken_copy
-from tlkit.errors import TlkitError
-from tlkit.extract_shards import Shard
+from tlkit.core.errors import TlkitError
+from tlkit.features.store import Shard
 
 ARGS = ["--image-size", "32", "--precision", "fp32", "--workers", "0", "--batch-size", "8"]
 
@@ -105,7 +105,7 @@ def test_torchrun_two_cpu_processes_match_one_and_resume_only_what_is_missing(im
 def test_float16_storage_is_the_float32_result_rounded_and_merges_as_float16(images, single, tmp_path):
     """--dtype float16: the same rows rounded once, half the bytes; a re-run has nothing to do; shards
     of float16 merge into float16; loading without mmap gives float32."""
-    from tlkit.extract import load_features
+    from tlkit.features.extract import load_features
 
     out = tmp_path / "half"
     r = run_cli("extract", str(images), "--out", str(out), "--dtype", "float16", *ARGS)

@@ -1,4 +1,4 @@
-"""Extract's warm start (tlkit.extract_warm): a cached OpenVINO model used without torch or timm.
+"""Extract's warm start (tlkit.features.warm): a cached OpenVINO model used without torch or timm.
 
 The NumPy preprocessing is bit-for-bit timm's; a warm run writes the same features.npy, index.csv and
 meta.json keys as the normal path and imports neither torch nor timm; a stale index record (weights
@@ -21,8 +21,8 @@ from PIL import Image
 from tests.conftest import REPO
 from tlkit.data.config import DataConfig
 from tlkit.data.numpy_transform import numpy_eval_transform
-from tlkit.extract import ExtractOptions, extract_features
-from tlkit.extract_warm import find_warm_start, warm_request
+from tlkit.features.extract import ExtractOptions, extract_features
+from tlkit.features.warm import find_warm_start, warm_request
 
 pytest.importorskip("openvino")
 
@@ -77,7 +77,7 @@ def images(tmp_path_factory):
 @pytest.fixture()
 def weights(tmp_path):
     """A private copy of the bundled efficientnet_lite0 weights (its size and mtime are ours to change)."""
-    from tlkit.backbones import PACKAGED_WEIGHTS
+    from tlkit.models.backbones import PACKAGED_WEIGHTS
 
     dst = tmp_path / "lite0.pth"
     shutil.copyfile(PACKAGED_WEIGHTS["efficientnet_lite0"].path(), dst)
@@ -131,7 +131,7 @@ def test_warm_run_is_identical_and_imports_neither_torch_nor_timm(tmp_path, imag
 
 
 def test_import_of_the_cli_and_extract_loads_neither_torch_nor_timm():
-    code = ("import sys, tlkit.cli, tlkit.extract, tlkit.data, tlkit.engines.openvino_engine;"
+    code = ("import sys, tlkit.cli, tlkit.features.extract, tlkit.data, tlkit.engines.openvino_engine;"
             f"print(*[m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -162,7 +162,7 @@ def test_stale_records_take_the_normal_path(tmp_path, images, weights, cache, ca
     extract_features(images, tmp_path / "a", weights=weights, image_size=64, device="cpu")
     request = warm_request("efficientnet_lite0", weights, True, _opts())
     entry = find_warm_start(request).engine.entry
-    caplog.set_level(logging.DEBUG, logger="tlkit.extract_warm")
+    caplog.set_level(logging.DEBUG, logger="tlkit.features.warm")
     entry.rename(entry.with_name("moved"))  # the compiled model is gone
     assert find_warm_start(request) is None and "is gone" in caplog.text
     entry.with_name("moved").rename(entry)

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import run_cli
 from tests.test_train import make_digits, tiny_config
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train import fit
 from tlkit.train.consistency import ConsistencyConfig, UnlabeledSet, consistency_loss, two_views
 
@@ -36,7 +36,7 @@ def test_strong_and_weak_views_differ_and_repeat_under_a_seed():
     from PIL import Image
     from skimage import data
 
-    from tlkit.runtime import seed_everything
+    from tlkit.core.runtime import seed_everything
 
     img = Image.fromarray(data.chelsea())
     views = two_views({"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}, ConsistencyConfig(),
@@ -141,16 +141,17 @@ def _flat_pool(tmp_path: Path, per_class: int = 8) -> tuple[Path, dict[str, str]
 
 @pytest.mark.slow
 def test_finetune_rounds_with_fixmatch_leave_labels_alone_and_report_it(tmp_path):
+    from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     pool, truth = _flat_pool(tmp_path)
     seed = sorted(truth)[::2][:12]
     write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, truth[n]) for n in seed])
     recipe = tmp_path / "small.yaml"
     recipe.write_text("batch_size: 8\nworkers: 0\nfixmatch_per_epoch: 16\nfixmatch_threshold: 0.3\ntensorboard: false\n")
-    project = Project.create(tmp_path / "proj", pool=pool, classes=("0", "1", "2"), image_size=32,
-                             labels=tmp_path / "seed.csv", recipe=str(recipe))
+    project = Project.create(tmp_path / "proj", pool=pool, classes=("0", "1", "2"), image_size=32, recipe=str(recipe))
+    import_seed_labels(project, tmp_path / "seed.csv")
     before = project.labels_csv.read_bytes()
     res = run_cli("al-round", str(project.root), "--batch", "4", "--train", "finetune", "--epochs", "2",
                   "--ssl", "fixmatch", "--device", "cpu", timeout=1800)

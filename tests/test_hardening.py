@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 
 SMALL = ["--image-size", "32", "--workers", "0"]
 
@@ -44,7 +44,7 @@ def snapshot(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory, digits_dir) -> Path:
     """A `tlkit extract` folder of the 60 digits (default backbone, 32 px), images still in place."""
-    from tlkit.extract import extract_features
+    from tlkit.features.extract import extract_features
 
     out = tmp_path_factory.mktemp("hardening") / "feats"
     extract_features(digits_dir, out, image_size=32, workers=0)
@@ -156,7 +156,7 @@ def test_finetune_with_lr_nan_is_one_line_and_writes_nothing(tmp_path, digits_di
 
 @pytest.mark.slow
 def test_audit_test_features_of_another_dimension_is_one_line(feats, tmp_path, digits_dir):
-    from tlkit.extract import extract_features
+    from tlkit.features.extract import extract_features
 
     other = tmp_path / "resnet-feats"
     extract_features(digits_dir, other, backbone="test_resnet", pretrained=False, image_size=32, workers=0)
@@ -183,7 +183,7 @@ def test_openvino_bf16_on_a_cpu_without_native_bf16_reports_fp32(tmp_path, digit
 
 
 def test_openvino_precision_follows_the_cpu_facts(monkeypatch):
-    from tlkit.cpuinfo import cpu_has_fast_bf16
+    from tlkit.core.cpuinfo import cpu_has_fast_bf16
     from tlkit.engines.openvino_engine import ov_precision
 
     for native, expected in (("1", "bf16"), ("0", "fp32")):
@@ -202,8 +202,8 @@ def test_openvino_precision_follows_the_cpu_facts(monkeypatch):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, digits_dir) -> Path:
     """Two finished shards of the digits (default backbone, 32 px, float32), not merged."""
-    from tlkit.extract import extract_features
-    from tlkit.extract_shards import Shard
+    from tlkit.features.extract import extract_features
+    from tlkit.features.store import Shard
 
     out = tmp_path_factory.mktemp("merge") / "out"
     for i in range(2):

@@ -8,8 +8,8 @@ import timm
 import torch
 from torch import nn
 
-from tlkit.extract import extract_features
-from tlkit.inference import fold_batchnorm, prepare_for_inference
+from tlkit.features.extract import extract_features
+from tlkit.models.inference import fold_batchnorm, prepare_for_inference
 
 CPU = torch.device("cpu")
 

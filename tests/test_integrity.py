@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli, tmpfs
-from tlkit.active.labels import _resolve
+from tlkit.active.labels import _resolve, import_seed_labels
 from tlkit.active.labelstudio import Vote
 from tlkit.active.poolpath import pool_file, pool_relpath
 from tlkit.active.project import Project
-from tlkit.io import write_csv
+from tlkit.core.io import write_csv
 
 CLASSES = [str(d) for d in range(10)]
 #: Real file names that str.splitlines() splits, csv quotes, or str.strip() changes.
@@ -162,7 +162,8 @@ def test_restart_retrains_after_a_relabel_that_keeps_the_counts(tmp_path, digits
     names = sorted(truth)
     seed = {n: truth[n] for n in names[:12]}
     write_csv(tmp_path / "seed.csv", ["path", "label"], seed.items())
-    project = Project.create(tmp_path / "proj", pool=pool, classes=CLASSES, image_size=32, labels=tmp_path / "seed.csv")
+    project = Project.create(tmp_path / "proj", pool=pool, classes=CLASSES, image_size=32)
+    import_seed_labels(project, tmp_path / "seed.csv")
     assert run_cli("al-round", str(project.root), "--batch", "4").returncode == 0
     assert not Backend(project.root)._labels_changed_since_last_round()
     relabel = names[0], next(c for c in CLASSES if c != truth[names[0]])
@@ -184,7 +185,8 @@ def test_import_names_queried_images_left_unlabeled_by_a_json_min_export(tmp_pat
     pool, truth = _odd_pool(tmp_path, digits)
     names = sorted(truth)
     write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, truth[n]) for n in names[:10]])
-    project = Project.create(tmp_path / "proj", pool=pool, classes=CLASSES, image_size=32, labels=tmp_path / "seed.csv")
+    project = Project.create(tmp_path / "proj", pool=pool, classes=CLASSES, image_size=32)
+    import_seed_labels(project, tmp_path / "seed.csv")
     assert run_cli("al-round", str(project.root), "--batch", "3", "--strategy", "random").returncode == 0
     query = [r["path"] for r in project.last_query()]
     # JSON_MIN as Label Studio writes it: one item per non-cancelled annotation; the skipped task is absent
@@ -210,7 +212,8 @@ def _ro_project(mount: Path, digits) -> tuple[Project, dict[str, str]]:
     pool, truth = _odd_pool(mount, digits)
     names = sorted(truth)
     write_csv(mount / "seed.csv", ["path", "label"], [(n, truth[n]) for n in names[:10]])
-    project = Project.create(mount / "proj", pool=pool, classes=CLASSES, image_size=32, labels=mount / "seed.csv")
+    project = Project.create(mount / "proj", pool=pool, classes=CLASSES, image_size=32)
+    import_seed_labels(project, mount / "seed.csv")
     assert run_cli("al-round", str(project.root), "--batch", "3", "--strategy", "random").returncode == 0
     write_csv(mount / "more.csv", ["path", "label"], [(names[11], truth[names[11]])])
     return project, truth

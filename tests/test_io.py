@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tlkit.io import atomic_write, write_json
+from tlkit.core.io import atomic_write, write_json
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

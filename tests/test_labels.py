@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 from tlkit.active.labels import _resolve
 from tlkit.active.labelstudio import ImageUrls, Vote, label_config
 from tlkit.active.project import Project
-from tlkit.io import read_csv, write_csv
+from tlkit.core.io import read_csv, write_csv
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -188,5 +188,3 @@ def test_create_only_creates_and_seed_labels_are_a_separate_import(tmp_path, poo
     report = import_seed_labels(p, tmp_path / "seed.csv")  # a project without classes takes the file's
     assert report.added == 4 and set(p.config.classes) == {truth[n] for n in names}
     assert p.labels() == {n: truth[n] for n in names} and Project.open(p.root).config.classes == p.config.classes
-    q = Project.create(tmp_path / "q", pool=pool_dir, labels=tmp_path / "seed.csv")  # the shortcut does the same
-    assert q.labels() == p.labels() and q.config.classes == p.config.classes

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tlkit.active.labelstudio import MODEL_VERSION
-from tlkit.io import read_csv, write_csv
+from tlkit.core.io import read_csv, write_csv
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_cli
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, read_json
 from tlkit.data import ImageDataset, collate_skipping, scan_images
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json
 from tlkit.train.multilabel import (
     AsymmetricLoss, BCEWithLogits, choose_thresholds, multilabel_metrics, pos_weights, quick_multilabel_metrics,
 )

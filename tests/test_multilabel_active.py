@@ -11,13 +11,14 @@ import yaml
 
 from tests.conftest import MOSAIC_PHOTOS, make_mosaics, run_cli
 from tlkit.active.labels import import_labels
-from tlkit.active.project import SKIP_LABEL, Project, join_labels
+from tlkit.active.labeltext import SKIP_LABEL, join_labels
+from tlkit.active.project import Project
 from tlkit.active.strategies import PoolView, list_strategies, select
 from tlkit.active.strategies import multilabel as ml
 from tlkit.active.strategies.auto import AUTO_ML_COLD, AUTO_ML_FEW, AUTO_ML_WARM, auto_plan
 from tlkit.active.strategies.uncertainty import mean_entropy_scores
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, write_csv
 
 CLASSES = list(MOSAIC_PHOTOS)
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from tests.test_train import make_digits, tiny_config
-from tlkit.io import read_csv, read_json
+from tlkit.core.io import read_csv, read_json
 from tlkit.train import evaluate_run, fit
-from tlkit.train.evaluate import calibration_bins, compute_metrics, expected_calibration_error
+from tlkit.train.metrics import calibration_bins, compute_metrics, expected_calibration_error
 
 EVAL_PLOTS = ("confusion_matrix", "roc", "pr", "reliability", "top_losses")
 

@@ -49,7 +49,7 @@ def files(tmp_path_factory, photos_dir):
 
 def _run_folder(folder, size=48, interpolation="bicubic", crop_pct=0.875):
     """A run of an untrained test_resnet (3 classes) at ``size`` px: what Predictor.load reads."""
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
     from tlkit.train.checkpoint import RunMeta, save_weights
 
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def _project(tmp_path, pool_dir):
 
 def _label_all_queried(project, rows, truth, tmp_path):
     from tlkit.active.labels import import_labels
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     write_csv(tmp_path / "l.csv", ["path", "label"], [(r["path"], truth[r["path"]]) for r in rows])
     import_labels(project, tmp_path / "l.csv")
@@ -198,7 +198,7 @@ def test_embedding_cache_is_keyed_by_device_engine_and_precision(tmp_path, pool,
     CPU's: the CPU embeds into its own folder with one warning naming the other; an old cache named before the
     rule is renamed after its meta.json and reused."""
     from tlkit.active.round import embedding_cache, run_round
-    from tlkit.io import read_json, write_json
+    from tlkit.core.io import read_json, write_json
 
     pool_dir, _ = pool
     project = _project(tmp_path, pool_dir)

@@ -16,7 +16,7 @@ from tests.conftest import run_cli
 # mmapped bytes (mallinfo2().hblkhd) while it is alive, and how much the heap grows over 30 more.
 PROBE = r"""
 import ctypes, json, torch
-from tlkit.runtime import keep_freed_memory
+from tlkit.core.runtime import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in

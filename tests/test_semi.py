@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from tlkit.active import head as heads
 from tlkit.active import semi
 from tlkit.active.learner import HeadLearner
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -88,13 +88,15 @@ def test_rounds_record_their_learner_and_ssl_off_keeps_the_plain_head(tmp_path, 
     import json
 
     from tests.conftest import run_cli
+    from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     names = sorted(p.relative_to(digits_dir).as_posix() for p in digits_dir.rglob("*.png"))
     seed = [n for n in names if n.endswith(("0.png", "1.png", "2.png"))][:20]
     write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, n.split("/")[0]) for n in seed])
-    project = Project.create(tmp_path / "proj", pool=digits_dir, image_size=32, labels=tmp_path / "seed.csv")
+    project = Project.create(tmp_path / "proj", pool=digits_dir, image_size=32)
+    import_seed_labels(project, tmp_path / "seed.csv")
     labels_before = project.labels_csv.read_bytes()
     assert run_cli("al-round", str(project.root), "--batch", "5").returncode == 0
     m1 = json.loads((project.round_dir(1) / "metrics.json").read_text())
@@ -137,13 +139,15 @@ def test_train_auto_rounds_say_which_learner_and_why(tmp_path, digits_dir):
     import json
 
     from tests.conftest import run_cli
+    from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     names = sorted(p.relative_to(digits_dir).as_posix() for p in digits_dir.rglob("*.png"))
     seed = [n for n in names if n.endswith(("0.png", "1.png", "2.png"))][:20]
     write_csv(tmp_path / "seed.csv", ["path", "label"], [(n, n.split("/")[0]) for n in seed])
-    project = Project.create(tmp_path / "proj", pool=digits_dir, image_size=32, labels=tmp_path / "seed.csv")
+    project = Project.create(tmp_path / "proj", pool=digits_dir, image_size=32)
+    import_seed_labels(project, tmp_path / "seed.csv")
     before = project.labels_csv.read_bytes()
     res = run_cli("al-round", str(project.root), "--batch", "5", "--train", "auto", "--device", "cpu")
     assert res.returncode == 0, res.stderr

@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import REPO, run_cli
 from tests.labelstudio_server import TOKEN, free_port
 from tlkit.active.project import Project
-from tlkit.io import read_csv, write_csv
+from tlkit.core.io import read_csv, write_csv
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tlkit.active.simulate import aubc, simulate
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 
 def test_aubc_is_normalised_area():

@@ -84,8 +84,8 @@ def test_keep_depthwise_fp32_converts_only_the_slow_shapes():
 
 def test_depthwise_fp32_training_step_is_as_close_to_fp32_as_plain_bf16(photos_dir):
     """Pretrained weights, real photos, a train-mode step: loss and head gradient vs full fp32."""
-    from tlkit.backbones import create_backbone
     from tlkit.data import ImageDataset, build_transform, scan_images
+    from tlkit.models.backbones import create_backbone
     from tlkit.train.model import init_head
 
     torch.manual_seed(0)

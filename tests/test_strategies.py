@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from tlkit.active.strategies import PoolView, Selection, get_strategy, list_strategies, select
 from tlkit.active.strategies import _geometry, auto, coldstart, diversity
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 NAMES = [s.name for s in list_strategies()]
 N_PICK = 10

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tests.conftest import torchrun
-from tlkit.io import read_csv, read_json
+from tlkit.core.io import read_csv, read_json
 from tlkit.train import evaluate_run, fit, load_run, make_config, predict
 
 TINY = dict(backbone="test_resnet", pretrained=False, image_size=32, batch_size=8, workers=0, precision="fp32")
@@ -205,8 +205,8 @@ def test_linear_probe_on_cached_features_leaves_the_body_untouched(tiny, tmp_pat
     state = load_train_state(tmp_path / "lp" / "train_state.pt")
     assert set(state["model"]) == set(first)
     body = [k for k in first if not k.startswith("fc.")]
-    from tlkit.backbones import create_backbone
-    from tlkit.runtime import seed_everything
+    from tlkit.core.runtime import seed_everything
+    from tlkit.models.backbones import create_backbone
 
     seed_everything(0)
     fresh = create_backbone("test_resnet", pretrained=False, num_classes=3).model.state_dict()

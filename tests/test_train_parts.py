@@ -11,11 +11,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train import checkpoint as ckpt
 from tlkit.train.config import TrainConfig, list_recipes, load_recipe, make_config, parse_overrides
-from tlkit.train.evaluate import compute_metrics, expected_calibration_error
 from tlkit.train.losses import build_loss, build_mixup, class_weights
+from tlkit.train.metrics import compute_metrics, expected_calibration_error
 from tlkit.train.optim import build_optimizer, head_param_names, set_body_trainable
 from tlkit.train.schedule import PhasedSchedule, ScheduleSpec, list_schedules, lr_factor
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, read_json
 from tlkit.train import make_config
 from tlkit.train.config import MODES, TrainConfig
-from tlkit.train.lr_find import longest_descent, lr_find, save_lr_find, suggest_lr
-from tlkit.train.tune import (TrialRecord, decide, import_optuna, margin, pick_winner, recipe_of, run_confirm,
-                              run_trial, search_space, trial_fits, write_recipe)
+from tlkit.train.lr_find import longest_descent, lr_find, suggest_lr
+from tlkit.train.tune import decide, margin, pick_winner, recipe_of, run_confirm, run_trial, trial_fits, write_recipe
+from tlkit.train.tune_plots import save_lr_find
+from tlkit.train.tune_space import TrialRecord, import_optuna, search_space
 
 optuna = pytest.importorskip("optuna")
 

@@ -10,8 +10,9 @@ Example:
     >>> project = tlkit.Project.init("proj", pool="unlabeled/")             # doctest: +SKIP
     >>> picks = project.query(20)                                           # doctest: +SKIP
 
-``tlkit.extract`` is also the module :mod:`tlkit.extract` (the feature pipeline): the module is
-callable, and calling it is :func:`tlkit.api.extract`.
+The library underneath is a stack of packages (``docs/DESIGN.md``): ``core`` < ``data`` < ``models`` <
+``engines`` < ``features`` < ``train`` < ``active`` < ``audit``, ``serve``; ``demo``, ``api`` and ``cli``
+put them together.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: The public names: where each lives. ``extract`` is the callable module :mod:`tlkit.extract`.
+#: The public names: where each lives.
 _API = {
-    "extract": "tlkit.extract",
+    "extract": "tlkit.api",
     "finetune": "tlkit.api",
     "evaluate": "tlkit.api",
     "predict": "tlkit.api",
@@ -35,7 +36,7 @@ _API = {
     "Query": "tlkit.api",
     "Pick": "tlkit.api",
     "Simulation": "tlkit.api",
-    "TlkitError": "tlkit.errors",
+    "TlkitError": "tlkit.core.errors",
 }
 
 __all__ = ["__version__", *_API]
@@ -47,10 +48,7 @@ def __getattr__(name: str) -> Any:
     where = _API.get(name)
     if where is None:
         raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
-    module = importlib.import_module(where)
-    if where == f"{__name__}.{name}":  # a submodule: importing it made it this package's attribute
-        return module
-    value = getattr(module, name)
+    value = getattr(importlib.import_module(where), name)
     globals()[name] = value
     return value
 

@@ -5,7 +5,7 @@ cannot drift apart:
 
 | Python                            | command            | library function                                   |
 |-----------------------------------|--------------------|----------------------------------------------------|
-| `tlkit.extract`                   | `tlkit extract`    | `tlkit.extract.extract_features`                   |
+| `tlkit.extract`                   | `tlkit extract`    | `tlkit.features.extract.extract_features`                   |
 | `tlkit.finetune`                  | `tlkit finetune`   | `tlkit.train.make_config` + `tlkit.train.fit`      |
 | `tlkit.evaluate`                  | `tlkit evaluate`   | `tlkit.train.evaluate_run`                         |
 | `tlkit.predict`                   | `tlkit predict`    | `tlkit.train.predict`                              |
@@ -36,14 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
-from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL
-from tlkit.errors import TlkitError
+from tlkit.core.constants import DEFAULT_BACKBONE, DEFAULT_SSL
+from tlkit.core.errors import TlkitError
 
 if TYPE_CHECKING:
     from tlkit.active.labels import ImportReport
     from tlkit.active.simulate import SimulationResult
     from tlkit.active.status import ProjectStatus
-    from tlkit.extract import ExtractResult
+    from tlkit.features.extract import ExtractResult
     from tlkit.train import FitResult, PredictResult, Predictor
 
 PathLike = Union[str, os.PathLike]
@@ -113,14 +113,14 @@ def extract(
         progress: called with the number of images finished after every batch.
 
     Returns:
-        The :class:`~tlkit.extract.ExtractResult` (``count``, ``dim``, ``out``, ``meta``, speed).
-        Load the features with :func:`tlkit.extract.load_features` or ``numpy.load``.
+        The :class:`~tlkit.features.extract.ExtractResult` (``count``, ``dim``, ``out``, ``meta``, speed).
+        Load the features with :func:`tlkit.features.extract.load_features` or ``numpy.load``.
 
     Example:
         >>> res = tlkit.extract("photos/", "feats/", backbone="resnet18")       # doctest: +SKIP
         >>> x = numpy.load(res.out / "features.npy")                            # doctest: +SKIP
     """
-    from tlkit.extract import extract_features
+    from tlkit.features.extract import extract_features
 
     return extract_features(images, out, backbone=backbone, weights=_path_or_none(weights), pretrained=pretrained,
                             image_size=image_size, batch_size=batch_size, device=device, precision=precision,
@@ -492,16 +492,19 @@ class Project:
             multilabel: each image gets a set of classes, maybe empty (``al-init --multi-label``; labels
                 files are ``path,labels`` with the set joined by ``;``).
         """
+        from tlkit.active.labels import import_seed_labels
         from tlkit.active.labelstudio import DEFAULT_PREFIX
-        from tlkit.constants import DEFAULT_TASK, MULTILABEL
         from tlkit.active.project import Project as ProjectFolder
+        from tlkit.core.constants import DEFAULT_TASK, MULTILABEL
 
         folder = ProjectFolder.create(
-            path, pool=pool, labels=labels, classes=tuple(classes), backbone=backbone,
+            path, pool=pool, classes=tuple(classes), backbone=backbone,
             weights=_path_or_none(weights), image_size=image_size, recipe=recipe,
             label_studio_root=label_studio_root, label_studio_prefix=label_studio_prefix or DEFAULT_PREFIX,
             seed=seed, embedding_dtype=embedding_dtype, task=MULTILABEL if multilabel else DEFAULT_TASK,
         )
+        if labels is not None:
+            import_seed_labels(folder, labels)
         return cls(folder.root)
 
     def __repr__(self) -> str:
@@ -659,10 +662,10 @@ class Project:
         """
         import numpy as np
 
-        from tlkit.active.project import SKIP_LABEL
+        from tlkit.active.labeltext import SKIP_LABEL
         from tlkit.active.round import embeddings_for
         from tlkit.active.simulate import labeled_features, simulate_labeled
-        from tlkit.io import check_output_dir
+        from tlkit.core.io import check_output_dir
 
         folder = self._reopen()
         labels = {p: lab for p, lab in folder.labels().items() if lab != SKIP_LABEL}

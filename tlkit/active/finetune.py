@@ -32,8 +32,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from tlkit.active.learner import LearnerResult, Validation
-from tlkit.constants import DEFAULT_FINETUNE_SSL, FINETUNE_SSL_MODES
-from tlkit.errors import TlkitError, check_choice
+from tlkit.core.constants import DEFAULT_FINETUNE_SSL, FINETUNE_SSL_MODES
+from tlkit.core.errors import TlkitError, check_choice
 
 log = logging.getLogger(__name__)
 

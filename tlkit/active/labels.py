@@ -22,7 +22,7 @@ rounds) are resolved by one documented rule, never a silent choice:
 3. An image whose annotations were all cancelled (skipped) is marked unlabelable (``__skip__``).
 
 In a multi-label project a vote's label is the annotation's set of classes (its canonical text,
-:func:`tlkit.active.project.join_labels`); the rules apply per image unchanged, so annotators agree
+:func:`tlkit.active.labeltext.join_labels`); the rules apply per image unchanged, so annotators agree
 when they chose the same set, ``majority`` takes the most frequent set, and an annotation with no
 class ticked is the empty set (reviewed, no class present), not a missing label.
 """
@@ -39,9 +39,10 @@ from typing import Mapping
 
 from tlkit.active import labelstudio as ls
 from tlkit.active.labelstudio import Vote
+from tlkit.active.labeltext import SKIP_LABEL, SKIP_WORDS, check_class_names, split_labels
 from tlkit.active.poolpath import pool_relpath
-from tlkit.active.project import SKIP_LABEL, SKIP_WORDS, Project, check_class_names, split_labels
-from tlkit.errors import TlkitError
+from tlkit.active.project import Project
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ Everything here was checked against a running Label Studio 1.23 (``tests/test_la
   ``value.choices`` is the image's set of classes (an empty result: reviewed, no class present). JSON
   keeps the list; JSON_MIN writes ``{"choices": [...]}`` for two or more choices and the plain string
   for one; CSV writes the same as JSON text. Each becomes one :class:`Vote` whose ``label`` is the
-  set's canonical text (:func:`tlkit.active.project.join_labels`), so agreement means the same set.
+  set's canonical text (:func:`tlkit.active.labeltext.join_labels`), so agreement means the same set.
   Predictions carry the predicted set with, as ``score``, the probability the model gives that exact
   set (the product over classes of p or 1 - p).
 """
@@ -40,8 +40,9 @@ from typing import Any, Iterable
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
-from tlkit.constants import LABEL_DELIM
-from tlkit.errors import TlkitError
+from tlkit.active.labeltext import SKIP_WORDS, join_labels, split_labels
+from tlkit.core.constants import LABEL_DELIM
+from tlkit.core.errors import TlkitError
 
 #: The one prediction ``model_version`` of every tlkit round (see the module docstring).
 MODEL_VERSION = "tlkit"
@@ -288,8 +289,6 @@ def _choices(results: Any, where: str) -> str:
 
 def _set_text(names: list[str], where: str) -> str:
     """The set's canonical text; a class holding the delimiter cannot be told apart and is refused."""
-    from tlkit.active.project import join_labels
-
     bad = next((n for n in names if LABEL_DELIM in n), None)
     if bad is not None:
         raise TlkitError(f"{where}: class {bad!r} holds {LABEL_DELIM!r}, which separates classes in a multi-label "
@@ -362,8 +361,6 @@ def _csv_votes(file: Path, text: str, urls: ImageUrls, multilabel: bool = False)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = reader.fieldnames or []
     if multilabel and "path" in cols and ("labels" in cols or "label" in cols):
-        from tlkit.active.project import SKIP_WORDS, join_labels, split_labels
-
         col = "labels" if "labels" in cols else "label"
 
         def value(r: dict) -> str:

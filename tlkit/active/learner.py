@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tlkit.constants import DEFAULT_FINETUNE_SSL, DEFAULT_SSL, FINETUNE_SSL_MODES, SSL_MODES
-from tlkit.errors import TlkitError, check_choice
+from tlkit.core.constants import DEFAULT_FINETUNE_SSL, DEFAULT_SSL, FINETUNE_SSL_MODES, SSL_MODES
+from tlkit.core.errors import TlkitError, check_choice
 
 if TYPE_CHECKING:
     from tlkit.active.head import LinearHead, Scaler
@@ -68,7 +68,7 @@ VAL_METHODS = {
 
 
 SSL_BY_TRAIN = {"head": (SSL_MODES, DEFAULT_SSL), "finetune": (FINETUNE_SSL_MODES, DEFAULT_FINETUNE_SSL)}
-"""``--ssl`` choices and default of each ``--train`` mode (:mod:`tlkit.constants`)."""
+"""``--ssl`` choices and default of each ``--train`` mode (:mod:`tlkit.core.constants`)."""
 
 
 def check_train_mode(train: str, *, auto: bool = False) -> str:

@@ -18,9 +18,16 @@ characters are real pool files and keep their exact names.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+from tlkit.data import ImageRecord
+
+log = logging.getLogger(__name__)
 
 
 def pool_relpath(pool_root: str | os.PathLike, path: object) -> str | None:
@@ -71,3 +78,39 @@ def _inside(path: str, root: str) -> str | None:
     except ValueError:
         return None
     return rel.as_posix()
+
+
+@dataclass(frozen=True)
+class UniqueFiles:
+    """Pool paths of scanned records, one per real file inside the pool folder, and what was left out."""
+
+    paths: list[str]
+    duplicates: list[str]  # "rel (same file as other)"
+    outside: list[str]  # links whose target lies outside the pool folder
+
+
+def unique_files(records: Sequence[ImageRecord], pool_root: Path, prefix: str = "",
+                 seen: dict[str, str] | None = None) -> UniqueFiles:
+    """Pool paths (``prefix`` + ``rel``) of ``records``, one per real file inside ``pool_root``.
+
+    ``seen`` maps real paths already in the pool to their pool path (updated in place).
+    """
+    seen = {} if seen is None else seen
+    paths, duplicates, outside = [], [], []
+    real_root = os.path.realpath(pool_root)
+    for r in sorted(records, key=lambda r: r.rel):
+        rel = posixpath.normpath(posixpath.join(prefix, r.rel))
+        real = os.path.realpath(r.path)
+        if not real_inside(real, real_root):
+            outside.append(rel)
+            continue
+        if real in seen:
+            if seen[real] != rel:
+                duplicates.append(f"{rel} (same file as {seen[real]})")
+            continue
+        seen[real] = rel
+        paths.append(rel)
+    if outside:
+        log.warning("%d files are links to files outside the pool folder and were left out: %s", len(outside),
+                    ", ".join(outside[:3]))
+    return UniqueFiles(paths, duplicates, outside)

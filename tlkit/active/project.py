@@ -30,53 +30,33 @@ import io
 import logging
 import os
 import shutil
-import unicodedata
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import yaml
 
 import tlkit
 from tlkit.active import labelstudio as ls
-from tlkit.constants import (
-    DEFAULT_BACKBONE, DEFAULT_SSL, DEFAULT_TASK, FINETUNE_SSL_MODES, LABEL_DELIM, MULTILABEL, PROJECTION_DIM, SSL_MODES,
-    TASKS,
+from tlkit.active.labeltext import SKIP_LABEL, check_class_names, join_labels, split_labels
+from tlkit.active.poolpath import unique_files
+from tlkit.core.constants import (
+    DEFAULT_BACKBONE, DEFAULT_SSL, DEFAULT_TASK, FINETUNE_SSL_MODES, MULTILABEL, PROJECTION_DIM, SSL_MODES, TASKS,
 )
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import csv_text, read_csv, write_csv, write_text
+from tlkit.core.locks import hold_lock
 from tlkit.data import ImageRecord, ImageSource, scan_images
-from tlkit.errors import TlkitError
-from tlkit.extract_store import DTYPES, storage_dtype
-from tlkit.io import csv_text, read_csv, write_csv, write_text
-from tlkit.locks import hold_lock
+from tlkit.features.store import DTYPES, storage_dtype
 
 log = logging.getLogger(__name__)
 
-SKIP_LABEL = "__skip__"
-#: Label words that mean "unlabelable" in label files (any case); no class may be named one of them.
-SKIP_WORDS = frozenset({SKIP_LABEL, "skip", "unlabelable"})
 ROUND_DIGITS = 4
 
 
 def label_header(task: str = DEFAULT_TASK) -> list[str]:
     """labels.csv's header: ``path,label`` (single-label) or ``path,labels`` (multi-label)."""
     return ["path", "labels" if task == MULTILABEL else "label"]
-
-
-def join_labels(names: Iterable[str]) -> str:
-    """The canonical text of a label set: the distinct names, stripped, sorted, joined by ``;`` ("" = none).
-
-    Two annotations agree when their texts are equal; labels.csv stores this text.
-
-    Example:
-        >>> join_labels(["dog", " cat", "dog"])
-        'cat;dog'
-    """
-    return LABEL_DELIM.join(sorted({n.strip() for n in names if n.strip()}))
-
-
-def split_labels(text: str) -> tuple[str, ...]:
-    """The classes of a label set's text (:func:`join_labels`); ``""`` is the empty set."""
-    return tuple(n.strip() for n in text.split(LABEL_DELIM) if n.strip())
 
 
 def _label_rows(text: str, file: Path, task: str = DEFAULT_TASK) -> list[tuple[int, list[str]]]:
@@ -99,31 +79,6 @@ def _label_rows(text: str, file: Path, task: str = DEFAULT_TASK) -> list[tuple[i
         return rows
     except csv.Error as e:
         raise TlkitError(f"{file} line {reader.line_num} is not valid CSV ({e}); fix or delete the line") from None
-
-
-def check_class_names(names: Iterable[str], where: str, *, multilabel: bool = False) -> None:
-    """Refuse class names that labels.csv, Label Studio or a terminal could not carry unchanged.
-
-    A class name may not be empty, hold control or line-separator characters (newline, tab, U+2028,
-    ...), or be a word that means "unlabelable" (:data:`SKIP_WORDS`, any case); in a multi-label
-    project it may not hold :data:`~tlkit.constants.LABEL_DELIM` (``;``), which separates the classes of an image.
-
-    Raises:
-        TlkitError: naming the first bad name and the fix.
-    """
-    for name in names:
-        if not name.strip():
-            raise TlkitError(f"{where}: a class name is empty; remove it")
-        bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
-        if bad is not None:
-            raise TlkitError(f"{where}: class name {name!r} holds the control character U+{ord(bad):04X}; "
-                             "rename the class without it")
-        if multilabel and LABEL_DELIM in name:
-            raise TlkitError(f"{where}: class name {name!r} holds {LABEL_DELIM!r}, which separates the classes of "
-                             "an image in a multi-label project; rename the class without it")
-        if name.strip().lower() in SKIP_WORDS:
-            raise TlkitError(f"{where}: {name.strip()!r} is reserved (a label meaning 'unlabelable'); "
-                             "name the class something else")
 
 
 def labels_digest(labels: dict[str, str]) -> str:
@@ -171,7 +126,7 @@ class ProjectConfig:
         """Parse ``project.yaml``; any problem is a one-line :class:`TlkitError` naming the key and the fix."""
         import typing
 
-        from tlkit.io import yaml_problem
+        from tlkit.core.io import yaml_problem
 
         fix = "fix it by hand (tlkit writes it at `tlkit al-init`)"
         try:
@@ -281,7 +236,6 @@ class Project:
         root: str | os.PathLike,
         *,
         pool: str | os.PathLike,
-        labels: str | os.PathLike | None = None,
         classes: tuple[str, ...] | list[str] = (),
         backbone: str = DEFAULT_BACKBONE,
         weights: str | None = None,
@@ -297,12 +251,12 @@ class Project:
 
         ``label_studio_root`` is Label Studio's document root (default: the pool's parent); image
         URLs in task files are ``label_studio_prefix`` + the image's path relative to it.
-        ``labels`` is a shortcut for :func:`tlkit.active.labels.import_seed_labels` afterwards.
+        Seed labels are a separate import afterwards (:func:`tlkit.active.labels.import_seed_labels`).
         ``embedding_dtype`` is how the pool's embeddings are cached: ``float32``, or ``float16``
-        (half the disk and memory; :data:`tlkit.extract_store.DTYPES`). ``task``: ``single`` (one
+        (half the disk and memory; :data:`tlkit.features.store.DTYPES`). ``task``: ``single`` (one
         class per image) or ``multilabel`` (a set of classes per image; labels.csv ``path,labels``).
         """
-        from tlkit.errors import check_choice
+        from tlkit.core.errors import check_choice
 
         storage_dtype(embedding_dtype)
         check_choice(task, TASKS, "task")
@@ -319,18 +273,11 @@ class Project:
             label_studio_prefix=label_studio_prefix, label_studio_root=str(ls_root), recipe=recipe, seed=seed,
             embedding_dtype=embedding_dtype, task=task,
         )
-        project = cls._write_new(root, config, source)
-        if labels is not None:
-            from tlkit.active.labels import import_seed_labels
-
-            import_seed_labels(project, labels)
-        return project
+        return cls._write_new(root, config, source)
 
     @classmethod
     def _write_new(cls, root: Path, config: ProjectConfig, source: ImageSource) -> "Project":
         """Write pool.csv (links to other pool files left out), an empty labels.csv, project.yaml, label_config.xml."""
-        from tlkit.active.pool import unique_files
-
         found = unique_files(source.records, Path(config.pool_root))
         paths, duplicates = found.paths, found.duplicates
         if duplicates:

@@ -26,13 +26,15 @@ import yaml
 import tlkit
 from tlkit.active import head as heads
 from tlkit.active import labelstudio as ls
+from tlkit.active.duplicate_groups import one_per_group, read_project_groups
+from tlkit.active.labeltext import SKIP_LABEL, join_labels, split_labels
 from tlkit.active.learner import (
     AUTO, HeadLearner, Learner, LearnerChoice, LearnerResult, Validation, check_train_mode, resolve_ssl,
 )
-from tlkit.active.project import SKIP_LABEL, Project, join_labels, labels_digest, split_labels
+from tlkit.active.project import Project, labels_digest
 from tlkit.active.strategies import Approx, PoolView, check_task, get_strategy, select
-from tlkit.errors import TlkitError
-from tlkit.io import write_csv, write_json, write_text
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ def predicted_label(classes: tuple[str, ...], p: np.ndarray, *, multilabel: bool
     """A model's label for one image from its probabilities ``p [k]``, and the probability of that label.
 
     Single-label: the most probable class. Multi-label: the set of classes at p >= 0.5 as text
-    (:func:`~tlkit.active.project.join_labels`; ``""`` = none), with the probability of exactly that set
+    (:func:`~tlkit.active.labeltext.join_labels`; ``""`` = none), with the probability of exactly that set
     under independent classes, ``prod_j (p_j if present else 1 - p_j)``.
     """
     if not multilabel:
@@ -134,7 +136,7 @@ class EmbeddingCache:
 def _adopt_legacy(base: Path, stem: str, dtype: str) -> None:
     """Rename a cache folder named before the device was part of the key (``base`` = stem + dtype) after
     what its ``meta.json`` says made it; a folder without a readable meta.json is left as it is (never used)."""
-    from tlkit.io import read_json
+    from tlkit.core.io import read_json
 
     try:
         meta = read_json(base / "meta.json")
@@ -157,10 +159,10 @@ def embedding_cache(project: Project, *, device: str = "auto", engine: str | Non
                     backbone=None) -> EmbeddingCache:
     """The embedding cache folder for this machine, by the documented rule (see :func:`embeddings_for`).
 
-    ``backbone``: the project's :class:`tlkit.backbones.Backbone` when already created."""
-    from tlkit.backbones import create_backbone
+    ``backbone``: the project's :class:`tlkit.models.backbones.Backbone` when already created."""
+    from tlkit.core.runtime import resolve_device
     from tlkit.engines import planned_engine
-    from tlkit.runtime import resolve_device
+    from tlkit.models.backbones import create_backbone
 
     cfg = project.config
     bb = backbone or create_backbone(cfg.backbone, weights=cfg.weights)
@@ -208,8 +210,8 @@ def embeddings_for(project: Project, *, device: str = "auto", engine: str | None
 
 def _embeddings(project: Project, device: str, engine: str | None, progress: Callable[[int], None] | None):
     """:func:`embeddings_for` and the :class:`EmbeddingCache` it used."""
-    from tlkit.backbones import create_backbone
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
+    from tlkit.models.backbones import create_backbone
 
     cfg = project.config
     bb = create_backbone(cfg.backbone, weights=cfg.weights)
@@ -271,7 +273,7 @@ def _save_head_model(folder: Path, project: Project, head: heads.LinearHead, ima
     """The backbone with the head folded in as its classifier: a run usable by evaluate/predict."""
     import torch
 
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
     from tlkit.train.checkpoint import RunMeta, save_weights
     from tlkit.train.model import architecture_kwargs
 
@@ -387,8 +389,8 @@ def _fit_auto(project: Project, data: PoolData, n: int, needs: tuple[str, ...], 
     :data:`~tlkit.active.learner.FINETUNE_MIN_PER_CLASS` labels; otherwise both heads (plain and self-trained)
     fitted with their cross-validation, and the one :func:`~tlkit.active.learner.choose_head` picks is used."""
     from tlkit.active.learner import Candidate, choose_head, finetune_rule
-    from tlkit.constants import DEFAULT_FINETUNE_SSL
-    from tlkit.runtime import resolve_device
+    from tlkit.core.constants import DEFAULT_FINETUNE_SSL
+    from tlkit.core.runtime import resolve_device
 
     smallest = min(int((data.y == i).sum()) for i in range(len(data.classes))) if data.classes else 0
     finetune, why = finetune_rule(smallest, resolve_device(device).type == "cuda")
@@ -457,7 +459,7 @@ def _new_round(project: Project, n: int, batch: int, info, train: str, max_pool,
 
 def save_scores(path: Path, paths: list[str], probs: np.ndarray, classes: tuple[str, ...]) -> None:
     """The round model's class probabilities for the pool: what ``tlkit serve`` answers with."""
-    from tlkit.io import atomic_write
+    from tlkit.core.io import atomic_write
 
     with atomic_write(path, "wb") as f:
         np.savez(f, paths=np.array(paths, dtype=str), probs=probs.astype(np.float32), classes=np.array(classes, dtype=str))
@@ -471,8 +473,6 @@ def load_scores(path: Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
 
 def _one_per_duplicate_group(project: Project, paths: list[str], candidates: np.ndarray) -> np.ndarray:
     """At most one candidate per duplicate group saved by `tlkit audit` (none saved: unchanged)."""
-    from tlkit.audit.duplicates import one_per_group, read_project_groups
-
     groups = read_project_groups(project.root)
     if not groups:
         return candidates
@@ -484,7 +484,7 @@ def _one_per_duplicate_group(project: Project, paths: list[str], candidates: np.
 def _stopping_record(project: Project, n: int, data: PoolData, probs, cv: float | None, tmp: Path) -> dict[str, Any]:
     """Predictions on the stop set (written to ``stop_set.json``) and their agreement with the last round's."""
     from tlkit.active import stopping
-    from tlkit.io import read_json
+    from tlkit.core.io import read_json
 
     record: dict[str, Any] = {"kappa": None, "cv_gain": None}
     if probs is None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlkit.active.strategies._geometry import centred_unit_rows, sample_rows
-from tlkit.constants import SSL_MODES
-from tlkit.errors import check_choice
+from tlkit.core.constants import SSL_MODES
+from tlkit.core.errors import check_choice
 
 log = logging.getLogger(__name__)
 

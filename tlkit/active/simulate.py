@@ -28,9 +28,9 @@ import numpy as np
 from tlkit.active.learner import HeadLearner, Learner, LearnerResult, resolve_ssl
 from tlkit.active.stopping import cohen_kappa
 from tlkit.active.strategies import Approx, PoolView, get_strategy, list_strategies, select
-from tlkit.constants import DEFAULT_BACKBONE, DEFAULT_SSL
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_dir, save_png, write_csv, write_json
+from tlkit.core.constants import DEFAULT_BACKBONE, DEFAULT_SSL
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_dir, save_png, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def simulate(
         raise TlkitError(f"multi-label pool labels are {y.shape} but test labels are {y_test.shape}; give both as [n, k]")
     if multi:
         from tlkit.active.strategies import check_task
-        from tlkit.constants import MULTILABEL
+        from tlkit.core.constants import MULTILABEL
 
         for s in strategies:
             check_task(get_strategy(s), MULTILABEL)
@@ -281,7 +281,7 @@ def labeled_features(
     ``source`` is a ``tlkit extract`` output folder (features.npy + index.csv with labels), used as
     it is, or a labeled image folder/manifest, extracted into ``cache`` (resumable, reused).
     """
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
 
     source = Path(source)
     if not (source / "features.npy").is_file():
@@ -390,7 +390,7 @@ def simulate_labeled(
 def _finetune_learner(pool, test, out, classes, backbone, weights, image_size, epochs, ssl) -> Learner:
     """Fine-tuning needs the images: the extracted index gives each row's file under the source root."""
     from tlkit.active.finetune import FinetuneLearner
-    from tlkit.io import read_csv, read_json
+    from tlkit.core.io import read_csv, read_json
 
     def paths(src: str | Path, cache: Path) -> list[Path]:
         folder = Path(src) if (Path(src) / "features.npy").is_file() else cache

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlkit.active.project import SKIP_LABEL, Project, split_labels
+from tlkit.active.labeltext import SKIP_LABEL, split_labels
 from tlkit.active.learner import Validation
+from tlkit.active.project import Project
 from tlkit.active.stopping import stopping_hint
+from tlkit.core.io import read_json
 from tlkit.data import class_imbalance
-from tlkit.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _plot(path: Path, rounds: list[dict[str, Any]]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tlkit.io import save_png
+    from tlkit.core.io import save_png
 
     pts = [(r["labeled"], r["val_accuracy"]) for r in rounds if r["val_accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)

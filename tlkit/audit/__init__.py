@@ -31,9 +31,9 @@ from tlkit.audit import pixels
 from tlkit.audit import report
 from tlkit.audit.inputs import AuditSet, Embedder, from_folder, from_project
 from tlkit.audit.neighbours import normalise, search
-from tlkit.constants import DEFAULT_BACKBONE
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_dir, write_csv, write_json
+from tlkit.core.constants import DEFAULT_BACKBONE
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _label_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs, proj
 def _multilabel_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs) -> None:
     """Label issues of multi-label sets (cleanlab's multi-label API); ``given``/``suggested`` are set texts,
     ``confidence`` the probability of the suggested set."""
-    from tlkit.active.project import split_labels
+    from tlkit.active.labeltext import split_labels
     from tlkit.active.round import predicted_label
 
     rows = np.flatnonzero([lbl is not None for lbl in aset.labels])
@@ -309,6 +309,7 @@ def _write(res: AuditResult, aset: AuditSet, project, groups, threshold: float, 
 def _write_project(res: AuditResult, aset: AuditSet, project, groups, threshold: float, propagate: bool) -> None:
     """review.json (Label Studio tasks of the suspects), outliers_skip.csv, the groups al-round reads."""
     from tlkit.active import labelstudio as ls
+    from tlkit.active.duplicate_groups import save_project_groups
 
     out, f = res.out, res.files
     rows = [{"path": r["path"], "rank": k, "score": r["score"], "predicted": r["suggested"],
@@ -320,7 +321,7 @@ def _write_project(res: AuditResult, aset: AuditSet, project, groups, threshold:
     write_json(out / "review.json", tasks)
     write_csv(out / "outliers_skip.csv", ("path", "label"), ((r["path"], SKIP_LABEL) for r in res.outliers))
     f.update(review=out / "review.json", outliers_skip=out / "outliers_skip.csv")
-    f["groups"] = dups.save_project_groups(project.root, aset.paths, groups, threshold)
+    f["groups"] = save_project_groups(project.root, [[aset.paths[m] for m in g.members] for g in groups], threshold)
     if propagate:
         res.propagated = dups.propagate(aset.paths, project.labels(), groups, SKIP_LABEL)
         write_csv(out / "propagated.csv", ("path", "label"), res.propagated)

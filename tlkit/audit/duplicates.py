@@ -2,7 +2,8 @@
 
 A group is a connected component of the graph whose edges are pairs with cosine ≥ the threshold or
 identical file bytes. In a project, the groups are saved in ``PROJECT/audit/duplicate_groups.json``:
-``al-round`` then offers at most one member of each group per batch (:func:`one_per_group`), and
+``al-round`` then offers at most one member of each group per batch
+(:func:`tlkit.active.duplicate_groups.one_per_group`), and
 ``tlkit audit PROJECT --propagate`` writes the labels a group's labeled members agree on for its
 unlabeled members (:func:`propagate`), as a CSV ``path,label`` that ``al-import`` takes.
 
@@ -18,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.constants import AUDIT_DUPLICATE_COSINE
-
-from tlkit.io import read_json, sha256_file, write_json
+from tlkit.core.constants import AUDIT_DUPLICATE_COSINE
+from tlkit.core.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ EMBEDDING_ONLY_THRESHOLD = 0.97
 """Without the images (an extract folder whose images are elsewhere) the embeddings alone decide, at this
 cosine or ``threshold`` if higher: a weaker test (the study's precision at 0.95 was 3-17 %)."""
 """Thumbnail correlation (:mod:`tlkit.audit.pixels`) two near-duplicates must also reach."""
-GROUPS_FILE = Path("audit") / "duplicate_groups.json"
-"""Where a project keeps its duplicate groups, relative to the project folder."""
 
 
 @dataclass(frozen=True)
@@ -139,39 +137,6 @@ def _exact_members(exact: np.ndarray, n: int) -> np.ndarray:
     for a, b in exact.reshape(-1, 2):
         out[a] = a if out[a] == -1 else out[a]
         out[b] = out[a]
-    return out
-
-
-def save_project_groups(project_root: Path, paths: list[str], groups: list[DuplicateGroup], threshold: float) -> Path:
-    """Write the groups (as pool paths) where ``al-round`` reads them; returns the file."""
-    path = Path(project_root) / GROUPS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"threshold": threshold, "groups": [[paths[m] for m in g.members] for g in groups]})
-    return path
-
-
-def read_project_groups(project_root: Path) -> list[list[str]]:
-    """The duplicate groups an audit saved in the project ([] when it has not been audited)."""
-    path = Path(project_root) / GROUPS_FILE
-    if not path.is_file():
-        return []
-    try:
-        return [list(map(str, g)) for g in read_json(path)["groups"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("%s is unreadable; rounds ignore duplicate groups until `tlkit audit` rewrites it", path)
-        return []
-
-
-def one_per_group(paths: list[str], candidates: np.ndarray, groups: list[list[str]]) -> np.ndarray:
-    """``candidates [n] bool`` with at most one candidate per duplicate group (its first in pool order).
-
-    So a batch never holds two copies of one image; the others stay candidates for later rounds.
-    """
-    row = {p: i for i, p in enumerate(paths)}
-    out = candidates.copy()
-    for g in groups:
-        rows = sorted(row[p] for p in g if p in row and out[row[p]])
-        out[rows[1:]] = False
     return out
 
 

@@ -9,8 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from tlkit.constants import DEFAULT_BACKBONE
-from tlkit.errors import TlkitError
+from tlkit.core.constants import DEFAULT_BACKBONE
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Embedder:
 
 def from_project(project, *, device: str = "auto", progress: Callable[[int], None] | None = None) -> AuditSet:
     """The project's whole pool (embeddings from its cache) with its labels (``__skip__`` -> None)."""
-    from tlkit.active.project import SKIP_LABEL
+    from tlkit.active.labeltext import SKIP_LABEL
     from tlkit.active.round import embeddings_for
 
     paths, emb = embeddings_for(project, device=device, progress=progress)
@@ -73,7 +73,7 @@ def from_folder(source: str | Path, cache: Path, embedder: Embedder, *, option: 
                 progress: Callable[[int], None] | None = None) -> AuditSet:
     """A labeled or unlabeled image folder / manifest (embedded into ``cache``, resumable and reused),
     or a ``tlkit extract`` output folder used as it is."""
-    from tlkit.extract import extract_features, load_features
+    from tlkit.features.extract import extract_features, load_features
 
     source = Path(source)
     if not source.exists():

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.active import head as heads
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ squared distance ``≤ 2(1 − t)``. The pairs found that way are then checked w
 the pair list is exact (none missed, none extra); only the k-NN distances, which score outliers, are
 those of the projection.
 
-On a CPU with native bf16 (AVX512-BF16/AMX, :func:`tlkit.runtime.cpu_has_fast_bf16`) the search runs
+On a CPU with native bf16 (AVX512-BF16/AMX, :func:`tlkit.core.runtime.cpu_has_fast_bf16`) the search runs
 on the full vectors in bf16 instead, which is faster there and much tighter: a projection keeps the
 cluster structure but drops the within-cluster spread, so on 100,000 clustered rows the 128-d screen
 let through ~50 million candidate pairs for a 0.97 cosine, each checked on its full vectors, where the
@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def search(
     k = max(0, min(int(k), len(r_full) - (1 if self_search else 0)))
     found = _Pairs(xn, r_full, threshold)
     if bf16 is None:
-        from tlkit.runtime import cpu_has_fast_bf16
+        from tlkit.core.runtime import cpu_has_fast_bf16
 
         bf16 = cpu_has_fast_bf16() and xn.shape[1] > dims
     search_in = _search_bf16 if bf16 else functools.partial(_search_projected, dims=dims)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from tlkit.io import write_bytes, write_text
+from tlkit.core.io import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 class _Group(TyperGroup):
     """The command group; flags (``--verbose``, ``--help``, ``--x/--no-x``) show no ``<bool>`` type in help.
@@ -83,8 +83,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def training_process() -> None:
-    """Process-wide settings for commands that train (:func:`tlkit.runtime.keep_freed_memory`)."""
-    from tlkit.runtime import keep_freed_memory
+    """Process-wide settings for commands that train (:func:`tlkit.core.runtime.keep_freed_memory`)."""
+    from tlkit.core.runtime import keep_freed_memory
 
     keep_freed_memory()
 
@@ -139,7 +139,7 @@ def user_errors() -> Iterator[None]:
 
 
 def _is_oom(e: BaseException) -> bool:
-    from tlkit.runtime import is_oom  # imports torch: only once something has failed
+    from tlkit.core.runtime import is_oom  # imports torch: only once something has failed
 
     return is_oom(e)
 

@@ -16,7 +16,7 @@ from tlkit.cli._app import (
     PANEL_ACTIVE, app, console, progress_bar, rate_callback, setup_logging, training_process,
     user_errors,
 )
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.core.constants import DEFAULT_BACKBONE
 from tlkit.engines import ENGINE_HELP
 
 STRATEGY_HELP = "Selection strategy: " + ", ".join(s.name for s in list_strategies()) + "."
@@ -49,7 +49,7 @@ def al_init_cmd(
     from tlkit.active.labels import import_seed_labels
     from tlkit.active.labelstudio import setup_steps
     from tlkit.active.project import Project
-    from tlkit.constants import DEFAULT_TASK, MULTILABEL
+    from tlkit.core.constants import DEFAULT_TASK, MULTILABEL
 
     setup_logging()
     with user_errors():

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from tlkit.cli._app import PANEL_ACTIVE, app, console, progress_bar, rate_callback, setup_logging, user_errors
-from tlkit.constants import AUDIT_DUPLICATE_COSINE as DEFAULT_THRESHOLD, DEFAULT_BACKBONE
+from tlkit.core.constants import AUDIT_DUPLICATE_COSINE as DEFAULT_THRESHOLD, DEFAULT_BACKBONE
 
 
 @app.command("audit", rich_help_panel=PANEL_ACTIVE)

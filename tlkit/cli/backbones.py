@@ -15,7 +15,7 @@ def backbones_cmd(
     names: Optional[List[str]] = typer.Argument(None, help="Extra timm / tv: names to check."),
 ) -> None:
     """List known backbones: feature dimension, input size, offline weights."""
-    from tlkit.backbones import list_backbones
+    from tlkit.models.backbones import list_backbones
 
     with user_errors():
         rows = list_backbones(tuple(names or ()))

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
-from tlkit.constants import DECODE_HELP
+from tlkit.core.constants import DECODE_HELP
 from tlkit.engines import ENGINE_HELP
 
 

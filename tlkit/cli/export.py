@@ -1,4 +1,7 @@
-"""`tlkit export`: a run or a backbone as ONNX / OpenVINO IR with its preprocessing (calls :func:`tlkit.export.export_model`)."""
+"""`tlkit export`: a run or a backbone as ONNX / OpenVINO IR with its preprocessing.
+
+Calls :func:`tlkit.train.export.export_model`.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ def export_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (info level) to stderr."),
 ) -> None:
     """Export for deployment; the exported file is checked against PyTorch before it is kept."""
-    from tlkit.export import export_model
+    from tlkit.train.export import export_model
 
     setup_logging(verbose)
     with user_errors():

@@ -10,10 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.cli._app import PANEL_START, app, console, progress_bar, rate_callback, setup_logging, user_errors
-from tlkit.constants import DEFAULT_BACKBONE
-from tlkit.constants import DECODE_HELP
+from tlkit.core.constants import DEFAULT_BACKBONE
+from tlkit.core.constants import DECODE_HELP
+from tlkit.core.errors import TlkitError
 from tlkit.engines import ENGINE_HELP
-from tlkit.errors import TlkitError
 
 
 @app.command("extract", rich_help_panel=PANEL_START)
@@ -44,8 +44,8 @@ def extract_cmd(
     Under `torchrun --nproc_per_node=N -m tlkit extract ...` each process embeds one shard and the
     first one merges them; --shard i/N and --merge do the same from independent jobs.
     """
+    from tlkit.core.dist_env import env_dist_info
     from tlkit.data import scan_images
-    from tlkit.dist_env import env_dist_info
 
     setup_logging(verbose)
     with user_errors():
@@ -60,8 +60,8 @@ def extract_cmd(
         if env_dist_info().enabled:
             return _torchrun(source, out, shard, device, kwargs)
         with progress_bar() as bar:
-            from tlkit.extract import extract_features
-            from tlkit.extract_shards import Shard
+            from tlkit.features.extract import extract_features
+            from tlkit.features.store import Shard
 
             task = bar.add_task("extract", total=len(source.records), rate="")
             res = extract_features(source, out, device=device, shard=Shard.parse(shard) if shard else None,
@@ -70,7 +70,7 @@ def extract_cmd(
 
 
 def _merge(source, out: Path, shard: Optional[str], given: dict) -> None:
-    from tlkit.extract_shards import MadeWith, merge_shards
+    from tlkit.features.shards import MadeWith, merge_shards
 
     if shard:
         raise TlkitError("--merge joins every shard; drop --shard")
@@ -81,7 +81,7 @@ def _merge(source, out: Path, shard: Optional[str], given: dict) -> None:
 
 
 def _torchrun(source, out: Path, shard: Optional[str], device: str, kwargs: dict) -> None:
-    from tlkit.extract_shards import extract_under_torchrun
+    from tlkit.features.shards import extract_under_torchrun
 
     if shard:
         raise TlkitError("--shard is set by torchrun (RANK/WORLD_SIZE); drop --shard")

@@ -9,11 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tlkit.constants import DECODE_HELP
 from tlkit.cli._app import (
     PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, training_process,
     user_errors,
 )
+from tlkit.core.constants import DECODE_HELP
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -33,7 +33,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-# spelled out rather than imported: importing tlkit.train or tlkit.runtime here would load torch and
+# spelled out rather than imported: importing tlkit.train or tlkit.core.runtime here would load torch and
 # timm for every command, `tlkit --help` included (tests/test_cli.py checks these match)
 MODES_HELP = "full | linear-probe | freeze-unfreeze"
 PRECISIONS_HELP = "auto | fp32 | bf16 | fp16"

@@ -30,9 +30,10 @@ def lr_find_cmd(
     setup_logging(verbose)
     training_process()
     with user_errors():
-        from tlkit.io import check_output_dir
+        from tlkit.core.io import check_output_dir
         from tlkit.train import make_config
-        from tlkit.train.lr_find import lr_find, save_lr_find
+        from tlkit.train.lr_find import lr_find
+        from tlkit.train.tune_plots import save_lr_find
 
         check_output_dir(out)
         cfg = make_config(recipe, overrides=overrides, backbone=backbone, image_size=image_size, batch_size=batch_size)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from tlkit.cli._app import PANEL_TRAIN, app, console, progress_bar, rate_callback, setup_logging, user_errors
-from tlkit.constants import DECODE_HELP
+from tlkit.core.constants import DECODE_HELP
 from tlkit.engines import ENGINE_HELP
 
 

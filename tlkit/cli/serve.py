@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from tlkit.active.strategies import DEFAULT_STRATEGY
 from tlkit.cli._app import PANEL_ACTIVE, app, console, setup_logging, training_process, user_errors
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 
 @app.command("serve", rich_help_panel=PANEL_ACTIVE)

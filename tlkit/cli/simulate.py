@@ -12,7 +12,7 @@ from rich.table import Table
 from tlkit.cli._app import (
     PANEL_ACTIVE, app, console, progress_bar, setup_logging, training_process, user_errors,
 )
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.core.constants import DEFAULT_BACKBONE
 from tlkit.engines import ENGINE_HELP
 
 

@@ -93,7 +93,8 @@ def tune_cmd(
     training_process()
     with user_errors():
         from tlkit.train import make_config, parse_overrides
-        from tlkit.train.tune import import_optuna, tune
+        from tlkit.train.tune import tune
+        from tlkit.train.tune_space import import_optuna
 
         import_optuna()
         base = make_config(recipe, overrides=overrides, backbone=backbone, image_size=image_size, seed=seed)

@@ -20,7 +20,7 @@ device does not take (PNGs, grayscale or CMYK JPEGs, EXIF-rotated ones, a JPEG t
 get the CPU transform in the loader's workers, as before, and join the batch on the device.
 
 Crops and flips are drawn on the host from a generator seeded, at the start of each pass, from torch's
-seed (which :func:`tlkit.runtime.seed_everything` sets per epoch and rank): a run is repeatable under a seed.
+seed (which :func:`tlkit.core.runtime.seed_everything` sets per epoch and rank): a run is repeatable under a seed.
 They are not the CPU path's draws (that path draws in the loader workers), so the two paths give equally
 distributed, not identical, crops. ``decode="auto"`` picks the device path only on CUDA and when most
 training files are JPEGs (by name); ``decode="device"`` on a CPU runs the twin (``decode_jpeg`` on the

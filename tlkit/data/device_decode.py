@@ -37,12 +37,12 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import torch
 from PIL import Image
 
-from tlkit.constants import DECODE_MODES
+from tlkit.core.constants import DECODE_MODES
+from tlkit.core.errors import TlkitError
 from tlkit.data.config import DataConfig
 from tlkit.data.decode import MAX_IMAGE_PIXELS, ImageDecodeError, load_image
 from tlkit.data.loader import Batch, ImageDataset, make_loader, stack_targets
 from tlkit.data.numpy_transform import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, resized_short
-from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Files that could not be decoded: :func:`write_skipped` (``skipped.csv``) and :func:`summarize_failures`.
 
 Failures are ``(dataset index, reason)`` pairs as batches report them (:attr:`tlkit.data.Batch.failures`).
-No torch here: the extract fast path (:mod:`tlkit.extract_warm`) writes the same files without it.
+No torch here: the extract fast path (:mod:`tlkit.features.warm`) writes the same files without it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import collections
 import os
 from typing import Iterable, Sequence
 
+from tlkit.core.io import write_csv
 from tlkit.data.sources import ImageRecord
-from tlkit.io import write_csv
 
 
 def _unique_failures(failures: Iterable[tuple[int, str]]) -> dict[int, str]:

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tlkit.core.errors import TlkitError
 from tlkit.data.decode import ImageDecodeError, load_image
-from tlkit.data.sources import ImageRecord
 from tlkit.data.failures import summarize_failures, write_skipped
-from tlkit.errors import TlkitError
+from tlkit.data.sources import ImageRecord
 
 log = logging.getLogger(__name__)
 

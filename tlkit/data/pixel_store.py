@@ -5,7 +5,7 @@ with PIL again each round would keep the GPU waiting on the host's cores; the pi
 after the eval resize and center crop do not change between rounds (only the weights do). So the first
 round decodes the pool once into ``<folder>/<geometry>/pixels-<id>.npy``, a uint8 ``[m, 3, H, W]`` array
 read back memory-mapped, with ``index.json`` naming it and listing each file's path, fingerprint
-(:func:`tlkit.fingerprint.file_fingerprint`) and row (``-1`` and the reason for a file that could not be
+(:func:`tlkit.core.fingerprint.file_fingerprint`) and row (``-1`` and the reason for a file that could not be
 decoded). Later rounds reuse rows whose path and fingerprint are unchanged and decode only new or changed
 files into a new array, swapped in atomically (the array is written and synced under a temporary name
 and renamed, then ``index.json`` is replaced; a crash in between leaves the previous store intact and an
@@ -42,11 +42,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from tlkit.core.io import fsync_dir, read_json, run_digest, write_json
 from tlkit.data.config import DataConfig
 from tlkit.data.loader import Batch
 from tlkit.data.numpy_transform import ArrayImages, collate_arrays, numpy_eval_pixels
 from tlkit.data.sources import ImageRecord
-from tlkit.io import fsync_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,6 @@ FILL_BATCH = 64
 
 def geometry_key(cfg: DataConfig) -> str:
     """``"<H>x<W>-<digest>"``: the store subfolder for a data config's eval geometry (mean/std excluded)."""
-    from tlkit.extract_store import run_digest
-
     geometry = {"input_size": list(cfg.input_size), "interpolation": cfg.interpolation, "crop_pct": cfg.crop_pct,
                 "crop_mode": cfg.crop_mode, "size_hint": cfg.size_hint()}
     _, h, w = cfg.input_size
@@ -101,7 +99,7 @@ def _read_index(folder: Path) -> dict | None:
 
 
 def _threads() -> int:
-    from tlkit.runtime import default_workers
+    from tlkit.core.runtime import default_workers
 
     return max(1, default_workers())
 
@@ -122,7 +120,7 @@ def pool_pixels(folder: str | os.PathLike, paths: Sequence[str | os.PathLike], d
         :func:`~tlkit.data.numpy_transform.numpy_eval_pixels` covers, the pool would exceed
         :data:`STORE_LIMIT_BYTES`, or the disk lacks the space.
     """
-    from tlkit.fingerprint import UNREADABLE, fingerprints
+    from tlkit.core.fingerprint import UNREADABLE, fingerprints
 
     cfg = DataConfig.from_dict(data_config)
     to_pixels = numpy_eval_pixels(cfg)

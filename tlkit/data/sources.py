@@ -18,10 +18,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.constants import LABEL_DELIM as _LABEL_DELIM
-from tlkit.constants import TASKS as _TASK_NAMES
-from tlkit.errors import TlkitError
-from tlkit.io import not_utf8_message
+from tlkit.core.constants import LABEL_DELIM as _LABEL_DELIM
+from tlkit.core.constants import TASKS as _TASK_NAMES
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import not_utf8_message
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ImageSource:
         return len(self.records)
 
 
-#: ``task`` values of :func:`scan_images`: ``auto`` detects, the others (:data:`tlkit.constants.TASKS`,
+#: ``task`` values of :func:`scan_images`: ``auto`` detects, the others (:data:`tlkit.core.constants.TASKS`,
 #: the names projects use too) force one.
 TASKS: tuple[str, ...] = ("auto", *_TASK_NAMES)
 #: The default delimiter between the labels of one manifest cell (``--label-delim``): ``;`` is not the CSV

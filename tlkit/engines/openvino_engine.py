@@ -2,7 +2,7 @@
 
 Conversion: ``openvino.convert_model(model, example_input=x, input=[-1, C, H, W])`` from the
 PyTorch module (dynamic batch), compiled for the CPU with ``INFERENCE_PRECISION_HINT`` ``bf16``
-where the CPU executes bf16 natively (:func:`tlkit.runtime.cpu_has_fast_bf16`), ``f32`` otherwise
+where the CPU executes bf16 natively (:func:`tlkit.core.runtime.cpu_has_fast_bf16`), ``f32`` otherwise
 or when ``--precision fp32`` is asked for. Before use, the compiled model's output on a fixed
 input (``[2, C, H, W]``, standard normal, NumPy seed 0) is compared with PyTorch fp32: every row's
 cosine must be >= :data:`PARITY_COSINE` (rows that are zero in PyTorch must be ~zero), else :class:`~tlkit.engines.EngineUnavailable` (and
@@ -50,13 +50,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlkit.cpuinfo import cpu_has_fast_bf16
-from tlkit.engines import EngineUnavailable, ModelSpec
+from tlkit.core.cpuinfo import cpu_has_fast_bf16
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import fsync_dir, read_json, sha256_file, write_json
+from tlkit.engines.base import EngineUnavailable, ModelSpec
 from tlkit.engines.sigstack import ensure_signal_stack
-from tlkit.errors import TlkitError
-from tlkit.io import fsync_dir, read_json, sha256_file, write_json
 
-if TYPE_CHECKING:  # torch is imported where a model is converted, not to load a cached one (tlkit.extract_warm)
+if TYPE_CHECKING:  # torch is imported where a model is converted, not to load a cached one (tlkit.features.warm)
     import torch
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def cache_root() -> Path:
 
 def ov_precision(precision: str) -> str:
     """The precision OpenVINO runs at: ``auto`` and ``bf16`` -> ``bf16`` on CPUs with native bf16
-    (:func:`~tlkit.cpuinfo.cpu_has_fast_bf16`), else ``fp32`` (OpenVINO's CPU plugin runs fp32 there, so
+    (:func:`~tlkit.core.cpuinfo.cpu_has_fast_bf16`), else ``fp32`` (OpenVINO's CPU plugin runs fp32 there, so
     that is what is reported; asking for ``bf16`` logs one warning); ``fp32`` kept; ``fp16`` refused."""
     if precision not in ("auto", *_OV_PRECISION):
         raise TlkitError(f"--precision {precision} is not available with --engine openvino; use auto, bf16 or fp32")
@@ -263,7 +263,7 @@ def load_cached(entry: Path, input_size: tuple[int, int, int], precision: str) -
     """The engine of an existing cache entry, checked as :func:`build_openvino` checks it, without torch;
     None when the entry is missing or does not check out (then it is deleted, with one log line).
 
-    The extract warm start (:mod:`tlkit.extract_warm`) calls it with the entry its index record names.
+    The extract warm start (:mod:`tlkit.features.warm`) calls it with the entry its index record names.
     """
     compiled = _load(import_openvino(), entry, ModelSpec(None, tuple(input_size)), precision)
     return None if compiled is None else OpenVINOEngine(compiled, precision, entry, built=False)

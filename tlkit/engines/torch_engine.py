@@ -1,13 +1,13 @@
-"""The PyTorch engine: :func:`tlkit.inference.prepare_for_inference` + autocast, any device."""
+"""The PyTorch engine: :func:`tlkit.models.inference.prepare_for_inference` + autocast, any device."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from tlkit.engines import ModelSpec
-from tlkit.inference import prepare_for_inference
-from tlkit.runtime import allow_fast_cuda_math, autocast, precision_name, resolve_precision
+from tlkit.core.runtime import allow_fast_cuda_math, autocast, precision_name, resolve_precision
+from tlkit.engines.base import ModelSpec
+from tlkit.models.inference import prepare_for_inference
 
 
 class TorchEngine:

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.serve.backend import Backend, BadRequest
 
 log = logging.getLogger(__name__)

@@ -38,11 +38,12 @@ import numpy as np
 
 from tlkit.active import labelstudio as ls
 from tlkit.active.labels import forget_labels, merge_votes
+from tlkit.active.labeltext import SKIP_LABEL
 from tlkit.active.pool import add_paths
 from tlkit.active.poolpath import pool_file
-from tlkit.active.project import SKIP_LABEL, Project, labels_digest
-from tlkit.errors import TlkitError
-from tlkit.io import read_csv, read_json
+from tlkit.active.project import Project, labels_digest
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import read_csv, read_json
 
 log = logging.getLogger(__name__)
 

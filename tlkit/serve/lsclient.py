@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from tlkit.train.checkpoint import RunMeta
 from tlkit.train.config import TrainConfig, list_recipes, load_recipe, make_config, parse_overrides
 from tlkit.train.engine import FitResult, fit
-from tlkit.train.evaluate import compute_metrics, evaluate_run
+from tlkit.train.evaluate import evaluate_run
 from tlkit.train.lr_find import LRFindResult, lr_find
+from tlkit.train.metrics import compute_metrics
 from tlkit.train.model import checkpoint_meta, load_run
 from tlkit.train.predict import PredictResult, predict
 from tlkit.train.predictor import Predictor

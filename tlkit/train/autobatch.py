@@ -1,7 +1,7 @@
 """A run's batch size and learning rate, resolved: ``batch_size: auto`` and ``lr_scale``.
 
 ``auto`` (the default) is :data:`DEFAULT_BATCH` (32) on a CPU and, on CUDA, the largest power of two
-whose training step fits: :func:`tlkit.batch_size.largest_fitting` over a real forward + backward of
+whose training step fits: :func:`tlkit.core.batch_size.largest_fitting` over a real forward + backward of
 the model in training mode, with the optimizer's and the EMA's state reserved beside it (Adam keeps
 two tensors per weight). Under torchrun every rank probes and all take the smallest size found.
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlkit.batch_size import AUTO, BatchChoice, largest_fitting
+from tlkit.core.batch_size import AUTO, BatchChoice, largest_fitting
 from tlkit.train.config import DEFAULT_BATCH, TrainConfig, make_config
 from tlkit.train.distributed import all_gather_objects
 
@@ -96,7 +96,7 @@ def resolve(cfg: TrainConfig, model: nn.Module, rt, n_train: int, input_size: tu
 def _train_probe(model: nn.Module, rt, cfg: TrainConfig, input_size: tuple[int, int, int], num_classes: int):
     """A probe running one training step's forward and backward at batch ``b`` (no optimizer step; its
     state, and the EMA copy's, is reserved as memory), leaving the model's weights and buffers as they were."""
-    from tlkit.runtime import autocast
+    from tlkit.core.runtime import autocast
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     state_numel = trainable * (2 + int(cfg.ema))

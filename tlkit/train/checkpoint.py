@@ -7,7 +7,7 @@ Files in a run folder:
     train_state.pt                  everything ``--resume`` needs, in ONE file: model, optimizer,
                                     scheduler, grad scaler, EMA, epoch, step, RNG states, history
 
-Every file is written to a temporary name and renamed into place (:mod:`tlkit.io`), so a SIGKILL
+Every file is written to a temporary name and renamed into place (:mod:`tlkit.core.io`), so a SIGKILL
 leaves the previous complete file. The sidecar's content is also stored inside the
 ``.safetensors`` header (``__metadata__["tlkit"]``), which is what :func:`load_weights` trusts: a
 weights file always carries its own description, even if the kill fell between the two renames.
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 import tlkit
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import write_bytes, write_json
 from tlkit.data.config import DataConfig
-from tlkit.errors import TlkitError
-from tlkit.io import write_bytes, write_json
-from tlkit.weights import one_line, read_safetensors, torch_load
+from tlkit.models.weights import one_line, read_safetensors, torch_load
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from tlkit.constants import DECODE_MODES, DEFAULT_BACKBONE, DEFAULT_TASK, MULTILABEL
-from tlkit.errors import TlkitError, did_you_mean
-from tlkit.io import not_utf8_message, write_text, yaml_problem
+from tlkit.core.constants import DECODE_MODES, DEFAULT_BACKBONE, DEFAULT_TASK, MULTILABEL
+from tlkit.core.errors import TlkitError, did_you_mean
+from tlkit.core.io import not_utf8_message, write_text, yaml_problem
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
@@ -77,7 +77,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the backbone's own input size
     val_fraction: float | None = None  # stratified hold-out when no --val is given; None: TASK_DEFAULTS (0.2, multi-label 0.1)
     batch_size: int | str = "auto"  # auto: 32 on a CPU, the largest power of two that fits on CUDA (tlkit.train.autobatch)
-    workers: int | None = None  # DataLoader workers; None: tlkit.runtime.default_workers()
+    workers: int | None = None  # DataLoader workers; None: tlkit.core.runtime.default_workers()
     # augmentation (timm create_transform, training only). Defaults keep labels and colours: no flips
     # (a mirrored digit, arrow or text is another class), crops of at least 70% of the image, no
     # colour jitter; see "Fine-tuning defaults" in the README (issue #14) for the study behind them.

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def two_views(data_config: Mapping[str, Any], cfg: ConsistencyConfig, *, scale_m
         stages = build_transform(data_config, training=True, separate=True, scale=(scale_min, 1.0), hflip=hflip,
                                  vflip=vflip, auto_augment=cfg.augment, re_prob=cfg.reprob, color_jitter=0.0)
     except (AssertionError, ValueError, KeyError, IndexError) as e:
-        from tlkit.weights import one_line
+        from tlkit.models.weights import one_line
 
         raise TlkitError(f"fixmatch_augment={cfg.augment!r}: timm cannot build it ({one_line(e)}); use e.g. "
                          "rand-m9-mstd0.5 or trivialaugment") from None

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from tlkit.dist_env import DistInfo, env_dist_info
+from tlkit.core.dist_env import DistInfo, env_dist_info
 
 log = logging.getLogger(__name__)
 

@@ -24,22 +24,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlkit.core.dist_env import env_dist_info
+from tlkit.core.errors import TlkitError
+from tlkit.core.runtime import autocast, grad_scaler, seed_everything
 from tlkit.data.config import DataConfig
 from tlkit.data.device_decode import decode_path_of
-from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, grad_scaler, seed_everything
-from tlkit.dist_env import env_dist_info
 from tlkit.train import autobatch
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig, resolve_task_defaults
 from tlkit.train.consistency import Consistency, UnlabeledSet
 from tlkit.train.distributed import all_gather_objects, all_ranks, all_reduce_sum, barrier, shutdown
-from tlkit.train.evaluate import Predictions, compute_metrics, predict_loader, quick_metrics
 from tlkit.train.loaders import Runtime, feature_loaders, image_loaders, setup_runtime, to_device
 from tlkit.train.losses import build_loss, build_mixup
+from tlkit.train.metrics import compute_metrics, quick_metrics
 from tlkit.train.model import create_classifier
 from tlkit.train.optim import build_optimizer, head_module, set_body_trainable
+from tlkit.train.predictions import Predictions, predict_loader
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
 from tlkit.train.speedups import flush_denormals, keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits

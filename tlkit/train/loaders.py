@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError
-from tlkit.runtime import (
+from tlkit.core.errors import TlkitError
+from tlkit.core.runtime import (
     allow_fast_cuda_math, autocast, default_workers, precision_name, resolve_device, resolve_precision, seed_everything,
 )
 from tlkit.train.config import TrainConfig, resolve_task_defaults
@@ -96,7 +96,7 @@ def _training_transform(data_config: Mapping[str, Any], aug: dict[str, Any]):
     except (AssertionError, ValueError, KeyError, IndexError) as e:
         if not aug.get("auto_augment"):
             raise
-        from tlkit.weights import one_line
+        from tlkit.models.weights import one_line
 
         raise TlkitError(f"auto_augment={aug['auto_augment']!r}: timm cannot build it ({one_line(e)}); use e.g. "
                          "rand-m9-mstd0.5, trivialaugment, augmix-m5 or v0, or null") from None

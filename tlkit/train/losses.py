@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlkit.errors import TlkitError, did_you_mean
+from tlkit.core.errors import TlkitError, did_you_mean
 from tlkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

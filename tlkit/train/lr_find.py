@@ -38,13 +38,12 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from tlkit.errors import TlkitError
-from tlkit.runtime import autocast
+from tlkit.core.errors import TlkitError
+from tlkit.core.runtime import autocast
 from tlkit.train.config import TrainConfig
 from tlkit.train.speedups import flush_denormals
 
@@ -313,14 +312,4 @@ def lr_find(
     return result
 
 
-def save_lr_find(result: LRFindResult, folder: str | os.PathLike) -> dict[str, Path]:
-    """``lr_find.png`` (loss vs lr, suggestion marked) and ``lr_find.json`` (the curve) in ``folder``."""
-    from tlkit.io import write_json
-    from tlkit.train.tune_plots import plot_lr_find
-
-    folder = Path(folder)
-    write_json(folder / "lr_find.json", result.to_dict())
-    return {"lr_find_plot": plot_lr_find(result, folder / "lr_find.png"), "lr_find_json": folder / "lr_find.json"}
-
-
-__all__ = ["LRFindResult", "longest_descent", "lr_find", "save_lr_find", "smooth", "smoothing_for", "suggest_lr", "sweep"]
+__all__ = ["LRFindResult", "longest_descent", "lr_find", "smooth", "smoothing_for", "suggest_lr", "sweep"]

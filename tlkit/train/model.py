@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tlkit.core.errors import TlkitError
 from tlkit.data.config import DataConfig
-from tlkit.errors import TlkitError
 from tlkit.train.checkpoint import RunMeta, load_weights, weights_path
 from tlkit.train.config import TrainConfig
 
@@ -41,7 +41,7 @@ def model_kwargs_for(cfg: TrainConfig) -> dict[str, Any]:
 
 def architecture_kwargs(name: str, weights_source: str) -> dict[str, Any]:
     """Constructor arguments a weight source imposes (e.g. BatchNorm eps of the packaged Lite weights)."""
-    from tlkit.backbones import PACKAGED_WEIGHTS
+    from tlkit.models.backbones import PACKAGED_WEIGHTS
 
     if weights_source == "package" and name in PACKAGED_WEIGHTS:
         return dict(PACKAGED_WEIGHTS[name].model_kwargs)
@@ -52,10 +52,10 @@ def create_classifier(cfg: TrainConfig, num_classes: int):
     """The backbone of ``cfg`` (pretrained as configured) with a fresh ``num_classes`` head.
 
     Returns:
-        ``(backbone, model_kwargs)``: a :class:`tlkit.backbones.Backbone` whose ``model`` outputs
+        ``(backbone, model_kwargs)``: a :class:`tlkit.models.backbones.Backbone` whose ``model`` outputs
         logits ``[B, num_classes]``, and every constructor argument needed to rebuild it.
     """
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
 
     kw = {**checkpoint_kwargs(cfg.weights), **model_kwargs_for(cfg)}
     bb = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, num_classes=num_classes, **kw)
@@ -108,7 +108,7 @@ def _checkpoint_file(run: Path, which: str) -> Path:
 
 def rebuild_model(meta: RunMeta, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The architecture described by checkpoint ``meta`` (random init unless ``state_dict`` given)."""
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
 
     bb = create_backbone(meta.backbone, pretrained=False, num_classes=meta.num_classes, **meta.model_kwargs)
     if state_dict is not None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

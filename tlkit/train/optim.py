@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError, did_you_mean
+from tlkit.core.errors import TlkitError, did_you_mean
 from tlkit.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

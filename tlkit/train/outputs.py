@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tlkit.io import write_csv, write_json
+from tlkit.core.io import write_csv, write_json
 from tlkit.train.config import TrainConfig, save_config
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def write_history(out: Path, history: list[dict[str, Any]], best: dict[str, Any]
 def write_plots(out: Path, history: list[dict[str, Any]], best: dict[str, Any] | None,
                 classes: Sequence[str], best_preds=None, *, multilabel: bool = False) -> None:
     """``plots/loss.png``, ``plots/accuracy.png``, the best epoch's validation confusion matrix and, when
-    ``best_preds`` (that epoch's validation :class:`~tlkit.train.evaluate.Predictions`) is given, its
+    ``best_preds`` (that epoch's validation :class:`~tlkit.train.predictions.Predictions`) is given, its
     ``roc.png``, ``pr.png`` and ``reliability.png``.
 
     Multi-label: ``loss.png``, ``accuracy.png`` (label accuracy), ``map.png`` (validation mAP per epoch) and,

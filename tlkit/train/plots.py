@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tlkit.io import save_png
+from tlkit.core.io import save_png
 
 #: Above this many classes the legend names only the averages and the classes with the lowest area.
 LEGEND_CLASSES = 10
@@ -130,7 +130,7 @@ def roc_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -
     """
     from sklearn.metrics import auc, roc_curve
 
-    from tlkit.train.evaluate import one_hot
+    from tlkit.train.metrics import one_hot
 
     y = one_hot(targets, len(classes))
     per = []
@@ -147,13 +147,13 @@ def roc_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -
 def pr_curves(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[list[Curve], list[Curve]]:
     """One-vs-rest precision-recall curves (x = recall) of the classes present in ``targets``.
 
-    Areas are scikit-learn's average precision, as in :func:`tlkit.train.evaluate.average_precision`;
+    Areas are scikit-learn's average precision, as in :func:`tlkit.train.metrics.average_precision`;
     the macro curve averages the per-class interpolated precisions (the best precision at this recall
     or above) at 101 recall levels.
     """
     from sklearn.metrics import precision_recall_curve
 
-    from tlkit.train.evaluate import average_precision, one_hot
+    from tlkit.train.metrics import average_precision, one_hot
 
     y = one_hot(targets, len(classes))
     ap, macro, micro = average_precision(targets, probs)
@@ -257,7 +257,7 @@ def plot_pr_per_class(targets: np.ndarray, probs: np.ndarray, classes: Sequence[
 
 
 def plot_reliability(bins, path: str | os.PathLike) -> Path:
-    """Reliability diagram of :class:`tlkit.train.evaluate.CalibrationBins`: accuracy per confidence bin
+    """Reliability diagram of :class:`tlkit.train.metrics.CalibrationBins`: accuracy per confidence bin
     against the diagonal, the share of predictions per bin below, the ECE in the title."""
     plt = pyplot()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})

@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_file, write_csv
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_file, write_csv
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from torch import nn
 from tlkit.data.config import DataConfig
 from tlkit.engines import Engine
 from tlkit.train.checkpoint import RunMeta
-from tlkit.train.evaluate import Predictions, predict_loader
+from tlkit.train.predictions import Predictions, predict_loader
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,13 @@ class Predictor:
         """A loader of :class:`tlkit.data.ImageRecord` s with the run's eval preprocessing.
 
         ``class_to_idx`` maps record labels to targets (``None``: targets -1); ``batch_size`` (``auto``
-        or ``None``: :func:`tlkit.batch_size.inference_batch`, 8 on a CPU, probed on CUDA) and ``workers``
-        (default :func:`tlkit.runtime.default_workers`); ``decode``: ``auto`` (JPEGs decoded on the device
+        or ``None``: :func:`tlkit.core.batch_size.inference_batch`, 8 on a CPU, probed on CUDA) and ``workers``
+        (default :func:`tlkit.core.runtime.default_workers`); ``decode``: ``auto`` (JPEGs decoded on the device
         on CUDA) | ``cpu`` | ``device`` (:func:`tlkit.data.device_decode.eval_loader`).
         """
-        from tlkit.batch_size import inference_batch
+        from tlkit.core.batch_size import inference_batch
+        from tlkit.core.runtime import default_workers
         from tlkit.data.device_decode import eval_loader
-        from tlkit.runtime import default_workers
 
         batch = inference_batch(batch_size, self.device, self.engine.forward, self.data_config.input_size,
                                 len(records))
@@ -149,7 +149,7 @@ class Predictor:
 
     def _store_loader(self, paths: Sequence[str | os.PathLike], folder: str | os.PathLike):
         """:class:`tlkit.data.pixel_store.PixelBatches` over ``paths``, or ``None`` when no store can be made."""
-        from tlkit.batch_size import inference_batch
+        from tlkit.core.batch_size import inference_batch
         from tlkit.data.pixel_store import PixelBatches, pool_pixels
 
         rows = pool_pixels(folder, paths, self.data_config)

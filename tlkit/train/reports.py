@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from tlkit.io import save_npy, write_csv
+from tlkit.core.io import save_npy, write_csv
 
 if TYPE_CHECKING:
     from tlkit.train.plots import GridCell
@@ -58,7 +58,7 @@ def write_curves(folder: str | os.PathLike, targets: np.ndarray, probs: np.ndarr
         The files written; a figure that cannot be drawn (ROC with a single class present) is
         left out with a warning.
     """
-    from tlkit.train.evaluate import calibration_bins
+    from tlkit.train.metrics import calibration_bins
     from tlkit.train.plots import plot_reliability
 
     folder = Path(folder)

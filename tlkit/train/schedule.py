@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from tlkit.errors import TlkitError, did_you_mean
+from tlkit.core.errors import TlkitError, did_you_mean
 
 WARMUP_START = 0.01  # factor at step 0 of a linear warmup
 

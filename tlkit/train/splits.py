@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train.config import TASK_DEFAULTS
 
 log = logging.getLogger(__name__)

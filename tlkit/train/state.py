@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_dir
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_dir
 from tlkit.train import checkpoint as ckpt
 from tlkit.train import outputs
 from tlkit.train.config import TrainConfig
@@ -33,7 +33,7 @@ class TrainState:
     trained: nn.Module  # the module whose weights the optimizer and EMA track
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: Any  # tlkit.runtime.grad_scaler()'s GradScaler (fp16), else None
+    scaler: Any  # tlkit.core.runtime.grad_scaler()'s GradScaler (fp16), else None
     ema: nn.Module | None
     epoch: int = 0  # epochs finished
     step: int = 0  # optimizer steps taken

@@ -1,4 +1,5 @@
-"""PNG plots of ``tlkit tune``: the lr range test and the trials (matplotlib, Agg, atomic writes).
+"""The files of ``tlkit tune`` and ``tlkit lr-find``: PNG plots of the lr range test and of the trials
+(matplotlib, Agg, atomic writes), and the range test's curve as JSON.
 
 Example:
     >>> plot_lr_find(result, "tune/lr_find.png")          # doctest: +SKIP
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from tlkit.core.io import write_json
 from tlkit.train.lr_find import LRFindResult
 from tlkit.train.plots import pyplot, save_figure
 
@@ -37,6 +39,13 @@ def plot_lr_find(result: LRFindResult, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def save_lr_find(result: LRFindResult, folder: str | os.PathLike) -> dict[str, Path]:
+    """``lr_find.png`` (loss vs lr, suggestion marked) and ``lr_find.json`` (the curve) in ``folder``."""
+    folder = Path(folder)
+    write_json(folder / "lr_find.json", result.to_dict())
+    return {"lr_find_plot": plot_lr_find(result, folder / "lr_find.png"), "lr_find_json": folder / "lr_find.json"}
+
+
 #: the right panel's x axis: the first of these the trials searched (``--set`` fixes keys), and its scale
 X_KEYS = (("lr", "log"), ("weight_decay", "log"), ("scale_min", "linear"))
 
@@ -45,7 +54,7 @@ def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path
     """Two panels: the validation metric of each trial (trial 0 = defaults), and the metric against lr
     (against weight decay or crop scale when lr was fixed with ``--set``; empty when all three were).
 
-    ``trials`` are :class:`tlkit.train.tune.TrialRecord` (``number``, ``value``, ``state``, ``params``).
+    ``trials`` are :class:`tlkit.train.tune_space.TrialRecord` (``number``, ``value``, ``state``, ``params``).
     """
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -73,4 +82,4 @@ def plot_trials(trials: Sequence, monitor: str, path: str | os.PathLike) -> Path
     return Path(path)
 
 
-__all__ = ["plot_lr_find", "plot_trials"]
+__all__ = ["plot_lr_find", "plot_trials", "save_lr_find"]

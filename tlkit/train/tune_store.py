@@ -1,7 +1,7 @@
 """Where ``tlkit tune`` keeps its study: Optuna's RDB storage in ``OUT/study.db`` (SQLite), so that
 ``--resume`` continues a search that was killed or ran out of budget.
 
-Each finished trial stores its :class:`~tlkit.train.tune.TrialRecord` as a user attribute before it
+Each finished trial stores its :class:`~tlkit.train.tune_space.TrialRecord` as a user attribute before it
 is told to the study; a trial killed while running has none and is marked failed on resume. The
 study also stores the base config and the trial length, and a resume with other ones is refused.
 
@@ -18,9 +18,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 from tlkit.train.config import TrainConfig
 from tlkit.train.lr_find import LRFindResult
+from tlkit.train.tune_space import TrialRecord, import_optuna, round_value
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ def check_tune_dir(out: Path, resume: bool, base: TrainConfig, trial_epochs: int
         return
     if not resume:
         raise TlkitError(f"{out} already holds a tune study; add --resume to continue it, or choose a new --out")
-    from tlkit.train.tune import import_optuna
-
     study = import_optuna().load_study(study_name=STUDY_NAME, storage=storage_url(out))
     if study.user_attrs:
         _check_same(study, base, trial_epochs, out)
@@ -62,8 +61,6 @@ def _check_same(study, base: TrainConfig, trial_epochs: int, out: Path) -> None:
 def load_records(study) -> list:
     """The stored trial records, in trial order; trials killed while running are marked failed."""
     from optuna.trial import TrialState
-
-    from tlkit.train.tune import TrialRecord
 
     records = []
     for t in study.get_trials(deepcopy=False):
@@ -91,8 +88,6 @@ def open_study(out: Path, base: TrainConfig, space, lr_suggestion: float, *, tri
     """
     from optuna.trial import TrialState
 
-    from tlkit.train.tune import _round, import_optuna
-
     optuna = import_optuna()
     study = optuna.create_study(
         storage=storage_url(out), study_name=STUDY_NAME, load_if_exists=resume,
@@ -111,7 +106,7 @@ def open_study(out: Path, base: TrainConfig, space, lr_suggestion: float, *, tri
         study.set_user_attr("trial_epochs", trial_epochs)
         study.enqueue_trial(first)
         if "lr" in first and abs(math.log(lr_suggestion / base.lr)) > math.log(1.5):
-            study.enqueue_trial({**first, "lr": _round("lr", lr_suggestion)})
+            study.enqueue_trial({**first, "lr": round_value("lr", lr_suggestion)})
     exact = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
     return study, records, exact
 

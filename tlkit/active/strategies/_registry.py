@@ -23,8 +23,8 @@ import numpy as np
 
 from tlkit.active.strategies._geometry import large_pool_kmeans
 from tlkit.active.strategies._scale import DEFAULT_APPROX, Approx, check_finite, geometry
-from tlkit.constants import MULTILABEL, TASKS
-from tlkit.errors import TlkitError, did_you_mean
+from tlkit.core.constants import MULTILABEL, TASKS
+from tlkit.core.errors import TlkitError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class PoolView:
 
     @property
     def task(self) -> str:
-        """``single`` or ``multilabel`` (:data:`tlkit.constants.TASKS`)."""
+        """``single`` or ``multilabel`` (:data:`tlkit.core.constants.TASKS`)."""
         return MULTILABEL if self.multilabel else TASKS[0]
 
     @property
@@ -135,7 +135,7 @@ class StrategyInfo:
     rows (any float dtype, a memmap) at full dimension instead of a projection, and must convert the
     rows it takes (:func:`~tlkit.active.strategies._geometry.take_rows`).
 
-    ``tasks``: the pools it serves, a subset of :data:`tlkit.constants.TASKS` (``single``, ``multilabel``).
+    ``tasks``: the pools it serves, a subset of :data:`tlkit.core.constants.TASKS` (``single``, ``multilabel``).
     """
 
     name: str

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tlkit.constants import PROJECTION_DIM
+from tlkit.core.constants import PROJECTION_DIM
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from tlkit.active.strategies._geometry import (
 )
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
 from tlkit.active.strategies.uncertainty import entropy_scores, least_confidence_scores, uncertainty_weight
-from tlkit.constants import TASKS
+from tlkit.core.constants import TASKS
 
 log = logging.getLogger(__name__)
 

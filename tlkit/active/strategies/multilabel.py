@@ -28,7 +28,7 @@ import numpy as np
 from tlkit.active.strategies._common import top_selection
 from tlkit.active.strategies._registry import PoolView, Selection, register_strategy
 from tlkit.active.strategies.uncertainty import mean_entropy_scores
-from tlkit.constants import MULTILABEL
+from tlkit.core.constants import MULTILABEL
 
 log = logging.getLogger(__name__)
 

@@ -4,17 +4,17 @@ Rows are written into ``features.partial.npy`` with ordinary file writes as batc
 memory stays O(batch) whatever the number of images. Every few seconds the finished row count is
 committed to ``progress.json`` (atomically, after the rows are fsynced); a re-run with the same
 inputs and settings continues from there. The final files appear together only when everything is
-done (see :mod:`tlkit.extract_store` for the layout and the final swap): a killed or disk-full run
+done (see :mod:`tlkit.features.store` for the layout and the final swap): a killed or disk-full run
 never leaves a ``features.npy`` that disagrees with its ``index.csv``.
 
-Reuse: each image's content fingerprint (:mod:`tlkit.fingerprint`) is stored in ``index.csv``.
+Reuse: each image's content fingerprint (:mod:`tlkit.core.fingerprint`) is stored in ``index.csv``.
 When ``out`` holds a finished result made with the same backbone, weights and settings, a new
 call copies the rows whose path and fingerprint are unchanged, embeds only new or changed images,
 and drops images that are gone; rows follow the new source's order. One extract at a time may
-write a folder (``out/.lock``, :mod:`tlkit.locks`).
+write a folder (``out/.lock``, :mod:`tlkit.core.locks`).
 
 Warm start: when an OpenVINO model for this exact request is already compiled and its index record
-checks out (:mod:`tlkit.extract_warm`), the run needs neither torch nor timm (NumPy preprocessing,
+checks out (:mod:`tlkit.features.warm`), the run needs neither torch nor timm (NumPy preprocessing,
 decoding threads) and writes the same folder; this module imports them only on the normal path.
 """
 
@@ -25,7 +25,6 @@ import errno
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,30 +34,29 @@ import numpy as np
 
 import tlkit
 from tlkit import data as tdata
-from tlkit.batch_size import BatchChoice, parse_batch_size
-from tlkit.constants import DECODE_MODES, DEFAULT_BACKBONE, LABEL_DELIM
-from tlkit.cpuinfo import CPU_INFERENCE_BATCH
+from tlkit.core.batch_size import BatchChoice, parse_batch_size
+from tlkit.core.constants import DECODE_MODES, DEFAULT_BACKBONE, LABEL_DELIM
+from tlkit.core.cpuinfo import CPU_INFERENCE_BATCH
+from tlkit.core.errors import TlkitError
+from tlkit.core.fingerprint import UNREADABLE, fingerprints
+from tlkit.core.io import read_json, run_digest, write_json
+from tlkit.core.locks import hold_lock
 from tlkit.data.config import DataConfig
 from tlkit.data.prefetch import DECODE_THREADS, threaded_batches
 from tlkit.engines import Engine, ModelSpec, create_engine, planned_engine
-from tlkit.errors import TlkitError
-from tlkit.extract_store import (
-    FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, disk_full, ensure_free, finalize, load_features, read_previous,
-    recover, run_digest, set_bytes, storage_dtype,
+from tlkit.features.store import (
+    FEATURES, LOCK, PARTIAL, PROGRESS, RowFile, Shard, disk_full, ensure_free, finalize, load_features,
+    read_previous, recover, set_bytes, storage_dtype,
 )
-from tlkit.extract_warm import (
+from tlkit.features.warm import (
     WarmBackbone, WarmRequest, WarmStart, find_warm_start, record, same_preprocessing, warm_request,
 )
-from tlkit.fingerprint import UNREADABLE, fingerprints
-from tlkit.io import read_json, write_json
-from tlkit.locks import hold_lock
 
-if TYPE_CHECKING:  # torch and timm are imported only by the normal path (see tlkit.extract_warm)
+if TYPE_CHECKING:  # torch and timm are imported only by the normal path (see tlkit.features.warm)
     import torch
 
-    from tlkit.backbones import Backbone
     from tlkit.data.numpy_transform import ArrayBatch
-    from tlkit.extract_shards import Shard
+    from tlkit.models.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +101,8 @@ class ExtractOptions:
 
     Attributes:
         batch_size: images per forward pass, or ``auto`` (``None``): 8 on a CPU
-            (:func:`tlkit.runtime.inference_batch_size`), the largest power of two that fits on CUDA
-            (probed, :func:`tlkit.batch_size.inference_batch`); meta.json says which and how.
+            (:func:`tlkit.core.runtime.inference_batch_size`), the largest power of two that fits on CUDA
+            (probed, :func:`tlkit.core.batch_size.inference_batch`); meta.json says which and how.
         image_size: resize to this square size instead of the backbone's default
             (:meth:`tlkit.data.DataConfig.at_size`).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
@@ -113,9 +111,9 @@ class ExtractOptions:
             warm start, decoding threads (default ``TLKIT_DECODE_THREADS``, 1).
         strict: fail on the first file that cannot be decoded instead of skipping it.
         compile: ``torch.compile`` the model first (pays off on GPUs and big runs).
-        fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.inference`).
+        fuse: fold BatchNorm layers into the convolutions before them (checked; see :mod:`tlkit.models.inference`).
         dtype: storage type of ``features.npy``, ``float32`` or ``float16`` (half the disk and
-            memory; see :data:`tlkit.extract_store.DTYPES` for the rounding it costs).
+            memory; see :data:`tlkit.features.store.DTYPES` for the rounding it costs).
         decode: ``auto`` (``device`` on CUDA with the torch engine, else ``cpu``) | ``cpu`` | ``device``: where
             JPEGs are decoded and resized (:mod:`tlkit.data.device_decode`; other files always on the CPU).
             meta.json's ``decode`` says which ran; ``device`` rows are part of the settings (never mixed).
@@ -141,7 +139,7 @@ class ExtractOptions:
 class _Job:
     """Everything one extract run needs, resolved: the backbone (head dropped), device, dtype, preprocessing.
 
-    ``warm``: the warm start (:mod:`tlkit.extract_warm`; ``bb`` is then a :class:`WarmBackbone`,
+    ``warm``: the warm start (:mod:`tlkit.features.warm`; ``bb`` is then a :class:`WarmBackbone`,
     without a model). ``request``: what the normal path records for a later warm start.
     """
 
@@ -170,13 +168,13 @@ class _Job:
 def _job(out: Path, source: tdata.ImageSource, backbone: str | Backbone, weights: str | os.PathLike | None,
          pretrained: bool, opts: ExtractOptions, progress: Callable[[int], None] | None,
          request: WarmRequest | None = None) -> _Job:
-    """The warm start's job when it checks out (:mod:`tlkit.extract_warm`), else the normal one: create the
+    """The warm start's job when it checks out (:mod:`tlkit.features.warm`), else the normal one: create the
     backbone (unless given) as a feature extractor and resolve device, precision and size."""
     warm = find_warm_start(request)
     if warm is not None:
         return _Job(out, source, warm.bb, "cpu", None, warm.bb.data_config, opts, progress, warm=warm)
-    from tlkit.backbones import Backbone, create_backbone
-    from tlkit.runtime import resolve_device, resolve_precision
+    from tlkit.core.runtime import resolve_device, resolve_precision
+    from tlkit.models.backbones import Backbone, create_backbone
 
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, pretrained=pretrained, weights=weights)
     if getattr(bb.model, "num_classes", 0):
@@ -325,7 +323,7 @@ def _batch_choice(job: _Job, engine: Engine, n: int) -> BatchChoice:
     if engine.name != "torch":  # OpenVINO and the warm start run on the CPU, without torch
         size = parse_batch_size(job.opts.batch_size)
         return BatchChoice(size, "given") if size else BatchChoice(CPU_INFERENCE_BATCH, "cpu default")
-    from tlkit.batch_size import inference_batch
+    from tlkit.core.batch_size import inference_batch
 
     return inference_batch(job.opts.batch_size, engine.device, engine.forward, job.data_config.input_size, n)
 
@@ -333,7 +331,7 @@ def _batch_choice(job: _Job, engine: Engine, n: int) -> BatchChoice:
 def _batches(job: _Job, records: list[tdata.ImageRecord], engine: Engine, batch_size: int):
     """Batches of ``records`` decoded while the engine runs (:func:`tlkit.data.prefetch.inference_batches`).
     For OpenVINO (the warm start, or any run whose preprocessing :mod:`tlkit.data.numpy_transform`
-    reproduces bit for bit with the installed timm, :func:`~tlkit.extract_warm.same_preprocessing`),
+    reproduces bit for bit with the installed timm, :func:`~tlkit.features.warm.same_preprocessing`),
     NumPy batches decoded in threads: the same tensors as timm's transform, at a third of its CPU
     time, which on a small CPU is taken from the model's cores."""
     transform = job.warm.transform if job.warm is not None else None
@@ -347,8 +345,8 @@ def _batches(job: _Job, records: list[tdata.ImageRecord], engine: Engine, batch_
         dataset = ArrayImages(records, transform, size_hint=job.data_config.size_hint())
         return threaded_batches(dataset, batch_size=batch_size, collate=collate_arrays,
                                 threads=job.opts.workers or max(1, DECODE_THREADS))
+    from tlkit.core.runtime import default_workers
     from tlkit.data.device_decode import eval_loader
-    from tlkit.runtime import default_workers
 
     nw = default_workers() if job.opts.workers is None else job.opts.workers
     return eval_loader(records, job.data_config, batch_size=batch_size, workers=nw, device=job.device,
@@ -424,7 +422,7 @@ def _meta(job: _Job, plan: _Plan, elapsed: float, embed_s: float = 0.0,
 
 
 def _finish(job: _Job, writer: _Writer, meta: dict[str, Any]) -> tuple[int, int]:
-    """Write the final set (see :func:`tlkit.extract_store.finalize`); returns (count, skipped)."""
+    """Write the final set (see :func:`tlkit.features.store.finalize`); returns (count, skipped)."""
     records, plan = job.source.records, writer.plan
     bad = {i for i, _ in writer.failures}
     keep = np.array([i for i in range(len(records)) if i not in bad], dtype=np.int64)
@@ -544,11 +542,11 @@ def extract_features(
             finished one made with the same settings lends its rows for unchanged images.
             Another extract writing to ``out`` makes this call fail at once (TlkitError).
         backbone: a backbone name or an already created :class:`Backbone` (its head is ignored).
-        weights, pretrained: where the backbone's weights come from (:func:`tlkit.backbones.create_backbone`).
+        weights, pretrained: where the backbone's weights come from (:func:`tlkit.models.backbones.create_backbone`).
         batch_size, image_size, device, precision, workers, strict, compile, fuse, dtype, engine, decode: see
             :class:`ExtractOptions`.
-        shard: embed only this :class:`~tlkit.extract_shards.Shard` of the records, into its folder
-            ``out/shards/...`` (join the shards with :func:`~tlkit.extract_shards.merge_shards`).
+        shard: embed only this :class:`~tlkit.features.store.Shard` of the records, into its folder
+            ``out/shards/...`` (join the shards with :func:`~tlkit.features.shards.merge_shards`).
         progress: called with the number of images finished after every batch.
 
     Returns:
@@ -579,20 +577,3 @@ def extract_features(
         job = _job(out, source, backbone, weights, pretrained, opts, progress, request)
         with _disk_full_as_error(out):
             return _run_locked(job, t0)
-
-
-class _CallableModule(type(os)):
-    """This module's type: ``tlkit.extract(images, out, ...)`` calls :func:`tlkit.api.extract`.
-
-    ``tlkit.extract`` is both this module (where the pipeline lives, imported by name all over) and
-    the public function; Python makes a submodule its package's attribute on import, so the one
-    name stays both when the module itself is callable.
-    """
-
-    def __call__(self, images, out, **options):
-        from tlkit.api import extract
-
-        return extract(images, out, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

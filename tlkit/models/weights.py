@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A shard ``i/N`` is the ``i``-th of ``N`` contiguous, nearly equal ranges of the source's records in
 their usual order (no padding: a record is in exactly one shard). Each shard is an ordinary extract
 folder, ``OUT/shards/iiiii-of-NNNNN/``, so it streams, resumes after a kill and reuses unchanged rows
-on its own (:mod:`tlkit.extract`). :func:`merge_shards` joins the ``N`` finished shards into ``OUT``
+on its own (:mod:`tlkit.features.extract`). :func:`merge_shards` joins the ``N`` finished shards into ``OUT``
 in shard order: the same rows, ids and order as one process over the whole source, and the same
 ``run_key``, so a later one-process ``tlkit extract`` of the same images finds nothing to do.
 The merge is atomic (the final set is swapped in as by a one-process run) and the shard folders stay
@@ -17,12 +17,12 @@ Three ways to run the shards:
   no shard had finished;
 * independent jobs (Slurm arrays, Ray, Kubernetes): ``tlkit extract IMAGES --out OUT --shard i/N``
   for each ``i``, then ``tlkit extract IMAGES --out OUT --merge``;
-* from Python: ``extract_features(..., shard=Shard(i, n))`` and :func:`merge_shards`.
+* from Python: ``extract_features(..., shard=Shard(i, n))`` (:class:`~tlkit.features.store.Shard`) and
+  :func:`merge_shards`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -35,50 +35,17 @@ from typing import Any, Callable
 import numpy as np
 
 from tlkit import data as tdata
-from tlkit.errors import TlkitError
-from tlkit.extract_store import (
-    LOCK, PARTIAL, SKIPPED, RowFile, ensure_free, finalize, read_checked, run_digest, set_bytes,
+from tlkit.core.errors import TlkitError
+from tlkit.core.fingerprint import fingerprints
+from tlkit.core.io import read_csv, run_digest, write_csv
+from tlkit.core.locks import hold_lock
+from tlkit.features.store import (
+    LOCK, PARTIAL, SHARDS, SKIPPED, RowFile, Shard, ensure_free, finalize, read_checked, set_bytes,
 )
-from tlkit.fingerprint import fingerprints
-from tlkit.io import read_csv, write_csv
-from tlkit.locks import hold_lock
 
 log = logging.getLogger(__name__)
 
-SHARDS = "shards"
-"""The folder under ``OUT`` that holds the shard folders."""
 _NAME = re.compile(r"^(\d{5})-of-(\d{5})$")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (0-based)."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, spec: str) -> "Shard":
-        """``"i/N"`` (``0 <= i < N``), else a one-line :class:`TlkitError`."""
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
-        if not m or not int(m[1]) < int(m[2]):
-            raise TlkitError(f"--shard {spec}: give i/N with 0 <= i < N, e.g. --shard 0/4 for the first of 4 shards")
-        return cls(int(m[1]), int(m[2]))
-
-    def bounds(self, n: int) -> tuple[int, int]:
-        """``[start, stop)`` of this shard among ``n`` records: contiguous, sizes differ by at most 1."""
-        return self.index * n // self.count, (self.index + 1) * n // self.count
-
-    def folder(self, out: str | os.PathLike) -> Path:
-        return Path(out) / SHARDS / f"{self.index:05d}-of-{self.count:05d}"
-
-    def source(self, source: tdata.ImageSource) -> tdata.ImageSource:
-        """The records of ``source`` that belong to this shard (an error when there are none)."""
-        start, stop = self.bounds(len(source.records))
-        if start == stop:
-            raise TlkitError(f"shard {self.index}/{self.count} of {len(source.records)} images is empty; "
-                             "use fewer shards than images")
-        return dataclasses.replace(source, records=tuple(source.records[start:stop]))
 
 
 def shard_folders(out: str | os.PathLike, count: int | None = None) -> list[tuple[Shard, Path]]:
@@ -146,7 +113,7 @@ class MadeWith:
 
     def check(self, meta: dict[str, Any], out: Path) -> None:
         """One line naming the first setting that differs from the shards' ``meta``."""
-        from tlkit.io import sha256_file
+        from tlkit.core.io import sha256_file
 
         size, dtype = list(meta["data_config"]["input_size"][1:]), meta.get("dtype", "float32")
         weights = meta["weights"]
@@ -233,8 +200,8 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     import torch
     import torch.distributed as dist
 
-    from tlkit.extract import extract_features
-    from tlkit.train.distributed import env_dist_info
+    from tlkit.core.dist_env import env_dist_info
+    from tlkit.features.extract import extract_features
 
     info = env_dist_info()
     if device in ("auto", "cuda") and torch.cuda.is_available():
@@ -254,4 +221,4 @@ def extract_under_torchrun(source: tdata.ImageSource, out: str | os.PathLike, *,
     return res, merged
 
 
-__all__ = ["RANKS_TIMEOUT", "SHARDS", "MadeWith", "Shard", "extract_under_torchrun", "merge_shards", "shard_folders"]
+__all__ = ["RANKS_TIMEOUT", "MadeWith", "extract_under_torchrun", "merge_shards", "shard_folders"]

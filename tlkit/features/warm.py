@@ -36,17 +36,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tlkit.backbone_info import WeightsInfo
+from tlkit.core.io import read_json, sha256_file, write_json
 from tlkit.data.config import DataConfig
-from tlkit.io import read_json, sha256_file, write_json
+from tlkit.models.backbone_info import WeightsInfo
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1  # bump when a record's layout or what it must match changes
 #: tlkit sources that decide what a record says (model, weights mapping, preprocessing, cache entry); their
 #: digest is part of the key, so an edited checkout never trusts a record written by older code.
-RECORD_SOURCES = ("backbones.py", "weights.py", "data/config.py", "data/transforms.py", "data/numpy_transform.py",
-                  "engines/__init__.py", "engines/openvino_engine.py", "extract_warm.py")
+RECORD_SOURCES = ("models/backbones.py", "models/weights.py", "data/config.py", "data/transforms.py",
+                  "data/numpy_transform.py", "engines/__init__.py", "engines/base.py", "engines/openvino_engine.py",
+                  "features/warm.py")
 _GPU_DEVICES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # CUDA, ROCm, WSL: torch might see a GPU
 
 
@@ -73,7 +74,7 @@ class WarmRequest:
 
 @dataclass(frozen=True)
 class WarmBackbone:
-    """The facts of a :class:`tlkit.backbones.Backbone` extract writes, without its model."""
+    """The facts of a :class:`tlkit.models.backbones.Backbone` extract writes, without its model."""
 
     name: str
     weights: WeightsInfo
@@ -92,7 +93,7 @@ class WarmStart:
 
 
 def _versions() -> dict[str, str | None]:
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent  # the tlkit folder
     h = hashlib.sha256()
     try:
         for name in RECORD_SOURCES:
@@ -122,7 +123,7 @@ def _gpu_present() -> bool:
 def warm_request(backbone: Any, weights: str | os.PathLike | None, pretrained: bool, opts: Any,
                  shard: Any = None) -> WarmRequest | None:
     """The request when this run could take the warm start (a CPU, the OpenVINO engine, weights from a
-    file or a package), else ``None``. ``opts`` is an :class:`tlkit.extract.ExtractOptions`."""
+    file or a package), else ``None``. ``opts`` is an :class:`tlkit.features.extract.ExtractOptions`."""
     if os.environ.get("TLKIT_WARM_START", "1") == "0" or not isinstance(backbone, str) or shard is not None:
         return None
     if weights is None and not pretrained:
@@ -193,7 +194,7 @@ def _weights_file(bb: Any) -> dict[str, Any] | None:
     if bb.weights.source == "file":
         path, package = Path(bb.weights.location), None
     elif bb.weights.source == "package":
-        from tlkit.backbones import PACKAGED_WEIGHTS
+        from tlkit.models.backbones import PACKAGED_WEIGHTS
 
         packaged = PACKAGED_WEIGHTS.get(bb.name)
         path = packaged.path() if packaged else None

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 if TYPE_CHECKING:  # torch is imported on use: extract's warm start parses --batch-size without it
     import torch
@@ -95,7 +95,7 @@ def _release_memory() -> None:
 
 def _fits(probe: Callable[[int], Any], size: int) -> bool:
     """Run ``probe(size)``; ``False`` on out-of-memory (memory released after it), other errors raise."""
-    from tlkit.runtime import is_oom
+    from tlkit.core.runtime import is_oom
 
     oom = False
     try:
@@ -117,7 +117,7 @@ def largest_fitting(probe: Callable[[int], Any], *, cap: int, start: int = START
 
     Args:
         probe: runs one real pass at the given batch size; raises torch's out-of-memory error (or a
-            RuntimeError saying "out of memory", :func:`tlkit.runtime.is_oom`) when it does not fit.
+            RuntimeError saying "out of memory", :func:`tlkit.core.runtime.is_oom`) when it does not fit.
         cap: the largest size worth trying (e.g. the number of images).
         start: the first size tried.
         what: names the pass in the error when not even one image fits.
@@ -153,12 +153,12 @@ def inference_batch(given: int | str | None, device: torch.device, forward: Call
                     input_size: tuple[int, int, int], n_images: int) -> BatchChoice:
     """The batch for an inference pass of ``forward`` over ``n_images`` images of ``input_size`` ``(C, H, W)``.
 
-    A number is kept; ``auto`` (or ``None``) is :func:`tlkit.runtime.inference_batch_size` on a CPU
+    A number is kept; ``auto`` (or ``None``) is :func:`tlkit.core.runtime.inference_batch_size` on a CPU
     (8) and the largest power of two that fits (up to the next one above ``n_images``) on CUDA.
     """
     import torch
 
-    from tlkit.runtime import inference_batch_size
+    from tlkit.core.runtime import inference_batch_size
 
     size = parse_batch_size(given)
     if size is not None:

@@ -1,7 +1,7 @@
 """Per-file content fingerprints: cheap enough to take on every run, strict enough to reuse rows.
 
 ``file_fingerprint(path)`` is ``"<size>-<mtime_ns>-<sha256 of the first and last 64 KiB, 128 bits>"``.
-:func:`tlkit.extract.extract_features` stores it per row (``index.csv``, column ``fingerprint``)
+:func:`tlkit.features.extract.extract_features` stores it per row (``index.csv``, column ``fingerprint``)
 and reuses a row only when both the path and the fingerprint are unchanged.
 
 Why this and not a full hash: measured by ``benchmarks/bench_fingerprint.py`` (10,000 files per

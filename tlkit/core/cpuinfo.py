@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
-#: Default images per forward pass on a CPU (:func:`tlkit.runtime.inference_batch_size`).
+#: Default images per forward pass on a CPU (:func:`tlkit.core.runtime.inference_batch_size`).
 CPU_INFERENCE_BATCH = 8
 
 

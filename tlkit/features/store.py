@@ -8,7 +8,7 @@ Layout (what users read)::
                    row count/sha256 of index.csv. Written LAST: it seals the set.
     skipped.csv    path, reason; only when some files could not be decoded
 
-While a run works: ``.lock`` (flock, :mod:`tlkit.locks`), ``features.partial.npy`` (rows stream in
+While a run works: ``.lock`` (flock, :mod:`tlkit.core.locks`), ``features.partial.npy`` (rows stream in
 with ``pwrite``, never through a writable memmap: a full disk is an ``ENOSPC`` error, not SIGBUS;
 the file is preallocated with ``posix_fallocate`` so a full disk shows before the first batch),
 ``progress.json`` (rows done, committed after an fsync of the rows) and ``.next/``.
@@ -24,18 +24,23 @@ this and names the file that disagrees, so a mixed set is never returned.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
-import hashlib
 import logging
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from tlkit.errors import TlkitError
-from tlkit.io import fsync_dir, read_csv, read_json, sha256_file, write_csv, write_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import fsync_dir, read_csv, read_json, sha256_file, write_csv, write_json
+
+if TYPE_CHECKING:
+    from tlkit.data import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,41 @@ DTYPES = ("float32", "float16")
 """Storage types of features.npy. float16 halves the disk and memory of a pool (a million 1,280-d rows:
 2.4 GiB instead of 4.9); its relative rounding error is at most 2^-11 (≈ 0.05 %), and values above
 65,504 would overflow, which pooled backbone features never reach (checked when rows are written)."""
+
+
+SHARDS = "shards"
+"""The folder under ``OUT`` that holds the shard folders (:mod:`tlkit.features.shards` runs and merges them)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, spec: str) -> "Shard":
+        """``"i/N"`` (``0 <= i < N``), else a one-line :class:`TlkitError`."""
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
+        if not m or not int(m[1]) < int(m[2]):
+            raise TlkitError(f"--shard {spec}: give i/N with 0 <= i < N, e.g. --shard 0/4 for the first of 4 shards")
+        return cls(int(m[1]), int(m[2]))
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """``[start, stop)`` of this shard among ``n`` records: contiguous, sizes differ by at most 1."""
+        return self.index * n // self.count, (self.index + 1) * n // self.count
+
+    def folder(self, out: str | os.PathLike) -> Path:
+        return Path(out) / SHARDS / f"{self.index:05d}-of-{self.count:05d}"
+
+    def source(self, source: ImageSource) -> ImageSource:
+        """The records of ``source`` that belong to this shard (an error when there are none)."""
+        start, stop = self.bounds(len(source.records))
+        if start == stop:
+            raise TlkitError(f"shard {self.index}/{self.count} of {len(source.records)} images is empty; "
+                             "use fewer shards than images")
+        return dataclasses.replace(source, records=tuple(source.records[start:stop]))
 
 
 def disk_full(path: str | os.PathLike | None, out: Path) -> TlkitError:
@@ -329,13 +369,3 @@ def read_previous(out: Path) -> tuple[np.ndarray, list[dict[str, str]], dict] | 
     except TlkitError as e:
         log.warning("not reusing the earlier result: %s", e)
         return None
-
-
-def run_digest(*parts: Any) -> str:
-    """A short sha256 over ``parts`` (strings or sequences of strings)."""
-    h = hashlib.sha256()
-    for p in parts:
-        for s in [p] if isinstance(p, str) else p:
-            h.update(s.encode())
-            h.update(b"\0")
-    return h.hexdigest()

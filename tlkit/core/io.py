@@ -122,7 +122,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     Raises:
         TlkitError: the file is not UTF-8 text (e.g. saved as Windows-1252 by Excel) or not a CSV file.
     """
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -160,6 +160,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def run_digest(*parts: Any) -> str:
+    """A short sha256 over ``parts`` (strings or sequences of strings)."""
+    h = hashlib.sha256()
+    for p in parts:
+        for s in [p] if isinstance(p, str) else p:
+            h.update(s.encode())
+            h.update(b"\0")
+    return h.hexdigest()
+
+
 def save_png(fig, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
     """Render a matplotlib figure to PNG, write it atomically, and close the figure."""
     import matplotlib.pyplot as plt
@@ -186,7 +196,7 @@ def check_output_file(path: str | os.PathLike, *, option: str = "--out", example
     Raises:
         TlkitError: ``path`` is a folder, or one of its parents is a file.
     """
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     path = Path(path)
     if path.is_dir():
@@ -201,7 +211,7 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
     Raises:
         TlkitError: ``path`` or one of its parents is an existing file.
     """
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -211,7 +221,7 @@ def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
 
 
 def _check_parents(path: Path, option: str) -> None:
-    from tlkit.errors import TlkitError
+    from tlkit.core.errors import TlkitError
 
     for parent in path.absolute().parents:
         if parent.exists():

@@ -1,112 +1,21 @@
-"""Sample datasets made from images that ship with installed packages, and the offline demo.
+"""The offline demo (``tlkit demo``): sample digits -> features + a probe -> a short fine-tune -> one
+active-learning round, each step timed, as a :class:`DemoReport` the CLI prints.
 
-* :func:`make_digits_folder` renders scikit-learn's 1,797 handwritten digits (8x8, real scans) as
-  PNG files in a class-folder tree.
-* :func:`make_photo_crops_folder` cuts random crops out of the photos in ``skimage.data``; the
-  class is the photo a crop comes from.
-
-Both are deterministic under a seed, so tests and benchmarks can rebuild the same folders.
+Example:
+    >>> report = run_demo("demo-work", per_class=20)      # doctest: +SKIP
+    >>> [(s.name, round(s.value, 2)) for s in report.steps]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
-log = logging.getLogger(__name__)
-
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins")
-PHOTOS_15 = PHOTOS + ("brick", "cell", "clock", "grass", "gravel", "hubble_deep_field", "immunohistochemistry",
-                      "moon", "retina")
-"""A harder set: 15 photos and textures that ship with scikit-image (no download needed)."""
-
-
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as uint8 images ``[1797, 8, 8]`` (ink bright) and labels ``[1797]``."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images * (255.0 / 16.0)).round().astype(np.uint8), d.target.astype(np.int64)
-
-
-def render_digit(img8: np.ndarray, size: int) -> Image.Image:
-    """An 8x8 digit upsampled (bicubic) to ``size`` px, dark ink on white paper."""
-    return Image.fromarray(255 - img8, mode="L").resize((size, size), Image.BICUBIC)
-
-
-def make_digits_folder(
-    root: str | Path,
-    *,
-    per_class: int | None = None,
-    size: int = 32,
-    seed: int = 0,
-    indices: np.ndarray | None = None,
-) -> Path:
-    """Write digits as ``root/<digit>/<index>.png``.
-
-    Args:
-        root: output folder (created).
-        per_class: how many images per class (random under ``seed``); None = all.
-        size: side of the PNGs in pixels.
-        indices: exact dataset indices to write (overrides ``per_class``).
-
-    Returns:
-        ``root``.
-    """
-    images, labels = digits_arrays()
-    if indices is None:
-        indices = _pick_per_class(labels, per_class, seed)
-    root = Path(root)
-    for i in indices:
-        folder = root / str(labels[i])
-        folder.mkdir(parents=True, exist_ok=True)
-        render_digit(images[i], size).save(folder / f"{int(i):04d}.png")
-    return root
-
-
-def _pick_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
-    if per_class is None:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(picks))
-
-
-def make_photo_crops_folder(
-    root: str | Path,
-    *,
-    per_class: int = 30,
-    size: int = 96,
-    photos: tuple[str, ...] = PHOTOS,
-    seed: int = 0,
-    scale: tuple[float, float] = (0.25, 0.6),
-) -> Path:
-    """Write random crops of ``skimage.data`` photos as ``root/<photo>/<n>.jpg``.
-
-    Crops cover ``scale`` (a fraction range) of the photo's shorter side, at a random position,
-    resized to ``size``. Smaller crops make a harder task.
-    """
-    from skimage import data as skdata
-
-    rng = np.random.default_rng(seed)
-    root = Path(root)
-    for name in photos:
-        photo = Image.fromarray(getattr(skdata, name)()).convert("RGB")
-        w, h = photo.size
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            side = int(min(w, h) * rng.uniform(*scale))
-            x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-            crop = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
-            crop.save(folder / f"{k:03d}.jpg", quality=92)
-    return root
+from tlkit.demo.samples import digits_arrays, make_digits_folder, pick_per_class
 
 
 @dataclass
@@ -158,8 +67,8 @@ def run_demo(
     Returns:
         A :class:`DemoReport` whose steps the CLI prints as a table.
     """
-    from tlkit.extract import extract_features, load_features
-    from tlkit.io import check_output_dir
+    from tlkit.core.io import check_output_dir
+    from tlkit.features.extract import extract_features, load_features
 
     workdir = check_output_dir(workdir, option="--workdir")
     report = DemoReport(workdir)
@@ -202,7 +111,7 @@ def _finetune_step(workdir: Path, per_class: int, recipe: str = "linear-probe") 
 
     t = time.perf_counter()
     _, labels = digits_arrays()
-    picked = _pick_per_class(labels, per_class, seed=0)
+    picked = pick_per_class(labels, per_class, seed=0)
     rng = np.random.default_rng(0)
     test_mask = np.zeros(len(picked), bool)
     for c in np.unique(labels[picked]):
@@ -223,7 +132,7 @@ def _al_round_step(workdir: Path, images: Path, image_size: int) -> DemoStep:
     from tlkit.active.labels import import_seed_labels
     from tlkit.active.project import Project
     from tlkit.active.round import run_round
-    from tlkit.io import write_csv
+    from tlkit.core.io import write_csv
 
     t = time.perf_counter()
     paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
@@ -248,3 +157,6 @@ def _three_per_class(paths: list[str]) -> list[tuple[str, str]]:
             seen[label] = seen.get(label, 0) + 1
             out.append((path, label))
     return out
+
+
+__all__ = ["DemoReport", "DemoStep", "probe_classifier", "run_demo"]

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 import tlkit
-from tlkit.errors import TlkitError
-from tlkit.io import check_output_dir, sha256_file, write_json
+from tlkit.core.errors import TlkitError
+from tlkit.core.io import check_output_dir, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _load(source: str, which: str, image_size: int | None, weights: str | None):
 
         model, classes, data_config = load_run(path, which=which, device="cpu")
         return model, dict(data_config), tuple(classes), "logits", {"run": str(path.resolve()), "checkpoint": which}
-    from tlkit.backbones import create_backbone
+    from tlkit.models.backbones import create_backbone
 
     bb = create_backbone(source, weights=weights)
     data_config = dict(bb.data_config)

@@ -1,4 +1,7 @@
-"""Facts about a backbone's weights, without torch or timm: :class:`WeightsInfo` (re-exported by :mod:`tlkit.backbones`)."""
+"""Facts about a backbone's weights, without torch or timm: :class:`WeightsInfo`.
+
+Re-exported by :mod:`tlkit.models.backbones`.
+"""
 
 from __future__ import annotations
 

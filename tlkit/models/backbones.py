@@ -1,7 +1,7 @@
 """Backbones: a model name -> a model, its preprocessing, and where its weights came from.
 
 Any timm model name works (``resnet50``, ``convnext_tiny``, ``efficientnet_lite0`` ...), and
-torchvision classification models under the ``tv:`` prefix (``tv:resnet50``; :mod:`tlkit.tv_backbones`).
+torchvision classification models under the ``tv:`` prefix (``tv:resnet50``; :mod:`tlkit.models.tv_backbones`).
 :func:`parse` picks the family of a name once (:class:`TimmFamily`, :class:`TorchvisionFamily`,
 registered by prefix in :data:`FAMILIES`); the family builds the model and knows its preprocessing,
 cache file and hub location. The :class:`~tlkit.data.DataConfig` (input size, mean, std, interpolation, crop) always
@@ -18,7 +18,7 @@ Pretrained weights are looked for in this order, and the first source that has t
 4. ``hub`` — the online download of timm / torchvision. Skipped at once when the network is
    unreachable or ``HF_HUB_OFFLINE=1``/``TLKIT_OFFLINE=1`` is set.
 
-When none has the weights, :class:`~tlkit.errors.WeightsNotFoundError` says how to supply them.
+When none has the weights, :class:`~tlkit.core.errors.WeightsNotFoundError` says how to supply them.
 Random weights are only used when asked for (``pretrained=False``).
 """
 
@@ -37,13 +37,13 @@ import timm
 import torch
 from torch import nn
 
-from tlkit.backbone_info import WeightsInfo
-from tlkit.constants import DEFAULT_BACKBONE
+from tlkit.core.constants import DEFAULT_BACKBONE
+from tlkit.core.errors import TlkitError, WeightsNotFoundError, did_you_mean
+from tlkit.core.io import sha256_file
 from tlkit.data.config import DataConfig
-from tlkit.errors import TlkitError, WeightsNotFoundError, did_you_mean
-from tlkit.io import sha256_file
-from tlkit.tv_backbones import TV_PREFIX, TorchvisionBackbone, TorchvisionFamily
-from tlkit.weights import load_state_dict_into, read_state_dict
+from tlkit.models.backbone_info import WeightsInfo
+from tlkit.models.tv_backbones import TV_PREFIX, TorchvisionBackbone, TorchvisionFamily
+from tlkit.models.weights import load_state_dict_into, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """OS-level folder locks: one writer at a time, released by the kernel when the holder dies.
 
 :func:`hold_lock` takes an exclusive, non-blocking ``flock`` on a lock file. A second holder fails
-at once with a :class:`~tlkit.errors.TlkitError` naming the first (the lock file holds
+at once with a :class:`~tlkit.core.errors.TlkitError` naming the first (the lock file holds
 ``"<what> (pid N)"``). Because the lock belongs to the open file description, a process killed
 with SIGKILL never leaves the folder locked; the stale text in the file is simply overwritten.
 """
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tlkit.errors import TlkitError
+from tlkit.core.errors import TlkitError
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ from typing import ContextManager
 import numpy as np
 import torch
 
-from tlkit.cpuinfo import CPU_INFERENCE_BATCH, cpu_has_fast_bf16
-from tlkit.errors import TlkitError
+from tlkit.core.cpuinfo import CPU_INFERENCE_BATCH, cpu_has_fast_bf16
+from tlkit.core.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def seed_everything(seed: int) -> None:
 
 def inference_batch_size(device: torch.device) -> int:
     """Default images per forward pass for inference: 8 on a CPU, 64 on a GPU (``--batch-size auto`` probes on
-    CUDA instead: :func:`tlkit.batch_size.inference_batch`).
+    CUDA instead: :func:`tlkit.core.batch_size.inference_batch`).
 
     On CPUs small batches keep activations in cache: efficientnet_lite0, resnet50 and
     convnext_tiny (bf16, 224 px, 2 cores) all ran fastest at 8, 1.3-1.5x faster than at 32.

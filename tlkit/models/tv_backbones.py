@@ -1,6 +1,6 @@
 """torchvision classifiers as backbones: names under the ``tv:`` prefix (``tv:resnet50``).
 
-:class:`TorchvisionFamily` is the family :func:`tlkit.backbones.parse` returns for them;
+:class:`TorchvisionFamily` is the family :func:`tlkit.models.backbones.parse` returns for them;
 :class:`TorchvisionBackbone` splits the classifier into a body (pooled features) and a head with
 timm's head API. The data config comes from the weights' own transforms (``DEFAULT`` weights).
 """
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError
-from tlkit.weights import load_state_dict_into, strip_prefixes
+from tlkit.core.errors import TlkitError
+from tlkit.models.weights import load_state_dict_into, strip_prefixes
 
 TV_PREFIX = "tv:"
 
