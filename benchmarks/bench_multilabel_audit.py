@@ -3,9 +3,8 @@
 For each set and split, ``FLIP_SHARE`` of the pool mosaics get one flip: one class drawn at random is added
 to the image's set when absent or removed when present. The audit's multi-label path
 (:func:`tlkit.audit.labels.multilabel_out_of_fold_probs`: 5-fold one-vs-rest heads on the embeddings for
-cleanlab's flags, :func:`~tlkit.audit.labels.multilabel_ranking_probs` and
-:func:`~tlkit.audit.labels.multilabel_knn_share` for the ranking, then
-:func:`tlkit.audit.labels.find_multilabel_issues`), as ``tlkit audit`` does, ranks every mosaic; the
+cleanlab's flags and ranking, as ``tlkit audit`` does, or ``--ranking worst-class`` with
+:func:`~tlkit.audit.labels.multilabel_knn_share`; :func:`tlkit.audit.labels.find_multilabel_issues`) ranks every mosaic; the
 recall of the flips in the top ``k = flips`` and ``k = 2 x flips`` rows is printed (the issue's bar: 80 %).
 
 Usage (from the repository root; about a minute per split):
@@ -28,14 +27,13 @@ FLIP_SHARE = 0.05
 """The share of images given one wrong class (as benchmarks/bench_audit_photos.py flips 5 % of single labels)."""
 
 
-def run(name: str, split: int, seed: int = 0) -> dict:
+def run(name: str, split: int, seed: int = 0, ranking: str = "cleanlab") -> dict:
     """Inject flips into split ``split`` of mosaic set ``name``; the recall of the audit's ranking at k and 2k."""
     from threadpoolctl import threadpool_limits
 
     from benchmarks.multilabel_data import load_embeddings
     from tlkit.active.head import Scaler
-    from tlkit.audit.labels import (find_multilabel_issues, multilabel_knn_share, multilabel_out_of_fold_probs,
-                                    multilabel_ranking_probs)
+    from tlkit.audit.labels import find_multilabel_issues, multilabel_knn_share, multilabel_out_of_fold_probs
 
     x, _, Y, _, classes = load_embeddings(name, split)
     rng = np.random.default_rng([seed, split])
@@ -46,8 +44,7 @@ def run(name: str, split: int, seed: int = 0) -> dict:
     with threadpool_limits(limits=1):
         scaler = Scaler.fit(x)
         probs = multilabel_out_of_fold_probs(x, given, seed=seed, scaler=scaler)
-        rank = multilabel_ranking_probs(x, given, seed=seed, scaler=scaler)
-    found = find_multilabel_issues(given, probs, multilabel_knn_share(x, given), rank)
+    found = find_multilabel_issues(given, probs, multilabel_knn_share(x, given) if ranking == "worst-class" else None)
     k = len(flips)
     rank = found.ranking
     out = {"set": name, "split": split, "images": len(Y), "flips": k,
@@ -68,11 +65,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--sets", default="intel,clothing")
     ap.add_argument("--splits", default="0")
     ap.add_argument("--out", type=Path, default=RESULTS / "multilabel_audit.json")
+    ap.add_argument("--ranking", choices=("cleanlab", "worst-class"), default="cleanlab",
+                    help="cleanlab's pooled label quality (tlkit audit's) or the worst class with neighbours")
     args = ap.parse_args(argv)
     rows = []
     for name in args.sets.split(","):
         for split in (int(s) for s in args.splits.split(",")):
-            rows.append(run(name, split if name != "clothing" else split + 100))
+            rows.append(run(name, split if name != "clothing" else split + 100, ranking=args.ranking))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -290,18 +290,16 @@ def mean_average_precision(Y: np.ndarray, P: np.ndarray) -> float | None:
 
 def cross_val_multilabel_proba(
     x: np.ndarray, Y: np.ndarray, classes: tuple[str, ...], *, scaler: Scaler, folds: int = 5, seed: int = 0,
-    tol: float = LBFGS_GTOL, c_rows: float | None = None,
+    tol: float = LBFGS_GTOL,
 ) -> np.ndarray | None:
     """``[m, k]`` out-of-fold probabilities of multi-label rows (plain k-fold), or None below 4 rows;
-    ``tol`` as :func:`fit_multilabel_head`'s; ``c_rows``: ``C = c_rows / rows in the fold`` (a fixed
-    penalty per row) instead of :data:`DEFAULT_C`."""
+    ``tol`` as :func:`fit_multilabel_head`'s."""
     k = min(folds, len(Y) // 2)
     if k < 2:
         return None
     out = np.zeros(Y.shape, np.float32)
     for tr, te in KFold(k, shuffle=True, random_state=seed).split(x):
-        C = DEFAULT_C if c_rows is None else c_rows / len(tr)
-        head = fit_multilabel_head(x[tr], Y[tr], classes, scaler=scaler, seed=seed, tol=tol, C=C)
+        head = fit_multilabel_head(x[tr], Y[tr], classes, scaler=scaler, seed=seed, tol=tol)
         out[te] = head.predict_proba(x[te])
     return out
 

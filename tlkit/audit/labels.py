@@ -30,9 +30,9 @@ The CIFAR-10 half of the study did not finish on the shared machine; it is the n
 Multi-label sets (a project with ``task: multilabel``) go through cleanlab's multi-label API
 (``cleanlab.multilabel_classification``): out-of-fold probabilities from the one-vs-rest head
 (:func:`tlkit.active.head.cross_val_multilabel_proba`), ``filter.find_label_issues`` for the flags and
-the ranking by the worst class of each row (:func:`find_multilabel_issues`: the same strongly regularised
-out-of-fold head and neighbours' agreement as single-label sets, per class); a class added where it is
-absent or missing where it is present both show.
+``rank.get_label_quality_scores`` (self-confidence per class, pooled over the classes) for the ranking
+(:func:`find_multilabel_issues` has the worst-class ranking that was tried instead); a class added where it
+is absent or missing where it is present both show.
 """
 
 from __future__ import annotations
@@ -132,29 +132,30 @@ def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: in
     return probs
 
 
-def find_multilabel_issues(Y: np.ndarray, probs: np.ndarray, agreement: np.ndarray | None = None,
-                           rank_probs: np.ndarray | None = None) -> LabelIssues:
-    """cleanlab's multi-label label issues of ``Y [m, k]`` (0/1) under out-of-fold ``probs [m, k]`` (per class),
-    ranked by the worst class of each row.
+def find_multilabel_issues(Y: np.ndarray, probs: np.ndarray, agreement: np.ndarray | None = None) -> LabelIssues:
+    """cleanlab's multi-label label issues of ``Y [m, k]`` (0/1) under out-of-fold ``probs [m, k]`` (per class).
 
-    A row's quality is ``1 - max_j |Y_ij - q_ij|``: the class whose given 0/1 the evidence contradicts most,
-    where ``q`` is ``rank_probs`` (default ``probs``; :func:`multilabel_ranking_probs`) blended with the
-    neighbours' share of each class ``agreement [m, k]`` (:func:`multilabel_knn_share`) when given. A flip
-    touches one class, so the worst class finds it where cleanlab's aggregate over all classes
-    (``rank.get_label_quality_scores``) dilutes it: on the tuning mosaics (clothing splits 100-101, 5 %
-    flips; ``benchmarks/bench_multilabel_audit.py``) top-k recall rose from 12-16 % to 33-36 %.
+    The ranking is cleanlab's label quality (``rank.get_label_quality_scores``: self-confidence per class,
+    pooled over the classes). With ``agreement [m, k]`` (:func:`multilabel_knn_share`) each row is ranked
+    by its worst class instead, ``1 - max_j |Y_ij - q_ij|`` with ``q`` the probabilities blended with the
+    neighbours' share of each class (:data:`KNN_WEIGHT`). Not the default: on the 1,500-mosaic benchmark
+    sets (``benchmarks/bench_multilabel_audit.py --ranking worst-class``) it found 2x the flips in the top-k
+    (clothing tuning splits 100-101: 23-28 % against 12-16 %), but on the test suite's 100 mosaics it put
+    3-5 of 6 flips in the top 12, run to run, where cleanlab's ranking puts 5-6.
 
     ``suggested`` is unused for sets (zeros): the suggested set is ``probs >= 0.5``.
     """
     try:
         from cleanlab.multilabel_classification.filter import find_label_issues
+        from cleanlab.multilabel_classification.rank import get_label_quality_scores
     except ImportError:
         raise TlkitError(f"label issues need cleanlab, which is not installed: {INSTALL_HINT}") from None
     labels = [list(np.flatnonzero(row)) for row in Y]
-    q = np.asarray(probs if rank_probs is None else rank_probs, np.float32)
-    if agreement is not None:
-        q = (1 - KNN_WEIGHT) * q + KNN_WEIGHT * np.asarray(agreement, np.float32)
-    quality = (1.0 - np.abs(np.asarray(Y, np.float32) - q).max(1)).astype(np.float32)
+    if agreement is None:
+        quality = get_label_quality_scores(labels, probs).astype(np.float32)
+    else:
+        q = (1 - KNN_WEIGHT) * np.asarray(probs, np.float32) + KNN_WEIGHT * np.asarray(agreement, np.float32)
+        quality = (1.0 - np.abs(np.asarray(Y, np.float32) - q).max(1)).astype(np.float32)
     issues = np.asarray(find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1),
                         np.int64)
     issues = issues[np.argsort(quality[issues], kind="stable")]
@@ -162,23 +163,14 @@ def find_multilabel_issues(Y: np.ndarray, probs: np.ndarray, agreement: np.ndarr
 
 
 def multilabel_out_of_fold_probs(x: np.ndarray, Y: np.ndarray, *, folds: int = 5, seed: int = 0,
-                                 scaler: heads.Scaler | None = None, c_rows: float | None = None) -> np.ndarray:
-    """``[m, k]`` per-class probabilities of each row from one-vs-rest heads fitted on the other folds
-    (``c_rows``: ``C = c_rows / rows in the fold``; default the active-learning head's ``C``)."""
+                                 scaler: heads.Scaler | None = None) -> np.ndarray:
+    """``[m, k]`` per-class probabilities of each row from one-vs-rest heads fitted on the other folds."""
     scaler = scaler or heads.Scaler.fit(x)
     classes = tuple(str(c) for c in range(Y.shape[1]))
-    probs = heads.cross_val_multilabel_proba(x, Y, classes, scaler=scaler, folds=folds, seed=seed, tol=AUDIT_GTOL,
-                                             c_rows=c_rows)
+    probs = heads.cross_val_multilabel_proba(x, Y, classes, scaler=scaler, folds=folds, seed=seed, tol=AUDIT_GTOL)
     if probs is None:
         raise TlkitError(f"label issues need at least 4 labeled images (found {len(Y)})")
     return probs
-
-
-def multilabel_ranking_probs(x: np.ndarray, Y: np.ndarray, *, folds: int = 5, seed: int = 0,
-                             scaler: heads.Scaler | None = None) -> np.ndarray:
-    """The multi-label twin of :func:`ranking_probs`: out-of-fold one-vs-rest heads under the strong
-    penalty (:data:`AUDIT_C_ROWS`) that rank the suspects; cleanlab's flags keep the usual head's."""
-    return multilabel_out_of_fold_probs(x, Y, folds=folds, seed=seed, scaler=scaler, c_rows=AUDIT_C_ROWS)
 
 
 def multilabel_knn_share(x: np.ndarray, Y: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
