@@ -44,6 +44,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     )
 
 
+def flatten_class_tree(src: Path, pool: Path) -> dict[str, str]:
+    """Copy every PNG of the class-folder tree ``src`` into the flat folder ``pool`` (created); returns the
+    hidden truth, file name -> class."""
+    import shutil
+
+    pool.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for f in sorted(src.rglob("*.png")):
+        shutil.copy(f, pool / f.name)
+        truth[f.name] = f.parent.name
+    return truth
+
+
 def torchrun(nproc: int = 2) -> tuple[list[str], dict[str, str]]:
     """``python -m torch.distributed.run`` for ``nproc`` CPU processes on the loopback, and its environment.
 

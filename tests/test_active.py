@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, flatten_class_tree, run_cli
 from tlkit.active.labels import import_labels
 from tlkit.active.labeltext import SKIP_LABEL
 from tlkit.active.project import Project
@@ -31,10 +30,7 @@ def flat_digits_pool(tmp_path_factory, per_class: int, seed: int) -> tuple[Path,
 
     src = make_digits_folder(tmp_path_factory.mktemp("src") / "d", per_class=per_class, seed=seed)
     pool = tmp_path_factory.mktemp("pool")
-    truth = {}
-    for f in sorted(src.rglob("*.png")):
-        shutil.copy(f, pool / f.name)
-        truth[f.name] = f.parent.name
+    truth = flatten_class_tree(src, pool)
     return pool, truth
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import flatten_class_tree, run_cli
 from tests.test_train import make_digits, tiny_config
 from tlkit.core.errors import TlkitError
 from tlkit.train import fit
@@ -131,11 +130,7 @@ def _flat_pool(tmp_path: Path, per_class: int = 8) -> tuple[Path, dict[str, str]
 
     src = make_digits(tmp_path / "src", per_class=per_class, seed=2)
     pool = tmp_path / "pool"
-    pool.mkdir()
-    truth = {}
-    for f in sorted(src.rglob("*.png")):
-        shutil.copy(f, pool / f.name)
-        truth[f.name] = f.parent.name
+    truth = flatten_class_tree(src, pool)
     return pool, truth
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import flatten_class_tree, run_cli
 from tlkit.active.labels import _resolve
 from tlkit.active.labelstudio import ImageUrls, Vote, label_config
 from tlkit.active.project import Project
@@ -26,11 +26,7 @@ def pool(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
     src = make_digits_folder(tmp_path_factory.mktemp("src") / "d", per_class=4, seed=2)
     pool = tmp_path_factory.mktemp("pool") / "pool"
-    pool.mkdir()
-    truth = {}
-    for f in sorted(src.rglob("*.png")):
-        shutil.copy(f, pool / f.name)
-        truth[f.name] = f.parent.name
+    truth = flatten_class_tree(src, pool)
     return pool, truth
 
 

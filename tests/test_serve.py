@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, flatten_class_tree, run_cli
 from tests.labelstudio_server import TOKEN, free_port
 from tlkit.active.project import Project
 from tlkit.core.io import read_csv, write_csv
@@ -85,11 +85,7 @@ def _make_project(root: Path, tmp: Path, seed_per_class: int = 2, batch: int = 8
 
     src = make_digits_folder(tmp / "src", per_class=6, seed=8)
     pool = root / "serve pool"
-    pool.mkdir(parents=True)
-    truth = {}
-    for f in sorted(src.rglob("*.png")):
-        shutil.copy(f, pool / f.name)
-        truth[f.name] = f.parent.name
+    truth = flatten_class_tree(src, pool)
     seed = [n for c in CLASSES for n in sorted(truth) if truth[n] == c][:: 6 // seed_per_class]
     write_csv(tmp / "seed.csv", ["path", "label"], [(n, truth[n]) for n in seed])
     project = tmp / "proj"
