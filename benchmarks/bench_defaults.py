@@ -247,9 +247,9 @@ def export_weights(path: Path) -> Path:
     return path
 
 
-def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int, f1: bool = False):
-    """Top-1 of a timm train.py checkpoint on ``test/`` with timm's eval transform (resize, centre crop);
-    ``f1``: ``(top-1, macro F1)``."""
+def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int) -> tuple[float, float]:
+    """``(top-1, macro F1)`` of a timm train.py checkpoint on ``test/`` with timm's eval transform (resize,
+    centre crop)."""
     from sklearn.metrics import f1_score
 
     import timm
@@ -269,7 +269,7 @@ def timm_test_accuracy(checkpoint: Path, paths: dict[str, Path], size: int, f1: 
             pred += model(x).argmax(-1).tolist()
             true += y.tolist()
     acc = float(np.mean(np.array(pred) == np.array(true)))
-    return (acc, float(f1_score(true, pred, average="macro"))) if f1 else acc
+    return acc, float(f1_score(true, pred, average="macro"))
 
 
 def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, tmp: Path, seed: int,
@@ -299,7 +299,7 @@ def timm_run(train_py: Path, paths: dict[str, Path], size: int, weights: Path, t
     for m in re.finditer(r"Train: (\d+) \[\s*(\d+)/(\d+) \(100%\)\].*?\((\d+\.\d+)s,", log):
         last[int(m[1])] = float(m[4]) * int(m[3])
     rows = list(csv.DictReader((out / "run" / "summary.csv").open()))
-    acc, f1 = timm_test_accuracy(out / "run" / "model_best.pth.tar", paths, size, f1=True)
+    acc, f1 = timm_test_accuracy(out / "run" / "model_best.pth.tar", paths, size)
     return {"epoch_s": [last[e] for e in sorted(last)], "wall_s": round(wall, 1),
             "val_top1": [float(r["eval_top1"]) for r in rows], "command": " ".join(cmd[1:]),
             "test_accuracy": acc, "test_f1_macro": f1}
