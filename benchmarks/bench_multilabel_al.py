@@ -127,6 +127,7 @@ AUTO_VARIANTS = {  # name -> (AUTO_ML_FEW, AUTO_ML_WARM)
     "auto-warm-mmc": (None, "mmc"),
     "auto-warm-badge": (None, "badge"),
     "auto-few-only": (None, "maxherding-entropy"),
+    "auto-herding-only": (None, "maxherding"),
 }
 BETAS = (0.25, 0.5, 0.75)
 
@@ -210,6 +211,8 @@ def table(result: dict) -> str:
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tune", action="store_true", help="the tuning set (clothing, splits 100-104, 1 seed)")
+    ap.add_argument("--set", default=None, help="the mosaic set (default: clothing with --tune, else intel); "
+                    "cifar10 is the second tuning set (results/multilabel_al_retune_plan.md)")
     ap.add_argument("--splits", default=None, help="comma-separated splits (default: 0-4, or 100-104 with --tune)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1; --tune: 0)")
     ap.add_argument("--strategies", default=None, help="comma-separated names (default: tlkit's + modAL's)")
@@ -217,7 +220,7 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     modal = register_modal()
     variants = register_variants()
-    name = "clothing" if args.tune else "intel"
+    name = args.set or ("clothing" if args.tune else "intel")
     splits = [int(s) for s in (args.splits or ("100,101,102,103,104" if args.tune else "0,1,2,3,4")).split(",")]
     seeds = [int(s) for s in (args.seeds or ("0" if args.tune else "0,1")).split(",")]
     default = (variants + ["random", "mean-entropy"]) if args.tune else list(TLKIT) + modal

@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sets", default="cifar10,clothing")
     ap.add_argument("--splits", default="100,101,102,103,104")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--strategies", default=STRATEGIES)
+    ap.add_argument("--strategies", default=STRATEGIES,
+                    help="comma-separated names; or ';'-separated with tune_auto.py variants (name@module.CONST=value)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--ssl", default=DEFAULT_SSL)
     ap.add_argument("--rounds", type=int, default=19, help="19 rounds of 10 after a start of 10: up to 200 labels")
@@ -173,7 +174,13 @@ def main(argv: list[str] | None = None) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=args.threads)
-        strategies = [s for s in args.strategies.split(",") if s]
+        strategies = [s for s in args.strategies.split(";" if "@" in args.strategies else ",") if s]
+        from tune_auto import variant
+        from tune_experiments import register_experiments
+
+        register_experiments()  # the designs tried for auto, e.g. maxherding-entropy-centred
+        # tune_auto-style variants too, e.g. maxherding@herding.MAXHERDING_BANDWIDTH=0.25
+        strategies = [variant(s) for s in strategies]
         if not args.no_peers:
             from peers import register_peers
 

@@ -21,6 +21,8 @@ Sets (``SETS``; roles fixed in ``benchmarks/results/multilabel_sets_plan.md`` be
   clothing   TUNING  10 classes (products, 7x imbalance)      1,500 pool / 600 test mosaics
   intel      REPORT  6 classes (scenes, balanced)             1,500 pool / 600 test mosaics
   dtd10      REPORT  10 classes (textures, balanced)          1,500 pool / 600 test mosaics (second report set)
+  cifar10    TUNING  10 classes (objects, balanced, 32 px)    1,500 pool / 600 test mosaics (second tuning
+             set, added by results/multilabel_al_retune_plan.md)
 
 Layout (``build``): ``cache/<name>/split<split>/`` holds ``images/pool/*.jpg``, ``images/test/*.jpg``,
 ``pool.csv`` and ``test.csv`` (manifests ``path,labels``: paths relative to the CSV's folder, labels
@@ -83,6 +85,8 @@ SETS: dict[str, MosaicSet] = {s.name: s for s in (
     MosaicSet("clothing", "clothing", "tuning"),
     MosaicSet("intel", "intel", "report"),
     MosaicSet("dtd10", "dtd10", "report"),
+    # a second, balanced tuning set (results/multilabel_al_retune_plan.md); cifar10 is a photo tuning set
+    MosaicSet("cifar10", "cifar10", "tuning"),
 )}
 
 

@@ -83,9 +83,13 @@ def main() -> None:
     ap.add_argument("--wide", action="store_true", help="the wider tuning data (TUNE_WIDE)")
     ap.add_argument("--datasets", default="")
     ap.add_argument("--rounds", type=int, default=19)
+    ap.add_argument("--ssl", default="off", help="the learner: off (the plain head, as auto's earlier tuning) or self-training")
     ap.add_argument("--peers", default="", help="comma-separated peer names to include, e.g. skactiveml-maxherding")
     ap.add_argument("--save", type=Path, default=None, help="write the curves as JSON (<save>.<set>.json)")
     args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # one process per core; see bench_photo_al.py --threads
     register_experiments()
     names = [variant(s) for s in args.variants.split(";")]
     if args.peers:
@@ -99,7 +103,7 @@ def main() -> None:
     for ds in (args.datasets or ",".join(tune)).split(","):
         rows = []
         for split, seeds in tune[ds]:
-            res = run_set(ds, split, names, seeds, rounds=args.rounds)
+            res = run_set(ds, split, names, seeds, rounds=args.rounds, ssl=args.ssl)
             rows += [(s, seed + 1000 * split, b, a) for s, seed, b, a in res.rows]
         merged = SimulationResult(rows, sorted({r[2] for r in rows}), summarise(rows, names))
         if "auto" not in names:

@@ -9,6 +9,11 @@
 * ``maxherding-balance-<β>``: ``maxherding-entropy`` whose weights are also multiplied by
   ``(Σ_k p_k · (mean count + 1) / (count_k + 1)) ** β``: more weight on rows of classes with few
   labels.
+* ``maxherding-entropy-centred``: ``maxherding-entropy`` on centred, then L2-normalised rows (the
+  pre-processing ``probcover`` and ``typiclust`` use), the mean taken over the candidates and labeled rows.
+* ``maxherding-entropy-knn``: ``maxherding-entropy`` whose kernel width comes from the local scale:
+  ``γ = 1 / (2 · median squared distance of a row to its 10th nearest neighbour)``.
+  (Both: ``benchmarks/results/auto_few_bandwidth_plan.md``.)
 """
 
 from __future__ import annotations
@@ -49,6 +54,34 @@ def _balance_weights(pool: PoolView, beta: float):
         + herding.HERDING_WEIGHT_FLOOR
 
 
+def _herd_entropy(pool: PoolView, n: int, rng: np.random.Generator, name: str, centre: bool, knn: int) -> Selection:
+    """``herding._herd`` with the experiment's geometry: centred rows and/or a kNN-scale kernel width."""
+    from tlkit.active.strategies._common import fill_up
+    from tlkit.active.strategies._geometry import sample_rows, take_rows
+    from tlkit.active.strategies.uncertainty import uncertainty_weight
+
+    cand_all = pool.candidate_indices
+    cand = cand_all[sample_rows(cand_all.size, max(herding.MAXHERDING_MAX_POINTS, n), rng)]
+    C, L = take_rows(pool.embeddings, cand).astype(np.float32), take_rows(pool.embeddings, pool.labeled_indices).astype(np.float32)
+    if centre:
+        mu = np.concatenate([C, L]).mean(0)
+        C, L = C - mu, L - mu
+    Z, ZL = herding.normalized(C), herding.normalized(L)
+    if knn:
+        q = rng.choice(Z.shape[0], min(500, Z.shape[0]), replace=False)
+        d2 = np.maximum(2.0 - 2.0 * (Z[q] @ Z.T), 0.0)
+        kth = np.partition(d2, min(knn, Z.shape[0] - 1), axis=1)[:, min(knn, Z.shape[0] - 1)]
+        gamma = 1.0 / (2.0 * float(np.median(kth))) if np.median(kth) > 1e-12 else 1.0
+    else:
+        gamma = herding.herding_gamma(Z, rng)
+    kmax = herding.initial_coverage(Z, ZL, gamma)
+    w = None
+    if pool.probs is not None and (pool.probs.shape[1] >= 2 or pool.multilabel):
+        w = uncertainty_weight(pool, cand) ** herding.HERDING_WEIGHT_POWER + herding.HERDING_WEIGHT_FLOOR
+    picked, scores = herding.herding_greedy(herding.rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
+    return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=name)
+
+
 def register_experiments() -> None:
     """Register the experimental strategies above (idempotent)."""
     from tlkit.active.strategies import list_strategies
@@ -63,6 +96,12 @@ def register_experiments() -> None:
     register_strategy("maxherding-margin", description="MaxHerding weighted by margin uncertainty", **reg)(
         lambda pool, n, rng: herding._herd(pool, n, rng, "maxherding-margin", None if pool.probs is None else
                                            lambda c: margin_scores(pool.probs[c]) + herding.HERDING_WEIGHT_FLOOR))
+    register_strategy("maxherding-entropy-centred", description="maxherding-entropy on centred rows", **reg)(
+        lambda pool, n, rng: _herd_entropy(pool, n, rng, "maxherding-entropy-centred", True, 0))
+    register_strategy("maxherding-entropy-knn", description="maxherding-entropy, kernel width from 10-NN distances", **reg)(
+        lambda pool, n, rng: _herd_entropy(pool, n, rng, "maxherding-entropy-knn", False, 10))
+    register_strategy("maxherding-entropy-centred-knn", description="both", **reg)(
+        lambda pool, n, rng: _herd_entropy(pool, n, rng, "maxherding-entropy-centred-knn", True, 10))
     for beta, name in ((0.5, "maxherding-balance-half"), (1.0, "maxherding-balance-one"), (2.0, "maxherding-balance-two")):
         register_strategy(name, description=f"maxherding-entropy x class-balance boost ** {beta}", **reg)(
             lambda pool, n, rng, _b=beta, _name=name: herding._herd(

@@ -334,6 +334,7 @@ def _herding_case(seed: int, n_labeled: int, monkeypatch):
     labeled = np.zeros(300, bool)
     labeled[rng.choice(300, n_labeled, replace=False)] = True
     monkeypatch.setattr(herding, "herding_gamma", lambda *a: 3.0)
+    monkeypatch.setattr(herding, "knn_gamma", lambda *a: 3.0)  # maxherding-entropy's width
     monkeypatch.setattr(_geometry, "CHUNK_BYTES", 4096)  # many row blocks
     return rng, X, labeled
 
@@ -370,6 +371,23 @@ def test_maxherding_bandwidth_from_median_pair_distance():
     med = np.median(cdist(Z, Z, "sqeuclidean")[np.triu_indices(500, 1)])
     gamma = herding.herding_gamma(Z, np.random.default_rng(1))
     np.testing.assert_allclose(gamma, 1 / (herding.MAXHERDING_BANDWIDTH * med), rtol=0.05)
+
+
+def test_maxherding_entropy_bandwidth_from_the_kth_neighbour():
+    """knn_gamma = 1 / (2 * median squared distance to the k-th nearest other row); exact when every row is a query."""
+    from tlkit.active.strategies import herding
+
+    rng = np.random.default_rng(0)
+    Z = herding.normalized((rng.normal(size=(400, 16)) + 4 * rng.integers(0, 5, size=(400, 1))).astype(np.float32))
+    D = cdist(Z, Z, "sqeuclidean")
+    kth = np.sort(D, axis=1)[:, herding.HERDING_ENTROPY_KNN]  # column 0 is the row itself
+    gamma = herding.knn_gamma(Z, herding.HERDING_ENTROPY_KNN, np.random.default_rng(1))
+    np.testing.assert_allclose(gamma, 1 / (2 * np.median(kth)), rtol=1e-3)
+    assert gamma > herding.herding_gamma(Z, np.random.default_rng(1))  # clustered rows: the local scale is narrower
+    dup = np.repeat(Z[:3], 20, axis=0)  # every 10th neighbour is a duplicate (distance 0): the global width instead
+    after_queries = np.random.default_rng(2)
+    after_queries.choice(60, 60, replace=False)
+    assert herding.knn_gamma(dup, 10, np.random.default_rng(2)) == herding.herding_gamma(dup, after_queries)
 
 
 @pytest.mark.slow

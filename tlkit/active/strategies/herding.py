@@ -6,7 +6,8 @@ objective is the pool's mean coverage. Each pick is the candidate that raises it
 ``gain(c) = mean_j max(k(x_c, x_j) - kmax_j, 0)``. Without labels the first pick is the densest row.
 
 The kernel is ``k(x, y) = exp(-γ ||x̂ - ŷ||²)`` on L2-normalised rows x̂, with the bandwidth set
-from the data by :func:`herding_gamma`.
+from the data: by :func:`herding_gamma` (the global scale) for ``maxherding``, by :func:`knn_gamma`
+(the local scale) for ``maxherding-entropy``.
 
 Labeled rows are covered by themselves (``k = 1``) and never add gain, so the mean runs over the
 unlabeled candidates. No ``n x n`` matrix: above :data:`MAXHERDING_MAX_POINTS` candidates, both the
@@ -45,6 +46,29 @@ Chosen with the simulator (``benchmarks/bench_auto.py --tune``): on normalised r
 distance sets the scale, so one value works for 64-d pixels and 1280-d embeddings alike."""
 GAMMA_PAIRS = 2000
 """Random pairs whose distances set the bandwidth."""
+HERDING_ENTROPY_KNN = 10
+"""``maxherding-entropy``'s kernel width comes from the local scale: γ = 1 / (2 · median squared
+distance of a row to its ``HERDING_ENTROPY_KNN``-th nearest neighbour), see :func:`knn_gamma`.
+
+Chosen on tuning data only, by a rule fixed before the runs (``benchmarks/results/auto_few_bandwidth_plan.md``):
+mean accuracy over 20, 30 and 50 labels (``auto``'s few-labels phase), points against the global width
+(self-trained head; photos: cifar10 and clothing splits 100-102 x 2 seeds; digits splits 100-104):
+
+==========================  ======  ========  ============  =============
+kernel width                cifar10  clothing  digits-lite0  digits-pixels
+==========================  ======  ========  ============  =============
+global, 0.5 x median (was)   46.2     70.9       75.5          84.5
+10-NN (kept)                 +1.2     +0.2       +1.0          -0.0
+global, 0.25 x median        +0.9     +0.2       +0.9          -0.6
+centred rows                 +2.2     +2.4       -1.2          +0.5
+centred rows, 10-NN          +2.1     +2.1       -0.8          +0.5
+==========================  ======  ========  ============  =============
+
+Centring (as ``probcover`` does) gained most on photos but lost up to 2.5 points at 30-50 labels on
+digits-lite0, so the rule kept the uncentred 10-NN width. Plain ``maxherding`` (``auto``'s cold start
+and its multi-label few-labels phase, tuned with the global width) keeps :func:`herding_gamma`."""
+KNN_WIDTH_QUERIES = 500
+"""Rows whose k-th neighbour distance sets :func:`knn_gamma`."""
 
 
 def normalized(X: np.ndarray) -> np.ndarray:
@@ -60,6 +84,20 @@ def herding_gamma(Z: np.ndarray, rng: np.random.Generator) -> float:
     d2 = np.einsum("ij,ij->i", Z[a[ok]] - Z[b[ok]], Z[a[ok]] - Z[b[ok]])
     med = float(np.median(d2)) if d2.size else 0.0
     return 1.0 / (MAXHERDING_BANDWIDTH * med) if med > 1e-12 else 1.0
+
+
+def knn_gamma(Z: np.ndarray, k: int, rng: np.random.Generator) -> float:
+    """Kernel width for normalised rows ``Z [m, d]`` from the local scale: ``1 / (2 · median d²_k)``,
+    ``d_k`` the distance of a row to its ``k``-th nearest neighbour, on up to :data:`KNN_WIDTH_QUERIES`
+    random rows. Falls back to :func:`herding_gamma` below ``k + 1`` rows or when that median is 0
+    (duplicates). O(queries·m·d) time, O(queries·m) memory."""
+    m = Z.shape[0]
+    if m <= k:
+        return herding_gamma(Z, rng)
+    q = rng.choice(m, min(KNN_WIDTH_QUERIES, m), replace=False)
+    d2 = sq_dists(Z[q], Z)
+    med = float(np.median(np.partition(d2, k, axis=1)[:, k]))
+    return 1.0 / (2.0 * med) if med > 1e-12 else herding_gamma(Z, rng)
 
 
 def rbf(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
@@ -140,15 +178,15 @@ def maxherding(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
 
 
 def _herd(pool: PoolView, n: int, rng: np.random.Generator, why: str,
-          weights: Callable[[np.ndarray], np.ndarray] | None = None) -> Selection:
+          weights: Callable[[np.ndarray], np.ndarray] | None = None, knn: int = 0) -> Selection:
     """Greedy coverage of the (sampled) candidates; ``weights(cand)`` gives each candidate row's
-    coverage weight ``[m]`` (None: 1 each)."""
+    coverage weight ``[m]`` (None: 1 each); ``knn`` > 0: the kernel width from :func:`knn_gamma`."""
     cand_all = pool.candidate_indices
     cand = cand_all[sample_rows(cand_all.size, max(MAXHERDING_MAX_POINTS, n), rng)]
     if cand.size < cand_all.size:
         log.info("%s: a sample of %d of %d candidates", why, cand.size, cand_all.size)
     Z = normalized(take_rows(pool.embeddings, cand))
-    gamma = herding_gamma(Z, rng)
+    gamma = knn_gamma(Z, knn, rng) if knn else herding_gamma(Z, rng)
     kmax = initial_coverage(Z, normalized(take_rows(pool.embeddings, pool.labeled_indices)), gamma)
     w = weights(cand) if weights is not None else None
     picked, scores = herding_greedy(rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
@@ -197,8 +235,9 @@ def maxherding_entropy(pool: PoolView, n: int, rng: np.random.Generator) -> Sele
     over the classes / log 2 (:func:`~tlkit.active.strategies.uncertainty.uncertainty_weight`).
     """
     if pool.probs is None or (pool.probs.shape[1] < 2 and not pool.multilabel):
-        return _herd(pool, n, rng, "maxherding-entropy")
+        return _herd(pool, n, rng, "maxherding-entropy", knn=HERDING_ENTROPY_KNN)
     from tlkit.active.strategies.uncertainty import uncertainty_weight
 
     return _herd(pool, n, rng, "maxherding-entropy",
-                 lambda cand: uncertainty_weight(pool, cand) ** HERDING_WEIGHT_POWER + HERDING_WEIGHT_FLOOR)
+                 lambda cand: uncertainty_weight(pool, cand) ** HERDING_WEIGHT_POWER + HERDING_WEIGHT_FLOOR,
+                 knn=HERDING_ENTROPY_KNN)
