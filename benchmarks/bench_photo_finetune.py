@@ -87,8 +87,12 @@ def run_one(method: str, name: str, split: int, seed: int, args, tmp: Path) -> d
         return probe(name, split)
     if method == "plain":
         return bd.plain_loop({"train": pool, "test": test}, args.image_size, seed, args.epochs, hflip=0.5)
-    if method == "tlkit":
-        return bd.tlkit_run({"train": pool, "test": test}, args.image_size, seed, {}, tmp, epochs=args.epochs)
+    if method.startswith("tlkit"):  # "tlkit" or "tlkit:key=value,key=value" (a TrainConfig override study)
+        from tlkit.train.config import parse_overrides
+
+        _, _, spec = method.partition(":")
+        overrides = parse_overrides(spec.split(",")) if spec else {}
+        return bd.tlkit_run({"train": pool, "test": test}, args.image_size, seed, overrides, tmp, epochs=args.epochs)
     root = timm_layout(name, split)
     weights = bd.export_weights(tmp.parent.parent / "efficientnet_lite0_bundled.pth")
     return bd.timm_run(Path(args.timm_train), {"train": root / "train", "val": root / "val", "test": test},
@@ -101,7 +105,7 @@ def run(args) -> None:
     if out.exists():
         done = {(r["set"], r["split"], r["method"], r["seed"], r["image_size"], r["epochs"])
                 for r in map(json.loads, out.read_text().splitlines()) if r}
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in args.methods.split(";" if ":" in args.methods else ",") if m]
     with tempfile.TemporaryDirectory(prefix="photo-ft-") as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: a cut run has every set's first seeds
             for name in args.sets.split(","):
@@ -139,7 +143,7 @@ def report(out: Path) -> dict:
         role = "tuning" if name in ("cifar10", "clothing") else "report"
         print(f"\n{name} ({role}), {size} px, {epochs} epochs")
         print("| method | runs | accuracy | macro F1 | tlkit - it (acc, F1) |\n|---|---|---|---|---|")
-        for m in METHODS:
+        for m in [*METHODS, *sorted(k for k in mean if k not in METHODS)]:
             if m not in mean:
                 continue
             d = ("" if m == "tlkit" or "tlkit" not in mean else
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sets", default="dtd10")
     ap.add_argument("--splits", default="0")
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="';'-separated when a tlkit variant is named, e.g. 'tlkit;tlkit:class_weights=balanced;probe'")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core CPU; more on a GPU box)")
