@@ -13,6 +13,8 @@ Methods (efficientnet_lite0 with the weights tlkit ships offline; same image siz
 * ``timm``: timm's own ``train.py`` (``--timm-train``; fetch huggingface/pytorch-image-models and
   ``git show HEAD:train.py``) with its defaults on a 90/10 split of the pool (train.py needs a val split;
   the best checkpoint by val top-1), bf16, AdamW 1e-3, cosine.
+* ``tlkit:key=value,...``: tlkit's defaults with TrainConfig overrides (a study of one cause at a time, e.g.
+  ``tlkit:class_weights=balanced``; ``results/photo_finetune_why_plan.md``).
 * ``probe``: a linear probe, scikit-learn's ``LogisticRegression`` (C 1, standardised features) on the
   frozen 224 px features of the same backbone (``photo_data.load``), the features ``tlkit extract`` writes.
 

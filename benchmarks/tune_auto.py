@@ -7,7 +7,7 @@ constants overridden for the call, e.g. ``maxherding@herding.MAXHERDING_BANDWIDT
 
 Usage:
     python benchmarks/tune_auto.py --variants "maxherding@herding.MAXHERDING_BANDWIDTH=2;..." [--rounds 19] [--wide]
-        [--datasets digits-pixels,...] [--save PREFIX]
+        [--datasets digits-pixels,...] [--save PREFIX] [--ssl self-training]
 
 The strategies of ``tune_experiments.py`` (designs tried and not adopted) are registered too. Each
 variant's AUBC is also printed minus the first variant's, paired by split and seed (mean ± SE).
