@@ -67,13 +67,7 @@ def _herd_entropy(pool: PoolView, n: int, rng: np.random.Generator, name: str, c
         mu = np.concatenate([C, L]).mean(0)
         C, L = C - mu, L - mu
     Z, ZL = herding.normalized(C), herding.normalized(L)
-    if knn:
-        q = rng.choice(Z.shape[0], min(500, Z.shape[0]), replace=False)
-        d2 = np.maximum(2.0 - 2.0 * (Z[q] @ Z.T), 0.0)
-        kth = np.partition(d2, min(knn, Z.shape[0] - 1), axis=1)[:, min(knn, Z.shape[0] - 1)]
-        gamma = 1.0 / (2.0 * float(np.median(kth))) if np.median(kth) > 1e-12 else 1.0
-    else:
-        gamma = herding.herding_gamma(Z, rng)
+    gamma = herding.knn_gamma(Z, knn, rng) if knn else herding.herding_gamma(Z, rng)
     kmax = herding.initial_coverage(Z, ZL, gamma)
     w = None
     if pool.probs is not None and (pool.probs.shape[1] >= 2 or pool.multilabel):

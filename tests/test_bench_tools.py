@@ -73,10 +73,20 @@ def experiments():
 
 def test_experimental_strategies_pick_distinct_candidates(warm_pool, experiments):
     assert "soft" in {s.name for s in _registry.list_strategies()}
-    for name in ("soft", "soft-margin", "maxherding-margin", "maxherding-balance-half", "maxherding-balance-two"):
+    for name in ("soft", "soft-margin", "maxherding-margin", "maxherding-balance-half", "maxherding-balance-two",
+                 "maxherding-entropy-centred", "maxherding-entropy-knn", "maxherding-entropy-centred-knn"):
         sel = get_strategy(name).fn(warm_pool, 10, np.random.default_rng(0))
         assert len(set(sel.indices.tolist())) == 10, name
         assert warm_pool.candidates[sel.indices].all(), name
+
+
+def test_herding_geometry_experiments(warm_pool, experiments):
+    """The 10-NN-width experiment is the library's maxherding-entropy since it took that width; centring moves the picks."""
+    def picks(name):
+        return get_strategy(name).fn(warm_pool, 10, np.random.default_rng(5)).indices.tolist()
+
+    assert picks("maxherding-entropy-knn") == picks("maxherding-entropy")
+    assert picks("maxherding-entropy-centred-knn") != picks("maxherding-entropy-knn")
 
 
 def test_soft_switch_hands_over_part_of_the_batch(warm_pool, experiments):
