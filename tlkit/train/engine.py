@@ -406,7 +406,9 @@ def fit(
     rt = setup_runtime(cfg)
     try:
         with flush_denormals(rt.device):
-            return _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints, unlabeled)
+            result = _fit(cfg, splits, out, saved, rt, progress, on_epoch, t0, chosen, checkpoints, unlabeled)
+        barrier(rt.dist)  # every rank tears the group down together, after rank 0's final writes
+        return result
     finally:
         shutdown()
 
