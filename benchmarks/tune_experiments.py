@@ -58,8 +58,6 @@ def _herd_entropy(pool: PoolView, n: int, rng: np.random.Generator, name: str, c
     """``herding._herd`` with the experiment's geometry: centred rows and/or a kNN-scale kernel width."""
     from tlkit.active.strategies._common import fill_up
     from tlkit.active.strategies._geometry import sample_rows, take_rows
-    from tlkit.active.strategies.uncertainty import uncertainty_weight
-
     cand_all = pool.candidate_indices
     cand = cand_all[sample_rows(cand_all.size, max(herding.MAXHERDING_MAX_POINTS, n), rng)]
     C, L = take_rows(pool.embeddings, cand).astype(np.float32), take_rows(pool.embeddings, pool.labeled_indices).astype(np.float32)
@@ -69,9 +67,8 @@ def _herd_entropy(pool: PoolView, n: int, rng: np.random.Generator, name: str, c
     Z, ZL = herding.normalized(C), herding.normalized(L)
     gamma = herding.knn_gamma(Z, knn, rng) if knn else herding.herding_gamma(Z, rng)
     kmax = herding.initial_coverage(Z, ZL, gamma)
-    w = None
-    if pool.probs is not None and (pool.probs.shape[1] >= 2 or pool.multilabel):
-        w = uncertainty_weight(pool, cand) ** herding.HERDING_WEIGHT_POWER + herding.HERDING_WEIGHT_FLOOR
+    weights = herding.entropy_weights(pool)
+    w = weights(cand) if weights is not None else None
     picked, scores = herding.herding_greedy(herding.rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
     return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=name)
 

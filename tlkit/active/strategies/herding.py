@@ -234,10 +234,14 @@ def maxherding_entropy(pool: PoolView, n: int, rng: np.random.Generator) -> Sele
     sampling bound as :func:`maxherding`. On a multi-label pool the weight is the mean binary entropy
     over the classes / log 2 (:func:`~tlkit.active.strategies.uncertainty.uncertainty_weight`).
     """
+    return _herd(pool, n, rng, "maxherding-entropy", entropy_weights(pool), knn=HERDING_ENTROPY_KNN)
+
+
+def entropy_weights(pool: PoolView) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``maxherding-entropy``'s coverage weights ``cand -> [m]`` (normalised uncertainty ** power + floor), or
+    None (plain coverage) without a model: ``probs`` None, or a single-label pool with one class."""
     if pool.probs is None or (pool.probs.shape[1] < 2 and not pool.multilabel):
-        return _herd(pool, n, rng, "maxherding-entropy", knn=HERDING_ENTROPY_KNN)
+        return None
     from tlkit.active.strategies.uncertainty import uncertainty_weight
 
-    return _herd(pool, n, rng, "maxherding-entropy",
-                 lambda cand: uncertainty_weight(pool, cand) ** HERDING_WEIGHT_POWER + HERDING_WEIGHT_FLOOR,
-                 knn=HERDING_ENTROPY_KNN)
+    return lambda cand: uncertainty_weight(pool, cand) ** HERDING_WEIGHT_POWER + HERDING_WEIGHT_FLOOR
