@@ -390,6 +390,40 @@ def test_maxherding_entropy_bandwidth_from_the_kth_neighbour():
     assert herding.knn_gamma(dup, 10, np.random.default_rng(2)) == herding.herding_gamma(dup, after_queries)
 
 
+def test_cone_is_the_share_of_one_direction():
+    from tlkit.active.strategies import herding
+
+    rng = np.random.default_rng(0)
+    same = np.tile(rng.normal(size=(1, 8)), (50, 1)) * rng.uniform(1, 3, size=(50, 1))
+    assert herding.cone(same) == pytest.approx(1.0, abs=1e-5)  # one direction, any lengths
+    spread = rng.normal(size=(20000, 8))
+    assert herding.cone(spread) < 0.05  # around the origin
+    shifted = spread + 2.0  # a shared offset: in between, and centring removes it
+    assert 0.5 < herding.cone(shifted) < 0.99
+    assert herding.cone(shifted - shifted.mean(0)) < 1e-6
+    assert herding.cone(np.zeros((3, 4))) == 0.0
+
+
+@pytest.mark.parametrize("below, centred", [(1.01, True), (0.01, False)])
+def test_maxherding_entropy_centres_rows_only_below_the_cone_threshold(below, centred, monkeypatch):
+    """Below the threshold the picks are brute-force herding on rows centred over candidates and labeled rows;
+    above it they are today's (uncentred) picks."""
+    from tlkit.active.strategies import herding
+
+    rng, X, labeled = _herding_case(2, 15, monkeypatch)
+    X = X + 20.0  # rows in one cone (cone ~ 0.99)
+    logits = rng.normal(size=(300, 4)) * rng.uniform(0.1, 4, size=(300, 1))
+    P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    w = -(P * np.log(P)).sum(1) / np.log(4) + herding.HERDING_WEIGHT_FLOOR
+    monkeypatch.setattr(herding, "HERDING_ENTROPY_CENTRE_BELOW", below)
+    sel = select("maxherding-entropy", PoolView(X, labeled, ~labeled, P), 12, seed=4)
+    cand = np.flatnonzero(~labeled)
+    plain = _brute_force_herding(X, labeled, cand, 12, 3.0, w)
+    centre = _brute_force_herding(X - X.mean(0), labeled, cand, 12, 3.0, w)
+    assert plain != centre, "centring matters on this pool"
+    np.testing.assert_array_equal(sel.indices, centre if centred else plain)
+
+
 @pytest.mark.slow
 def test_maxherding_memory_is_bounded_on_a_large_pool():
     """20,000 x 1,280: an n x n float32 kernel would take 1.6 GB; the sampled one stays under 200 MB."""

@@ -69,12 +69,28 @@ digits-lite0, so the rule kept the uncentred 10-NN width. Plain ``maxherding`` (
 and its multi-label few-labels phase, tuned with the global width) keeps :func:`herding_gamma`."""
 KNN_WIDTH_QUERIES = 500
 """Rows whose k-th neighbour distance sets :func:`knn_gamma`."""
+HERDING_ENTROPY_CENTRE_BELOW = 0.0
+"""``maxherding-entropy`` centres the rows (the mean of the candidates and labeled rows subtracted) before
+L2-normalising them when the candidates' :func:`cone` is below this (0: never). Raw CNN features share one
+direction; centring, as ``probcover`` and ``typiclust`` do, lets the kernel see what tells rows apart.
+Under test: ``benchmarks/results/auto_few_centre_plan.md``."""
+HERDING_ENTROPY_CENTRED_KNN = 0
+"""The kernel width on centred rows: 0 the global width (:func:`herding_gamma`), k > 0 :func:`knn_gamma`."""
 
 
 def normalized(X: np.ndarray) -> np.ndarray:
     """``X [m, d]`` with unit-length rows (zero rows stay zero), float32."""
     norms = np.sqrt(sq_norms(X))
     return (X / np.maximum(norms, 1e-12)[:, None]).astype(np.float32, copy=False)
+
+
+def cone(X: np.ndarray) -> float:
+    """How much the rows of ``X [m, d]`` share one direction: ``||mean row|| / mean ||row||`` in [0, 1]
+    (1: all rows point the same way; near 0: spread around the origin). O(m·d)."""
+    X = np.asarray(X, np.float32)
+    norms = np.sqrt(sq_norms(X))
+    mean_norm = float(norms.mean()) if norms.size else 0.0
+    return float(np.linalg.norm(X.mean(0, dtype=np.float64)) / mean_norm) if mean_norm > 1e-12 else 0.0
 
 
 def herding_gamma(Z: np.ndarray, rng: np.random.Generator) -> float:
@@ -178,16 +194,24 @@ def maxherding(pool: PoolView, n: int, rng: np.random.Generator) -> Selection:
 
 
 def _herd(pool: PoolView, n: int, rng: np.random.Generator, why: str,
-          weights: Callable[[np.ndarray], np.ndarray] | None = None, knn: int = 0) -> Selection:
+          weights: Callable[[np.ndarray], np.ndarray] | None = None, knn: int = 0,
+          centre_below: float = 0.0, centred_knn: int = 0) -> Selection:
     """Greedy coverage of the (sampled) candidates; ``weights(cand)`` gives each candidate row's
-    coverage weight ``[m]`` (None: 1 each); ``knn`` > 0: the kernel width from :func:`knn_gamma`."""
+    coverage weight ``[m]`` (None: 1 each); ``knn`` > 0: the kernel width from :func:`knn_gamma`.
+    Candidates whose :func:`cone` is below ``centre_below`` are centred first (with the labeled rows), and
+    the width is then ``centred_knn``'s (0: :func:`herding_gamma`)."""
     cand_all = pool.candidate_indices
     cand = cand_all[sample_rows(cand_all.size, max(MAXHERDING_MAX_POINTS, n), rng)]
     if cand.size < cand_all.size:
         log.info("%s: a sample of %d of %d candidates", why, cand.size, cand_all.size)
-    Z = normalized(take_rows(pool.embeddings, cand))
+    C = np.asarray(take_rows(pool.embeddings, cand), np.float32)
+    L = np.asarray(take_rows(pool.embeddings, pool.labeled_indices), np.float32)
+    if centre_below > 0 and cone(C) < centre_below:
+        mu = (C.sum(0, dtype=np.float64) + L.sum(0, dtype=np.float64)) / max(len(C) + len(L), 1)
+        C, L, knn = C - mu.astype(np.float32), L - mu.astype(np.float32), centred_knn
+    Z = normalized(C)
     gamma = knn_gamma(Z, knn, rng) if knn else herding_gamma(Z, rng)
-    kmax = initial_coverage(Z, normalized(take_rows(pool.embeddings, pool.labeled_indices)), gamma)
+    kmax = initial_coverage(Z, normalized(L), gamma)
     w = weights(cand) if weights is not None else None
     picked, scores = herding_greedy(rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
     return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=why)
@@ -234,7 +258,8 @@ def maxherding_entropy(pool: PoolView, n: int, rng: np.random.Generator) -> Sele
     sampling bound as :func:`maxherding`. On a multi-label pool the weight is the mean binary entropy
     over the classes / log 2 (:func:`~tlkit.active.strategies.uncertainty.uncertainty_weight`).
     """
-    return _herd(pool, n, rng, "maxherding-entropy", entropy_weights(pool), knn=HERDING_ENTROPY_KNN)
+    return _herd(pool, n, rng, "maxherding-entropy", entropy_weights(pool), knn=HERDING_ENTROPY_KNN,
+                 centre_below=HERDING_ENTROPY_CENTRE_BELOW, centred_knn=HERDING_ENTROPY_CENTRED_KNN)
 
 
 def entropy_weights(pool: PoolView) -> Callable[[np.ndarray], np.ndarray] | None:
