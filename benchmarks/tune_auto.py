@@ -81,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", required=True, help="';'-separated specs")
     ap.add_argument("--wide", action="store_true", help="the wider tuning data (TUNE_WIDE)")
+    ap.add_argument("--splits", default="", help="comma-separated: only these splits of each dataset (e.g. 105,106)")
     ap.add_argument("--datasets", default="")
     ap.add_argument("--rounds", type=int, default=19)
     ap.add_argument("--ssl", default="off", help="the learner: off (the plain head, as auto's earlier tuning) or self-training")
@@ -102,7 +103,10 @@ def main() -> None:
     tune = TUNE_WIDE if args.wide else TUNE
     for ds in (args.datasets or ",".join(tune)).split(","):
         rows = []
+        only = {int(x) for x in args.splits.split(",") if x}
         for split, seeds in tune[ds]:
+            if only and split not in only:
+                continue
             res = run_set(ds, split, names, seeds, rounds=args.rounds, ssl=args.ssl)
             rows += [(s, seed + 1000 * split, b, a) for s, seed, b, a in res.rows]
         merged = SimulationResult(rows, sorted({r[2] for r in rows}), summarise(rows, names))
