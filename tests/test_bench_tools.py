@@ -80,12 +80,18 @@ def test_experimental_strategies_pick_distinct_candidates(warm_pool, experiments
         assert warm_pool.candidates[sel.indices].all(), name
 
 
-def test_herding_geometry_experiments(warm_pool, experiments):
-    """The 10-NN-width experiment is the library's maxherding-entropy since it took that width; centring moves the picks."""
+def test_herding_geometry_experiments(warm_pool, experiments, monkeypatch):
+    """The library's maxherding-entropy took the 10-NN width, and centring below a cone threshold: with the
+    threshold at 0 it is the 10-NN experiment, above every cone the centred 10-NN one; centring moves the picks."""
+    from tlkit.active.strategies import herding
+
     def picks(name):
         return get_strategy(name).fn(warm_pool, 10, np.random.default_rng(5)).indices.tolist()
 
+    monkeypatch.setattr(herding, "HERDING_ENTROPY_CENTRE_BELOW", 0.0)
     assert picks("maxherding-entropy-knn") == picks("maxherding-entropy")
+    monkeypatch.setattr(herding, "HERDING_ENTROPY_CENTRE_BELOW", 1.01)
+    assert picks("maxherding-entropy-centred-knn") == picks("maxherding-entropy")
     assert picks("maxherding-entropy-centred-knn") != picks("maxherding-entropy-knn")
 
 
