@@ -35,7 +35,7 @@ REPORT_SPLIT = {"photos": 3}
 
 
 def run_set(name: str, split: int, strategies: list[str], seeds, cache: Path = DEFAULT_CACHE, rounds: int = 19,
-            ssl: str = "off"):
+            ssl: str = "off", start: int = 10, batch: int = 10):
     """Simulate ``strategies`` on one feature set and split; returns the :class:`SimulationResult`.
 
     ``ssl="off"``: the plain head, the learner every figure of this benchmark (and ``auto``'s tuning
@@ -44,7 +44,7 @@ def run_set(name: str, split: int, strategies: list[str], seeds, cache: Path = D
     from tlkit.active.simulate import simulate
 
     xtr, xte, ytr, yte = load(name, split, cache)
-    return simulate(xtr, ytr, xte, yte, strategies=strategies, start=10, batch=10, rounds=rounds, seeds=seeds, ssl=ssl)
+    return simulate(xtr, ytr, xte, yte, strategies=strategies, start=start, batch=batch, rounds=rounds, seeds=seeds, ssl=ssl)
 
 
 def worst_gap(res, strategy: str = "auto") -> tuple[float, int]:

@@ -52,7 +52,7 @@ def _done(out: Path) -> set[tuple[str, int, str, str]]:
 
 
 def run(sets: list[str], splits: list[int], seeds: list[int], strategies: list[str], ssl: str, out: Path,
-        rounds: int) -> None:
+        rounds: int, start: int = 10, batch: int = 10) -> None:
     """Simulate every (set, split, strategy) not in ``out`` yet; append each as one JSON line."""
     from tlkit.active.simulate import simulate
 
@@ -67,7 +67,7 @@ def run(sets: list[str], splits: list[int], seeds: list[int], strategies: list[s
             classes = tuple(str(i) for i in range(int(max(y.max(), yt.max())) + 1))
             for s in todo:
                 t = time.perf_counter()
-                res = simulate(x, y, xt, yt, strategies=[s], start=10, batch=10, rounds=rounds, seeds=seeds,
+                res = simulate(x, y, xt, yt, strategies=[s], start=start, batch=batch, rounds=rounds, seeds=seeds,
                                classes=classes, ssl=ssl)
                 rec = {"set": name, "split": split, "ssl": ssl, "strategy": s, "seeds": seeds,
                        "rows": [[seed, n, acc] for _, seed, n, acc in res.rows],
@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--ssl", default=DEFAULT_SSL)
     ap.add_argument("--rounds", type=int, default=19, help="19 rounds of 10 after a start of 10: up to 200 labels")
+    ap.add_argument("--start", type=int, default=10, help="random labels before the first round (use a new --out "
+                    "when changing it: results are keyed by set, split, learner and strategy)")
+    ap.add_argument("--batch", type=int, default=10, help="labels per round (the same caveat)")
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended; resumable)")
     ap.add_argument("--report", action="store_true", help="only print the tables of --out")
     ap.add_argument("--threads", type=int, default=1,
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
             strategies += register_peers()
         run(args.sets.split(","), [int(s) for s in args.splits.split(",")], list(range(args.seeds)), strategies,
-            args.ssl, args.out, args.rounds)
+            args.ssl, args.out, args.rounds, args.start, args.batch)
     report(args.out, args.ssl)
 
 

@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--splits", default="", help="comma-separated: only these splits of each dataset (e.g. 105,106)")
     ap.add_argument("--datasets", default="")
     ap.add_argument("--rounds", type=int, default=19)
+    ap.add_argument("--start", type=int, default=10, help="random labels before the first round")
+    ap.add_argument("--batch", type=int, default=10, help="labels per round")
     ap.add_argument("--ssl", default="off", help="the learner: off (the plain head, as auto's earlier tuning) or self-training")
     ap.add_argument("--peers", default="", help="comma-separated peer names to include, e.g. skactiveml-maxherding")
     ap.add_argument("--save", type=Path, default=None, help="write the curves as JSON (<save>.<set>.json)")
@@ -107,7 +109,7 @@ def main() -> None:
         for split, seeds in tune[ds]:
             if only and split not in only:
                 continue
-            res = run_set(ds, split, names, seeds, rounds=args.rounds, ssl=args.ssl)
+            res = run_set(ds, split, names, seeds, rounds=args.rounds, ssl=args.ssl, start=args.start, batch=args.batch)
             rows += [(s, seed + 1000 * split, b, a) for s, seed, b, a in res.rows]
         merged = SimulationResult(rows, sorted({r[2] for r in rows}), summarise(rows, names))
         if "auto" not in names:

@@ -14,6 +14,9 @@
 * ``maxherding-entropy-knn``: ``maxherding-entropy`` whose kernel width comes from the local scale:
   ``γ = 1 / (2 · median squared distance of a row to its 10th nearest neighbour)``.
   (Both: ``benchmarks/results/auto_few_bandwidth_plan.md``.)
+* ``auto-unseen-<strategy>`` (typiclust, probcover, maxherding): ``auto`` that runs ``<strategy>`` instead of
+  its few-labels phase while a single-label pool has fewer labels than classes
+  (``benchmarks/results/auto_unseen_plan.md``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ def _herd_entropy(pool: PoolView, n: int, rng: np.random.Generator, name: str, c
     return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=name)
 
 
+def _unseen(pool: PoolView, n: int, rng: np.random.Generator, strategy: str) -> Selection:
+    if pool.probs is not None and not pool.multilabel and pool.n_labels < pool.probs.shape[1]:
+        sel = get_strategy(strategy).fn(pool, n, rng)
+        return Selection(sel.indices, sel.scores, f"auto({strategy})")
+    return get_strategy("auto").fn(pool, n, rng)
+
+
 def register_experiments() -> None:
     """Register the experimental strategies above (idempotent)."""
     from tlkit.active.strategies import list_strategies
@@ -93,6 +103,9 @@ def register_experiments() -> None:
         lambda pool, n, rng: _herd_entropy(pool, n, rng, "maxherding-entropy-knn", False, 10))
     register_strategy("maxherding-entropy-centred-knn", description="both", **reg)(
         lambda pool, n, rng: _herd_entropy(pool, n, rng, "maxherding-entropy-centred-knn", True, 10))
+    for strategy in ("typiclust", "probcover", "maxherding"):
+        register_strategy(f"auto-unseen-{strategy}", description=f"auto, {strategy} below one label per class", **reg)(
+            lambda pool, n, rng, _s=strategy: _unseen(pool, n, rng, _s))
     for beta, name in ((0.5, "maxherding-balance-half"), (1.0, "maxherding-balance-one"), (2.0, "maxherding-balance-two")):
         register_strategy(name, description=f"maxherding-entropy x class-balance boost ** {beta}", **reg)(
             lambda pool, n, rng, _b=beta, _name=name: herding._herd(

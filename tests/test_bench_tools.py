@@ -95,6 +95,20 @@ def test_herding_geometry_experiments(warm_pool, experiments, monkeypatch):
     assert picks("maxherding-entropy-centred-knn") != picks("maxherding-entropy-knn")
 
 
+def test_auto_unseen_experiment_switches_below_one_label_per_class(warm_pool, experiments):
+    """With fewer labels than classes the experiment is its strategy; from one label per class on it is auto."""
+    import dataclasses
+
+    def picks(name, pool):
+        return get_strategy(name).fn(pool, 10, np.random.default_rng(2)).indices.tolist()
+
+    few = np.zeros_like(warm_pool.labeled)
+    few[np.flatnonzero(warm_pool.labeled)[:5]] = True  # 5 labels, 10 classes
+    pool = dataclasses.replace(warm_pool, labeled=few, candidates=~few, labels=np.where(few, warm_pool.labels, -1))
+    assert picks("auto-unseen-typiclust", pool) == picks("typiclust", pool) != picks("auto", pool)
+    assert picks("auto-unseen-typiclust", warm_pool) == picks("auto", warm_pool)
+
+
 def test_soft_switch_hands_over_part_of_the_batch(warm_pool, experiments):
     """At 150 labels (threshold 100 for 10 classes) the first round(0.6 * 10) picks are the late
     phase's own picks; the rest is coverage that treats them as covered."""
