@@ -121,6 +121,9 @@ def report(out: Path, ssl: str | None, strategy: str = "auto") -> dict:
     """Print one table per set and ``strategy``'s gaps; return ``{set: {"worst_gap", "at", "aubc_rank", ...}}``."""
     verdicts = {}
     for name, by_strategy in load_runs(out, ssl).items():
+        if len(by_strategy) < 2:  # a set just started: nothing to compare yet
+            print(f"\n{name}: only {', '.join(by_strategy)} run so far; no table")
+            continue
         summ = set_summary(by_strategy)
         budgets = [b for b in BUDGETS if all(b in v["acc"] for v in summ.values())]
         any_v = next(iter(summ.values()))

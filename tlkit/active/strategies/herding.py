@@ -216,7 +216,9 @@ def _herd(pool: PoolView, n: int, rng: np.random.Generator, why: str,
         log.info("%s: a sample of %d of %d candidates", why, cand.size, cand_all.size)
     C = np.asarray(take_rows(pool.embeddings, cand), np.float32)
     L = np.asarray(take_rows(pool.embeddings, pool.labeled_indices), np.float32)
-    if centre_below > 0 and cone(C) < centre_below:
+    shape = cone(C) if centre_below > 0 else 1.0
+    if shape < centre_below:
+        log.info("%s: rows centred (cone %.2f < %.2f)", why, shape, centre_below)
         mu = (C.sum(0, dtype=np.float64) + L.sum(0, dtype=np.float64)) / max(len(C) + len(L), 1)
         C, L, knn = C - mu.astype(np.float32), L - mu.astype(np.float32), centred_knn
     Z = normalized(C)
