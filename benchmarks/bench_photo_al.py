@@ -155,6 +155,32 @@ def report(out: Path, ssl: str | None, strategy: str = "auto") -> dict:
     return verdicts
 
 
+def probe_report(out: Path, ssl: str | None, strategy: str = "auto", budget: int = 100) -> dict:
+    """The issue's probe bar: ``strategy``'s accuracy at ``budget`` labels against the full-pool linear probe
+    (tlkit's plain head fitted on every pool label), both averaged over the splits of each set's table.
+    Prints one line per set; returns ``{set: (accuracy, probe, ratio)}``."""
+    from tlkit.active.head import fit_head
+
+    res = {}
+    for name, by_strategy in load_runs(out, ssl).items():
+        if len(by_strategy) < 2 or strategy not in by_strategy:
+            continue
+        summ = set_summary(by_strategy)[strategy]
+        if budget not in summ["acc"]:
+            continue
+        probes = []
+        for split in summ["splits"]:
+            x, xt, y, yt = (np.asarray(a) for a in photo_data.load(name, split))
+            classes = tuple(str(i) for i in range(int(max(y.max(), yt.max())) + 1))
+            head = fit_head(x.astype(np.float32), y, classes)
+            probes.append(float((head.predict_proba(xt.astype(np.float32)).argmax(1) == yt).mean()))
+        acc, probe = summ["acc"][budget], float(np.mean(probes))
+        res[name] = (acc, probe, acc / probe)
+        print(f"{name}: {strategy} at {budget} labels {100 * acc:.1f} %, full-pool probe {100 * probe:.1f} % "
+              f"({len(probes)} splits): {100 * acc / probe:.1f} % of the probe")
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     from tlkit.core.constants import DEFAULT_SSL
 
@@ -172,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=10, help="labels per round (the same caveat)")
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended; resumable)")
     ap.add_argument("--report", action="store_true", help="only print the tables of --out")
+    ap.add_argument("--probe", action="store_true", help="also the accuracy at 100 labels against the full-pool probe")
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS/OpenMP threads (1: run one process per core; on a busy machine a second BLAS thread "
                          "spinning made the heads' fits many times slower)")
@@ -194,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         run(args.sets.split(","), [int(s) for s in args.splits.split(",")], list(range(args.seeds)), strategies,
             args.ssl, args.out, args.rounds, args.start, args.batch)
     report(args.out, args.ssl)
+    if args.probe:
+        probe_report(args.out, args.ssl)
 
 
 if __name__ == "__main__":
