@@ -83,14 +83,20 @@ def _aubc(points: list[tuple[int, float]]) -> float:
     return float(aubc(*zip(*sorted(points))))
 
 
-def load_runs(out: Path, ssl: str | None = None) -> dict:
-    """``{set: {strategy: {split: {seed: [(labels, accuracy), ...]}}}}`` from the JSON-lines file."""
+def load_runs(out: Path, ssl: str | None = None, before: Path | None = None) -> dict:
+    """``{set: {strategy: {split: {seed: [(labels, accuracy), ...]}}}}`` from the JSON-lines file; with
+    ``before``, that file's rows too, each strategy named ``<strategy> (before)`` (an earlier version's runs)."""
     runs: dict = {}
-    for line in out.read_text().splitlines():
+    lines = [(line, "") for line in out.read_text().splitlines()]
+    if before is not None:
+        lines += [(line, " (before)") for line in before.read_text().splitlines()]
+    for line, suffix in lines:
+        if not line.strip():
+            continue
         r = json.loads(line)
         if ssl is not None and r["ssl"] != ssl:
             continue
-        per_seed = runs.setdefault(r["set"], {}).setdefault(r["strategy"], {}).setdefault(r["split"], {})
+        per_seed = runs.setdefault(r["set"], {}).setdefault(r["strategy"] + suffix, {}).setdefault(r["split"], {})
         for seed, n, acc in r["rows"]:
             per_seed.setdefault(seed, []).append((n, acc))
     return runs
@@ -117,10 +123,11 @@ def set_summary(by_strategy: dict) -> dict:
     return summary
 
 
-def report(out: Path, ssl: str | None, strategy: str = "auto") -> dict:
-    """Print one table per set and ``strategy``'s gaps; return ``{set: {"worst_gap", "at", "aubc_rank", ...}}``."""
+def report(out: Path, ssl: str | None, strategy: str = "auto", before: Path | None = None) -> dict:
+    """Print one table per set and ``strategy``'s gaps; return ``{set: {"worst_gap", "at", "aubc_rank", ...}}``.
+    ``before``: see :func:`load_runs`."""
     verdicts = {}
-    for name, by_strategy in load_runs(out, ssl).items():
+    for name, by_strategy in load_runs(out, ssl, before).items():
         if len(by_strategy) < 2:  # a set just started: nothing to compare yet
             print(f"\n{name}: only {', '.join(by_strategy)} run so far; no table")
             continue
@@ -199,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended; resumable)")
     ap.add_argument("--report", action="store_true", help="only print the tables of --out")
     ap.add_argument("--probe", action="store_true", help="also the accuracy at 100 labels against the full-pool probe")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="with --report: also this file's runs, as '<strategy> (before)' (e.g. an earlier auto)")
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS/OpenMP threads (1: run one process per core; on a busy machine a second BLAS thread "
                          "spinning made the heads' fits many times slower)")
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             strategies += register_peers()
         run(args.sets.split(","), [int(s) for s in args.splits.split(",")], list(range(args.seeds)), strategies,
             args.ssl, args.out, args.rounds, args.start, args.batch)
-    report(args.out, args.ssl)
+    report(args.out, args.ssl, before=args.before)
     if args.probe:
         probe_report(args.out, args.ssl)
 
