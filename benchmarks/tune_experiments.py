@@ -58,22 +58,10 @@ def _balance_weights(pool: PoolView, beta: float):
 
 
 def _herd_entropy(pool: PoolView, n: int, rng: np.random.Generator, name: str, centre: bool, knn: int) -> Selection:
-    """``herding._herd`` with the experiment's geometry: centred rows and/or a kNN-scale kernel width."""
-    from tlkit.active.strategies._common import fill_up
-    from tlkit.active.strategies._geometry import sample_rows, take_rows
-    cand_all = pool.candidate_indices
-    cand = cand_all[sample_rows(cand_all.size, max(herding.MAXHERDING_MAX_POINTS, n), rng)]
-    C, L = take_rows(pool.embeddings, cand).astype(np.float32), take_rows(pool.embeddings, pool.labeled_indices).astype(np.float32)
-    if centre:
-        mu = np.concatenate([C, L]).mean(0)
-        C, L = C - mu, L - mu
-    Z, ZL = herding.normalized(C), herding.normalized(L)
-    gamma = herding.knn_gamma(Z, knn, rng) if knn else herding.herding_gamma(Z, rng)
-    kmax = herding.initial_coverage(Z, ZL, gamma)
-    weights = herding.entropy_weights(pool)
-    w = weights(cand) if weights is not None else None
-    picked, scores = herding.herding_greedy(herding.rbf(Z, Z, gamma), kmax, n, rng.permutation(cand.size), w)
-    return fill_up(cand[np.asarray(picked, dtype=np.int64)], scores, pool, n, rng, why=name)
+    """``maxherding-entropy`` with the experiment's geometry, whatever the library's defaults: rows always
+    (``centre``) or never centred, and the kernel width from the ``knn``-th neighbour (0: the global width)."""
+    return herding._herd(pool, n, rng, name, herding.entropy_weights(pool), knn=knn,
+                         centre_below=np.inf if centre else 0.0, centred_knn=knn)
 
 
 def _unseen(pool: PoolView, n: int, rng: np.random.Generator, strategy: str) -> Selection:
