@@ -63,6 +63,17 @@ def per_class_suspicion(given: np.ndarray, probs: np.ndarray, how: str) -> np.nd
     return S.max(1)
 
 
+def inject_flips(Y: np.ndarray, split: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(given, rows, cols)``: a copy of ``Y [m, k]`` (0/1) in which :data:`FLIP_SHARE` of the rows, drawn with
+    ``default_rng([seed, split])``, have the class ``cols`` added when absent or removed when present."""
+    rng = np.random.default_rng([seed, split])
+    flips = rng.choice(len(Y), int(round(FLIP_SHARE * len(Y))), replace=False)
+    given = Y.copy()
+    cols = rng.integers(0, Y.shape[1], len(flips))
+    given[flips, cols] ^= 1
+    return given, flips, cols
+
+
 def run(name: str, split: int, seed: int = 0, ranking: str = "cleanlab") -> dict:
     """Inject flips into split ``split`` of mosaic set ``name``; the recall of the audit's ranking at k and 2k."""
     from threadpoolctl import threadpool_limits
@@ -72,11 +83,7 @@ def run(name: str, split: int, seed: int = 0, ranking: str = "cleanlab") -> dict
     from tlkit.audit.labels import find_multilabel_issues, multilabel_knn_share, multilabel_out_of_fold_probs
 
     x, _, Y, _, classes = load_embeddings(name, split)
-    rng = np.random.default_rng([seed, split])
-    flips = rng.choice(len(Y), int(round(FLIP_SHARE * len(Y))), replace=False)
-    given = Y.copy()
-    cols = rng.integers(0, Y.shape[1], len(flips))
-    given[flips, cols] ^= 1
+    given, flips, cols = inject_flips(Y, split, seed)
     with threadpool_limits(limits=1):
         scaler = Scaler.fit(x)
         probs = multilabel_out_of_fold_probs(x, given, seed=seed, scaler=scaler)

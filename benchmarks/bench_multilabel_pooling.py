@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import multilabel_data  # noqa: E402
-from benchmarks.bench_multilabel_audit import FLIP_SHARE  # noqa: E402
+from benchmarks.bench_multilabel_audit import inject_flips  # noqa: E402
 
 POOLINGS = ("avg", "max", "gem3", "catavgmax")
 
@@ -87,10 +87,7 @@ def run(name: str, split: int, seed: int = 0) -> list[dict]:
     Y, Yt, names = multilabel_data.labels(name, split)
     fm = feature_maps(name, split)
     n = len(Y)
-    rng = np.random.default_rng([seed, split])  # the same flips as bench_multilabel_audit.py
-    flips = rng.choice(n, int(round(FLIP_SHARE * n)), replace=False)
-    given = Y.copy()
-    given[flips, rng.integers(0, Y.shape[1], len(flips))] ^= 1
+    given, flips, _ = inject_flips(Y, split, seed)  # the same flips as bench_multilabel_audit.py
     k = len(flips)
     rows = []
     for how in POOLINGS:

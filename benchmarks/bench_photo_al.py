@@ -51,6 +51,14 @@ def _done(out: Path) -> set[tuple[str, int, str, str]]:
     return {(r["set"], r["split"], r["ssl"], r["strategy"]) for r in map(json.loads, out.read_text().splitlines()) if r}
 
 
+def _split_data(name: str, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """``(x_pool, x_test, y_pool, y_test, classes)`` of a photo split: float32 embeddings, int labels, and
+    class names ``"0".."k-1"`` covering both sides."""
+    x, xt, y, yt = (np.asarray(a) for a in photo_data.load(name, split))
+    classes = tuple(str(i) for i in range(int(max(y.max(), yt.max())) + 1))
+    return x.astype(np.float32), xt.astype(np.float32), y, yt, classes
+
+
 def run(sets: list[str], splits: list[int], seeds: list[int], strategies: list[str], ssl: str, out: Path,
         rounds: int, start: int = 10, batch: int = 10) -> None:
     """Simulate every (set, split, strategy) not in ``out`` yet; append each as one JSON line."""
@@ -62,9 +70,7 @@ def run(sets: list[str], splits: list[int], seeds: list[int], strategies: list[s
             todo = [s for s in strategies if (name, split, ssl, s) not in done]
             if not todo:
                 continue
-            x, xt, y, yt = (np.asarray(a) for a in photo_data.load(name, split))
-            x, xt = x.astype(np.float32), xt.astype(np.float32)
-            classes = tuple(str(i) for i in range(int(max(y.max(), yt.max())) + 1))
+            x, xt, y, yt, classes = _split_data(name, split)
             for s in todo:
                 t = time.perf_counter()
                 res = simulate(x, y, xt, yt, strategies=[s], start=start, batch=batch, rounds=rounds, seeds=seeds,
@@ -177,10 +183,8 @@ def probe_report(out: Path, ssl: str | None, strategy: str = "auto", budget: int
             continue
         probes = []
         for split in summ["splits"]:
-            x, xt, y, yt = (np.asarray(a) for a in photo_data.load(name, split))
-            classes = tuple(str(i) for i in range(int(max(y.max(), yt.max())) + 1))
-            head = fit_head(x.astype(np.float32), y, classes)
-            probes.append(float((head.predict_proba(xt.astype(np.float32)).argmax(1) == yt).mean()))
+            x, xt, y, yt, classes = _split_data(name, split)
+            probes.append(float((fit_head(x, y, classes).predict_proba(xt).argmax(1) == yt).mean()))
         acc, probe = summ["acc"][budget], float(np.mean(probes))
         res[name] = (acc, probe, acc / probe)
         print(f"{name}: {strategy} at {budget} labels {100 * acc:.1f} %, full-pool probe {100 * probe:.1f} % "
