@@ -51,9 +51,9 @@ METHODS = ("probe", "plain", "tlkit", "timm")
 VAL_SHARE = 0.1  # timm's val split of the pool
 
 
-def timm_layout(name: str, split: int) -> Path:
+def timm_layout(name: str, split: int, per_class: int | None = None) -> Path:
     """``root/{train,val}``: the pool split 90/10 per class (seeded, symlinks) for timm's train.py."""
-    pool, _ = photo_data.image_folders(name, split)
+    pool, _ = photo_data.image_folders(name, split, pool_per_class=per_class)
     root = pool.parent / "timm"
     if not root.is_dir():
         tmp = root.with_name("timm.part")
@@ -69,13 +69,13 @@ def timm_layout(name: str, split: int) -> Path:
     return root
 
 
-def probe(name: str, split: int) -> dict:
+def probe(name: str, split: int, per_class: int | None = None) -> dict:
     """Logistic regression on the frozen 224 px features: test accuracy and macro F1."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
-    x, xt, y, yt = photo_data.load(name, split)
+    x, xt, y, yt = photo_data.load(name, split, pool_per_class=per_class)
     sc = StandardScaler().fit(x)
     pred = LogisticRegression(C=1.0, max_iter=3000).fit(sc.transform(x), y).predict(sc.transform(xt))
     return {"test_accuracy": float(np.mean(pred == yt)), "test_f1_macro": float(f1_score(yt, pred, average="macro"))}
@@ -84,9 +84,9 @@ def probe(name: str, split: int) -> dict:
 def run_one(method: str, name: str, split: int, seed: int, args, tmp: Path) -> dict:
     import bench_defaults as bd
 
-    pool, test = photo_data.image_folders(name, split)
+    pool, test = photo_data.image_folders(name, split, pool_per_class=args.pool_per_class)
     if method == "probe":
-        return probe(name, split)
+        return probe(name, split, args.pool_per_class)
     if method == "plain":
         return bd.plain_loop({"train": pool, "test": test}, args.image_size, seed, args.epochs, hflip=0.5)
     if method.startswith("tlkit"):  # "tlkit" or "tlkit:key=value,key=value" (a TrainConfig override study)
@@ -95,7 +95,7 @@ def run_one(method: str, name: str, split: int, seed: int, args, tmp: Path) -> d
         _, _, spec = method.partition(":")
         overrides = parse_overrides(spec.split(",")) if spec else {}
         return bd.tlkit_run({"train": pool, "test": test}, args.image_size, seed, overrides, tmp, epochs=args.epochs)
-    root = timm_layout(name, split)
+    root = timm_layout(name, split, args.pool_per_class)
     weights = bd.export_weights(tmp.parent.parent / "efficientnet_lite0_bundled.pth")
     return bd.timm_run(Path(args.timm_train), {"train": root / "train", "val": root / "val", "test": test},
                        args.image_size, weights, tmp, seed, args.timm_args.split(), epochs=args.epochs)
@@ -105,7 +105,7 @@ def run(args) -> None:
     out = Path(args.out)
     done = set()
     if out.exists():
-        done = {(r["set"], r["split"], r["method"], r["seed"], r["image_size"], r["epochs"])
+        done = {(r["set"], r["split"], r["method"], r["seed"], r["image_size"], r["epochs"], r.get("pool_per_class"))
                 for r in map(json.loads, out.read_text().splitlines()) if r}
     methods = [m for m in args.methods.split(";" if ":" in args.methods else ",") if m]
     with tempfile.TemporaryDirectory(prefix="photo-ft-") as tmp:
@@ -114,7 +114,7 @@ def run(args) -> None:
                 for split in (int(s) for s in args.splits.split(",")):
                     for m in methods:
                         s = 0 if m == "probe" else seed  # deterministic: one run
-                        key = (name, split, m, s, args.image_size, args.epochs)
+                        key = (name, split, m, s, args.image_size, args.epochs, args.pool_per_class)
                         if key in done:
                             continue
                         t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def run(args) -> None:
                         work.mkdir(parents=True)
                         r = run_one(m, name, split, s, args, work)
                         rec = {"set": name, "split": split, "method": m, "seed": s, "image_size": args.image_size,
-                               "epochs": args.epochs, "test_accuracy": round(r["test_accuracy"], 4),
+                               "epochs": args.epochs, "pool_per_class": args.pool_per_class, "test_accuracy": round(r["test_accuracy"], 4),
                                "test_f1_macro": round(r["test_f1_macro"], 4),
                                "seconds": round(time.perf_counter() - t0, 1), "loadavg": round(os.getloadavg()[0], 2)}
                         done.add(key)
@@ -136,14 +136,15 @@ def report(out: Path) -> dict:
     """Per (set, size, epochs): each method's mean accuracy and macro F1, and tlkit minus each peer."""
     groups: dict = {}
     for r in map(json.loads, out.read_text().splitlines()):
-        g = groups.setdefault((r["set"], r["image_size"], r["epochs"]), {}).setdefault(r["method"], [])
+        g = groups.setdefault((r["set"], r["image_size"], r["epochs"], r.get("pool_per_class")), {}).setdefault(r["method"], [])
         g.append(r)
     summary = {}
-    for (name, size, epochs), by_m in sorted(groups.items()):
+    for (name, size, epochs, per_class), by_m in sorted(groups.items(), key=lambda kv: (*kv[0][:3], kv[0][3] or 0)):
         mean = {m: {k: statistics.mean(r[k] for r in rs) for k in ("test_accuracy", "test_f1_macro")} | {"runs": len(rs)}
                 for m, rs in by_m.items()}
         role = "tuning" if name in ("cifar10", "clothing") else "report"
-        print(f"\n{name} ({role}), {size} px, {epochs} epochs")
+        cut = "" if per_class is None else f", pool cut to {per_class} per class"
+        print(f"\n{name} ({role}), {size} px, {epochs} epochs{cut}")
         print("| method | runs | accuracy | macro F1 | tlkit - it (acc, F1) |\n|---|---|---|---|---|")
         for m in [*METHODS, *sorted(k for k in mean if k not in METHODS)]:
             if m not in mean:
@@ -152,7 +153,7 @@ def report(out: Path) -> dict:
                  f"{100 * (mean['tlkit']['test_accuracy'] - mean[m]['test_accuracy']):+.1f}, "
                  f"{100 * (mean['tlkit']['test_f1_macro'] - mean[m]['test_f1_macro']):+.1f} pts")
             print(f"| {m} | {mean[m]['runs']} | {mean[m]['test_accuracy']:.4f} | {mean[m]['test_f1_macro']:.4f} | {d} |")
-        summary[f"{name}/{size}/{epochs}"] = mean
+        summary[f"{name}/{size}/{epochs}" + ("" if per_class is None else f"/pool{per_class}")] = mean
     return summary
 
 
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="';'-separated when a tlkit variant is named, e.g. 'tlkit;tlkit:class_weights=balanced;probe'")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--pool-per-class", type=int, default=None,
+                    help="cut each split's pool to this many images per class (a seeded draw; small-data studies)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core CPU; more on a GPU box)")
     ap.add_argument("--timm-train", default="/tmp/timm_train.py")
     ap.add_argument("--timm-args", default="", help="more train.py options")

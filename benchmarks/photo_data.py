@@ -279,8 +279,12 @@ def _take(idx: np.ndarray, cap: int | None, frac: float, rng: np.random.Generato
     return np.sort(rng.choice(idx, n, replace=False))
 
 
-def split_indices(name: str, split: int, cache: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (into ``export.csv``) of split ``split``'s pool and test set; disjoint, stratified."""
+def split_indices(name: str, split: int, cache: Path = DEFAULT_CACHE,
+                  pool_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (into ``export.csv``) of split ``split``'s pool and test set; disjoint, stratified.
+
+    ``pool_per_class``: the pool cut to at most this many images per class (a seeded draw from the full
+    split's pool; the test set unchanged), for studies of small data on a larger set."""
     spec, recs = get_set(name), exported(name, cache)
     labels, sides = np.array([r.label for r in recs]), np.array([r.side for r in recs])
     rng_pool, rng_test = np.random.default_rng([split, 1]), np.random.default_rng([split, 2])
@@ -294,6 +298,9 @@ def split_indices(name: str, split: int, cache: Path = DEFAULT_CACHE) -> tuple[n
             test.append(_take(members, spec.test_cap, spec.test_frac, rng_test))
             rest = np.setdiff1d(members, test[-1])
         pool.append(_take(rest, spec.pool_cap, spec.pool_frac, rng_pool))
+    if pool_per_class is not None:
+        rng_cut = np.random.default_rng([split, 4])
+        pool = [np.sort(rng_cut.choice(p, min(len(p), pool_per_class), replace=False)) for p in pool]
     pool_idx, test_idx = np.sort(np.concatenate(pool)), np.sort(np.concatenate(test))
     assert not np.intersect1d(pool_idx, test_idx).size
     return pool_idx, test_idx
@@ -334,7 +341,8 @@ def _rel(path: str, root: Path) -> str:
     return (p.relative_to(root) if p.is_absolute() else p).as_posix()
 
 
-def load(name: str, split: int, cache: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load(name: str, split: int, cache: Path = DEFAULT_CACHE,
+         pool_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_pool, x_test, y_pool, y_test)`` of set ``name`` under split ``split`` (as ``al_data.load``).
 
     ``x_*`` are ``[n, 1280]`` float32 embeddings, ``y_*`` int64 indices into :func:`classes`.
@@ -345,20 +353,21 @@ def load(name: str, split: int, cache: Path = DEFAULT_CACHE) -> tuple[np.ndarray
     x, recs = embeddings(name, cache), exported(name, cache)
     names = classes(name, cache)
     y = np.array([names.index(r.label) for r in recs], np.int64)
-    pool, test = split_indices(name, split, cache)
+    pool, test = split_indices(name, split, cache, pool_per_class)
     return x[pool], x[test], y[pool], y[test]
 
 
-def image_folders(name: str, split: int, cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
+def image_folders(name: str, split: int, cache: Path = DEFAULT_CACHE,
+                  pool_per_class: int | None = None) -> tuple[Path, Path]:
     """``(pool_dir, test_dir)``: class trees of symlinks to split ``split``'s pool and test images,
-    under ``cache/<name>/splits/<split>/`` (made once)."""
+    under ``cache/<name>/splits/<split>/`` (``<split>-pool<N>/`` with ``pool_per_class``; made once)."""
     folder = export(name, cache)
-    out = folder / "splits" / str(split)
+    out = folder / "splits" / (str(split) if pool_per_class is None else f"{split}-pool{pool_per_class}")
     if not out.is_dir():
         recs = exported(name, cache)
         tmp = out.with_name(out.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
-        for part, idx in zip(("pool", "test"), split_indices(name, split, cache)):
+        for part, idx in zip(("pool", "test"), split_indices(name, split, cache, pool_per_class)):
             for i in idx:
                 link = tmp / part / recs[i].path
                 link.parent.mkdir(parents=True, exist_ok=True)

@@ -436,3 +436,59 @@ def test_linear_probe_recipe_on_photo_crops(tmp_path):
     test = make_photo_crops_folder(tmp_path / "test", per_class=6, seed=11, **kw)
     fit(make_config("linear-probe", image_size=96, epochs=15, workers=0), data=train, out=tmp_path / "run")
     assert evaluate_run(tmp_path / "run", test, workers=0)["accuracy"] >= 0.85
+
+
+# --------------------------------------------------------------------------- head_init: probe (LP-FT)
+
+
+def test_probe_head_init_starts_from_the_logistic_regression_on_the_frozen_features(tiny, tmp_path):
+    """The head fitted before the first epoch predicts what scikit-learn's regression on the same features
+    predicts; then the whole network trains from there."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tlkit.data import ImageDataset, build_transform, make_loader
+    from tlkit.train.engine import prepare_model
+    from tlkit.train.head_init import PROBE_C, init_head_from_probe
+    from tlkit.train.loaders import embed, setup_runtime
+    from tlkit.train.splits import prepare_splits
+
+    cfg = tiny_config(head_init="probe")
+    splits = prepare_splits(tiny, None, val_fraction=0.2, seed=0)
+    rt = setup_runtime(cfg)
+    _, _, data_config, model = prepare_model(cfg, len(splits.classes), rt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    done = init_head_from_probe(model, splits, data_config, cfg, rt)
+    assert done.n_fitted == done.n_images == len(splits.train) == 18  # 24 images, 2 per class held out
+    ds = ImageDataset(splits.train, build_transform(data_config), splits.class_to_idx)
+    feats, y, _ = embed(model, make_loader(ds, batch_size=8, workers=0, device=rt.device), rt)
+    ref = LogisticRegression(C=PROBE_C, max_iter=2000).fit(feats.numpy(), y.numpy())
+    with torch.no_grad():
+        ours = model.get_classifier()(feats).numpy()
+    assert np.allclose(ours, ref.decision_function(feats.numpy()), atol=1e-3)
+    assert done.train_score == float(np.mean(ref.predict(feats.numpy()) == y.numpy()))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc.")), "only the head moves"
+    res = fit(cfg, data=tiny, out=tmp_path / "lpft")  # and the whole run trains from it
+    assert len(res.history) == 2 and res.best is not None
+
+
+def test_probe_weights_cover_binary_missing_and_multilabel_targets():
+    from sklearn.linear_model import LogisticRegression
+
+    from tlkit.train.head_init import PROBE_C, probe_weights
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)) * [1, 10, 0.1, 1, 1] + [0, 5, -3, 0, 0]
+    y = (x[:, 0] + x[:, 1] / 10 > 0.5).astype(int)
+    w, b = probe_weights(x, y, n_classes=3)  # binary, and a third class no image has
+    ref = LogisticRegression(C=PROBE_C, max_iter=2000).fit(x, y)
+    logits = x @ w.T + b
+    assert np.allclose(logits[:, 1] - logits[:, 0], ref.decision_function(x), atol=1e-4)
+    assert (logits.argmax(1) == ref.predict(x)).all() and (logits[:, 2] < logits[:, :2].min(1)).all()
+    multi = np.stack([y, 1 - y, np.ones_like(y)], 1)  # multi-hot; the third label always on
+    w, b = probe_weights(x, multi, n_classes=3)
+    logits = x @ w.T + b
+    assert np.allclose(logits[:, 0], ref.decision_function(x), atol=1e-4)
+    assert (logits[:, 2] > 0).all() and not w[2].any()
+    with pytest.raises(TlkitError, match="two classes"):
+        probe_weights(x, np.zeros(60, int), n_classes=2)

@@ -32,6 +32,7 @@ from tlkit.core.io import not_utf8_message, write_text, yaml_problem
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 MODES = ("full", "linear-probe", "freeze-unfreeze")
+HEAD_INITS = ("random", "probe")  # tlkit.train.head_init
 MONITOR_METRICS = ("val_accuracy", "val_loss", "val_f1_macro", "val_map")
 SAMPLERS = ("uniform", "balanced")
 LR_SCALES = ("none", "linear", "sqrt")
@@ -114,6 +115,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd / rmsprop
     nesterov: bool = False  # sgd
     layer_decay: float | None = None  # full mode: lr x layer_decay per layer group from head to stem, e.g. 0.8
+    head_init: str = "random"  # random | probe: start from a logistic regression on the frozen features (LP-FT; tlkit.train.head_init)
     freeze_epochs: int = 1  # freeze-unfreeze: head-only epochs first
     unfreeze_lr_scale: float = 0.1  # freeze-unfreeze: lr multiplier once the body is unfrozen
     precompute_features: bool = False  # linear-probe: embed once (no augmentation), train the head
@@ -183,6 +185,8 @@ def _validate(cfg: TrainConfig) -> None:
             default = getattr(TrainConfig, f.name, None)
             raise bad(f.name, "give finite numbers" if isinstance(value, list) else "give a finite number "
                       + ("(or null to switch it off)" if default is None else f"(the default is {default!r})"))
+    if cfg.head_init not in HEAD_INITS:
+        raise bad("head_init", f"choose one of: {', '.join(HEAD_INITS)}")
     if cfg.mode not in MODES:
         raise bad("mode", f"choose one of: {', '.join(MODES)}")
     if cfg.monitor not in MONITOR_METRICS:

@@ -565,6 +565,10 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
          unlabeled: UnlabeledSet | None = None) -> FitResult:
     k = len(splits.classes)
     bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
+    if cfg.head_init == "probe" and saved is None:  # a resumed run restores its trained head instead
+        from tlkit.train.head_init import init_head_from_probe
+
+        init_head_from_probe(model, splits, data_config, cfg, rt)
     if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
         cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
     pipe = make_pipeline(cfg, model, splits, data_config, rt, unlabeled)

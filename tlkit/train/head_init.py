@@ -1,0 +1,130 @@
+"""Start a fine-tune from a fitted linear probe (``head_init: probe``; LP-FT, Kumar et al. 2022).
+
+A fine-tune that starts from a random classifier sends large, noisy gradients into a body whose features
+a linear head already separates; with few images per class the run ends before it recovers. Here the
+classifier starts where a linear probe ends: the training images are embedded once without augmentation
+(the body in eval mode, as the validation transform sees them), an L2-regularised logistic regression is
+fitted on the features (C 0.1, scikit-learn; one binary regression per label on multi-label data) and copied
+into the classifier's weight and bias, so the untrained network already predicts what the probe predicts.
+
+The regression sees the raw features, not standardised ones: folding a standardisation back into the head
+divides its weights by per-feature deviations as small as 0.02, and a fine-tune from such a head (weights
+1000x a random init's) diverged on the tuning photos (``benchmarks/results/photo_finetune_small_plan.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlkit.core.errors import TlkitError
+from tlkit.train.config import HEAD_INITS
+
+log = logging.getLogger(__name__)
+
+MAX_FIT_IMAGES = 20_000  # a larger training split fits the regression on a seeded sample of this many
+PROBE_C = 0.1  # inverse L2 strength on the raw features (chosen on the tuning photos' probe accuracy)
+
+
+@dataclass(frozen=True)
+class ProbeInit:
+    """What :func:`init_head_from_probe` did: images embedded and fitted, the probe's training score
+    (accuracy, or micro accuracy over labels on multi-label data) and the seconds it took."""
+
+    n_images: int
+    n_fitted: int
+    train_score: float
+    seconds: float
+
+
+def probe_weights(feats: np.ndarray, targets: np.ndarray, n_classes: int, seed: int = 0,
+                  c: float = PROBE_C) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight [k, D], bias [k])`` of a logistic regression on ``feats``: ``feats @ weight.T + bias``
+    are its logits.
+
+    ``targets``: class indices ``[n]`` (softmax over ``n_classes``; a class absent from ``targets`` gets a
+    zero row and a bias far below the others) or a multi-hot ``[n, k]`` (one binary regression per label;
+    a label that is always or never on gets a zero row and the log-odds of its frequency, clipped)."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = np.asarray(feats, np.float64)
+    w = np.zeros((n_classes, z.shape[1]))
+    b = np.zeros(n_classes)
+    if targets.ndim == 2:  # multi-label: one binary regression per label
+        for j in range(n_classes):
+            col = targets[:, j].astype(int)
+            if col.min() == col.max():
+                p = np.clip(col.mean(), 1e-3, 1 - 1e-3)
+                b[j] = np.log(p / (1 - p))
+                continue
+            lr = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(z, col)
+            w[j], b[j] = lr.coef_[0], lr.intercept_[0]
+    else:
+        present = np.unique(targets)
+        if len(present) < 2:
+            raise TlkitError("head_init=probe needs at least two classes among the training images")
+        lr = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(z, targets)
+        if len(present) == 2:  # one coefficient row: logit(second) - logit(first)
+            coef, icpt = np.vstack([-lr.coef_[0] / 2, lr.coef_[0] / 2]), np.array([-lr.intercept_[0] / 2, lr.intercept_[0] / 2])
+        else:
+            coef, icpt = lr.coef_, lr.intercept_
+        b[:] = icpt.min() - 20.0  # classes with no training image: never predicted by the start head
+        w[present], b[present] = coef, icpt
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _linear_head(model: nn.Module) -> nn.Linear:
+    from tlkit.train.optim import head_module
+
+    head = head_module(model)
+    if not isinstance(head, nn.Linear):
+        raise TlkitError(f"head_init=probe needs a linear classifier; {type(model).__name__}'s is a "
+                         f"{type(head).__name__}: leave head_init at random")
+    return head
+
+
+def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> ProbeInit:
+    """Embed ``splits.train`` (no augmentation), fit the probe, copy it into ``model``'s classifier."""
+    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
+    from tlkit.train.loaders import embed
+
+    t0 = time.perf_counter()
+    head = _linear_head(model)
+    records = list(splits.train)
+    if len(records) > MAX_FIT_IMAGES:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(records), MAX_FIT_IMAGES, replace=False))
+        records = [records[i] for i in keep]
+    ds = ImageDataset(records, build_transform(data_config), splits.class_to_idx, size_hint=size_hint_for(data_config))
+    loader = make_loader(ds, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device)
+    was_training = model.training
+    with torch.no_grad():
+        feats, targets, _ = embed(model, loader, rt)
+    model.train(was_training)
+    if feats.shape[1] != head.in_features:
+        raise TlkitError(f"head_init=probe: the features have {feats.shape[1]} dimensions, the classifier takes "
+                         f"{head.in_features}; leave head_init at random for this backbone")
+    x, y = feats.numpy(), targets.numpy()
+    known = (y >= 0).all(1) if y.ndim == 2 else y >= 0  # -1: a label unknown
+    x, y = x[known], y[known]
+    if not len(x):
+        raise TlkitError("head_init=probe: no training image could be read and labeled; check the data folder")
+    if head.bias is None:
+        raise TlkitError("head_init=probe needs a classifier with a bias; leave head_init at random")
+    w, b = probe_weights(x, y, head.out_features, seed=cfg.seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w).to(head.weight))
+        head.bias.copy_(torch.from_numpy(b).to(head.bias))
+    logits = x @ w.T + b
+    score = float(((logits > 0) == (y > 0.5)).mean() if y.ndim == 2 else (logits.argmax(1) == y).mean())
+    done = ProbeInit(n_images=len(splits.train), n_fitted=len(x), train_score=score, seconds=time.perf_counter() - t0)
+    log.info("head_init=probe: logistic regression on %d training images' features (train score %.3f, %.1f s)",
+             done.n_fitted, done.train_score, done.seconds)
+    return done
+
+
+__all__ = ["HEAD_INITS", "ProbeInit", "init_head_from_probe", "probe_weights"]
