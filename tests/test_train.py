@@ -492,3 +492,24 @@ def test_probe_weights_cover_binary_missing_and_multilabel_targets():
     assert (logits[:, 2] > 0).all() and not w[2].any()
     with pytest.raises(TlkitError, match="two classes"):
         probe_weights(x, np.zeros(60, int), n_classes=2)
+
+
+def test_probe_start_competes_for_best_and_is_kept_when_no_epoch_beats_it(tiny, tmp_path):
+    """A fine-tune that only gets worse (an absurd learning rate) keeps the start: frozen body, probe head."""
+    from tlkit.core.runtime import seed_everything
+    from tlkit.models.backbones import create_backbone
+
+    out = tmp_path / "kept"
+    res = fit(tiny_config(head_init="probe", lr=50.0, warmup_epochs=0, schedule="constant"), data=tiny, out=out)
+    assert res.best["epoch"] == 0 and len(res.history) == 2
+    assert all(r["val_accuracy"] < res.best["val_accuracy"] or r["val_loss"] > res.best["val_loss"]
+               for r in res.history)
+    assert read_json(out / "metrics.json")["best"]["epoch"] == 0 and read_json(out / "best.json")["epoch"] == 0
+    best = load_file(str(out / "best.safetensors"))
+    seed_everything(0)
+    fresh = create_backbone("test_resnet", pretrained=False, num_classes=3).model.state_dict()
+    assert all(torch.equal(best[k], fresh[k]) for k in best if not k.startswith("fc.")), "the untouched body"
+    assert not torch.equal(best["fc.weight"], fresh["fc.weight"]), "the probe's head"
+    kept = evaluate_run(out, tiny, workers=0, precision="fp32")["accuracy"]  # a whole, usable run
+    last = evaluate_run(out, tiny, which="last", workers=0, precision="fp32")["accuracy"]
+    assert kept > last and kept >= 0.75, (kept, last)  # the probe fitted on 18 of these 24 images

@@ -44,7 +44,8 @@ from tlkit.train.predictions import Predictions, predict_loader
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
 from tlkit.train.speedups import flush_denormals, keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits
-from tlkit.train.state import CHECKPOINTS, TrainState, check_out_dir, check_resumable, restore, save_epoch
+from tlkit.train.state import (CHECKPOINTS, TrainState, check_out_dir, check_resumable, export_state_dict, restore,
+                               save_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -560,6 +561,18 @@ def run_epoch(st: TrainState, cfg: TrainConfig, epoch: int, pipe: Pipeline, loss
     return row, improved, preds
 
 
+def validate_start(st: TrainState, cfg: TrainConfig, pipe: Pipeline, rt: Runtime, classes, multilabel: bool) -> dict:
+    """``head_init: probe``: validate the start model (the probe's head on the untouched body) and make it
+    the best so far (``epoch: 0``), so that a fine-tune that never beats the probe on the hold-out keeps it."""
+    preds = validate(st.model if pipe.val_forward is None else pipe.trained, pipe.val_forward, pipe.val, rt, multilabel)
+    row = {"epoch": 0, "val_loss": preds.loss, **{f"val_{k}": v for k, v in _quick(preds, multilabel).items()}}
+    st.best_preds = preds
+    st.best = best_entry(row, "model", preds, cfg, classes, multilabel)
+    log.info("head_init=probe: the start model scores %s %.4f on the hold-out; an epoch must beat it to replace it",
+             cfg.monitor, row.get(cfg.monitor, float("nan")))
+    return row
+
+
 def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
          t0: float, chosen: dict | None = None, checkpoints: str = "full",
          unlabeled: UnlabeledSet | None = None) -> FitResult:
@@ -591,6 +604,11 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
     tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard and checkpoints == "full")
     resumed_from, val_failures, preds = st.epoch, [], None
     stopped = bool(saved and saved.get("stopped"))
+    if cfg.head_init == "probe" and saved is None:
+        start = validate_start(st, cfg, pipe, rt, splits.classes, ml)
+        if rt.dist.is_main:
+            ckpt.save_weights(out / "best.safetensors", export_state_dict(st, False, pipe.prefix),
+                              meta.at_epoch(0, start, "model", st.best.get("thresholds")).to_dict())
     for epoch in range(st.epoch, cfg.epochs if not stopped else st.epoch):
         row, improved, preds = run_epoch(st, cfg, epoch, pipe, loss_fn, mixup, rt, progress, splits.classes,
                                          tb.log_step, ml)
