@@ -573,6 +573,28 @@ def validate_start(st: TrainState, cfg: TrainConfig, pipe: Pipeline, rt: Runtime
     return row
 
 
+def keep_start_refit(st: TrainState, cfg: TrainConfig, splits: Splits) -> bool:
+    """Whether the kept start model's head is refitted on the training and hold-out images: ``head_init:
+    probe``, no epoch beat the start, single-label, and the hold-out was cut from the training data (a
+    ``--val`` folder the user gave stays unseen)."""
+    return (cfg.head_init == "probe" and st.best is not None and st.best.get("epoch") == 0
+            and "refit" not in st.best and not splits.multilabel and splits.val_origin == "split")
+
+
+def refit_kept_start(out: Path, st: TrainState, splits: Splits, data_config: DataConfig, cfg: TrainConfig,
+                     rt: Runtime) -> None:
+    """``best.safetensors`` (the start) with its head refitted on every labeled image; ``metrics.json``'s best
+    keeps the hold-out scores measured before the refit and says ``refit: N images``."""
+    from tlkit.train.head_init import refit_head_on_all
+
+    sd, meta = ckpt.load_weights(out / "best.safetensors")
+    st.model.load_state_dict(sd)
+    n = refit_head_on_all(st.model, splits, data_config, cfg, rt)
+    st.best["refit"] = n
+    ckpt.save_weights(out / "best.safetensors", st.model.state_dict(), {**meta, "refit": n})
+    outputs.write_history(out, st.history, st.best)
+
+
 def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Runtime, progress, on_epoch,
          t0: float, chosen: dict | None = None, checkpoints: str = "full",
          unlabeled: UnlabeledSet | None = None) -> FitResult:
@@ -623,6 +645,8 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
         if stopped:
             log.info("early stopping: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
             break
+    if rt.dist.is_main and keep_start_refit(st, cfg, splits):
+        refit_kept_start(out, st, splits, data_config, cfg, rt)
     if rt.dist.is_main:
         shown = st.best_preds if st.best_preds is not None else preds
         outputs.log_final(tb, cfg, st.best, splits.classes, shown, _val_records(pipe, splits, shown))

@@ -88,14 +88,13 @@ def _linear_head(model: nn.Module) -> nn.Linear:
     return head
 
 
-def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> ProbeInit:
-    """Embed ``splits.train`` (no augmentation), fit the probe, copy it into ``model``'s classifier."""
+def embed_records(model: nn.Module, records, splits, data_config, cfg, rt) -> tuple[np.ndarray, np.ndarray]:
+    """``(features [n, D], targets)`` of the labeled, decodable ``records`` (no augmentation, body in eval
+    mode), at most :data:`MAX_FIT_IMAGES` of them (a seeded sample)."""
     from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
     from tlkit.train.loaders import embed
 
-    t0 = time.perf_counter()
-    head = _linear_head(model)
-    records = list(splits.train)
+    records = list(records)
     if len(records) > MAX_FIT_IMAGES:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(records), MAX_FIT_IMAGES, replace=False))
         records = [records[i] for i in keep]
@@ -105,26 +104,47 @@ def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> Prob
     with torch.no_grad():
         feats, targets, _ = embed(model, loader, rt)
     model.train(was_training)
-    if feats.shape[1] != head.in_features:
-        raise TlkitError(f"head_init=probe: the features have {feats.shape[1]} dimensions, the classifier takes "
-                         f"{head.in_features}; leave head_init at random for this backbone")
     x, y = feats.numpy(), targets.numpy()
     known = (y >= 0).all(1) if y.ndim == 2 else y >= 0  # -1: a label unknown
-    x, y = x[known], y[known]
+    return x[known], y[known]
+
+
+def _set_head(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int) -> float:
+    """Fit the probe on ``(x, y)`` into ``model``'s classifier; its training score."""
+    head = _linear_head(model)
     if not len(x):
         raise TlkitError("head_init=probe: no training image could be read and labeled; check the data folder")
-    if head.bias is None:
-        raise TlkitError("head_init=probe needs a classifier with a bias; leave head_init at random")
-    w, b = probe_weights(x, y, head.out_features, seed=cfg.seed)
+    if x.shape[1] != head.in_features:
+        raise TlkitError(f"head_init=probe: the features have {x.shape[1]} dimensions, the classifier takes "
+                         f"{head.in_features}; leave head_init at random for this backbone")
+    w, b = probe_weights(x, y, head.out_features, seed=seed)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(w).to(head.weight))
         head.bias.copy_(torch.from_numpy(b).to(head.bias))
     logits = x @ w.T + b
-    score = float(((logits > 0) == (y > 0.5)).mean() if y.ndim == 2 else (logits.argmax(1) == y).mean())
+    return float(((logits > 0) == (y > 0.5)).mean() if y.ndim == 2 else (logits.argmax(1) == y).mean())
+
+
+def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> ProbeInit:
+    """Embed ``splits.train`` (no augmentation), fit the probe, copy it into ``model``'s classifier."""
+    t0 = time.perf_counter()
+    _linear_head(model)  # a clear error before the embedding pass
+    x, y = embed_records(model, splits.train, splits, data_config, cfg, rt)
+    score = _set_head(model, x, y, cfg.seed)
     done = ProbeInit(n_images=len(splits.train), n_fitted=len(x), train_score=score, seconds=time.perf_counter() - t0)
     log.info("head_init=probe: logistic regression on %d training images' features (train score %.3f, %.1f s)",
              done.n_fitted, done.train_score, done.seconds)
     return done
 
 
-__all__ = ["HEAD_INITS", "ProbeInit", "init_head_from_probe", "probe_weights"]
+def refit_head_on_all(model: nn.Module, splits, data_config, cfg, rt) -> int:
+    """The kept start model's head refitted on the training and hold-out images together (``model`` holds
+    the start's untouched body); returns how many images the regression saw."""
+    x, y = embed_records(model, [*splits.train, *splits.val], splits, data_config, cfg, rt)
+    _set_head(model, x, y, cfg.seed)
+    log.info("head_init=probe: no epoch beat the start on the hold-out; kept it, its head refitted on %d training "
+             "and hold-out images", len(x))
+    return len(x)
+
+
+__all__ = ["HEAD_INITS", "ProbeInit", "embed_records", "init_head_from_probe", "probe_weights", "refit_head_on_all"]
