@@ -536,3 +536,22 @@ def test_a_probe_start_kept_against_a_given_val_folder_is_not_refitted(tiny, tmp
     res = fit(tiny_config(head_init="probe", lr=50.0, warmup_epochs=0, schedule="constant"), data=tiny, val=val,
               out=tmp_path / "run")
     assert res.best["epoch"] == 0 and "refit" not in res.best and "refit" not in read_json(tmp_path / "run" / "best.json")
+
+
+def test_probe_head_init_is_skipped_with_a_warning_where_the_classifier_is_not_one_linear_layer(tiny, caplog):
+    from tlkit.models.backbones import create_backbone
+    from tlkit.train.head_init import init_head_from_probe, probe_head_problem
+    from tlkit.train.loaders import setup_runtime
+    from tlkit.train.splits import prepare_splits
+
+    for name in ("test_resnet", "mobilenetv3_small_050", "tv:resnet18"):  # timm, a head_hidden_size, torchvision
+        assert probe_head_problem(create_backbone(name, pretrained=False, num_classes=3).model) is None, name
+    bb = create_backbone("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=3)  # two classifiers
+    assert "tuple" in probe_head_problem(bb.model)
+    cfg = tiny_config(head_init="probe")
+    before = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        assert init_head_from_probe(bb.model, prepare_splits(tiny, None, val_fraction=0.2, seed=0), bb.data_config,
+                                    cfg, setup_runtime(cfg)) is None
+    assert "head_init=probe skipped" in caplog.text
+    assert all(torch.equal(before[k], v) for k, v in bb.model.state_dict().items())

@@ -600,10 +600,11 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
          unlabeled: UnlabeledSet | None = None) -> FitResult:
     k = len(splits.classes)
     bb, model_kwargs, data_config, model = prepare_model(cfg, k, rt)
-    if cfg.head_init == "probe" and saved is None:  # a resumed run restores its trained head instead
+    probe_start = False  # head_init: probe on a fresh run (a resumed run restores its trained head instead)
+    if cfg.head_init == "probe" and saved is None:
         from tlkit.train.head_init import init_head_from_probe
 
-        init_head_from_probe(model, splits, data_config, cfg, rt)
+        probe_start = init_head_from_probe(model, splits, data_config, cfg, rt) is not None
     if chosen is None:  # batch_size auto: probed on CUDA; the lr rule applied
         cfg, chosen = autobatch.resolve(cfg, model, rt, len(splits.train), data_config.input_size, k)
     pipe = make_pipeline(cfg, model, splits, data_config, rt, unlabeled)
@@ -626,7 +627,7 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
     tb = outputs.TensorBoardLog(out, enabled=rt.dist.is_main and cfg.tensorboard and checkpoints == "full")
     resumed_from, val_failures, preds = st.epoch, [], None
     stopped = bool(saved and saved.get("stopped"))
-    if cfg.head_init == "probe" and saved is None:
+    if probe_start:
         start = validate_start(st, cfg, pipe, rt, splits.classes, ml)
         if rt.dist.is_main:
             ckpt.save_weights(out / "best.safetensors", export_state_dict(st, False, pipe.prefix),

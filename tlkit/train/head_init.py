@@ -78,14 +78,30 @@ def probe_weights(feats: np.ndarray, targets: np.ndarray, n_classes: int, seed: 
     return w.astype(np.float32), b.astype(np.float32)
 
 
+def probe_head_problem(model: nn.Module) -> str | None:
+    """Why ``model``'s classifier cannot start from a probe (not one ``nn.Linear`` with a bias taking the
+    pre-logit features), or ``None`` when it can."""
+    from tlkit.train.optim import head_module
+
+    try:
+        head = head_module(model)
+    except TlkitError as e:
+        return str(e)
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        return f"{type(model).__name__}'s classifier is a {type(head).__name__}, not a linear layer with a bias"
+    dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", head.in_features)  # timm
+    if dim != head.in_features:
+        return f"its features have {dim} dimensions, its classifier takes {head.in_features}"
+    return None
+
+
 def _linear_head(model: nn.Module) -> nn.Linear:
     from tlkit.train.optim import head_module
 
-    head = head_module(model)
-    if not isinstance(head, nn.Linear):
-        raise TlkitError(f"head_init=probe needs a linear classifier; {type(model).__name__}'s is a "
-                         f"{type(head).__name__}: leave head_init at random")
-    return head
+    problem = probe_head_problem(model)
+    if problem:
+        raise TlkitError(f"head_init=probe: {problem}; leave head_init at random")
+    return head_module(model)
 
 
 def embed_records(model: nn.Module, records, splits, data_config, cfg, rt) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +132,7 @@ def _set_head(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int) -> floa
         raise TlkitError("head_init=probe: no training image could be read and labeled; check the data folder")
     if x.shape[1] != head.in_features:
         raise TlkitError(f"head_init=probe: the features have {x.shape[1]} dimensions, the classifier takes "
-                         f"{head.in_features}; leave head_init at random for this backbone")
+                         f"{head.in_features}; set head_init=random for this backbone")
     w, b = probe_weights(x, y, head.out_features, seed=seed)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(w).to(head.weight))
@@ -125,10 +141,17 @@ def _set_head(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int) -> floa
     return float(((logits > 0) == (y > 0.5)).mean() if y.ndim == 2 else (logits.argmax(1) == y).mean())
 
 
-def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> ProbeInit:
-    """Embed ``splits.train`` (no augmentation), fit the probe, copy it into ``model``'s classifier."""
+def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> ProbeInit | None:
+    """Embed ``splits.train`` (no augmentation), fit the probe, copy it into ``model``'s classifier.
+
+    ``None`` (a warning logged, the classifier left as created) for a model whose classifier is not one
+    linear layer on the pre-logit features (:func:`probe_head_problem`): the run trains as with
+    ``head_init: random``."""
     t0 = time.perf_counter()
-    _linear_head(model)  # a clear error before the embedding pass
+    problem = probe_head_problem(model)
+    if problem:
+        log.warning("head_init=probe skipped: %s; the classifier starts as created", problem)
+        return None
     x, y = embed_records(model, splits.train, splits, data_config, cfg, rt)
     score = _set_head(model, x, y, cfg.seed)
     done = ProbeInit(n_images=len(splits.train), n_fitted=len(x), train_score=score, seconds=time.perf_counter() - t0)
@@ -147,4 +170,5 @@ def refit_head_on_all(model: nn.Module, splits, data_config, cfg, rt) -> int:
     return len(x)
 
 
-__all__ = ["HEAD_INITS", "ProbeInit", "embed_records", "init_head_from_probe", "probe_weights", "refit_head_on_all"]
+__all__ = ["HEAD_INITS", "ProbeInit", "embed_records", "init_head_from_probe", "probe_head_problem", "probe_weights",
+           "refit_head_on_all"]
