@@ -44,7 +44,7 @@ from tlkit.train.predictions import Predictions, predict_loader
 from tlkit.train.schedule import ScheduleSpec, build_scheduler
 from tlkit.train.speedups import flush_denormals, keep_depthwise_fp32, outplace_activations
 from tlkit.train.splits import Splits, prepare_splits
-from tlkit.train.state import (CHECKPOINTS, TrainState, check_out_dir, check_resumable, export_state_dict, restore,
+from tlkit.train.state import (CHECKPOINTS, TrainState, check_out_dir, check_resumable, restore, save_best,
                                save_epoch)
 
 log = logging.getLogger(__name__)
@@ -630,8 +630,7 @@ def _fit(cfg: TrainConfig, splits: Splits, out: Path, saved: dict | None, rt: Ru
     if probe_start:
         start = validate_start(st, cfg, pipe, rt, splits.classes, ml)
         if rt.dist.is_main:
-            ckpt.save_weights(out / "best.safetensors", export_state_dict(st, False, pipe.prefix),
-                              meta.at_epoch(0, start, "model", st.best.get("thresholds")).to_dict())
+            save_best(out, st, meta, pipe.prefix, start)
     for epoch in range(st.epoch, cfg.epochs if not stopped else st.epoch):
         row, improved, preds = run_epoch(st, cfg, epoch, pipe, loss_fn, mixup, rt, progress, splits.classes,
                                          tb.log_step, ml)

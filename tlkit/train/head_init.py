@@ -104,21 +104,18 @@ def _linear_head(model: nn.Module) -> nn.Linear:
     return head_module(model)
 
 
-def embed_records(model: nn.Module, records, splits, data_config, cfg, rt) -> tuple[np.ndarray, np.ndarray]:
+def labeled_features(model: nn.Module, records, splits, data_config, cfg, rt) -> tuple[np.ndarray, np.ndarray]:
     """``(features [n, D], targets)`` of the labeled, decodable ``records`` (no augmentation, body in eval
     mode), at most :data:`MAX_FIT_IMAGES` of them (a seeded sample)."""
-    from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
-    from tlkit.train.loaders import embed
+    from tlkit.train.loaders import embed_records
 
     records = list(records)
     if len(records) > MAX_FIT_IMAGES:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(records), MAX_FIT_IMAGES, replace=False))
         records = [records[i] for i in keep]
-    ds = ImageDataset(records, build_transform(data_config), splits.class_to_idx, size_hint=size_hint_for(data_config))
-    loader = make_loader(ds, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device)
     was_training = model.training
     with torch.no_grad():
-        feats, targets, _ = embed(model, loader, rt)
+        feats, targets, _ = embed_records(model, records, splits.class_to_idx, data_config, cfg, rt)
     model.train(was_training)
     x, y = feats.numpy(), targets.numpy()
     known = (y >= 0).all(1) if y.ndim == 2 else y >= 0  # -1: a label unknown
@@ -152,7 +149,7 @@ def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> Prob
     if problem:
         log.warning("head_init=probe skipped: %s; the classifier starts as created", problem)
         return None
-    x, y = embed_records(model, splits.train, splits, data_config, cfg, rt)
+    x, y = labeled_features(model, splits.train, splits, data_config, cfg, rt)
     score = _set_head(model, x, y, cfg.seed)
     done = ProbeInit(n_images=len(splits.train), n_fitted=len(x), train_score=score, seconds=time.perf_counter() - t0)
     log.info("head_init=probe: logistic regression on %d training images' features (train score %.3f, %.1f s)",
@@ -163,12 +160,12 @@ def init_head_from_probe(model: nn.Module, splits, data_config, cfg, rt) -> Prob
 def refit_head_on_all(model: nn.Module, splits, data_config, cfg, rt) -> int:
     """The kept start model's head refitted on the training and hold-out images together (``model`` holds
     the start's untouched body); returns how many images the regression saw."""
-    x, y = embed_records(model, [*splits.train, *splits.val], splits, data_config, cfg, rt)
+    x, y = labeled_features(model, [*splits.train, *splits.val], splits, data_config, cfg, rt)
     _set_head(model, x, y, cfg.seed)
     log.info("head_init=probe: no epoch beat the start on the hold-out; kept it, its head refitted on %d training "
              "and hold-out images", len(x))
     return len(x)
 
 
-__all__ = ["HEAD_INITS", "ProbeInit", "embed_records", "init_head_from_probe", "probe_head_problem", "probe_weights",
+__all__ = ["HEAD_INITS", "ProbeInit", "labeled_features", "init_head_from_probe", "probe_head_problem", "probe_weights",
            "refit_head_on_all"]

@@ -183,20 +183,24 @@ def embed(model: nn.Module, loader: Iterable, rt: Runtime) -> tuple[torch.Tensor
     return torch.cat(feats), torch.cat(targets), failures
 
 
-def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: Mapping[str, Any], rt: Runtime):
-    """Linear probe with ``precompute_features``: embed train and val once, without augmentation."""
+def embed_records(model: nn.Module, records, class_to_idx: Mapping[str, int], data_config: Mapping[str, Any],
+                  cfg: TrainConfig, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """:func:`embed` over ``records`` with the validation transform (no augmentation), ``2 x batch`` per step."""
     from tlkit.data import ImageDataset, build_transform, make_loader, size_hint_for
 
+    ds = ImageDataset(records, build_transform(data_config), class_to_idx, size_hint=size_hint_for(data_config))
+    return embed(model, make_loader(ds, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device), rt)
+
+
+def feature_loaders(cfg: TrainConfig, model: nn.Module, splits: Splits, data_config: Mapping[str, Any], rt: Runtime):
+    """Linear probe with ``precompute_features``: embed train and val once, without augmentation."""
     if cfg.cutmix > 0:
         raise TlkitError("cutmix needs images; with precompute_features=true use mixup only (or cutmix=0)")
     if rt.dist.enabled:
         raise TlkitError("precompute_features is for single-process runs; drop it or run without torchrun")
-    tf = build_transform(data_config)
     out, failures = [], []
     for records in (splits.train, splits.val):
-        ds = ImageDataset(records, tf, splits.class_to_idx, size_hint=size_hint_for(data_config))
-        loader = make_loader(ds, batch_size=cfg.batch * 2, workers=rt.workers, device=rt.device)
-        f, t, fail = embed(model, loader, rt)
+        f, t, fail = embed_records(model, records, splits.class_to_idx, data_config, cfg, rt)
         out.append((f.to(rt.device), t))
         failures.append(fail)
     log.info("linear probe: cached %d train and %d val feature vectors", len(out[0][0]), len(out[1][0]))
@@ -210,4 +214,4 @@ def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
 
-__all__ = ["BalancedSampler", "FeatureBatches", "balanced_weights", "Runtime", "embed", "feature_loaders", "image_loaders", "setup_runtime", "to_device"]
+__all__ = ["BalancedSampler", "FeatureBatches", "balanced_weights", "Runtime", "embed", "embed_records", "feature_loaders", "image_loaders", "setup_runtime", "to_device"]

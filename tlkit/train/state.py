@@ -121,6 +121,13 @@ def train_state_dict(st: TrainState, meta: ckpt.RunMeta, stopped: bool) -> dict[
 CHECKPOINTS = ("full", "best")
 
 
+def save_best(out: Path, st: TrainState, meta: ckpt.RunMeta, prefix: str, row: dict[str, Any]) -> None:
+    """``best.safetensors``: the weights ``st.best`` names (model or EMA), described by ``row``."""
+    source = st.best["weights_from"]
+    ckpt.save_weights(out / "best.safetensors", export_state_dict(st, source == "ema", prefix),
+                      meta.at_epoch(row["epoch"], row, source, st.best.get("thresholds")).to_dict())
+
+
 def save_epoch(out: Path, st: TrainState, meta: ckpt.RunMeta, improved: bool, prefix: str, stopped: bool,
                checkpoints: str = "full") -> None:
     """best (if improved), last, the training state, then metrics/log/plots; each file atomic.
@@ -128,9 +135,7 @@ def save_epoch(out: Path, st: TrainState, meta: ckpt.RunMeta, improved: bool, pr
     ``checkpoints="best"``: only best (if improved) and metrics/log (:data:`CHECKPOINTS`)."""
     row = st.history[-1]
     if improved:
-        source = st.best["weights_from"]
-        ckpt.save_weights(out / "best.safetensors", export_state_dict(st, source == "ema", prefix),
-                          meta.at_epoch(row["epoch"], row, source, st.best.get("thresholds")).to_dict())
+        save_best(out, st, meta, prefix, row)
     if checkpoints == "best":
         outputs.write_history(out, st.history, st.best)
         return
@@ -142,5 +147,5 @@ def save_epoch(out: Path, st: TrainState, meta: ckpt.RunMeta, improved: bool, pr
                         multilabel=meta.multilabel)
 
 
-__all__ = ["CHECKPOINTS", "TrainState", "check_out_dir", "check_resumable", "export_state_dict", "restore", "save_epoch",
-           "train_state_dict"]
+__all__ = ["CHECKPOINTS", "TrainState", "check_out_dir", "check_resumable", "export_state_dict", "restore", "save_best",
+           "save_epoch", "train_state_dict"]
