@@ -130,6 +130,9 @@ AUTO_VARIANTS = {  # name -> (AUTO_ML_FEW, AUTO_ML_WARM)
     "auto-herding-only": (None, "maxherding"),
 }
 BETAS = (0.25, 0.5, 0.75)
+LATE_VARIANTS = {"auto-late-mmc": "mmc", "auto-late-adaptive": "max-margin-adaptive"}
+"""``auto``, then this strategy from :data:`LATE_PER_CLASS` labels per class (``results/multilabel_al_late_plan.md``)."""
+LATE_PER_CLASS = 20
 
 
 def register_variants() -> list[str]:
@@ -137,7 +140,7 @@ def register_variants() -> list[str]:
     from tlkit.active.strategies import auto as A
     from tlkit.active.strategies import multilabel as ml
     from tlkit.active.strategies._common import top_selection
-    from tlkit.active.strategies._registry import _REGISTRY
+    from tlkit.active.strategies._registry import _REGISTRY, get_strategy
 
     def auto_with(few, warm):
         def fn(pool, n, rng):
@@ -158,6 +161,16 @@ def register_variants() -> list[str]:
             register_strategy(name, description="tuning variant of auto", needs=("embeddings",), full_dim=True,
                               tasks=TASKS)(auto_with(*plan))
         names.append(name)
+    for name, late in LATE_VARIANTS.items():
+        if name not in _REGISTRY:
+            def fn(pool, n, rng, late=late):
+                if pool.probs is not None and pool.n_labels >= LATE_PER_CLASS * pool.probs.shape[1]:
+                    sel = get_strategy(late).fn(pool, n, rng)
+                    return Selection(sel.indices, sel.scores, f"auto-late({late})")
+                return A.auto(pool, n, rng)
+            register_strategy(name, description="tuning variant of auto with a late phase", needs=("embeddings",),
+                              full_dim=True, tasks=TASKS)(fn)
+        names.append(name)
     for beta in BETAS:
         name = f"adaptive-beta-{int(beta * 100)}"
         if name not in _REGISTRY:
@@ -171,7 +184,7 @@ def register_variants() -> list[str]:
 # ------------------------------------------------------------------------------------- running
 
 
-def run(name: str, splits: list[int], seeds: list[int], strategies: list[str]) -> dict:
+def run(name: str, splits: list[int], seeds: list[int], strategies: list[str], rounds: int = ROUNDS) -> dict:
     """Simulate every strategy on every split x seed; per strategy the AUBC of each run and mean mAP by budget."""
     from benchmarks.multilabel_data import load_embeddings
     from tlkit.active.simulate import aubc_by_seed, simulate
@@ -183,7 +196,7 @@ def run(name: str, splits: list[int], seeds: list[int], strategies: list[str]) -
         xp, xt, yp, yt, classes = load_embeddings(name, split)
         for s in strategies:
             t = time.perf_counter()
-            res = simulate(xp, yp, xt, yt, strategies=[s], start=START, batch=BATCH, rounds=ROUNDS, seeds=seeds,
+            res = simulate(xp, yp, xt, yt, strategies=[s], start=START, batch=BATCH, rounds=rounds, seeds=seeds,
                            classes=classes, ssl="off")
             seconds[s] += time.perf_counter() - t
             runs[s].extend(aubc_by_seed(res.rows, s).values())
@@ -191,7 +204,7 @@ def run(name: str, splits: list[int], seeds: list[int], strategies: list[str]) -
                 curves[s].setdefault(labels, []).append(value)
             print(f"{name} split {split} {s}: AUBC {np.mean(list(aubc_by_seed(res.rows, s).values())):.4f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
-    return {"set": name, "splits": splits, "seeds": seeds, "start": START, "batch": BATCH, "rounds": ROUNDS,
+    return {"set": name, "splits": splits, "seeds": seeds, "start": START, "batch": BATCH, "rounds": rounds,
             "strategies": {s: {"aubc": float(np.mean(runs[s])), "aubc_se": float(np.std(runs[s]) / np.sqrt(len(runs[s]))),
                                "runs": runs[s], "map": {b: float(np.mean(v)) for b, v in sorted(curves[s].items())},
                                "seconds": round(seconds[s], 1)} for s in strategies}}
@@ -199,12 +212,15 @@ def run(name: str, splits: list[int], seeds: list[int], strategies: list[str]) -
 
 def table(result: dict) -> str:
     """A text table: AUBC (mAP) ± s.e. and mean mAP at some budgets, best AUBC first."""
+    last = START + BATCH * result.get("rounds", ROUNDS)
+    shown = tuple(b for b in BUDGETS_SHOWN + tuple(range(250, last + 1, 50)) if b <= last)
     lines = [f"{result['set']} splits {result['splits']} seeds {result['seeds']}: AUBC over mAP (macro), "
-             f"{START}..{START + BATCH * ROUNDS} labels",
-             f"{'strategy':28s} {'AUBC':>14s} " + " ".join(f"{b:>6d}" for b in BUDGETS_SHOWN)]
+             f"{START}..{last} labels",
+             f"{'strategy':28s} {'AUBC':>14s} " + " ".join(f"{b:>6d}" for b in shown)]
     for s, v in sorted(result["strategies"].items(), key=lambda kv: -kv[1]["aubc"]):
+        m = {int(b): x for b, x in v["map"].items()}  # JSON keys are text
         lines.append(f"{s:28s} {100 * v['aubc']:7.2f} ± {100 * v['aubc_se']:4.2f} "
-                     + " ".join(f"{100 * v['map'][b]:6.2f}" for b in BUDGETS_SHOWN))
+                     + " ".join(f"{100 * m[b]:6.2f}" for b in shown if b in m))
     return "\n".join(lines) + "\n"
 
 
@@ -217,6 +233,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1; --tune: 0)")
     ap.add_argument("--strategies", default=None, help="comma-separated names (default: tlkit's + modAL's)")
     ap.add_argument("--out", default=None, help="results file stem under benchmarks/results/ (default: by set)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"batches of {BATCH} after the {START} start "
+                    f"(default {ROUNDS}: to {START + BATCH * ROUNDS} labels)")
     args = ap.parse_args(argv)
     modal = register_modal()
     variants = register_variants()
@@ -229,7 +247,7 @@ def main(argv: list[str]) -> None:
 
     t = time.perf_counter()
     with threadpool_limits(limits=1):  # small products: a second thread only spins on a shared machine
-        result = run(name, splits, seeds, strategies)
+        result = run(name, splits, seeds, strategies, args.rounds)
     result["cpu_minutes"] = round((time.perf_counter() - t) / 60, 1)
     stem = RESULTS / (args.out or ("multilabel_al_tune" if args.tune else f"multilabel_al_{name}"))
     RESULTS.mkdir(exist_ok=True)
