@@ -7,6 +7,12 @@ cleanlab's flags and ranking, as ``tlkit audit`` does, or ``--ranking worst-clas
 :func:`~tlkit.audit.labels.multilabel_knn_share`; :func:`tlkit.audit.labels.find_multilabel_issues`) ranks every mosaic; the
 recall of the flips in the top ``k = flips`` and ``k = 2 x flips`` rows is printed (the issue's bar: 80 %).
 
+``--evidence`` (the tile study, ``results/multilabel_audit_tiles_plan.md``; not in ``tlkit audit``): ``whole`` the
+mosaic's embedding (tlkit's); ``tilemax`` the element-wise max of it and its four crops' embeddings
+(:func:`benchmarks.multilabel_data.load_crop_embeddings`, ``--crop`` of the side); ``mil`` one-vs-rest heads
+fitted on the crops, each inheriting its mosaic's label set, out-of-fold by mosaic, a class's probability the
+max over the mosaic's crops.
+
 Usage (from the repository root; about a minute per split):
   python benchmarks/bench_multilabel_audit.py [--sets intel,clothing] [--splits 0]
 """
@@ -74,30 +80,59 @@ def inject_flips(Y: np.ndarray, split: int, seed: int = 0) -> tuple[np.ndarray, 
     return given, flips, cols
 
 
-def run(name: str, split: int, seed: int = 0, ranking: str = "cleanlab") -> dict:
+EVIDENCE = ("whole", "tilemax", "mil")
+
+
+def mil_out_of_fold_probs(crops: np.ndarray, given: np.ndarray, seed: int = 0, folds: int = 5) -> np.ndarray:
+    """``[m, k]``: one-vs-rest heads fitted on the crops ``[m, t, d]`` of the other folds' rows (each crop
+    inherits its row's labels ``given``), a row's probability of a class the max over its crops."""
+    from sklearn.model_selection import KFold
+
+    from tlkit.active.head import Scaler, fit_multilabel_head
+    from tlkit.audit.labels import AUDIT_GTOL
+
+    m, t, d = crops.shape
+    scaler = Scaler.fit(crops.reshape(-1, d))
+    classes = tuple(str(c) for c in range(given.shape[1]))
+    probs = np.zeros(given.shape, np.float32)
+    for tr, te in KFold(folds, shuffle=True, random_state=seed).split(crops):
+        head = fit_multilabel_head(crops[tr].reshape(-1, d), np.repeat(given[tr], t, 0), classes, scaler=scaler,
+                                   seed=seed, tol=AUDIT_GTOL)
+        probs[te] = head.predict_proba(crops[te].reshape(-1, d)).reshape(len(te), t, -1).max(1)
+    return probs
+
+
+def run(name: str, split: int, seed: int = 0, ranking: str = "cleanlab", evidence: str = "whole",
+        crop: float = 0.5) -> dict:
     """Inject flips into split ``split`` of mosaic set ``name``; the recall of the audit's ranking at k and 2k."""
     from threadpoolctl import threadpool_limits
 
-    from benchmarks.multilabel_data import load_embeddings
-    from tlkit.active.head import Scaler
+    from benchmarks.multilabel_data import load_crop_embeddings, load_embeddings
+    from tlkit.active.head import Scaler, mean_average_precision
     from tlkit.audit.labels import find_multilabel_issues, multilabel_knn_share, multilabel_out_of_fold_probs
 
     x, _, Y, _, classes = load_embeddings(name, split)
     given, flips, cols = inject_flips(Y, split, seed)
+    crops = load_crop_embeddings(name, split, crop) if evidence != "whole" else None
     with threadpool_limits(limits=1):
-        scaler = Scaler.fit(x)
-        probs = multilabel_out_of_fold_probs(x, given, seed=seed, scaler=scaler)
+        if evidence == "mil":
+            probs = mil_out_of_fold_probs(crops, given, seed)
+            x = crops.mean(1)  # the neighbours of the worst-class ranking
+        else:
+            x = np.maximum(crops.max(1), x) if evidence == "tilemax" else x
+            probs = multilabel_out_of_fold_probs(x, given, seed=seed, scaler=Scaler.fit(x))
     found = find_multilabel_issues(given, probs, multilabel_knn_share(x, given) if ranking == "worst-class" else None)
     k = len(flips)
     rank = found.ranking
     if ranking not in ("cleanlab", "worst-class"):
         rank = np.argsort(-per_class_suspicion(given, probs, ranking), kind="stable")
-    out = {"set": name, "split": split, "images": len(Y), "flips": k,
+    out = {"set": name, "split": split, "ranking": ranking, "evidence": evidence, "crop": crop if crops is not None
+           else None, "oof_map": round(float(mean_average_precision(Y, probs)), 4), "images": len(Y), "flips": k,
            "added": int(given[flips, cols].sum()), "removed": int(k - given[flips, cols].sum()),
            "recall_at_k": float(np.isin(flips, rank[:k]).mean()),
            "recall_at_2k": float(np.isin(flips, rank[: 2 * k]).mean()),
            "flagged": int(len(found.issues)), "flagged_recall": float(np.isin(flips, found.issues).mean())}
-    print(f"{name} split {split}: {k} flips ({out['added']} added, {out['removed']} removed); recall top-k "
+    print(f"{name} split {split} ({evidence}, {ranking}; OOF mAP {out['oof_map']:.3f}): {k} flips ({out['added']} added, {out['removed']} removed); recall top-k "
           f"{100 * out['recall_at_k']:.1f} %, top-2k {100 * out['recall_at_2k']:.1f} %; cleanlab flags "
           f"{out['flagged']} rows holding {100 * out['flagged_recall']:.1f} % of the flips", flush=True)
     return out
@@ -110,14 +145,23 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--sets", default="intel,clothing")
     ap.add_argument("--splits", default="0")
     ap.add_argument("--out", type=Path, default=RESULTS / "multilabel_audit.json")
-    ap.add_argument("--ranking", choices=RANKINGS, default="cleanlab",
-                    help="cleanlab's pooled label quality (tlkit audit's), the worst class with neighbours, or a "
+    ap.add_argument("--ranking", default="cleanlab",
+                    help="comma-separated: cleanlab's pooled label quality (tlkit audit's), the worst class with neighbours, or a "
                          "per-class score (RANKINGS)")
+    ap.add_argument("--evidence", default="whole", help=f"comma-separated, of {EVIDENCE} (see the docstring)")
+    ap.add_argument("--crop", type=float, default=0.5, help="crop side as a share of the mosaic's (0.5: its cells)")
     args = ap.parse_args(argv)
+    bad = [v for v in args.ranking.split(",") if v not in RANKINGS] + [v for v in args.evidence.split(",")
+                                                                        if v not in EVIDENCE]
+    if bad:
+        ap.error(f"unknown --ranking/--evidence {bad}; rankings {RANKINGS}, evidence {EVIDENCE}")
     rows = []
     for name in args.sets.split(","):
         for split in (int(s) for s in args.splits.split(",")):
-            rows.append(run(name, split if name != "clothing" else split + 100, ranking=args.ranking))
+            for ev in args.evidence.split(","):
+                for rk in args.ranking.split(","):
+                    rows.append(run(name, split if name != "clothing" else split + 100, ranking=rk, evidence=ev,
+                                    crop=args.crop))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
 

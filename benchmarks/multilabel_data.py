@@ -270,6 +270,46 @@ def load_embeddings(name: str, split: int = 0, cache: Path = DEFAULT_CACHE,
     return x[:n], x[n:], y_pool, y_test, names
 
 
+def load_crop_embeddings(name: str, split: int = 0, frac: float = 0.5, cache: Path = DEFAULT_CACHE,
+                         photo_cache: Path = photo_data.DEFAULT_CACHE) -> np.ndarray:
+    """``[n_pool, 4, 1280]`` embeddings of four corner crops of each pool mosaic (``pool.csv`` order), each
+    crop ``frac`` of the mosaic's side, resized to 224 px by tlkit's extract (as :func:`load_embeddings`).
+
+    ``frac = 0.5`` cuts exactly the mosaic's four cells (an upper bound of what crops give: real photos do
+    not put one object per quadrant); ``frac = 2/3`` cuts overlapping crops that straddle the cells. For the
+    audit's tile-evidence study (``results/multilabel_audit_tiles_plan.md``). Cached as
+    ``crops<frac>/crops.npy`` beside the mosaics.
+    """
+    from PIL import Image
+
+    folder = build(name, split, cache, photo_cache)
+    paths, _ = read_manifest(folder / "pool.csv", classes(name, photo_cache))
+    out = folder / f"crops{frac:.2f}"
+    f = out / "crops.npy"
+    if not f.is_file():
+        from tlkit.features.extract import extract_features, load_features
+
+        crops = out / "images"
+        crops.mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(paths):
+            with Image.open(folder / p) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                cw, ch = round(frac * w), round(frac * h)
+                for t, (a, b) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+                    x0, y0 = a * (w - cw), b * (h - ch)
+                    im.crop((x0, y0, x0 + cw, y0 + ch)).save(crops / f"{i:05d}_{t}.png")
+        extract_features(crops, out / "extract", backbone=EMBED_BACKBONE, image_size=MOSAIC)
+        x, idx, _ = load_features(out / "extract", mmap=False)
+        row = {Path(r["path"]).name: j for j, r in enumerate(idx)}
+        x = np.asarray(x, np.float32)
+        xc = np.stack([x[[row[f"{i:05d}_{t}.png"] for t in range(4)]] for i in range(len(paths))])
+        np.save(f.with_suffix(".tmp.npy"), xc)
+        f.with_suffix(".tmp.npy").rename(f)
+        shutil.rmtree(crops)
+    return np.load(f)
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 def describe(name: str, split: int = 0, cache: Path = DEFAULT_CACHE) -> str:
