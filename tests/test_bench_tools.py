@@ -145,3 +145,64 @@ def test_injected_flips_always_change_the_label():
     assert len(flip) == round(FLIP_SHARE * len(y)) and len(set(flip.tolist())) == len(flip)
     assert (noisy[flip] != y[flip]).all()
     assert (np.delete(noisy, flip) == np.delete(y, flip)).all()
+
+
+@pytest.fixture()
+def multilabel_variants():
+    """bench_multilabel_al's tuning variants, registered for one test only."""
+    from bench_multilabel_al import register_variants
+
+    saved = dict(_registry._REGISTRY)
+    register_variants()
+    yield
+    _registry._REGISTRY.clear()
+    _registry._REGISTRY.update(saved)
+
+
+def _multilabel_pool(labels_per_class: int, rng: np.random.Generator) -> PoolView:
+    """Digits as a 10-class multi-label pool: each image's digit plus a random second class."""
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    Y = np.eye(10, dtype=np.int64)[y]
+    Y[np.arange(len(y)), rng.integers(0, 10, len(y))] = 1
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), labels_per_class, replace=False) for c in range(10)])
+    labeled = np.isin(np.arange(len(y)), idx)
+    P = np.stack([LogisticRegression(max_iter=300).fit(X[idx], Y[idx, j]).predict_proba(X)[:, 1]
+                  for j in range(10)], 1).astype(np.float32)
+    return PoolView(X, labeled, ~labeled, P, None, np.where(labeled[:, None], Y, -1), multilabel=True)
+
+
+def test_multilabel_late_variant_hands_over_at_its_labels_per_class(multilabel_variants):
+    """``auto-late-mmc`` is ``auto`` below LATE_PER_CLASS labels per class and ``mmc`` from there on."""
+    from bench_multilabel_al import LATE_PER_CLASS
+
+    def picks(name, pool):
+        return get_strategy(name).fn(pool, 10, np.random.default_rng(4)).indices.tolist()
+
+    rng = np.random.default_rng(0)
+    early, late = _multilabel_pool(LATE_PER_CLASS - 5, rng), _multilabel_pool(LATE_PER_CLASS, rng)
+    assert picks("auto-late-mmc", early) == picks("auto", early) != picks("mmc", early)
+    assert picks("auto-late-mmc", late) == picks("mmc", late) != picks("auto", late)
+
+
+def test_mil_probabilities_are_out_of_fold_and_the_max_over_crops():
+    from bench_multilabel_audit import mil_out_of_fold_probs
+    from sklearn.model_selection import KFold
+
+    from tlkit.active.head import mean_average_precision
+
+    X, y = load_digits(return_X_y=True)
+    X = (X[:300] / 16.0).astype(np.float32)
+    one = np.eye(10, dtype=np.int64)[y[:300]]
+    crops = np.stack([X, X[::-1], np.roll(X, 7, 0)], 1)  # [300, 3, 64]: three digit images per row
+    Y = np.maximum(np.maximum(one, one[::-1]), np.roll(one, 7, 0))  # a row's classes: its crops' digits
+    probs = mil_out_of_fold_probs(crops, Y, seed=0)
+    assert probs.shape == Y.shape and ((probs >= 0) & (probs <= 1)).all()
+    assert mean_average_precision(Y, probs) > 0.9  # chance: about 0.3
+    # a row's own labels never reach the heads that score it: change them, and its fold keeps its probabilities
+    fold = next(te for _, te in KFold(5, shuffle=True, random_state=0).split(crops) if 0 in te)
+    changed = Y.copy()
+    changed[0] = 1 - changed[0]
+    assert np.array_equal(mil_out_of_fold_probs(crops, changed, seed=0)[fold], probs[fold])
+    # the max over a row's crops: their order does not matter
+    assert np.allclose(mil_out_of_fold_probs(crops[:, ::-1], Y, seed=0), probs, atol=1e-5)
