@@ -81,6 +81,8 @@ def inject_flips(Y: np.ndarray, split: int, seed: int = 0) -> tuple[np.ndarray, 
 
 
 EVIDENCE = ("whole", "tilemax", "mil")
+TUNING = ("clothing", "cifar10")
+"""Tuning mosaics: ``--splits N`` means their split 100 + N (``results/multilabel_sets_plan.md``)."""
 
 
 def mil_out_of_fold_probs(crops: np.ndarray, given: np.ndarray, seed: int = 0, folds: int = 5) -> np.ndarray:
@@ -103,9 +105,10 @@ def mil_out_of_fold_probs(crops: np.ndarray, given: np.ndarray, seed: int = 0, f
 
 
 def run(name: str, split: int, seed: int = 0, rankings: tuple[str, ...] = ("cleanlab",), evidence: str = "whole",
-        crop: float = 0.5) -> list[dict]:
+        crop: float = 0.5, subsample: int | None = None) -> list[dict]:
     """Inject flips into split ``split`` of mosaic set ``name``; per ranking, the recall of the audit's top k and 2k
-    (the out-of-fold probabilities are computed once, from ``evidence``)."""
+    (the out-of-fold probabilities are computed once, from ``evidence``). ``subsample``: only that many pool
+    mosaics, drawn with ``default_rng([split, seed, 77])`` (a small project); ``seed`` also draws the flips."""
     from threadpoolctl import threadpool_limits
 
     from benchmarks.multilabel_data import load_crop_embeddings, load_embeddings
@@ -113,8 +116,11 @@ def run(name: str, split: int, seed: int = 0, rankings: tuple[str, ...] = ("clea
     from tlkit.audit.labels import find_multilabel_issues, multilabel_knn_share, multilabel_out_of_fold_probs
 
     x, _, Y, _, classes = load_embeddings(name, split)
-    given, flips, cols = inject_flips(Y, split, seed)
     crops = load_crop_embeddings(name, split, crop) if evidence != "whole" else None
+    if subsample is not None:
+        keep = np.sort(np.random.default_rng([split, seed, 77]).choice(len(Y), subsample, replace=False))
+        x, Y, crops = x[keep], Y[keep], (crops[keep] if crops is not None else None)
+    given, flips, cols = inject_flips(Y, split, seed)
     with threadpool_limits(limits=1):
         if evidence == "mil":
             probs = mil_out_of_fold_probs(crops, given, seed)
@@ -131,13 +137,14 @@ def run(name: str, split: int, seed: int = 0, rankings: tuple[str, ...] = ("clea
         rank = found.ranking
         if ranking not in ("cleanlab", "worst-class"):
             rank = np.argsort(-per_class_suspicion(given, probs, ranking), kind="stable")
-        out = {"set": name, "split": split, "ranking": ranking, "evidence": evidence,
-               "crop": crop if crops is not None else None, "oof_map": oof_map, "images": len(Y), "flips": k,
+        out = {"set": name, "split": split, "seed": seed, "subsample": subsample, "ranking": ranking,
+               "evidence": evidence, "crop": crop if crops is not None else None, "oof_map": oof_map, "images": len(Y), "flips": k,
                "added": int(given[flips, cols].sum()), "removed": int(k - given[flips, cols].sum()),
                "recall_at_k": float(np.isin(flips, rank[:k]).mean()),
                "recall_at_2k": float(np.isin(flips, rank[: 2 * k]).mean()),
                "flagged": int(len(found.issues)), "flagged_recall": float(np.isin(flips, found.issues).mean())}
-        print(f"{name} split {split} ({evidence}, {ranking}; OOF mAP {oof_map:.3f}): {k} flips ({out['added']} "
+        size = f" ({subsample} mosaics, draw {seed})" if subsample else ""
+        print(f"{name} split {split}{size} ({evidence}, {ranking}; OOF mAP {oof_map:.3f}): {k} flips ({out['added']} "
               f"added, {out['removed']} removed); recall top-k {100 * out['recall_at_k']:.1f} %, top-2k "
               f"{100 * out['recall_at_2k']:.1f} %; cleanlab flags {out['flagged']} rows holding "
               f"{100 * out['flagged_recall']:.1f} % of the flips", flush=True)
@@ -156,6 +163,8 @@ def main(argv: list[str]) -> None:
                     help="comma-separated: cleanlab's pooled label quality (tlkit audit's), the worst class with "
                          "neighbours, or a per-class score (RANKINGS)")
     ap.add_argument("--evidence", default="whole", help=f"comma-separated, of {EVIDENCE} (see the docstring)")
+    ap.add_argument("--subsample", type=int, default=None, help="only this many pool mosaics (a small project)")
+    ap.add_argument("--draws", type=int, default=1, help="seeds 0.. of the subsample and the flips")
     ap.add_argument("--crop", type=float, default=0.5, help="crop side as a share of the mosaic's (0.5: its cells)")
     args = ap.parse_args(argv)
     bad = [v for v in args.ranking.split(",") if v not in RANKINGS] + [v for v in args.evidence.split(",")
@@ -166,8 +175,10 @@ def main(argv: list[str]) -> None:
     for name in args.sets.split(","):
         for split in (int(s) for s in args.splits.split(",")):
             for ev in args.evidence.split(","):
-                rows += run(name, split if name != "clothing" else split + 100, rankings=tuple(args.ranking.split(",")),
-                            evidence=ev, crop=args.crop)
+                for draw in range(args.draws):
+                    rows += run(name, split + 100 if name in TUNING else split, draw,
+                                rankings=tuple(args.ranking.split(",")), evidence=ev, crop=args.crop,
+                                subsample=args.subsample)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -365,10 +365,33 @@ def test_cli_round_import_status(tmp_path, mosaics):
 # ---------------------------------------------------------------------------------- audit
 
 
+def test_multilabel_issues_rank_a_row_by_its_worst_class():
+    """One confidently wrong class makes a row more suspicious than several mildly doubtful ones; the
+    neighbours' share of a class moves the blend (KNN_WEIGHT) towards what the neighbours carry."""
+    from tlkit.audit.labels import KNN_WEIGHT, find_multilabel_issues
+
+    rng = np.random.default_rng(0)
+    Y = (rng.random((60, 4)) < 0.4).astype(np.uint8)
+    probs = np.where(Y == 1, 0.9, 0.1).astype(np.float32)  # the head agrees with every label ...
+    Y[0] = [1, 0, 0, 0]
+    probs[0] = [0.02, 0.1, 0.1, 0.1]  # ... except row 0's first class: given, and almost surely absent
+    Y[1] = [1, 1, 1, 0]
+    probs[1] = [0.6, 0.6, 0.6, 0.35]  # row 1: every class a little doubtful
+    agree = Y.astype(np.float32)  # neighbours that carry the given labels
+    found = find_multilabel_issues(Y, probs, agree)
+    assert found.ranking[0] == 0 and found.ranking[1] == 1
+    q0 = (1 - KNN_WEIGHT) * 0.02 + KNN_WEIGHT * 1.0
+    assert found.quality[0] == pytest.approx(q0, abs=1e-6)  # 1 - |1 - q| of its worst class
+    # neighbours that do not carry row 0's class make it more suspicious still
+    agree[0, 0] = 0.0
+    assert find_multilabel_issues(Y, probs, agree).quality[0] < found.quality[0]
+
+
 @pytest.mark.slow
 def test_audit_finds_injected_flips_in_a_multilabel_project(tmp_path):
-    """cleanlab's multi-label label issues on out-of-fold one-vs-rest heads: 6 flips (a class added to or
-    removed from an image's set) among 100 real mosaics: most rank in the top 12 (the issue's bar is 80 %)."""
+    """cleanlab's multi-label label issues on out-of-fold one-vs-rest heads, ranked by each row's worst class:
+    6 flips (a class added to or removed from an image's set) among 100 real mosaics: most rank in the top 12
+    (the issue's bar is 80 %)."""
     from tlkit.audit import run_audit
 
     truth = make_mosaics(tmp_path / "pool", 100, seed=3, size=128)

@@ -223,7 +223,7 @@ def _multilabel_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs)
 
         scaler = Scaler.fit(aset.embeddings)
         probs = lab.multilabel_out_of_fold_probs(aset.embeddings[rows], Y, folds=folds, scaler=scaler)
-    found = lab.find_multilabel_issues(Y, probs)
+    found = lab.find_multilabel_issues(Y, probs, lab.multilabel_knn_share(aset.embeddings[rows], Y))
     out = []
     for i in found.issues:
         suggested, conf = predicted_label(classes, probs[i], multilabel=True)

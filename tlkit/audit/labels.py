@@ -29,10 +29,14 @@ The CIFAR-10 half of the study did not finish on the shared machine; it is the n
 
 Multi-label sets (a project with ``task: multilabel``) go through cleanlab's multi-label API
 (``cleanlab.multilabel_classification``): out-of-fold probabilities from the one-vs-rest head
-(:func:`tlkit.active.head.cross_val_multilabel_proba`), ``filter.find_label_issues`` for the flags and
-``rank.get_label_quality_scores`` (self-confidence per class, pooled over the classes) for the ranking
-(:func:`find_multilabel_issues` has the worst-class ranking that was tried instead); a class added where it
-is absent or missing where it is present both show.
+(:func:`tlkit.active.head.cross_val_multilabel_proba`) and ``filter.find_label_issues`` for the flags. The
+ranking is each row's worst class (:func:`find_multilabel_issues` with :func:`multilabel_knn_share`): the
+out-of-fold probabilities blended with the nearest rows' share of each class, a row as suspicious as its
+most suspicious class; a class added where it is absent or missing where it is present both show.
+cleanlab's own label quality (self-confidence per class, pooled over the classes) ranked before; the
+worst class replaced it by a rule fixed before the runs (``benchmarks/results/multilabel_audit_ranking_plan.md``,
+tuning mosaics clothing and cifar10, splits 100-102, 5 % of the rows flipped): top-k recall 21.6 % against
+12.2 % on the 1,500-mosaic pools, 16.0 % against 15.3 % on 150-mosaic draws.
 """
 
 from __future__ import annotations
@@ -135,13 +139,11 @@ def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: in
 def find_multilabel_issues(Y: np.ndarray, probs: np.ndarray, agreement: np.ndarray | None = None) -> LabelIssues:
     """cleanlab's multi-label label issues of ``Y [m, k]`` (0/1) under out-of-fold ``probs [m, k]`` (per class).
 
-    The ranking is cleanlab's label quality (``rank.get_label_quality_scores``: self-confidence per class,
-    pooled over the classes). With ``agreement [m, k]`` (:func:`multilabel_knn_share`) each row is ranked
-    by its worst class instead, ``1 - max_j |Y_ij - q_ij|`` with ``q`` the probabilities blended with the
-    neighbours' share of each class (:data:`KNN_WEIGHT`). Not the default: on the 1,500-mosaic benchmark
-    sets (``benchmarks/bench_multilabel_audit.py --ranking worst-class``) it found 2x the flips in the top-k
-    (clothing tuning splits 100-101: 23-28 % against 12-16 %), but on the test suite's 100 mosaics it put
-    3-5 of 6 flips in the top 12, run to run, where cleanlab's ranking puts 5-6.
+    With ``agreement [m, k]`` (:func:`multilabel_knn_share`; what ``tlkit audit`` passes) each row is ranked
+    by its worst class, ``1 - max_j |Y_ij - q_ij|`` with ``q`` the probabilities blended with the neighbours'
+    share of each class (:data:`KNN_WEIGHT`); without it, by cleanlab's label quality
+    (``rank.get_label_quality_scores``: self-confidence per class, pooled over the classes). The module
+    docstring has the study that chose the worst class.
 
     ``suggested`` is unused for sets (zeros): the suggested set is ``probs >= 0.5``.
     """
