@@ -138,7 +138,8 @@ def run(name: str, split: int, seed: int = 0, rankings: tuple[str, ...] = ("clea
         if ranking not in ("cleanlab", "worst-class"):
             rank = np.argsort(-per_class_suspicion(given, probs, ranking), kind="stable")
         out = {"set": name, "split": split, "seed": seed, "subsample": subsample, "ranking": ranking,
-               "evidence": evidence, "crop": crop if crops is not None else None, "oof_map": oof_map, "images": len(Y), "flips": k,
+               "evidence": evidence, "crop": crop if crops is not None else None, "oof_map": oof_map,
+               "images": len(Y), "flips": k,
                "added": int(given[flips, cols].sum()), "removed": int(k - given[flips, cols].sum()),
                "recall_at_k": float(np.isin(flips, rank[:k]).mean()),
                "recall_at_2k": float(np.isin(flips, rank[: 2 * k]).mean()),

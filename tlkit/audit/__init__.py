@@ -216,14 +216,14 @@ def _multilabel_issues(res: AuditResult, aset: AuditSet, folds: int, pred_probs)
     Y = np.zeros((len(rows), len(classes)), np.uint8)
     for r, i in enumerate(rows):
         Y[r, [idx[c] for c in split_labels(aset.labels[i])]] = 1
+    x = aset.embeddings[rows]
     if pred_probs is not None:
         probs = lab.read_pred_probs(Path(pred_probs), [aset.paths[i] for i in rows], classes, multilabel=True)
     else:
         from tlkit.active.head import Scaler
 
-        scaler = Scaler.fit(aset.embeddings)
-        probs = lab.multilabel_out_of_fold_probs(aset.embeddings[rows], Y, folds=folds, scaler=scaler)
-    found = lab.find_multilabel_issues(Y, probs, lab.multilabel_knn_share(aset.embeddings[rows], Y))
+        probs = lab.multilabel_out_of_fold_probs(x, Y, folds=folds, scaler=Scaler.fit(aset.embeddings))
+    found = lab.find_multilabel_issues(Y, probs, lab.multilabel_knn_share(x, Y))
     out = []
     for i in found.issues:
         suggested, conf = predicted_label(classes, probs[i], multilabel=True)

@@ -178,16 +178,24 @@ def multilabel_out_of_fold_probs(x: np.ndarray, Y: np.ndarray, *, folds: int = 5
 def multilabel_knn_share(x: np.ndarray, Y: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
     """``[m, c]`` share of each labeled row's ``k`` nearest labeled rows (cosine on mean-centred embeddings
     ``x [m, d]``, itself excluded) that carry each class (``Y [m, c]`` 0/1)."""
-    from tlkit.audit.neighbours import normalise, search
-
     Y = np.asarray(Y, np.float32)
     if len(Y) < 2:
         return Y.copy()
+    index, valid = _labeled_neighbours(x, k)
+    share = np.zeros_like(Y)
+    for j in range(index.shape[1]):  # one neighbour rank at a time: [m, c] at most, never [m, k, c]
+        share += Y[np.where(valid[:, j], index[:, j], 0)] * valid[:, j, None]
+    return (share / np.maximum(valid.sum(1), 1)[:, None]).astype(np.float32)
+
+
+def _labeled_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, valid)`` ``[m, k]``: each row's ``k`` nearest other rows of ``x [m, d]`` (cosine on mean-centred
+    embeddings) and which of those slots hold a neighbour (:func:`tlkit.audit.neighbours.search`)."""
+    from tlkit.audit.neighbours import normalise, search
+
     x = np.asarray(x, np.float32)
     nb = search(normalise(x - x.mean(0, dtype=np.float64).astype(np.float32)), k=k)
-    valid = nb.index >= 0
-    share = (Y[np.where(valid, nb.index, 0)] * valid[..., None]).sum(1)
-    return (share / np.maximum(valid.sum(1), 1)[:, None]).astype(np.float32)
+    return nb.index, nb.index >= 0
 
 
 def read_pred_probs(file: Path, paths: list[str], classes: tuple[str, ...], *, multilabel: bool = False) -> np.ndarray:
@@ -241,14 +249,10 @@ def ranking_probs(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int = 
 def knn_agreement(x: np.ndarray, y: np.ndarray, k: int = KNN_NEIGHBOURS) -> np.ndarray:
     """``[m]`` share of each labeled row's ``k`` nearest labeled rows (cosine on mean-centred
     embeddings ``x [m, d]``, itself excluded) whose label is its own ``y [m]``."""
-    from tlkit.audit.neighbours import normalise, search
-
     if len(y) < 2:
         return np.ones(len(y), np.float32)
-    x = np.asarray(x, np.float32)
-    nb = search(normalise(x - x.mean(0, dtype=np.float64).astype(np.float32)), k=k)
-    valid = nb.index >= 0
-    same = (y[np.where(valid, nb.index, 0)] == y[:, None]) & valid
+    index, valid = _labeled_neighbours(x, k)
+    same = (y[np.where(valid, index, 0)] == y[:, None]) & valid
     return (same.sum(1) / np.maximum(valid.sum(1), 1)).astype(np.float32)
 
 
